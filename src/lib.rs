@@ -1,1 +1,23 @@
-//! synbal
+//! # synbal: exact and fast synaptic balancing
+//!
+//! A hidden neuron with a positively homogeneous activation (`f(λx) = λ^c f(x)`) can be rescaled:
+//! multiply its incoming weights and bias by `λ > 0`, divide its outgoing weights by `λ^c`, and the
+//! network computes the same function. For a regularizer `R = Σ g(|w|)`, the neuron is *balanced*
+//! when its input cost equals `c` times its output cost. With `u = ln λ` per free neuron the total
+//! cost `F(u) = Σ_{j→i} c_ij·e^{p(u_i − c_j u_j)} + Σ_i β_i·e^{p u_i}` is convex; its gradient is
+//! the vector of imbalances, and its minimiser is the unique globally balanced state.
+//!
+//! Modules:
+//! - [`network`]: the graph (neurons, edges, biases, activations, scale groups, builders,
+//!   evaluation).
+//! - [`regularizer`]: penalties `g` (`L_p`, elastic net, custom) and per-edge classes.
+//! - [`measure`]: costs, imbalances, deficit.
+//! - [`balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
+
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod measure;
+pub mod network;
+pub mod regularizer;
+pub mod solve;

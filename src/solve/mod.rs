@@ -1,0 +1,337 @@
+//! Solvers for the balanced state, all behind one entry point, [`balance`].
+//!
+//! The problem (see [`crate::problem`]) is the convex function `F(u)` of the log-scales `u`, one
+//! per scale group. Solvers:
+//! - [`Method::Newton`]: damped Newton on `F` with a sparse Cholesky factorisation of the grounded
+//!   Laplacian Hessian (or matrix-free preconditioned CG on very wide dense layers).
+//! - [`Method::Lbfgs`], [`Method::NewtonCg`]: argmin 0.11's solvers on the same problem.
+//! - [`Method::Local`]: local balancing (exact coordinate descent, Osborne's iteration) with a
+//!   [`Schedule`]: stochastic, cyclic, greedy or parallel.
+//!
+//! Outcomes are data ([`Status`] inside [`Solution`]); errors ([`BalanceError`]) are for bad input.
+
+use crate::network::Network;
+use crate::regularizer::Regularizer;
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Order in which local balancing visits scale groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Schedule {
+    /// A fresh uniformly random permutation of the groups every sweep (seeded).
+    Stochastic,
+    /// A uniformly random group at every step, with replacement (seeded); a "sweep" is as many
+    /// steps as there are groups.
+    StochasticUniform,
+    /// Groups in index order every sweep.
+    Cyclic,
+    /// Groups in reverse index order every sweep.
+    CyclicBackward,
+    /// Always the most imbalanced group next (a priority queue keyed by imbalance).
+    Greedy,
+    /// Colour classes of groups that share no edge, each class balanced concurrently (rayon).
+    Parallel,
+}
+
+/// Which algorithm computes the balanced state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Method {
+    /// Damped Newton on the log-scale problem (the default, exact).
+    Newton,
+    /// argmin's L-BFGS with a More-Thuente line search.
+    Lbfgs,
+    /// argmin's Newton-CG (Hessian-vector products through our sparse Hessian).
+    NewtonCg,
+    /// Local balancing, one group at a time, in the given order.
+    Local(Schedule),
+}
+
+impl Method {
+    /// Every method, in the order used by tables and plots.
+    pub const ALL: [Method; 9] = [
+        Method::Newton,
+        Method::Lbfgs,
+        Method::NewtonCg,
+        Method::Local(Schedule::Stochastic),
+        Method::Local(Schedule::StochasticUniform),
+        Method::Local(Schedule::Cyclic),
+        Method::Local(Schedule::CyclicBackward),
+        Method::Local(Schedule::Greedy),
+        Method::Local(Schedule::Parallel),
+    ];
+
+    /// The command-line name (`newton`, `lbfgs`, `newton-cg`, `stochastic`, `stochastic-uniform`,
+    /// `cyclic`, `cyclic-backward`, `greedy`, `parallel`).
+    ///
+    /// ```
+    /// use synbal::solve::{Method, Schedule};
+    /// assert_eq!(Method::Local(Schedule::Cyclic).name(), "cyclic");
+    /// assert_eq!("newton".parse::<Method>().unwrap(), Method::Newton);
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Newton => "newton",
+            Method::Lbfgs => "lbfgs",
+            Method::NewtonCg => "newton-cg",
+            Method::Local(Schedule::Stochastic) => "stochastic",
+            Method::Local(Schedule::StochasticUniform) => "stochastic-uniform",
+            Method::Local(Schedule::Cyclic) => "cyclic",
+            Method::Local(Schedule::CyclicBackward) => "cyclic-backward",
+            Method::Local(Schedule::Greedy) => "greedy",
+            Method::Local(Schedule::Parallel) => "parallel",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = SettingsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Method::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| SettingsError::UnknownMethod(s.to_string()))
+    }
+}
+
+/// Linear algebra used by the Newton step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum LinearSolver {
+    /// Cholesky unless the predicted fill is too large, then CG.
+    #[default]
+    Auto,
+    /// Sparse Cholesky (faer), symbolic analysis once, numeric refactorisation each step.
+    Cholesky,
+    /// Matrix-free preconditioned conjugate gradients.
+    Cg,
+}
+
+/// What to do with neurons for which no finite balanced scale exists (zero input or output cost,
+/// edges on no cycle through the ground).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum Degenerate {
+    /// Hold them at scale 1, balance the rest exactly, and list them in the report.
+    #[default]
+    HoldFixed,
+    /// Set to zero exactly the weights that can carry no signal to an output (keeps the
+    /// function), then balance the rest: the limit state.
+    Prune,
+}
+
+/// Solver settings, validated by [`Settings::validate`]. Defaults are documented per field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    /// Algorithm. Default [`Method::Newton`].
+    pub method: Method,
+    /// Stop when the maximum relative imbalance over groups is below `tol`. Default `1e-12`.
+    pub tol: f64,
+    /// Iteration cap (Newton iterations, argmin iterations or local sweeps). Default: 100 for
+    /// Newton-type methods, 1,000,000 sweeps for local balancing.
+    pub max_iterations: Option<usize>,
+    /// Seed for the stochastic schedules (ChaCha8). Default 0.
+    pub seed: u64,
+    /// Linear solver of the Newton step. Default [`LinearSolver::Auto`].
+    pub linear_solver: LinearSolver,
+    /// Degenerate neurons policy. Default [`Degenerate::HoldFixed`].
+    pub degenerate: Degenerate,
+    /// Wall-clock limit. Default none.
+    pub time_limit: Option<Duration>,
+    /// Record one trace entry per iteration or sweep. Default true.
+    pub trace: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            method: Method::Newton,
+            tol: 1e-12,
+            max_iterations: None,
+            seed: 0,
+            linear_solver: LinearSolver::Auto,
+            degenerate: Degenerate::HoldFixed,
+            time_limit: None,
+            trace: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Settings for a method with every other field at its default.
+    pub fn with_method(method: Method) -> Self {
+        Settings {
+            method,
+            ..Settings::default()
+        }
+    }
+
+    /// The iteration cap in force.
+    pub fn iteration_cap(&self) -> usize {
+        self.max_iterations.unwrap_or(match self.method {
+            Method::Local(_) => 1_000_000,
+            _ => 100,
+        })
+    }
+
+    /// Checks every field.
+    ///
+    /// ```
+    /// use synbal::solve::Settings;
+    /// assert!(Settings::default().validate().is_ok());
+    /// assert!(Settings { tol: -1.0, ..Settings::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(self.tol.is_finite() && self.tol > 0.0 && self.tol < 1.0) {
+            return Err(SettingsError::BadTolerance(self.tol));
+        }
+        if self.max_iterations == Some(0) {
+            return Err(SettingsError::ZeroIterations);
+        }
+        Ok(())
+    }
+}
+
+/// Invalid settings.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SettingsError {
+    /// Tolerance must be in (0, 1).
+    #[error("tolerance must be finite and in (0, 1), got {0}")]
+    BadTolerance(f64),
+    /// Iteration cap of 0.
+    #[error("the iteration cap must be at least 1")]
+    ZeroIterations,
+    /// Unknown method name.
+    #[error("unknown method `{0}` (expected one of: newton, lbfgs, newton-cg, stochastic, stochastic-uniform, cyclic, cyclic-backward, greedy, parallel)")]
+    UnknownMethod(String),
+}
+
+/// Why a solver stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    /// The maximum relative imbalance fell below the tolerance.
+    Converged,
+    /// The iteration cap was reached first.
+    MaxIterations,
+    /// The time limit was reached first.
+    TimeLimit,
+    /// No further progress was possible in floating point (line search or sweep made no change).
+    Stalled,
+    /// A non-finite value or a failed factorisation; the last finite iterate is returned.
+    NumericalTrouble,
+}
+
+impl Status {
+    /// Whether the tolerance was reached.
+    pub fn converged(&self) -> bool {
+        matches!(self, Status::Converged)
+    }
+}
+
+/// One entry of a solver trace (per Newton iteration or local sweep).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TraceEntry {
+    /// Iteration or sweep number (0 = the start).
+    pub iteration: usize,
+    /// Maximum relative imbalance over groups.
+    pub max_relative_imbalance: f64,
+    /// Total regularizer cost.
+    pub cost: f64,
+    /// Balance deficit `Σ_g (In_g − Out_g)²`.
+    pub deficit: f64,
+    /// Seconds since the start.
+    pub seconds: f64,
+}
+
+/// The result of a balancing run.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    /// The balanced network (same structure, new weights and biases).
+    pub network: Network,
+    /// Log-scale `u_g` per scale group, relative to the input network.
+    pub log_scales: Vec<f64>,
+    /// Why the solver stopped.
+    pub status: Status,
+    /// Method used.
+    pub method: Method,
+    /// Iterations (Newton, argmin) or sweeps (local).
+    pub iterations: usize,
+    /// Maximum relative imbalance over groups after balancing (the certificate).
+    pub max_relative_imbalance: f64,
+    /// Total cost before.
+    pub cost_before: f64,
+    /// Total cost after.
+    pub cost_after: f64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Per-iteration trace (empty when `Settings::trace` is false).
+    pub trace: Vec<TraceEntry>,
+    /// Neurons held fixed because no finite balanced scale exists, and edges pruned.
+    pub diagnostics: Diagnostics,
+}
+
+impl Solution {
+    /// Scale `λ_i` per neuron, in neuron order (1 for fixed neurons).
+    pub fn neuron_scales(&self) -> Vec<f64> {
+        self.network.neuron_scales(&self.log_scales)
+    }
+}
+
+/// Structural findings reported with a solution.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Diagnostics {
+    /// Free neurons held at scale 1 because no finite optimum exists for them, with the reason.
+    pub held_fixed: Vec<(usize, String)>,
+    /// Edges set to zero by [`Degenerate::Prune`].
+    pub pruned_edges: Vec<usize>,
+    /// Free components not tied to any fixed neuron (scales undetermined up to a constant, weights
+    /// unique).
+    pub floating_components: usize,
+}
+
+/// Bad input to [`balance`].
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum BalanceError {
+    /// Invalid settings.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The regularizer does not fit the network.
+    #[error(transparent)]
+    Regularizer(#[from] crate::regularizer::RegularizerError),
+    /// The method is not available in this build.
+    #[error("method `{0}` is not available in this build")]
+    Unavailable(&'static str),
+}
+
+pub mod local;
+
+/// Computes the balanced state of `net` under `reg` with the method in `settings`.
+///
+/// ```
+/// use synbal::network::builders::random_mlp;
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::{balance, Method, Schedule, Settings};
+/// let net = random_mlp(&[4, 8, 8, 2], 3);
+/// let reg = Regularizer::lp(2.0).unwrap();
+/// let sol = balance(&net, &reg, &Settings::with_method(Method::Local(Schedule::Stochastic))).unwrap();
+/// assert!(sol.status.converged());
+/// ```
+pub fn balance(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+) -> Result<Solution, BalanceError> {
+    settings.validate()?;
+    reg.check_edges(net.num_edges())?;
+    match settings.method {
+        Method::Local(_) => local::solve(net, reg, settings),
+        other => Err(BalanceError::Unavailable(other.name())),
+    }
+}
