@@ -19,5 +19,6 @@
 pub mod balance;
 pub mod measure;
 pub mod network;
+pub mod plot;
 pub mod regularizer;
 pub mod solve;

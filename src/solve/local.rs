@@ -6,7 +6,10 @@
 //! many random steps as there are groups). Groups for which no finite balancing exists (input or
 //! output cost 0) are skipped and reported.
 
-use super::{BalanceError, Diagnostics, Method, Schedule, Settings, Solution, Status, TraceEntry};
+use super::{
+    BalanceError, Diagnostics, Method, NoObserver, Observer, Schedule, Settings, Solution, Status,
+    TraceEntry,
+};
 use crate::balance::{optimal_log_scale, LocalBalanceError};
 use crate::measure::{group_flows, summarize};
 use crate::network::Network;
@@ -35,6 +38,16 @@ pub fn solve(
     reg: &Regularizer,
     settings: &Settings,
 ) -> Result<Solution, BalanceError> {
+    solve_observed(net, reg, settings, &mut NoObserver)
+}
+
+/// [`solve`] with an observer called after the start and after every sweep.
+pub fn solve_observed(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
     let schedule = match settings.method {
@@ -51,16 +64,18 @@ pub fn solve(
     let mut diagnostics = Diagnostics::default();
     let before = summarize(&work, reg);
     let mut trace = Vec::new();
-    let record = |trace: &mut Vec<TraceEntry>, it: usize, net: &Network, max: f64| {
+    let mut record = |trace: &mut Vec<TraceEntry>, it: usize, net: &Network, max: f64| {
+        let s = summarize(net, reg);
+        let entry = TraceEntry {
+            iteration: it,
+            max_relative_imbalance: max,
+            cost: s.total_cost,
+            deficit: s.deficit,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        observer.observe(settings.method, &entry);
         if settings.trace {
-            let s = summarize(net, reg);
-            trace.push(TraceEntry {
-                iteration: it,
-                max_relative_imbalance: max,
-                cost: s.total_cost,
-                deficit: s.deficit,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+            trace.push(entry);
         }
     };
     let imbalance = |net: &Network, skip: &[bool]| {

@@ -312,6 +312,26 @@ pub enum BalanceError {
 
 pub mod local;
 
+/// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
+pub trait Observer {
+    /// Called after the start and after every iteration or sweep.
+    fn observe(&mut self, method: Method, entry: &TraceEntry);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(&mut self, _: Method, _: &TraceEntry) {}
+}
+
+impl<F: FnMut(Method, &TraceEntry)> Observer for F {
+    fn observe(&mut self, method: Method, entry: &TraceEntry) {
+        self(method, entry)
+    }
+}
+
 /// Computes the balanced state of `net` under `reg` with the method in `settings`.
 ///
 /// ```
