@@ -9,6 +9,7 @@ mod activation;
 pub mod builders;
 mod eval;
 mod groups;
+pub mod layered;
 
 pub use activation::Activation;
 pub use eval::{Simulation, SimulationError};

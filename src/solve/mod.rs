@@ -18,6 +18,8 @@ use std::str::FromStr;
 use std::time::Duration;
 use thiserror::Error;
 
+pub mod layered;
+
 /// Order in which local balancing visits scale groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Schedule {
