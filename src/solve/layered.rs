@@ -191,21 +191,6 @@ enum Pow {
     General(f64),
 }
 
-impl Pow {
-    #[inline(always)]
-    fn apply(self, x: f64) -> f64 {
-        match self {
-            Pow::One => x,
-            Pow::Two => x * x,
-            Pow::Four => {
-                let y = x * x;
-                y * y
-            }
-            Pow::General(p) => x.powf(p),
-        }
-    }
-}
-
 /// `ln(e^a + e^b)` robust to infinities.
 #[inline]
 fn lse(a: f64, b: f64) -> f64 {
@@ -240,29 +225,39 @@ fn pass_scale_max(
     if n == 0 {
         return (rowmax, colmax);
     }
+    let ones;
+    let si = match si {
+        Some(si) => si,
+        None => {
+            ones = vec![1.0; n];
+            &ones
+        }
+    };
     for (o, row) in layer.weight.chunks_mut(n).enumerate() {
         let eo = so.map_or(1.0, |s| s[o]);
         if so.is_some() {
             layer.bias[o] *= eo;
         }
-        let mut m = 0.0f64;
-        match si {
-            Some(si) => {
-                for ((w, &e), cm) in row.iter_mut().zip(si).zip(colmax.iter_mut()) {
-                    *w *= eo * e;
-                    let a = w.abs();
-                    m = m.max(a);
-                    *cm = cm.max(a);
-                }
+        let mut lanes = [0.0f64; 4];
+        let full = n - n % 4;
+        for ((wc, ec), cc) in row[..full]
+            .chunks_exact_mut(4)
+            .zip(si[..full].chunks_exact(4))
+            .zip(colmax[..full].chunks_exact_mut(4))
+        {
+            for j in 0..4 {
+                wc[j] *= eo * ec[j];
+                let a = wc[j].abs();
+                lanes[j] = if a > lanes[j] { a } else { lanes[j] };
+                cc[j] = if a > cc[j] { a } else { cc[j] };
             }
-            None => {
-                for (w, cm) in row.iter_mut().zip(colmax.iter_mut()) {
-                    *w *= eo;
-                    let a = w.abs();
-                    m = m.max(a);
-                    *cm = cm.max(a);
-                }
-            }
+        }
+        let mut m = lanes[0].max(lanes[1]).max(lanes[2].max(lanes[3]));
+        for j in full..n {
+            row[j] *= eo * si[j];
+            let a = row[j].abs();
+            m = m.max(a);
+            colmax[j] = colmax[j].max(a);
         }
         rowmax[o] = m;
     }
@@ -278,7 +273,28 @@ fn pass_sums(
     p: f64,
     rowmax: &[f64],
     colmax: &[f64],
+    k: Option<&mut [f32]>,
+) -> BlockStats {
+    match pw {
+        Pow::One => pass_sums_with(layer, alpha, p, rowmax, colmax, k, |x| x),
+        Pow::Two => pass_sums_with(layer, alpha, p, rowmax, colmax, k, |x| x * x),
+        Pow::Four => pass_sums_with(layer, alpha, p, rowmax, colmax, k, |x| {
+            let y = x * x;
+            y * y
+        }),
+        Pow::General(q) => pass_sums_with(layer, alpha, p, rowmax, colmax, k, |x| x.powf(q)),
+    }
+}
+
+#[inline(always)]
+fn pass_sums_with(
+    layer: &DenseLayer,
+    alpha: f64,
+    p: f64,
+    rowmax: &[f64],
+    colmax: &[f64],
     mut k: Option<&mut [f32]>,
+    pw: impl Fn(f64) -> f64 + Copy,
 ) -> BlockStats {
     let n = layer.inputs;
     let inv_c: Vec<f64> = colmax
@@ -289,39 +305,58 @@ fn pass_sums(
     let mut ln_row = vec![f64::NEG_INFINITY; layer.outputs];
     let mut ln_rowmax = vec![f64::NEG_INFINITY; layer.outputs];
     let ln_alpha = alpha.ln();
+    let full = n - n % 4;
     if n > 0 {
         for (o, row) in layer.weight.chunks(n).enumerate() {
             let m = rowmax[o];
             let ir = if m > 0.0 { 1.0 / m } else { 0.0 };
             let mut acc = [0.0f64; 4];
+            let mut tail = 0.0;
             match k.as_deref_mut() {
                 Some(k) => {
                     let krow = &mut k[o * n..(o + 1) * n];
-                    for (j, (((&w, &ic), c), kk)) in row
-                        .iter()
-                        .zip(&inv_c)
-                        .zip(col.iter_mut())
-                        .zip(krow.iter_mut())
-                        .enumerate()
+                    for (((wc, ic), cc), kc) in row[..full]
+                        .chunks_exact(4)
+                        .zip(inv_c[..full].chunks_exact(4))
+                        .zip(col[..full].chunks_exact_mut(4))
+                        .zip(krow[..full].chunks_exact_mut(4))
                     {
-                        let a = w.abs();
-                        let x = pw.apply(a * ir);
-                        acc[j & 3] += x;
-                        *kk = x as f32;
-                        *c += pw.apply(a * ic);
+                        for j in 0..4 {
+                            let a = wc[j].abs();
+                            let x = pw(a * ir);
+                            acc[j] += x;
+                            kc[j] = x as f32;
+                            cc[j] += pw(a * ic[j]);
+                        }
+                    }
+                    for j in full..n {
+                        let a = row[j].abs();
+                        let x = pw(a * ir);
+                        tail += x;
+                        krow[j] = x as f32;
+                        col[j] += pw(a * inv_c[j]);
                     }
                 }
                 None => {
-                    for (j, ((&w, &ic), c)) in
-                        row.iter().zip(&inv_c).zip(col.iter_mut()).enumerate()
+                    for ((wc, ic), cc) in row[..full]
+                        .chunks_exact(4)
+                        .zip(inv_c[..full].chunks_exact(4))
+                        .zip(col[..full].chunks_exact_mut(4))
                     {
-                        let a = w.abs();
-                        acc[j & 3] += pw.apply(a * ir);
-                        *c += pw.apply(a * ic);
+                        for j in 0..4 {
+                            let a = wc[j].abs();
+                            acc[j] += pw(a * ir);
+                            cc[j] += pw(a * ic[j]);
+                        }
+                    }
+                    for j in full..n {
+                        let a = row[j].abs();
+                        tail += pw(a * ir);
+                        col[j] += pw(a * inv_c[j]);
                     }
                 }
             }
-            let s = acc[0] + acc[1] + acc[2] + acc[3];
+            let s = (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail;
             if m > 0.0 && alpha > 0.0 {
                 ln_rowmax[o] = ln_alpha + p * m.ln();
                 ln_row[o] = ln_rowmax[o] + s.ln();
@@ -349,21 +384,21 @@ fn pass_sums(
 /// Fused row kernel: returns `Σ_i K[i]·x[i]` and does `col[i] += K[i]·y`.
 #[inline]
 fn row_kernel(k: &[f32], x: &[f64], col: &mut [f64], y: f64) -> f64 {
-    let mut acc = [0.0f64; 8];
+    let mut acc = [0.0f64; 4];
     let n = k.len();
-    let full = n - n % 8;
+    let full = n - n % 4;
     for ((kc, xc), cc) in k[..full]
-        .chunks_exact(8)
-        .zip(x[..full].chunks_exact(8))
-        .zip(col[..full].chunks_exact_mut(8))
+        .chunks_exact(4)
+        .zip(x[..full].chunks_exact(4))
+        .zip(col[..full].chunks_exact_mut(4))
     {
-        for j in 0..8 {
-            let kk = kc[j] as f64;
-            acc[j] += kk * xc[j];
-            cc[j] += kk * y;
+        let kd = [kc[0] as f64, kc[1] as f64, kc[2] as f64, kc[3] as f64];
+        for j in 0..4 {
+            acc[j] += kd[j] * xc[j];
+            cc[j] += kd[j] * y;
         }
     }
-    let mut s = acc.iter().sum::<f64>();
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for j in full..n {
         let kk = k[j] as f64;
         s += kk * x[j];
@@ -722,7 +757,10 @@ impl<'a> Solver<'a> {
                 applied = t;
                 let dec = self.ln_f - ln_f0; // ln(F_new / F_old)
                 let armijo = (dec.exp_m1()) <= 1e-4 * t * slope;
-                if armijo || dec <= 4e-16 {
+                // near the optimum the change of F is below its rounding noise: judge the step
+                // by the gradient (the imbalance) instead
+                let noise = dec.abs() < 1e-12 && self.max_rel() < max;
+                if armijo || noise {
                     accepted = true;
                     break;
                 }
