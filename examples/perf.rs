@@ -352,7 +352,7 @@ fn main() {
         .map(|i| PathBuf::from(&args[i + 1]));
     let started = Instant::now();
     // budgets (seconds) for local methods and for everything else
-    let (local_budget, newton_budget) = if quick { (1.0, 10.0) } else { (20.0, 120.0) };
+    let (local_budget, newton_budget) = if quick { (1.0, 10.0) } else { (6.0, 300.0) };
     // the general network uses 32 bytes per edge; keep it within reason
     let max_general_edges = if quick { 300_000 } else { 5_000_000 };
 
