@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod io;
 pub mod measure;
 pub mod network;
 pub mod plot;
