@@ -58,6 +58,8 @@ pub struct Problem {
     // Hessian pattern: lower triangle, diagonal first in every column.
     pattern: SymbolicSparseColMat<usize>,
     off_slot: Vec<usize>,
+    var_ptr: Vec<usize>,
+    var_terms: Vec<u32>,
     balance_unit: f64,
 }
 
@@ -183,6 +185,8 @@ impl Problem {
             classes: reg.classes().to_vec(),
             pattern: SymbolicSparseColMat::new_checked(0, 0, vec![0], None, vec![]),
             off_slot: Vec::new(),
+            var_ptr: Vec::new(),
+            var_terms: Vec::new(),
             balance_unit: reg.uniform_lp().unwrap_or(1.0),
         };
         let class_of = |e: usize| -> u16 { reg.edge_classes().map_or(0, |c| c[e]) };
@@ -287,6 +291,29 @@ impl Problem {
 
     fn build_pattern(&mut self) {
         let n = self.n;
+        let mut ptr = vec![0usize; n + 1];
+        for e in 0..self.a.len() {
+            for v in [self.a[e], self.b[e]] {
+                if v != NO_VAR {
+                    ptr[v as usize + 1] += 1;
+                }
+            }
+        }
+        for k in 0..n {
+            ptr[k + 1] += ptr[k];
+        }
+        let mut fill = ptr.clone();
+        let mut terms = vec![0u32; ptr[n]];
+        for e in 0..self.a.len() {
+            for v in [self.a[e], self.b[e]] {
+                if v != NO_VAR {
+                    terms[fill[v as usize]] = e as u32;
+                    fill[v as usize] += 1;
+                }
+            }
+        }
+        self.var_ptr = ptr;
+        self.var_terms = terms;
         let mut pairs: Vec<(u32, u32)> = (0..self.a.len())
             .filter(|&e| self.a[e] != NO_VAR && self.b[e] != NO_VAR)
             .map(|e| {
@@ -612,6 +639,99 @@ impl Problem {
             out[a as usize] += w * z * self.ka[e];
         }
         out
+    }
+
+    /// The exact minimiser of `F` along coordinate `k` (all other variables held): the `δ` that
+    /// balances variable `k`, found by a safeguarded 1-D Newton on the convex
+    /// `ψ(δ) = Σ_{e ∋ k} V_e(t_e + a_ek δ)` in the log domain. Returns 0 when no finite minimiser
+    /// exists along the coordinate.
+    pub fn coordinate_minimizer(&self, k: usize, x: &[f64]) -> f64 {
+        let terms = &self.var_terms[self.var_ptr[k]..self.var_ptr[k + 1]];
+        let coef = |e: usize| {
+            if self.a[e] == k as u32 {
+                self.ka[e]
+            } else {
+                self.kb[e]
+            }
+        };
+        let t0: Vec<(usize, f64, f64)> = terms
+            .iter()
+            .map(|&e| (e as usize, self.term_t(e as usize, x), coef(e as usize)))
+            .collect();
+        // ψ'(δ)/e^S and ψ''(δ)/e^S with S the largest log-term.
+        let eval = |d: f64| -> (f64, f64) {
+            let vals: Vec<(f64, f64, f64, f64)> = t0
+                .iter()
+                .map(|&(e, t, c)| {
+                    let (s, r1, r2) = self.term_at(e, t + c * d);
+                    (s, r1, r2, c)
+                })
+                .collect();
+            let m = vals.iter().map(|v| v.0).fold(f64::NEG_INFINITY, f64::max);
+            if !m.is_finite() {
+                return (0.0, 0.0);
+            }
+            vals.iter().fold((0.0, 0.0), |(g, h), &(s, r1, r2, c)| {
+                let v = (s - m).exp();
+                (g + r1 * c * v, h + r2 * c * c * v)
+            })
+        };
+        let (g0, _) = eval(0.0);
+        if g0 == 0.0 {
+            return 0.0;
+        }
+        // bracket the root of the increasing ψ'
+        let dir = if g0 < 0.0 { 1.0 } else { -1.0 };
+        let (mut lo, mut hi): (f64, f64);
+        let mut step = 1.0;
+        loop {
+            let (g, _) = eval(dir * step);
+            if (g < 0.0) == (g0 < 0.0) && g != 0.0 {
+                step *= 2.0;
+                if step > 1e4 {
+                    return 0.0;
+                }
+            } else {
+                if dir > 0.0 {
+                    lo = step / 2.0;
+                    hi = step;
+                } else {
+                    lo = -step;
+                    hi = -step / 2.0;
+                }
+                if step == 1.0 {
+                    if dir > 0.0 {
+                        lo = 0.0
+                    } else {
+                        hi = 0.0
+                    }
+                }
+                break;
+            }
+        }
+        let mut d = 0.5 * (lo + hi);
+        for _ in 0..100 {
+            let (g, h) = eval(d);
+            if g == 0.0 {
+                return d;
+            }
+            if g > 0.0 {
+                hi = d
+            } else {
+                lo = d
+            }
+            let nd = d - g / h;
+            let next = if h > 0.0 && nd > lo && nd < hi {
+                nd
+            } else {
+                0.5 * (lo + hi)
+            };
+            if (next - d).abs() <= 1e-15 * (1.0 + d.abs()) || hi - lo <= 1e-15 * (1.0 + d.abs()) {
+                return next;
+            }
+            d = next;
+        }
+        d
     }
 
     /// Slopes `Δt_e = a_e·d` of every term along a direction `d`.

@@ -126,6 +126,8 @@ pub struct NewtonReport {
     pub cg_iterations: usize,
     /// Largest CG iteration count of one Newton step.
     pub max_cg_iterations: usize,
+    /// Whether the log-domain least-squares start was used (it lowered `F` below `F(0)`).
+    pub least_squares_start: bool,
 }
 
 /// Use CG when one numeric factorisation is predicted to cost more than this many times the
@@ -324,6 +326,61 @@ fn line_search(problem: &Problem, t: &[f64], dt: &[f64]) -> Option<f64> {
     (lo > 0.0).then_some(lo)
 }
 
+/// The log-domain least-squares start: minimises `½ Σ_e (s_e(x) − μ)²` (`s_e = ln V_e`
+/// linearised at `x = 0`, `μ` the mean of `s_e(0)` over non-constant terms), i.e. solves
+/// `(Σ_e r_e² a_e a_eᵀ) x = −Σ_e r_e (s_e(0) − μ) a_e` with the same sparse pattern as the Newton
+/// system (`r_e = V_e'/V_e`, `p` for `L_p`). This removes in one linear solve the large
+/// log-linear part of the imbalance (layers scaled by `1e±150`), where Newton on the
+/// exponentials would need `O(|u*|)` damped steps. Invariant under a global change of units.
+fn log_least_squares_start(
+    problem: &Problem,
+    ev: &Evaluation,
+    linear: &mut Linear,
+    report: &mut NewtonReport,
+) -> Option<Vec<f64>> {
+    let n = problem.num_vars();
+    let m = problem.num_terms();
+    let (mut sum, mut count) = (0.0, 0usize);
+    for e in 0..m {
+        let (a, _, _, _) = problem.term_vars(e);
+        if a != crate::problem::NO_VAR && ev.s[e].is_finite() {
+            sum += ev.s[e];
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let mu = sum / count as f64;
+    let mut fa = vec![0.0; m];
+    let mut fb = vec![0.0; m];
+    let mut rhs = vec![0.0; n];
+    for e in 0..m {
+        let (a, ka, b, kb) = problem.term_vars(e);
+        if a == crate::problem::NO_VAR || !ev.s[e].is_finite() {
+            continue;
+        }
+        let r = ev.r1[e];
+        let res = r * (ev.s[e] - mu);
+        fa[e] = r * ka;
+        rhs[a as usize] -= res * ka;
+        if b != crate::problem::NO_VAR {
+            fb[e] = r * kb;
+            rhs[b as usize] -= res * kb;
+        }
+    }
+    let mut y = rhs.clone();
+    let ok = match linear {
+        Linear::Cholesky(ch) => ch.solve(problem, &fa, &fb, &mut y),
+        Linear::Cg(cg) => {
+            let out = cg.solve(problem, &fa, &fb, &rhs, &mut y, 1e-8);
+            report.cg_iterations += out.iterations;
+            y.iter().all(|v| v.is_finite())
+        }
+    };
+    ok.then_some(y)
+}
+
 /// Runs damped Newton; see the module documentation.
 ///
 /// ```
@@ -379,9 +436,19 @@ pub fn solve_detailed(
     };
     let mut x = vec![0.0; n];
     let mut ev = problem.evaluate(&x);
-    record(&mut trace, problem, &ev, 0);
     let mut linear =
         (n > 0).then(|| choose_linear(&prep.network, problem, settings.linear_solver, &mut report));
+    if let Some(lin) = linear.as_mut() {
+        if let Some(x_ls) = log_least_squares_start(problem, &ev, lin, &mut report) {
+            let ev_ls = problem.evaluate(&x_ls);
+            if ev_ls.ln_value() < ev.ln_value() {
+                x = x_ls;
+                ev = ev_ls;
+                report.least_squares_start = true;
+            }
+        }
+    }
+    record(&mut trace, problem, &ev, 0);
     let cap = settings.iteration_cap();
     let (mut fa, mut fb, mut rhs, mut y, mut d, mut dt) = (
         vec![],
@@ -466,6 +533,18 @@ pub fn solve_detailed(
             break Status::Stalled;
         }
         problem.evaluate_into(&x, &mut ev);
+        // Variables far from balance whose terms are negligible in F (so the line search cannot
+        // see them) are balanced exactly along their coordinate (Gauss-Seidel, F never rises).
+        let far: Vec<usize> = (0..n).filter(|&k| ev.relative_imbalance(k) > 0.5).collect();
+        if !far.is_empty() {
+            for &k in &far {
+                let delta = problem.coordinate_minimizer(k, &x);
+                if delta.is_finite() {
+                    x[k] += delta;
+                }
+            }
+            problem.evaluate_into(&x, &mut ev);
+        }
         iterations += 1;
         record(&mut trace, problem, &ev, iterations);
         if !x.iter().all(|v| v.is_finite()) {
