@@ -293,6 +293,8 @@ pub struct Diagnostics {
     pub held_fixed: Vec<(usize, String)>,
     /// Edges set to zero by [`Degenerate::Prune`].
     pub pruned_edges: Vec<usize>,
+    /// Neurons whose bias was set to zero by [`Degenerate::Prune`] (no output reachable from them).
+    pub pruned_biases: Vec<usize>,
     /// Free components not tied to any fixed neuron (scales undetermined up to a constant, weights
     /// unique).
     pub floating_components: usize,
@@ -307,12 +309,12 @@ pub enum BalanceError {
     /// The regularizer does not fit the network.
     #[error(transparent)]
     Regularizer(#[from] crate::regularizer::RegularizerError),
-    /// The method is not available in this build.
-    #[error("method `{0}` is not available in this build")]
-    Unavailable(&'static str),
 }
 
+pub mod argmin;
+pub mod cg;
 pub mod local;
+pub mod newton;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
@@ -354,6 +356,25 @@ pub fn balance(
     reg.check_edges(net.num_edges())?;
     match settings.method {
         Method::Local(_) => local::solve(net, reg, settings),
-        other => Err(BalanceError::Unavailable(other.name())),
+        Method::Newton => newton::solve(net, reg, settings),
+        Method::Lbfgs | Method::NewtonCg => argmin::solve(net, reg, settings),
     }
+}
+
+/// The exact balanced state: Newton with tolerance `1e-13` and no trace. Use it as the reference
+/// for "distance to the exact balanced state" ([`crate::measure::relative_distance`]).
+///
+/// ```
+/// use synbal::network::builders::chain;
+/// use synbal::regularizer::Regularizer;
+/// let sol = synbal::solve::exact(&chain(&[1.0, 4.0], 0.0), &Regularizer::lp(2.0).unwrap()).unwrap();
+/// assert!((sol.network.weights()[0] - 2.0).abs() < 1e-15);
+/// ```
+pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError> {
+    let settings = Settings {
+        tol: 1e-13,
+        trace: false,
+        ..Settings::default()
+    };
+    newton::solve(net, reg, &settings)
 }
