@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use synbal::network::builders::{random_dag, random_layers, random_recurrent};
 use synbal::network::layered::LayeredMlp;
@@ -24,7 +24,7 @@ use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::plot::{LinePlot, Series};
 use synbal::regularizer::Regularizer;
 use synbal::solve::layered::balance_layered_in_place;
-use synbal::solve::{balance, BalanceError, Method, Settings};
+use synbal::solve::{balance, LinearSolver, Method, Settings};
 
 const TOL: f64 = 1e-10;
 
@@ -175,6 +175,34 @@ fn run_case(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
         trace: Vec::new(),
         note: String::new(),
     };
+    if method == "json-read" {
+        // write the network as JSON to a temporary file, then time reading it back
+        let net = build(spec);
+        res.edges = net.num_edges();
+        let doc = synbal::io::json::JsonNetwork::from_network(&net).expect("serialisable");
+        let dir = std::env::temp_dir().join(format!("synbal-perf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("net.json");
+        let t = Instant::now();
+        synbal::io::json::write_network(&path, &doc, &net).expect("write");
+        let write = t.elapsed().as_secs_f64();
+        drop(doc);
+        drop(net);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let t = Instant::now();
+        let back = synbal::io::json::read_network(&path).expect("read back");
+        res.seconds = t.elapsed().as_secs_f64();
+        res.status = "read".into();
+        res.iterations = 0;
+        res.pass_seconds = pass_time(&[back.network.weights()], 1.0, p);
+        res.note = format!(
+            "file {:.0} MiB, written in {write:.1} s",
+            size as f64 / (1 << 20) as f64
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        res.peak_bytes = peak_bytes();
+        return res;
+    }
     if method == "layered" {
         let f: Vec<&str> = spec.split(':').collect();
         if f[0] != "mlp" {
@@ -212,10 +240,15 @@ fn run_case(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
     let net = build(spec);
     res.edges = net.num_edges();
     res.pass_seconds = pass_time(&[net.weights()], 1.0, p);
-    let m: Method = method.parse().expect("method name");
+    let (m, linear_solver) = match method {
+        "newton-cholesky" => (Method::Newton, LinearSolver::Cholesky),
+        "newton-pcg" => (Method::Newton, LinearSolver::Cg),
+        other => (other.parse().expect("method name"), LinearSolver::Auto),
+    };
     let s = Settings {
         tol: TOL,
         time_limit: Some(Duration::from_secs_f64(budget)),
+        linear_solver,
         ..Settings::with_method(m)
     };
     let t = Instant::now();
@@ -231,7 +264,6 @@ fn run_case(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
                 .map(|e| (e.seconds, e.max_relative_imbalance))
                 .collect();
         }
-        Err(BalanceError::Unavailable(_)) => res.status = "unavailable".into(),
         Err(e) => res.status = format!("error: {e}"),
     }
     res.peak_bytes = peak_bytes();
@@ -240,11 +272,50 @@ fn run_case(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
 
 fn child(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
     let exe = std::env::current_exe().expect("own executable");
-    let out = Command::new(exe)
+    // the child's report goes to a file (a pipe could fill up while we only poll for exit)
+    let out_path =
+        std::env::temp_dir().join(format!("synbal-perf-case-{}.json", std::process::id()));
+    let mut proc = Command::new(exe)
         .args(["--case", spec, &p.to_string(), method, &budget.to_string()])
-        .output()
-        .expect("child process runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+        .stdout(Stdio::from(
+            std::fs::File::create(&out_path).expect("temporary output file"),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child process starts");
+    // hard wall-clock limit: some solvers do not check `time_limit` (argmin's loop)
+    let hard = Duration::from_secs_f64(budget + 10.0);
+    let t = Instant::now();
+    loop {
+        if proc.try_wait().expect("child status").is_some() {
+            break;
+        }
+        if t.elapsed() > hard {
+            let _ = proc.kill();
+            let _ = proc.wait();
+            return CaseResult {
+                network: spec.into(),
+                p,
+                method: method.into(),
+                edges: 0,
+                status: format!(
+                    "killed after {:.0} s (ignores the time limit)",
+                    hard.as_secs_f64()
+                ),
+                seconds: t.elapsed().as_secs_f64(),
+                iterations: 0,
+                imbalance: None,
+                pass_seconds: 0.0,
+                peak_bytes: 0,
+                trace: vec![],
+                note: String::new(),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = proc.wait().expect("child status");
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
     match text
         .lines()
         .rev()
@@ -256,14 +327,7 @@ fn child(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
             p,
             method: method.into(),
             edges: 0,
-            status: format!(
-                "child failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
+            status: format!("child failed ({status})"),
             seconds: 0.0,
             iterations: 0,
             imbalance: None,
@@ -275,8 +339,18 @@ fn child(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
     }
 }
 
+/// Every method of `Method::ALL`, Newton twice (Cholesky and PCG linear solver), and the
+/// layered Newton.
 fn methods() -> Vec<String> {
-    let mut v: Vec<String> = Method::ALL.iter().map(|m| m.name().to_string()).collect();
+    let mut v = Vec::new();
+    for m in Method::ALL {
+        if m == Method::Newton {
+            v.push("newton-cholesky".to_string());
+            v.push("newton-pcg".to_string());
+        } else {
+            v.push(m.name().to_string());
+        }
+    }
     v.push("layered".into());
     v
 }
@@ -297,7 +371,7 @@ fn row(r: &CaseResult) -> String {
     let imb = r.imbalance.unwrap_or(f64::NAN);
     let result = match r.status.as_str() {
         "Converged" => format!("converged ({imb:.1e})"),
-        "n/a" | "unavailable" => {
+        st if st.starts_with("killed") || st == "n/a" || st == "unavailable" => {
             return format!(
                 "| {} | {} | {} | {} | | | | | |",
                 r.network, r.p, r.method, r.status
@@ -352,7 +426,11 @@ fn main() {
         .map(|i| PathBuf::from(&args[i + 1]));
     let started = Instant::now();
     // budgets (seconds) for local methods and for everything else
-    let (local_budget, newton_budget) = if quick { (1.0, 10.0) } else { (6.0, 300.0) };
+    let (local_budget, argmin_budget, newton_budget) = if quick {
+        (1.0, 1.0, 5.0)
+    } else {
+        (5.0, 10.0, 60.0)
+    };
     // the general network uses 32 bytes per edge; keep it within reason
     let max_general_edges = if quick { 300_000 } else { 5_000_000 };
 
@@ -369,7 +447,7 @@ fn main() {
     let others: Vec<&str> = if quick {
         vec!["dag:300", "rnn:64", "cnn:8:6"]
     } else {
-        vec!["dag:3000", "rnn:256", "cnn:32:16"]
+        vec!["dag:1000", "rnn:128", "cnn:16:8"]
     };
     let plot_spec = if quick { "mlp:32:64" } else { "mlp:256:64" };
 
@@ -378,7 +456,7 @@ fn main() {
         if quick { "quick" } else { "full" }
     );
     println!(
-        "tolerance {TOL:e} (max relative imbalance); local methods capped at {local_budget} s, others at {newton_budget} s; general methods run only up to {max_general_edges} edges (the edge-list network takes 32 bytes per edge).\n"
+        "tolerance {TOL:e} (max relative imbalance); local methods capped at {local_budget} s, argmin's LBFGS and Newton-CG at {argmin_budget} s (killed 10 s later if they ignore the limit), Newton at {newton_budget} s; general methods run only up to {max_general_edges} edges (the edge-list network takes 32 bytes per edge).\n"
     );
     let mut all: Vec<CaseResult> = Vec::new();
     let run_table = |title: &str, cases: Vec<(String, f64)>, all: &mut Vec<CaseResult>| {
@@ -401,7 +479,9 @@ fn main() {
                     );
                     continue;
                 }
-                let budget = if m.starts_with("newton") || m == "lbfgs" || m == "layered" {
+                let budget = if m == "lbfgs" || m == "newton-cg" {
+                    argmin_budget
+                } else if m.starts_with("newton") || m == "layered" {
                     newton_budget
                 } else {
                     local_budget
@@ -450,6 +530,20 @@ fn main() {
         }
         println!();
     }
+
+    println!("## Reading network JSON (synbal::io::json::read_network)\n\n{HEADER}");
+    let json_specs: &[&str] = if quick {
+        &["mlp:256:4"]
+    } else if big {
+        &["mlp:1000:1", "mlp:1000:10"]
+    } else {
+        &["mlp:1000:1"]
+    };
+    for spec in json_specs {
+        let r = child(spec, 2.0, "json-read", 0.0);
+        println!("{}", row(&r));
+    }
+    println!();
 
     // parallel vs sequential sweeps
     println!("## Time per local sweep: parallel (rayon colouring) vs cyclic (sequential)\n");

@@ -280,3 +280,23 @@ fn higher_degree_units_agree_with_local_balancing() {
     let d = max_rel_diff(local.network.weights(), ours.network.weights());
     assert!(d < 1e-9, "{d:e}");
 }
+
+#[test]
+fn agrees_with_the_general_sparse_newton() {
+    for (k, p) in [1.0, 2.0, 4.0].into_iter().enumerate() {
+        for biases in [true, false] {
+            let mlp = LayeredMlp::random(&[5, 12, 10, 12, 12, 3], 40 + k as u64);
+            let net = mlp.to_network().unwrap();
+            let r = reg(p, biases);
+            let general = synbal::solve::exact(&net, &r).unwrap();
+            assert!(general.status.converged());
+            let ours = balance_layered(&mlp, &r, &tight())
+                .unwrap()
+                .into_solution(&net);
+            let d = max_rel_diff(general.network.weights(), ours.network.weights());
+            assert!(d < 1e-9, "p={p} biases={biases}: {d:e}");
+            let du = max_rel_diff(&general.log_scales, &ours.log_scales);
+            assert!(du < 1e-8, "p={p} biases={biases}: log-scales {du:e}");
+        }
+    }
+}
