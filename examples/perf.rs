@@ -481,7 +481,9 @@ fn main() {
                 }
                 let budget = if m == "lbfgs" || m == "newton-cg" {
                     argmin_budget
-                } else if m.starts_with("newton") || m == "layered" {
+                } else if m == "layered" {
+                    newton_budget.max(if quick { 5.0 } else { 600.0 })
+                } else if m.starts_with("newton") {
                     newton_budget
                 } else {
                     local_budget
