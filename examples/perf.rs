@@ -427,7 +427,7 @@ fn main() {
     let started = Instant::now();
     // budgets (seconds) for local methods and for everything else
     let (local_budget, argmin_budget, newton_budget) = if quick {
-        (1.0, 1.0, 5.0)
+        (1.0f64, 1.0f64, 5.0f64)
     } else {
         (5.0, 10.0, 60.0)
     };
