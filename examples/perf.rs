@@ -13,6 +13,8 @@
 //! N sweeps (imbalance x)" when they hit it. `--big` adds a 100-million-weight MLP (layered Newton
 //! only). `--out DIR` writes the convergence plot at depth 64 (`DIR/convergence_depth64.{png,svg}`).
 
+#![allow(clippy::needless_range_loop)]
+
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -29,6 +29,9 @@
 //! Memory: the weights (in place) + the `f32` cost array over hidden-to-hidden layers (half the
 //! size of those weights) + `O(units)` vectors.
 
+// Unit vectors are indexed in parallel (flat unit index into several arrays), hence index loops.
+#![allow(clippy::needless_range_loop)]
+
 use super::{BalanceError, Diagnostics, Method, Settings, Solution, Status, TraceEntry};
 use crate::network::builders::DenseLayer;
 use crate::network::layered::LayeredMlp;
@@ -966,7 +969,7 @@ impl<'a> Solver<'a> {
         for it in 1..=max_it {
             let q = self.apply_h(sys, &d);
             let dq = dot(&d, &q);
-            if !(dq > 0.0) {
+            if dq.is_nan() || dq <= 0.0 {
                 return (y, it);
             }
             let a = rz / dq;
