@@ -355,3 +355,18 @@ pub fn balance(
         other => Err(BalanceError::Unavailable(other.name())),
     }
 }
+
+/// [`balance`] with an observer called after the start and after every iteration or sweep (for
+/// progress bars and logs). Local methods report every sweep; until the Newton-type solvers
+/// report progress themselves they are run through [`balance`] without observation.
+pub fn balance_observed(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
+    match settings.method {
+        Method::Local(_) => local::solve_observed(net, reg, settings, observer),
+        _ => balance(net, reg, settings),
+    }
+}
