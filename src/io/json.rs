@@ -218,7 +218,7 @@ fn index(v: &Value, what: &str, n: usize) -> Result<usize, String> {
                 return Err(format!("{what} neuron index {num} is negative"));
             } else {
                 let x = num.as_f64().unwrap_or(f64::NAN);
-                if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x < 9.007_199_254_740_992e15 {
+                if x.fract() == 0.0 && (0.0..9.007_199_254_740_992e15).contains(&x) {
                     x as u64
                 } else if x < 0.0 {
                     return Err(format!("{what} neuron index {num} is negative"));
