@@ -17,8 +17,10 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod demo;
 pub mod measure;
 pub mod network;
 pub mod plot;
 pub mod regularizer;
 pub mod solve;
+pub mod verify;

@@ -311,6 +311,7 @@ pub enum BalanceError {
 }
 
 pub mod local;
+pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
