@@ -102,6 +102,10 @@ pub struct DemoRow {
 pub struct DemoReport {
     /// The network and regularizer.
     pub description: String,
+    /// Number of edges of the network.
+    pub edges: usize,
+    /// Number of scale groups (free variables).
+    pub groups: usize,
     /// Method of the exact state.
     pub reference: Method,
     /// Total cost before balancing.
@@ -118,7 +122,11 @@ pub struct DemoReport {
 
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.description)?;
+        writeln!(
+            f,
+            "{} ({} edges, {} scale groups)",
+            self.description, self.edges, self.groups
+        )?;
         writeln!(f, "cost before balancing: {:.10e}", self.cost_before)?;
         writeln!(
             f,
@@ -170,11 +178,9 @@ pub fn run(settings: &DemoSettings) -> Result<DemoReport, DemoError> {
     let reg = Regularizer::lp(settings.p)?;
     let net = random_mlp(&settings.sizes, settings.seed);
     let description = format!(
-        "random ReLU MLP {:?} (seed {}, {} edges, {} scale groups), {}",
+        "ReLU MLP {:?} seed {}, {}",
         settings.sizes,
         settings.seed,
-        net.num_edges(),
-        net.groups().len(),
         reg.describe()
     );
     let say = |s: &str| {
@@ -267,6 +273,8 @@ pub fn run(settings: &DemoSettings) -> Result<DemoReport, DemoError> {
         files = convergence_plots(dir, &traces, pass, &description)?;
     }
     Ok(DemoReport {
+        edges: net.num_edges(),
+        groups: net.groups().len(),
         description,
         reference: REFERENCE_METHOD,
         cost_before: exact.cost_before,

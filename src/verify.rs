@@ -235,6 +235,10 @@ pub struct RunRecord {
 pub struct VerifyReport {
     /// What was verified (network, regularizer).
     pub description: String,
+    /// Number of edges of the network.
+    pub edges: usize,
+    /// Number of scale groups (free variables).
+    pub groups: usize,
     /// Reference method.
     pub reference: Method,
     /// Iterations of the reference solve.
@@ -276,7 +280,11 @@ impl VerifyReport {
 impl fmt::Display for VerifyReport {
     /// A per-schedule summary; with `{:#}` one line per run as well.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "verification: {}", self.description)?;
+        writeln!(
+            f,
+            "verification: {} ({} edges, {} scale groups)",
+            self.description, self.edges, self.groups
+        )?;
         writeln!(
             f,
             "exact state: {} ({} iterations, max imbalance {:.2e}); {} runs, tol {:.0e}, sigma {}",
@@ -412,11 +420,9 @@ pub fn run(settings: &VerifySettings) -> Result<VerifyReport, VerifyError> {
     let reg = Regularizer::lp(settings.p)?;
     let net = random_mlp(&settings.sizes, settings.seed);
     let description = format!(
-        "random ReLU MLP {:?} (seed {}, {} edges, {} groups), {}",
+        "ReLU MLP {:?} seed {}, {}",
         settings.sizes,
         settings.seed,
-        net.num_edges(),
-        net.groups().len(),
         reg.describe()
     );
     verify_network(&net, &reg, settings, &description)
@@ -521,6 +527,8 @@ pub fn verify_network(
         .fold((0, 0.0f64), |a, b| if b.1 > a.1 { b } else { a });
     let mut report = VerifyReport {
         description: description.to_string(),
+        edges: net.num_edges(),
+        groups: net.groups().len(),
         reference: settings.reference,
         reference_iterations: exact.iterations,
         reference_imbalance: exact.max_relative_imbalance,
