@@ -1,5 +1,6 @@
-//! One local balancing sweep on a wide MLP: sequential colour order vs parallel classes, and the
-//! fused `L_p` kernel vs the generic step (`optimal_log_scale` + `Network::scale_group`).
+//! One local balancing sweep on a wide MLP: sequential colour order (group by group) vs parallel
+//! classes (edge-major streaming passes, rayon; also pinned to one thread), and the fused `L_p`
+//! kernel vs the generic step (`optimal_log_scale` + `Network::scale_group`).
 //!
 //! `cargo bench --bench local`
 

@@ -67,7 +67,12 @@ fn every_schedule_reaches_the_exact_state() {
                 let d = distance(&sol.network, &exact.network);
                 assert!(d < 1e-9, "{name} p={p} {schedule:?}: distance {d:e}");
                 // The certificate is the network's own imbalance, not the solver's word.
-                assert!(summarize(&sol.network, &reg).max_relative_imbalance < 1e-12);
+                let certificate = summarize(&sol.network, &reg).max_relative_imbalance;
+                assert!(
+                    certificate < 1.01e-12,
+                    "{name} p={p} {schedule:?}: {certificate:e}"
+                );
+                assert!((certificate - sol.max_relative_imbalance).abs() < 1e-14);
             }
         }
     }
@@ -98,7 +103,7 @@ fn parallel_equals_sequential_in_colour_order() {
         };
         let a = solve_in_colour_order(&net, &reg, &s, Execution::Parallel).unwrap();
         let b = solve_in_colour_order(&net, &reg, &s, Execution::Sequential).unwrap();
-        assert_eq!(a.iterations, b.iterations, "{name}");
+        assert!(a.iterations.abs_diff(b.iterations) <= 1, "{name}");
         let d = distance(&a.network, &b.network);
         assert!(d <= 1e-12, "{name}: {d:e}");
         for (x, y) in a.log_scales.iter().zip(&b.log_scales) {
@@ -118,8 +123,21 @@ fn parallel_equals_sequential_in_colour_order() {
     for _ in 0..3 {
         bal_b.sweep(&mut net_b, &order);
     }
-    assert_eq!(net_a.weights(), net_b.weights());
-    assert_eq!(net_a.biases(), net_b.biases());
+    // Wide classes are summed edge-major in parallel: equal up to the order of the sums.
+    let d = distance(&net_a, &net_b);
+    assert!(d <= 1e-12, "{d:e}");
+    // The same through the full solver, with a general penalty (no closed form) and a wide net.
+    let reg = Regularizer::elastic_net(0.3, 1.0).unwrap();
+    let net = random_mlp(&[10, 80, 80, 3], 12);
+    assert!(net.num_edges() >= 4096);
+    let s = Settings {
+        tol: 1e-12,
+        ..Settings::with_method(Method::Local(Schedule::Parallel))
+    };
+    let a = solve_in_colour_order(&net, &reg, &s, Execution::Parallel).unwrap();
+    let b = solve_in_colour_order(&net, &reg, &s, Execution::Sequential).unwrap();
+    assert!(a.status.converged() && b.status.converged());
+    assert!(distance(&a.network, &b.network) <= 1e-12);
 }
 
 #[test]

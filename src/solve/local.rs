@@ -19,7 +19,7 @@
 //! `c ≠ 1`, general penalties and sums outside the normal floating-point range go through
 //! [`crate::balance::optimal_log_scale`], which works in logs.
 
-use super::parallel::{ClassSweeper, Execution};
+use super::parallel::{ClassSweeper, EdgeMajor, Execution};
 use super::{
     BalanceError, Diagnostics, Method, NoObserver, Observer, Schedule, Settings, Solution, Status,
     TraceEntry,
@@ -31,7 +31,6 @@ use crate::regularizer::{lp_pow, Regularizer};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::time::Instant;
@@ -115,7 +114,7 @@ pub(crate) fn drive(
         _ => None,
     };
     let parallel_measure = plan == SweepPlan::Colour(Execution::Parallel);
-    let mut scratch = vec![(0.0f64, 0.0f64); k];
+    let mut em = EdgeMajor::new(&work);
     let cost_before = total_cost(&work, reg);
     let mut trace = Vec::new();
     let mut record = |trace: &mut Vec<TraceEntry>, it: usize, m: Measure| {
@@ -131,7 +130,7 @@ pub(crate) fn drive(
             trace.push(entry);
         }
     };
-    let mut m = measure(&work, reg, &bal.held, &mut scratch, parallel_measure);
+    let mut m = measure(&mut em, &bal, &work, reg, parallel_measure);
     record(&mut trace, 0, m);
     let cap = settings.iteration_cap();
     let mut sweeps = 0;
@@ -172,7 +171,7 @@ pub(crate) fn drive(
                 .sweep(&mut bal, &mut work, exec),
         };
         sweeps += 1;
-        m = measure(&work, reg, &bal.held, &mut scratch, parallel_measure);
+        m = measure(&mut em, &bal, &work, reg, parallel_measure);
         record(&mut trace, sweeps, m);
         if m.max < best {
             (best, best_at) = (m.max, sweeps);
@@ -209,33 +208,31 @@ struct Measure {
 }
 
 /// Maximum relative imbalance over the groups not held, deficit over all groups (as
-/// [`crate::measure::summarize`]), total cost. `scratch` has one slot per group.
+/// [`crate::measure::summarize`]), total cost: one streaming pass over the edges for the sums
+/// (in logs through [`group_flows`] for a group whose sums leave the normal range).
 fn measure(
+    em: &mut EdgeMajor,
+    bal: &LocalBalancer,
     net: &Network,
     reg: &Regularizer,
-    held: &[bool],
-    scratch: &mut [(f64, f64)],
     parallel: bool,
 ) -> Measure {
-    let eval = |g: usize, slot: &mut (f64, f64)| {
-        let f = group_flows(net, reg, g);
-        let d = f.difference();
-        let r = if held[g] { 0.0 } else { f.relative_imbalance() };
-        *slot = (r, d * d);
-    };
-    if parallel {
-        scratch
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(g, s)| eval(g, s));
-    } else {
-        scratch.iter_mut().enumerate().for_each(|(g, s)| eval(g, s));
+    em.accumulate(bal, net, true, parallel);
+    let normal = |s: f64| s.is_finite() && s > 1e-250;
+    let (mut max, mut deficit) = (0.0f64, 0.0f64);
+    for g in 0..bal.num_groups() {
+        let (a, b) = em.sums(g);
+        let (r, d) = if normal(a) && normal(b) {
+            (((a - b) / (a + b)).abs(), a - b)
+        } else {
+            let f = group_flows(net, reg, g);
+            (f.relative_imbalance(), f.difference())
+        };
+        if !bal.held[g] {
+            max = max.max(r);
+        }
+        deficit += d * d;
     }
-    // Sequential reduction: the same numbers whatever the thread schedule.
-    let (max, deficit) = scratch
-        .iter()
-        .fold((0.0f64, 0.0f64), |(m, d), &(r, dd)| (m.max(r), d + dd));
     Measure {
         max,
         deficit,
@@ -458,6 +455,16 @@ impl<'r> LocalBalancer<'r> {
         self
     }
 
+    /// `Some(p)` when the regularizer is a uniform `L_p`.
+    pub(crate) fn lp_exponent(&self) -> Option<f64> {
+        self.lp
+    }
+
+    /// Whether the fused kernel is on.
+    pub(crate) fn fused(&self) -> bool {
+        self.fused
+    }
+
     /// Number of scale groups.
     pub fn num_groups(&self) -> usize {
         self.u.len()
@@ -505,6 +512,27 @@ impl<'r> LocalBalancer<'r> {
             }
         }
         optimal_log_scale(net, self.reg, g)
+    }
+
+    /// Balance quantity of edge `e` (`α|w|^p` for `L_p`, `α·|w|·g'(|w|)` otherwise).
+    #[inline]
+    pub(crate) fn q_edge(&self, net: &Network, e: usize) -> f64 {
+        let x = net.weights()[e].abs();
+        let a = net.alphas()[e];
+        match self.lp {
+            Some(p) => a * lp_pow(x, p),
+            None => a * self.reg.edge_penalty(e).x_dg(x),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn q_bias(&self, net: &Network, i: usize) -> f64 {
+        let x = net.biases()[i].abs();
+        match (self.lp, self.reg.bias_penalty()) {
+            (_, None) => 0.0,
+            (Some(p), _) => lp_pow(x, p),
+            (None, Some(pen)) => pen.x_dg(x),
+        }
     }
 
     /// Records `t` as applied to group `g` and marks nothing else; the caller has scaled the
@@ -633,27 +661,6 @@ impl Greedy {
         }
     }
 
-    /// Balance quantity of edge `e` (`α|w|^p` for `L_p`, `α·|w|·g'(|w|)` otherwise).
-    #[inline]
-    fn q_edge(bal: &LocalBalancer, net: &Network, e: usize) -> f64 {
-        let x = net.weights()[e].abs();
-        let a = net.alphas()[e];
-        match bal.lp {
-            Some(p) => a * lp_pow(x, p),
-            None => a * bal.reg.edge_penalty(e).x_dg(x),
-        }
-    }
-
-    #[inline]
-    fn q_bias(bal: &LocalBalancer, net: &Network, i: usize) -> f64 {
-        let x = net.biases()[i].abs();
-        match (bal.lp, bal.reg.bias_penalty()) {
-            (_, None) => 0.0,
-            (Some(p), _) => lp_pow(x, p),
-            (None, Some(pen)) => pen.x_dg(x),
-        }
-    }
-
     /// Exact sums of group `g`: `In_g` (with biases and, for `c < 1`, internal edges) and
     /// `c·Out_g` (with internal edges for `c > 1`).
     fn exact(&mut self, bal: &LocalBalancer, net: &Network, g: usize) {
@@ -662,20 +669,20 @@ impl Greedy {
         let mut si: f64 = inc
             .ins(g)
             .iter()
-            .map(|&e| Self::q_edge(bal, net, e as usize))
+            .map(|&e| bal.q_edge(net, e as usize))
             .sum();
         for &i in inc.members(g) {
-            si += Self::q_bias(bal, net, i as usize);
+            si += bal.q_bias(net, i as usize);
         }
         let mut so = c * inc
             .outs(g)
             .iter()
-            .map(|&e| Self::q_edge(bal, net, e as usize))
+            .map(|&e| bal.q_edge(net, e as usize))
             .sum::<f64>();
         let internal: f64 = inc
             .internal(g)
             .iter()
-            .map(|&e| (1.0 - c).abs() * Self::q_edge(bal, net, e as usize))
+            .map(|&e| (1.0 - c).abs() * bal.q_edge(net, e as usize))
             .sum();
         if c < 1.0 {
             si += internal;
@@ -783,9 +790,9 @@ impl Greedy {
         // In-edges j → i (i in g): the source's group h gains c_h·Δq on its output side.
         for &e in inc.ins(g) {
             let e = e as usize;
-            let q0 = Self::q_edge(bal, net, e);
+            let q0 = bal.q_edge(net, e);
             net.weights_mut()[e] *= lambda;
-            let q1 = Self::q_edge(bal, net, e);
+            let q1 = bal.q_edge(net, e);
             let h = net.groups().group_of(net.sources()[e] as usize);
             if h != NO_GROUP {
                 let h = h as usize;
@@ -796,9 +803,9 @@ impl Greedy {
         // Out-edges i → k (i in g): the target's group gains Δq on its input side.
         for &e in inc.outs(g) {
             let e = e as usize;
-            let q0 = Self::q_edge(bal, net, e);
+            let q0 = bal.q_edge(net, e);
             net.weights_mut()[e] *= inv;
-            let q1 = Self::q_edge(bal, net, e);
+            let q1 = bal.q_edge(net, e);
             let h = net.groups().group_of(net.targets()[e] as usize);
             if h != NO_GROUP {
                 let h = h as usize;
