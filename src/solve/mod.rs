@@ -313,6 +313,7 @@ pub mod argmin;
 pub mod cg;
 pub mod local;
 pub mod newton;
+pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
