@@ -103,7 +103,6 @@ impl Plan {
     fn col(&self, e: usize) -> (usize, usize) {
         match self {
             Plan::Weight {
-                rows,
                 cols,
                 out_per_group,
                 in_per_group,
@@ -113,7 +112,6 @@ impl Plan {
             } => {
                 let o = e / row_len;
                 let r = e % row_len;
-                let _ = rows;
                 (
                     o,
                     cols[(o / out_per_group) * in_per_group + r / block] as usize,
@@ -729,8 +727,8 @@ impl<'a> GraphBuilder<'a> {
                 f[o] * (b - mu[o]) + beta.as_ref().map_or(0.0, |bt| bt[o])
             })
             .collect();
-        for o in 0..c {
-            self.units[rec.outputs[o] as usize].bias = newb[o];
+        for (&u, &b) in rec.outputs.iter().zip(&newb) {
+            self.units[u as usize].bias = b;
         }
         let wp = rec.weight_plan.clone().unwrap_or_default();
         for (name, plan) in self.plans.iter_mut() {
