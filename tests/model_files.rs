@@ -1060,3 +1060,79 @@ fn refuses_to_overwrite_input_unless_asked() {
     .unwrap();
     assert!(r.converged && std::fs::read(&i).unwrap() != before);
 }
+
+#[test]
+fn rnn_two_layers_from_prefix() {
+    // nn.RNN(3, 4, num_layers=2, nonlinearity="relu") + Linear(4, 2) on every step.
+    let d = Dir::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut t = Tensors::new();
+    for (k, inp, s) in [(0, 3, 2.0), (1, 4, 0.3)] {
+        param(
+            &mut rng,
+            &mut t,
+            &format!("rnn.weight_ih_l{k}"),
+            &[4, inp],
+            s,
+        );
+        param(
+            &mut rng,
+            &mut t,
+            &format!("rnn.weight_hh_l{k}"),
+            &[4, 4],
+            0.3,
+        );
+        param(&mut rng, &mut t, &format!("rnn.bias_ih_l{k}"), &[4], 1.0);
+        param(&mut rng, &mut t, &format!("rnn.bias_hh_l{k}"), &[4], 1.0);
+    }
+    param(&mut rng, &mut t, "head.weight", &[2, 4], 4.0);
+    param(&mut rng, &mut t, "head.bias", &[2], 0.2);
+    let (i, o) = (d.p("rnn2.safetensors"), d.p("rnn2.out.safetensors"));
+    write(&i, FloatDtype::F64, &t);
+    let a = arch(
+        r#"{"layers": [{"type": "RNN", "prefix": "rnn", "num_layers": 2, "nonlinearity": "relu"},
+        {"type": "linear", "prefix": "head"}]}"#,
+    );
+    let r = run(&i, &a, &o, ModelOptions::default()).unwrap();
+    assert_report_ok(&r, &i, &o);
+    assert_eq!(r.groups, 8);
+    let fwd = |p: &HashMap<String, Vec<f64>>, xs: &[f64]| {
+        let mut h = [vec![0.0; 4], vec![0.0; 4]];
+        let mut out = vec![];
+        for x in xs.chunks(3) {
+            let mut inp = x.to_vec();
+            for (k, hk) in h.iter_mut().enumerate() {
+                let w = |s: &str| format!("rnn.{s}_l{k}");
+                let a = linear(p, &w("weight_ih"), Some(&w("bias_ih")), &inp);
+                let b = linear(p, &w("weight_hh"), Some(&w("bias_hh")), hk);
+                *hk = a.iter().zip(&b).map(|(u, v)| (u + v).max(0.0)).collect();
+                inp = hk.clone();
+            }
+            out.extend(linear(p, "head.weight", Some("head.bias"), &inp));
+        }
+        out
+    };
+    assert_same_function(&i, &o, 15, 1e-12, fwd);
+    assert!(imbalance_of(&o, &a, ModelOptions::default()) < 1e-11);
+}
+
+#[test]
+fn bad_tensor_used_twice() {
+    let d = Dir::new();
+    let (i, o) = (d.p("tw.safetensors"), d.p("tw.out.safetensors"));
+    write(
+        &i,
+        FloatDtype::F32,
+        &mlp_tensors(17, &[4, 4, 4], &["fc1", "fc2"]),
+    );
+    let a = arch(
+        r#"{"layers": [{"type": "linear", "prefix": "fc1"}, {"type": "relu"},
+        {"type": "linear", "prefix": "fc1"}]}"#,
+    );
+    expect_error(
+        &i,
+        &a,
+        &o,
+        &["layer 2", "fc1.weight", "already used by layer 0"],
+    );
+}
