@@ -1136,3 +1136,34 @@ fn bad_tensor_used_twice() {
         &["layer 2", "fc1.weight", "already used by layer 0"],
     );
 }
+
+#[test]
+fn newton_and_local_balancing_write_the_same_file() {
+    // The balanced weights are unique: Newton and cyclic local balancing agree on a model with
+    // convolutions, flatten and BatchNorm folding.
+    let d = Dir::new();
+    let i = d.p("u.safetensors");
+    write(&i, FloatDtype::F64, &bn_model(18));
+    let a = arch(BN_ARCH);
+    let fold = ModelOptions {
+        fold_batchnorm: true,
+        ..Default::default()
+    };
+    let newton = Settings {
+        tol: 1e-13,
+        ..Settings::with_method(Method::Newton)
+    };
+    let (o1, o2) = (d.p("u.newton.safetensors"), d.p("u.local.safetensors"));
+    let r1 = balance_file(&i, &a, &o1, &l2(), &newton, &fold).unwrap();
+    let r2 = run(&i, &a, &o2, fold).unwrap();
+    assert!(r1.converged && r2.converged);
+    assert!(r1.iterations < r2.iterations);
+    let (p, q) = (load(&o1), load(&o2));
+    for (name, v) in &p {
+        assert!(
+            rel_diff(v, &q[name]) < 1e-9,
+            "{name}: {:e}",
+            rel_diff(v, &q[name])
+        );
+    }
+}
