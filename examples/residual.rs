@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use synbal::io::model::{balance_file, ArchSource, ModelError, ModelOptions, ModelReport};
 use synbal::io::safetensors::{write_new, FloatDtype, SafetensorsFile, Tensor};
 use synbal::regularizer::Regularizer;
-use synbal::solve::{BalanceError, Method, Schedule, Settings};
+use synbal::solve::Settings;
 
 const ARCH: &str = r#"{
   "layers": [
@@ -70,27 +70,17 @@ fn load(path: &Path) -> Params {
         .collect()
 }
 
-/// Newton when available in this build, else cyclic local balancing.
+/// Balances with the default settings (damped Newton, tolerance 1e-12) and L2.
 fn solve(input: &Path, arch: &ArchSource, output: &Path) -> Result<ModelReport, ModelError> {
     let reg = Regularizer::lp(2.0).expect("p = 2");
-    match balance_file(
+    balance_file(
         input,
         arch,
         output,
         &reg,
         &Settings::default(),
         &ModelOptions::default(),
-    ) {
-        Err(ModelError::Balance(BalanceError::Unavailable(m))) => {
-            println!("(method `{m}` not in this build; using cyclic local balancing)");
-            let s = Settings {
-                tol: 1e-12,
-                ..Settings::with_method(Method::Local(Schedule::Cyclic))
-            };
-            balance_file(input, arch, output, &reg, &s, &ModelOptions::default())
-        }
-        other => other,
-    }
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
