@@ -1167,3 +1167,74 @@ fn newton_and_local_balancing_write_the_same_file() {
         );
     }
 }
+
+#[test]
+fn conv_residual_block_with_avg_pool() {
+    // A ResNet-style basic block: conv-relu-[save x]-conv-relu-conv-add x-relu-avgpool-flatten-fc.
+    let d = Dir::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let mut t = Tensors::new();
+    param(&mut rng, &mut t, "stem.weight", &[3, 2, 3, 3], 0.3);
+    param(&mut rng, &mut t, "stem.bias", &[3], 0.3);
+    param(&mut rng, &mut t, "b.conv1.weight", &[3, 3, 3, 3], 2.0);
+    param(&mut rng, &mut t, "b.conv1.bias", &[3], 1.0);
+    param(&mut rng, &mut t, "b.conv2.weight", &[3, 3, 3, 3], 0.2);
+    param(&mut rng, &mut t, "b.conv2.bias", &[3], 0.2);
+    param(&mut rng, &mut t, "fc.weight", &[2, 3], 5.0);
+    param(&mut rng, &mut t, "fc.bias", &[2], 1.0);
+    let a = arch(
+        r#"{"layers": [
+        {"type": "conv2d", "prefix": "stem", "padding": 1}, {"type": "relu", "save": "x"},
+        {"type": "conv2d", "prefix": "b.conv1", "padding": 1}, {"type": "relu"},
+        {"type": "conv2d", "prefix": "b.conv2", "padding": 1}, {"type": "add", "from": "x"},
+        {"type": "relu"}, {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "flatten"},
+        {"type": "linear", "prefix": "fc"}]}"#,
+    );
+    let fwd = |p: &HashMap<String, Vec<f64>>, x: &[f64]| {
+        let conv = |name: &str, x: &[f64], c: usize| {
+            let w = &p[&format!("{name}.weight")];
+            let b = &p[&format!("{name}.bias")];
+            conv2d(w, Some(b), x, c, 4, 4, 3, 3, 1).0
+        };
+        let mut h = conv("stem", x, 2);
+        relu(&mut h);
+        let mut f = conv("b.conv1", &h, 3);
+        relu(&mut f);
+        let mut y = conv("b.conv2", &f, 3);
+        for (u, v) in y.iter_mut().zip(&h) {
+            *u += v;
+        }
+        relu(&mut y);
+        let pooled: Vec<f64> = y.chunks(16).map(|c| c.iter().sum::<f64>() / 16.0).collect();
+        linear(p, "fc.weight", Some("fc.bias"), &pooled)
+    };
+    for (dt, tol, imb) in [
+        (FloatDtype::F64, 1e-12, 1e-11),
+        (FloatDtype::F32, 1e-6, 1e-5),
+    ] {
+        let (i, o) = (d.p("rb.safetensors"), d.p("rb.out.safetensors"));
+        write(&i, dt, &t);
+        let r = run(&i, &a, &o, ModelOptions::default()).unwrap();
+        assert_report_ok(&r, &i, &o);
+        assert_eq!(r.groups, 3 + 3, "stem and conv2 channels tied by the skip");
+        assert_eq!(r.layers[0].scales, r.layers[2].scales);
+        assert_same_function(&i, &o, 32, tol, fwd);
+        assert!(imbalance_of(&o, &a, ModelOptions::default()) < imb);
+    }
+}
+
+#[test]
+fn bad_balanced_value_overflows_f16() {
+    // fc1: [[60000]], fc2: four weights of 60000 → balanced fc1 weight 60000·4^{1/4} ≈ 84853 > 65504.
+    let d = Dir::new();
+    let (i, o) = (d.p("ov.safetensors"), d.p("ov.out.safetensors"));
+    let t: Tensors = vec![
+        ("fc1.weight".into(), vec![1, 1], vec![60000.0]),
+        ("fc2.weight".into(), vec![4, 1], vec![60000.0; 4]),
+    ];
+    write(&i, FloatDtype::F16, &t);
+    let a = ArchSource::InferMlp {
+        activation: "relu".into(),
+    };
+    expect_error(&i, &a, &o, &["fc1.weight", "element 0", "overflows F16"]);
+}
