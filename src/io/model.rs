@@ -902,8 +902,14 @@ impl ModelGraph {
             };
             nb.add_neuron(role, Activation::Linear, b.units[i].bias);
         }
-        for e in 0..b.src.len() {
-            nb.add_edge(b.src[e] as usize, b.dst[e] as usize, b.weight[e]);
+        // Hand the edges over and free the builder's copies before the network is built.
+        let (src, dst, weight) = (
+            std::mem::take(&mut b.src),
+            std::mem::take(&mut b.dst),
+            std::mem::take(&mut b.weight),
+        );
+        for ((s, d), w) in src.into_iter().zip(dst).zip(weight) {
+            nb.add_edge(s as usize, d as usize, w);
         }
         let mut ties: Vec<_> = members.into_values().filter(|m| m.len() > 1).collect();
         ties.sort();
