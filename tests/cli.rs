@@ -440,6 +440,24 @@ fn in_place_is_refused_unless_asked() {
         "cyclic",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    let other_out = dir.path().join(".").join("out.json");
+    let o = run(&[
+        "balance",
+        s(&input),
+        "-o",
+        s(&out),
+        "--report",
+        s(&other_out),
+        "--method",
+        "cyclic",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("must be different files"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
     assert_eq!(std::fs::read(&input).unwrap(), original);
 
     let o = run(&[
@@ -461,6 +479,28 @@ fn in_place_is_refused_unless_asked() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("net.json")]);
+}
+
+#[test]
+fn reports_with_non_finite_values_are_refused() {
+    use synbal::io::report::BalanceReport;
+    use synbal::solve::{balance, Method, Schedule, Settings};
+    let net = random_mlp(&[2, 3, 1], 3);
+    let reg = Regularizer::lp(2.0).unwrap();
+    let settings = Settings::with_method(Method::Local(Schedule::Cyclic));
+    let sol = balance(&net, &reg, &settings).unwrap();
+    let report = BalanceReport::new(&net, &reg, &settings, &sol);
+    assert!(report.to_json().is_ok());
+    let mut bad = report.clone();
+    bad.scales[3] = f64::NAN;
+    assert_eq!(bad.to_json().unwrap_err().field, "scales[3]");
+    let mut bad = report.clone();
+    bad.cost_after = f64::INFINITY;
+    assert!(bad
+        .to_json()
+        .unwrap_err()
+        .to_string()
+        .contains("cost_after"));
 }
 
 #[test]

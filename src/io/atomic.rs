@@ -119,6 +119,31 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether two output paths name the same file, existing or not: the same existing file, or the
+/// same file name in the same (canonical) directory.
+///
+/// ```
+/// use synbal::io::atomic::same_target;
+/// let dir = tempfile::tempdir().unwrap();
+/// let a = dir.path().join("out.json");
+/// let b = dir.path().join(".").join("out.json");
+/// assert!(same_target(&a, &b));
+/// assert!(!same_target(&a, &dir.path().join("report.json")));
+/// ```
+pub fn same_target(a: &Path, b: &Path) -> bool {
+    if a == b || same_file(a, b) {
+        return true;
+    }
+    let norm = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Some((fs::canonicalize(dir).ok()?, p.file_name()?.to_os_string()))
+    };
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Refuses `output` when it is the same file as `input` (through any path, symlink or hard link),
 /// unless `allow_in_place`.
 ///
