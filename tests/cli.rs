@@ -387,6 +387,19 @@ fn bad_input_writes_nothing() {
             "{extra:?}"
         );
     }
+    // an output or report in a missing directory, or a directory, is refused before any work
+    let nodir = dir.path().join("nodir").join("out.json");
+    for args in [
+        vec!["balance", g, "-o", s(&nodir)],
+        vec!["balance", g, "-o", s(&output), "--report", s(&nodir)],
+        vec!["balance", g, "-o", s(dir.path())],
+    ] {
+        std::fs::write(&output, b"precious output").unwrap();
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cannot write"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&output).unwrap(), b"precious output");
+    }
     // no temporary files were left behind
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -56,12 +56,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum JsonError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate source).
+        error: std::io::Error,
     },
     /// The text is not valid JSON (this includes `NaN`, `Infinity` and numbers that overflow a
     /// 64-bit float, which JSON cannot represent).
@@ -163,9 +163,9 @@ pub struct JsonNetwork {
 /// of [`JsonNetwork::from_str`] (which name the JSON path, not the file).
 pub fn read_network(path: impl AsRef<Path>) -> Result<JsonNetwork, JsonError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| JsonError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| JsonError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     // A UTF-8 byte order mark is not JSON but some editors write one.
     JsonNetwork::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))

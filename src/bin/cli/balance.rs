@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use synbal::io::atomic::{check_not_input, same_target, write_file};
+use synbal::io::atomic::{check_not_input, check_target, same_target, write_file};
 use synbal::io::report::BalanceReport;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{
@@ -199,6 +199,10 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
 
     // Output paths: never the input (unless --in-place), never each other.
     check_not_input(&args.input, &args.output, args.in_place).map_err(bad_input)?;
+    check_target(&args.output).map_err(bad_input)?;
+    if let Some(report) = &args.report {
+        check_target(report).map_err(bad_input)?;
+    }
     if let Some(report) = &args.report {
         if same_target(report, &args.output) {
             return Err(bad_input(anyhow!(
