@@ -551,3 +551,65 @@ fn inspect_reports_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing.json"));
 }
+
+#[test]
+fn inspect_statuses_on_a_recurrent_network() {
+    let text = r#"{"neurons": [{"role": "input"}, {"role": "input", "name": "x1"},
+        {"role": "hidden", "activation": "relu", "bias": 0.25},
+        {"role": "hidden", "activation": {"name": "leaky_relu", "slope": 0.05}},
+        {"role": "hidden", "activation": {"name": "bilu", "neg": 0.2, "pos": 1.5}, "bias": -0.1},
+        {"role": "hidden", "activation": "tanh", "bias": 0.3},
+        {"role": "output", "activation": "linear", "bias": 0.01}],
+      "edges": [[0, 2, 0.5], [1, 2, -1.25, 0.5], [2, 4, 0.7], [4, 4, 0.3], [2, 6, -0.4]]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("net.json");
+    std::fs::write(&input, text).unwrap();
+    let o = run(&["inspect", s(&input), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let status: Vec<&str> = r["per_neuron"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        status,
+        [
+            "fixed",
+            "fixed",
+            "free",
+            "free",
+            "unbalanceable",
+            "fixed",
+            "fixed"
+        ]
+    );
+    assert_eq!(r["depth"], Value::Null);
+    assert_eq!(r["layers"], Value::Null);
+    // neuron 2: in = 0.5² + 0.5·1.25² + 0.25², out = 0.7² + 0.4² (self-loops excluded)
+    let n2 = &r["per_neuron"][2];
+    assert_eq!(n2["cost_in"].as_f64().unwrap(), 0.25 + 0.78125 + 0.0625);
+    assert!((n2["cost_out"].as_f64().unwrap() - 0.65).abs() < 1e-15);
+    assert_eq!(r["per_neuron"][4]["cost_out"], 0.0);
+    assert_eq!(r["unbalanceable_neurons"], 1);
+    // balancing holds neuron 4 fixed and says so
+    let out = dir.path().join("out.json");
+    let rep = dir.path().join("rep.json");
+    let o = run(&[
+        "balance",
+        s(&input),
+        "-o",
+        s(&out),
+        "--method",
+        "cyclic",
+        "--report",
+        s(&rep),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("held fixed: 4"), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["diagnostics"]["held_fixed"][0]["neuron"], 4);
+    assert_eq!(r["scales"][4], 1.0);
+    assert_eq!(r["scales"][3], 1.0, "no cost at all: nothing to change");
+}
