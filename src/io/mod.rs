@@ -1,4 +1,4 @@
-//! Reading and writing networks and reports.
+//! Reading and writing networks, model files and reports.
 //!
 //! - [`json`]: the network JSON format (neurons, edges, optional ties), read into a validated
 //!   [`Network`](crate::network::Network) and written back with only weights and biases changed.
@@ -7,8 +7,13 @@
 //!   unless allowed.
 //! - [`report`]: the JSON report of a balancing run (`synbal balance --report`).
 //! - [`inspect`]: costs and imbalances of a network per neuron and per layer (`synbal inspect`).
+//! - [`safetensors`], [`arch`], [`model`]: PyTorch state dicts as safetensors, their architecture
+//!   description, and balancing them.
 
+pub mod arch;
 pub mod atomic;
 pub mod inspect;
 pub mod json;
+pub mod model;
 pub mod report;
+pub mod safetensors;

@@ -222,10 +222,8 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
     let mut progress = Progress::new(!args.quiet && std::io::stderr().is_terminal(), args.tol);
     let solution = balance_observed(&doc.network, &reg, &settings, &mut progress);
     progress.bar.finish_and_clear();
-    let solution = solution.map_err(|e| match e {
-        BalanceError::Unavailable(_) | BalanceError::Settings(_) => bad_input(e),
-        other => internal(other),
-    })?;
+    // Every BalanceError is bad input (settings or regularizer that do not fit the network).
+    let solution = solution.map_err(|e: BalanceError| bad_input(e))?;
 
     // Everything is serialized and checked before anything is written.
     let output_text = doc
