@@ -626,3 +626,62 @@ fn inspect_statuses_on_a_recurrent_network() {
     assert_eq!(r["scales"][4], 1.0);
     assert_eq!(r["scales"][3], 1.0, "no cost at all: nothing to change");
 }
+
+#[test]
+fn time_limit_and_prune_flags_reach_the_solver() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = random_mlp(&[4, 10, 10, 2], 12);
+    let input = write_net(dir.path(), "in.json", &net);
+    let out = dir.path().join("out.json");
+    let rep = dir.path().join("rep.json");
+    let o = run(&[
+        "balance",
+        s(&input),
+        "-o",
+        s(&out),
+        "--method",
+        "cyclic",
+        "--time-limit",
+        "1e-9",
+        "--report",
+        s(&rep),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["status"], "time_limit");
+    assert_eq!(r["converged"], false);
+    assert_eq!(r["settings"]["time_limit_seconds"], 1e-9);
+    assert!(out.exists());
+
+    // FORMATS example: neuron 4 reaches no output, so --prune zeroes its edges 2 -> 4 and 4 -> 4
+    let text = r#"{"neurons": [{"role": "input"}, {"role": "input"},
+        {"activation": "relu", "bias": 0.25}, {"activation": {"name": "leaky_relu", "slope": 0.05}},
+        {"activation": {"name": "bilu", "neg": 0.2, "pos": 1.5}, "bias": -0.1},
+        {"activation": "tanh", "bias": 0.3}, {"role": "output", "bias": 0.01}],
+      "edges": [[0, 2, 0.5], [1, 2, -1.25, 0.5], [2, 4, 0.7], [4, 4, 0.3], [2, 6, -0.4]]}"#;
+    let input = dir.path().join("ex.json");
+    std::fs::write(&input, text).unwrap();
+    let o = run(&[
+        "balance",
+        s(&input),
+        "-o",
+        s(&out),
+        "--prune",
+        "--report",
+        s(&rep),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["settings"]["degenerate"], "prune");
+    assert_eq!(r["diagnostics"]["pruned_edges"], serde_json::json!([2, 3]));
+    let after = read_network(&out).unwrap().network;
+    assert_eq!((after.weights()[2], after.weights()[3]), (0.0, 0.0));
+    // the output neuron still computes the same
+    let before = read_network(&input).unwrap().network;
+    let x = [0.4, -1.3, 2.0, 0.1];
+    let d = before
+        .simulate_constant(&x, 2, 4)
+        .unwrap()
+        .max_relative_difference(&after.simulate_constant(&x, 2, 4).unwrap());
+    assert!(d < 1e-12, "{d}");
+}
