@@ -557,6 +557,14 @@ impl JsonNetwork {
     }
 }
 
+impl std::str::FromStr for JsonNetwork {
+    type Err = JsonError;
+    /// Same as [`JsonNetwork::from_str`].
+    fn from_str(text: &str) -> Result<Self, JsonError> {
+        JsonNetwork::from_str(text)
+    }
+}
+
 /// Formats a document with one top-level key per line and one array element per line.
 ///
 /// ```
@@ -726,7 +734,7 @@ pub fn network_from_value(doc: &Value) -> Result<Network, JsonError> {
             for (m, v) in members.iter().enumerate() {
                 let i = index(v, "tied", n)
                     .map_err(|msg| JsonError::invalid(format!("ties[{k}][{m}]"), msg))?;
-                let free = b_is_free(neurons, i);
+                let free = entry_is_free(neurons, i);
                 if !free {
                     return Err(JsonError::Invalid {
                         at: format!("ties[{k}][{m}]"),
@@ -761,7 +769,7 @@ pub fn network_from_value(doc: &Value) -> Result<Network, JsonError> {
 
 /// Whether neuron `i` of the (already validated) `neurons` array is free: hidden with a
 /// homogeneous activation.
-fn b_is_free(neurons: &[Value], i: usize) -> bool {
+fn entry_is_free(neurons: &[Value], i: usize) -> bool {
     let m = neurons[i].as_object();
     let role = parse_role(m.and_then(|m| m.get("role"))).unwrap_or(Role::Input);
     let act = match m.and_then(|m| m.get("activation")) {
