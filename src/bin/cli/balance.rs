@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use synbal::io::atomic::{check_not_input, same_file, write_file};
+use synbal::io::atomic::{check_not_input, check_target, same_target, write_file};
 use synbal::io::report::BalanceReport;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{
@@ -199,14 +199,18 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
 
     // Output paths: never the input (unless --in-place), never each other.
     check_not_input(&args.input, &args.output, args.in_place).map_err(bad_input)?;
+    check_target(&args.output).map_err(bad_input)?;
     if let Some(report) = &args.report {
-        if report == &args.output || same_file(report, &args.output) {
+        check_target(report).map_err(bad_input)?;
+    }
+    if let Some(report) = &args.report {
+        if same_target(report, &args.output) {
             return Err(bad_input(anyhow!(
                 "--report and --output must be different files ({})",
                 report.display()
             )));
         }
-        if report == &args.input || same_file(report, &args.input) {
+        if same_target(report, &args.input) {
             return Err(bad_input(anyhow!(
                 "refusing to write the report over the input file {}",
                 report.display()
