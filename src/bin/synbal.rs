@@ -25,6 +25,12 @@ enum Command {
     /// Show costs and imbalances per layer and per neuron, changing nothing.
     #[command(after_help = cli::EXIT_CODES)]
     Inspect(cli::inspect::InspectArgs),
+    /// The main job on a built-in network: balance it with Newton and every local schedule,
+    /// print a comparison table and write convergence plots.
+    Demo(cli::demo::DemoArgs),
+    /// Run many local balancing runs (random orders, random pre-scaled starts, every schedule)
+    /// and compare each final state with the exact one.
+    Verify(cli::verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Balance(args) => cli::balance::run(args),
         Command::Inspect(args) => cli::inspect::run(args),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Verify(args) => cli::verify::run(args),
     };
     cli::finish(result)
 }

@@ -70,6 +70,30 @@ pub struct BalanceArgs {
     /// Print nothing on success (no progress bar, no summary).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Model files (`.safetensors`): the architecture description (JSON, see docs/model-files.md).
+    #[arg(long, value_name = "ARCH.json", conflicts_with = "activation")]
+    pub arch: Option<PathBuf>,
+    /// Model files (`.safetensors`) that are a plain sequence of Linear layers: infer the
+    /// architecture from tensor names and shapes, with this activation between layers
+    /// (relu, leaky_relu, identity, tanh, ...).
+    #[arg(long, value_name = "NAME")]
+    pub activation: Option<String>,
+    /// Model files: fold BatchNorm layers into the layer before them (default: hold their
+    /// channels fixed).
+    #[arg(long)]
+    pub fold_batchnorm: bool,
+}
+
+impl BalanceArgs {
+    /// Whether the input is a safetensors model file rather than a network JSON.
+    fn is_model(&self) -> bool {
+        self.arch.is_some()
+            || self.activation.is_some()
+            || self
+                .input
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -218,6 +242,9 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
         }
     }
 
+    if args.is_model() {
+        return run_model(&args, &reg, &settings);
+    }
     let doc = read_input(&args.input)?;
     let mut progress = Progress::new(!args.quiet && std::io::stderr().is_terminal(), args.tol);
     let solution = balance_observed(&doc.network, &reg, &settings, &mut progress);
@@ -240,6 +267,56 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
     }
     if !args.quiet {
         eprintln!("{}: {}", args.output.display(), report.summary());
+    }
+    Ok(if report.converged { 0 } else { NOT_CONVERGED })
+}
+
+/// `synbal balance MODEL.safetensors (--arch ARCH.json | --activation NAME) --output OUT`.
+fn run_model(args: &BalanceArgs, reg: &Regularizer, settings: &Settings) -> Result<u8, Failure> {
+    use synbal::io::model::{balance_file, ArchSource, ModelOptions};
+    let arch = match (&args.arch, &args.activation) {
+        (Some(path), _) => ArchSource::File(path.clone()),
+        (None, Some(name)) => ArchSource::InferMlp {
+            activation: name.clone(),
+        },
+        (None, None) => {
+            return Err(bad_input(anyhow!(
+                "{}: a model file needs --arch ARCH.json or --activation NAME (for a plain \
+                 sequence of Linear layers)",
+                args.input.display()
+            )))
+        }
+    };
+    let options = ModelOptions {
+        fold_batchnorm: args.fold_batchnorm,
+        overwrite_input: args.in_place,
+    };
+    let report = balance_file(&args.input, &arch, &args.output, reg, settings, &options)
+        .map_err(bad_input)?;
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| internal(anyhow!("internal error: report: {e}")))?;
+        write_file(path, text.as_bytes()).map_err(internal)?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "{}: {} layers, {} scale groups, cost {:.6e} -> {:.6e}, max relative imbalance {:.2e}, \
+             {} iterations ({}), {:.3} s{}",
+            args.output.display(),
+            report.layers.len(),
+            report.groups,
+            report.cost_before,
+            report.cost_after,
+            report.max_relative_imbalance,
+            report.iterations,
+            report.method,
+            report.solve_seconds,
+            if report.held_fixed > 0 {
+                format!(", {} units held fixed", report.held_fixed)
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(if report.converged { 0 } else { NOT_CONVERGED })
 }

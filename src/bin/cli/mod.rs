@@ -1,7 +1,9 @@
 //! Shared pieces of the subcommands: exit codes and error reporting.
 
 pub mod balance;
+pub mod demo;
 pub mod inspect;
+pub mod verify;
 
 use std::process::ExitCode;
 
