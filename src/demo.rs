@@ -231,9 +231,6 @@ pub fn run(settings: &DemoSettings) -> Result<DemoReport, DemoError> {
                 });
                 traces.push(("newton".into(), sol.trace));
             }
-            Err(BalanceError::Unavailable(m)) => {
-                notes.push(format!("method `{m}` is not available in this build"))
-            }
             Err(e) => return Err(e.into()),
         }
     }
