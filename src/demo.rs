@@ -194,6 +194,12 @@ pub fn run(settings: &DemoSettings) -> Result<DemoReport, DemoError> {
     let mut traces: Vec<(String, Vec<TraceEntry>)> = Vec::new();
     let mut notes = Vec::new();
     let exact = best_of(TIMING_REPS, || exact_state(&net, &reg, REFERENCE_METHOD))?;
+    if !exact.status.converged() {
+        notes.push(format!(
+            "the exact solver stopped with {:?} at max imbalance {:.2e}",
+            exact.status, exact.max_relative_imbalance
+        ));
+    }
     let label = reference_label(REFERENCE_METHOD);
     say(&format!(
         "{label}: {} iterations, {:.3} s",
