@@ -46,6 +46,14 @@ fn sweeps(c: &mut Criterion) {
             ),
             |b| b.iter(|| black_box(sw.sweep(&mut bal, &mut net, Execution::Parallel))),
         );
+        // The same code on one thread: separates the edge-major layout from the thread count.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        group.bench_function("parallel classes (1 thread)", |b| {
+            b.iter(|| one.install(|| black_box(sw.sweep(&mut bal, &mut net, Execution::Parallel))))
+        });
     }
     group.finish();
 }
