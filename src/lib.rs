@@ -22,3 +22,4 @@ pub mod network;
 pub mod plot;
 pub mod regularizer;
 pub mod solve;
+pub mod train;
