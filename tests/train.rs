@@ -410,7 +410,11 @@ fn embedded_digits_and_shared_mnist10k_load() {
     assert_eq!((d.train.len(), d.test.len()), (1437, 360));
     assert!(d.train.images.iter().all(|&x| (0.0..=1.0).contains(&x)));
     assert_eq!(d, load_digits());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist10k");
+    // `../shared/data/mnist10k` next to the repository, or the directory named by
+    // SYNBAL_MNIST_DIR (for checkouts elsewhere, e.g. git worktrees).
+    let dir = std::env::var_os("SYNBAL_MNIST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist10k"));
     if !dir.is_dir() {
         eprintln!(
             "note: {} not found, skipping the mnist10k check",
