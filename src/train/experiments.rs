@@ -404,7 +404,7 @@ fn pct(x: Option<f64>) -> String {
 ///
 /// Defaults: MNIST classifier 784-100-10 and autoencoder 784-200-100-50-100-200-784, 20 epochs,
 /// `lr = 0.05` (classifier) and `0.5` (autoencoder, whose per-pixel mean loss has small
-/// gradients), momentum 0.9, batch 64, `μ = 1e-3`; quick: 64-32-10 and 64-32-16-32-64 on the
+/// gradients; with `--lr η` they are `η` and `10η`), momentum 0.9, batch 64, `μ = 1e-3`; quick: 64-32-10 and 64-32-16-32-64 on the
 /// digits, 8 epochs. Writes `e1.csv`, `e1.png`/`.svg` (cost-weighted imbalance
 /// `Σ|In − Out| / Σ(In + Out)` per epoch), `e1_max.png`/`.svg` (maximum relative imbalance),
 /// `e1_deficit.png`/`.svg`, `e1.md`.

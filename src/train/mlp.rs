@@ -806,8 +806,8 @@ impl Mlp {
         for (k, l) in self.layers.iter_mut().enumerate() {
             let lin = &lambda[off..off + sizes[k]];
             let lout = &lambda[off + sizes[k]..off + sizes[k] + sizes[k + 1]];
-            for i in 0..l.w.ncols() {
-                let inv = 1.0 / lin[i];
+            for (i, li) in lin.iter().enumerate() {
+                let inv = 1.0 / li;
                 for (o, w) in l.w.col_as_slice_mut(i).iter_mut().enumerate() {
                     *w *= lout[o] * inv;
                 }
