@@ -13,13 +13,21 @@
 //! - [`regularizer`]: penalties `g` (`L_p`, elastic net, custom) and per-edge classes.
 //! - [`measure`]: costs, imbalances, deficit.
 //! - [`balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
+//! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
+//! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
+//! - [`solve`]: Newton, argmin and local solvers behind one entry point.
 
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod demo;
+pub mod io;
 pub mod measure;
 pub mod network;
 pub mod plot;
+pub mod problem;
 pub mod regularizer;
 pub mod solve;
+pub mod structure;
 pub mod train;
+pub mod verify;

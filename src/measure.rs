@@ -310,3 +310,39 @@ pub fn summarize(net: &Network, reg: &Regularizer) -> BalanceSummary {
 pub fn is_fixed(net: &Network, i: usize) -> bool {
     net.groups().group_of(i) == NO_GROUP
 }
+
+/// Relative distance between two networks of the same structure:
+/// `max |w_a − w_b| / max |w_b|` over all weights and biases (the absolute difference when `b` is
+/// all zero).
+///
+/// ```
+/// use synbal::{measure::relative_distance, network::builders::chain};
+/// let a = chain(&[2.0, 3.0], 0.0);
+/// let b = chain(&[2.0, 4.0], 0.0);
+/// assert_eq!(relative_distance(&a, &b), 0.25);
+/// ```
+pub fn relative_distance(a: &Network, b: &Network) -> f64 {
+    assert_eq!(
+        a.num_edges(),
+        b.num_edges(),
+        "networks of different structure"
+    );
+    assert_eq!(
+        a.num_neurons(),
+        b.num_neurons(),
+        "networks of different structure"
+    );
+    let pairs = a
+        .weights()
+        .iter()
+        .zip(b.weights())
+        .chain(a.biases().iter().zip(b.biases()));
+    let (diff, scale) = pairs.fold((0.0f64, 0.0f64), |(d, s), (x, y)| {
+        (d.max((x - y).abs()), s.max(y.abs()))
+    });
+    if scale > 0.0 {
+        diff / scale
+    } else {
+        diff
+    }
+}

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(a.degree(), Some(1.0));
 /// assert_eq!(Activation::Tanh.degree(), None);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub enum Activation {
     /// `f(x) = x` (degree 1).
+    #[default]
     Linear,
     /// `f(x) = max(x, 0)` (degree 1).
     Relu,
@@ -54,12 +55,6 @@ pub enum Activation {
     Gelu,
     /// `ln(1 + e^x)`: not homogeneous, the neuron is fixed.
     Softplus,
-}
-
-impl Default for Activation {
-    fn default() -> Self {
-        Activation::Linear
-    }
 }
 
 impl Activation {

@@ -96,8 +96,7 @@ impl ScaleGroups {
         }
         let mut fill = ptr.clone();
         let mut members = vec![0u32; ptr[degree.len()]];
-        for i in 0..n {
-            let g = group_of[i];
+        for (i, &g) in group_of.iter().enumerate() {
             if g != NO_GROUP {
                 members[fill[g as usize]] = i as u32;
                 fill[g as usize] += 1;

@@ -291,6 +291,8 @@ pub struct Diagnostics {
     pub held_fixed: Vec<(usize, String)>,
     /// Edges set to zero by [`Degenerate::Prune`].
     pub pruned_edges: Vec<usize>,
+    /// Neurons whose bias was set to zero by [`Degenerate::Prune`] (no output reachable from them).
+    pub pruned_biases: Vec<usize>,
     /// Free components not tied to any fixed neuron (scales undetermined up to a constant, weights
     /// unique).
     pub floating_components: usize,
@@ -305,12 +307,13 @@ pub enum BalanceError {
     /// The regularizer does not fit the network.
     #[error(transparent)]
     Regularizer(#[from] crate::regularizer::RegularizerError),
-    /// The method is not available in this build.
-    #[error("method `{0}` is not available in this build")]
-    Unavailable(&'static str),
 }
 
+pub mod argmin;
+pub mod cg;
 pub mod local;
+pub mod newton;
+pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
@@ -348,10 +351,52 @@ pub fn balance(
     reg: &Regularizer,
     settings: &Settings,
 ) -> Result<Solution, BalanceError> {
+    balance_observed(net, reg, settings, &mut NoObserver)
+}
+
+/// The exact balanced state: Newton with tolerance `1e-13` and no trace. Use it as the reference
+/// for "distance to the exact balanced state" ([`crate::measure::relative_distance`]).
+///
+/// ```
+/// use synbal::network::builders::chain;
+/// use synbal::regularizer::Regularizer;
+/// let sol = synbal::solve::exact(&chain(&[1.0, 4.0], 0.0), &Regularizer::lp(2.0).unwrap()).unwrap();
+/// assert!((sol.network.weights()[0] - 2.0).abs() < 1e-15);
+/// ```
+pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError> {
+    let settings = Settings {
+        tol: 1e-13,
+        trace: false,
+        ..Settings::default()
+    };
+    newton::solve(net, reg, &settings)
+}
+
+/// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
+/// (progress bars, logs).
+///
+/// ```
+/// use synbal::network::builders::random_mlp;
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::{balance_observed, Method, Schedule, Settings, TraceEntry};
+/// let net = random_mlp(&[3, 5, 5, 1], 2);
+/// let mut seen = 0;
+/// let mut count = |_: Method, _: &TraceEntry| seen += 1;
+/// let s = Settings::with_method(Method::Local(Schedule::Cyclic));
+/// let sol = balance_observed(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut count).unwrap();
+/// assert_eq!(seen, sol.iterations + 1);
+/// ```
+pub fn balance_observed(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
     match settings.method {
-        Method::Local(_) => local::solve(net, reg, settings),
-        other => Err(BalanceError::Unavailable(other.name())),
+        Method::Local(_) => local::solve_observed(net, reg, settings, observer),
+        Method::Newton => newton::solve_observed(net, reg, settings, observer),
+        Method::Lbfgs | Method::NewtonCg => argmin::solve_observed(net, reg, settings, observer),
     }
 }

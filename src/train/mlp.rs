@@ -1025,7 +1025,8 @@ pub fn measure_regularizer(p: f64, biases: bool) -> Regularizer {
     }
 }
 
-/// Settings of the reference solver used for "the exact balanced state".
+/// Settings used to balance exactly *during training* (E4's "exact balance every epoch", the
+/// balanced starts of tests): cyclic local balancing to a maximum relative imbalance of `1e-10`.
 pub fn exact_settings() -> Settings {
     Settings {
         tol: 1e-10,
@@ -1034,11 +1035,18 @@ pub fn exact_settings() -> Settings {
     }
 }
 
-/// The exact balanced state of `net` under `reg`: the one place that chooses the reference
-/// solver (cyclic local balancing to a maximum relative imbalance of `1e-10`, until the sparse
-/// Newton solver is available on main).
+/// The exact balanced state of `net` under `reg`, the reference that distances are measured to:
+/// the one place that chooses the reference solver (sparse Newton, `Method::Newton`, to a maximum
+/// relative imbalance of `1e-12`).
 pub fn exact_state(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError> {
-    balance(net, reg, &exact_settings())
+    balance(
+        net,
+        reg,
+        &Settings {
+            trace: false,
+            ..Settings::with_method(Method::Newton)
+        },
+    )
 }
 
 /// `max |w − w*| / max |w*|` over all weights and biases of two networks with the same

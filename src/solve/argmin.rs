@@ -1,0 +1,337 @@
+//! argmin 0.11's `LBFGS` and `NewtonCG` on the same log-scale problem, for comparison with our
+//! Newton ([`super::newton`]).
+//!
+//! Parameters are `Vec<f64>` (one entry per variable of [`crate::problem::Problem`]); the cost is
+//! `F(u)·e^{−S₀}` with `S₀ = ln F(0)` so that it starts at 1 whatever the weights; the Hessian is
+//! a matrix-free operator of ours ([`HessianOperator`], `ArgminDot<Vec<f64>, Vec<f64>>`) whose
+//! products cost `O(terms)` — argmin's own `Newton` would invert a dense Hessian and is not used.
+//! Both solvers stop on our certificate (maximum relative imbalance below `Settings::tol`),
+//! the iteration cap, the time limit, or when argmin cannot progress (line search failure), in
+//! which case the last iterate is returned with [`Status::Stalled`].
+
+use super::newton::{apply, certificate, prepare, trace_entry};
+use super::{BalanceError, Method, NoObserver, Observer, Settings, Solution, Status, TraceEntry};
+use crate::measure::total_cost;
+use crate::network::Network;
+use crate::problem::{Problem, NO_VAR};
+use crate::regularizer::Regularizer;
+use argmin::core::{
+    CostFunction, Error, Executor, Gradient, Hessian, IterState, Problem as ArgminProblem, Solver,
+    State, TerminationReason, TerminationStatus, KV,
+};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::newton::NewtonCG;
+use argmin::solver::quasinewton::LBFGS;
+use argmin_math::ArgminDot;
+use std::time::Instant;
+
+/// The problem as an argmin operator: cost, gradient and Hessian, all scaled by `e^{−S₀}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Objective<'a> {
+    problem: &'a Problem,
+    shift: f64,
+}
+
+impl<'a> Objective<'a> {
+    /// Wraps `problem`, normalising by `F(0)`.
+    pub fn new(problem: &'a Problem) -> Self {
+        let shift = problem.ln_value(&vec![0.0; problem.num_vars()]);
+        Objective {
+            problem,
+            shift: if shift.is_finite() { shift } else { 0.0 },
+        }
+    }
+}
+
+impl CostFunction for Objective<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, x: &Vec<f64>) -> Result<f64, Error> {
+        Ok((self.problem.ln_value(x) - self.shift).exp())
+    }
+}
+
+impl Gradient for Objective<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, x: &Vec<f64>) -> Result<Vec<f64>, Error> {
+        let ev = self.problem.evaluate(x);
+        Ok((0..self.problem.num_vars())
+            .map(|k| {
+                let d = ev.input[k] - ev.output[k];
+                if d == 0.0 {
+                    0.0
+                } else {
+                    d * (ev.sigma[k] - self.shift).exp()
+                }
+            })
+            .collect())
+    }
+}
+
+impl<'a> Hessian for Objective<'a> {
+    type Param = Vec<f64>;
+    type Hessian = HessianOperator<'a>;
+    fn hessian(&self, x: &Vec<f64>) -> Result<HessianOperator<'a>, Error> {
+        let weights = (0..self.problem.num_terms())
+            .map(|e| {
+                let (s, _, r2) = self.problem.term_at(e, self.problem.term_t(e, x));
+                r2 * (s - self.shift).exp()
+            })
+            .collect();
+        Ok(HessianOperator {
+            problem: self.problem,
+            weights,
+        })
+    }
+}
+
+/// The Hessian `Σ_e V_e''·a_e a_eᵀ` (scaled by `e^{−S₀}`) as a matrix-free operator.
+#[derive(Debug, Clone)]
+pub struct HessianOperator<'a> {
+    problem: &'a Problem,
+    weights: Vec<f64>,
+}
+
+impl ArgminDot<Vec<f64>, Vec<f64>> for HessianOperator<'_> {
+    fn dot(&self, v: &Vec<f64>) -> Vec<f64> {
+        let mut out = vec![0.0; v.len()];
+        for (e, &w) in self.weights.iter().enumerate() {
+            let (a, ka, b, kb) = self.problem.term_vars(e);
+            if a == NO_VAR || w == 0.0 {
+                continue;
+            }
+            let mut z = ka * v[a as usize];
+            if b != NO_VAR {
+                z += kb * v[b as usize];
+                out[b as usize] += w * z * kb;
+            }
+            out[a as usize] += w * z * ka;
+        }
+        out
+    }
+}
+
+/// Wraps an argmin solver: stops on our certificate, reports every iteration to the observer,
+/// and turns a failure of the inner solver into a clean stop at the last iterate.
+struct Certified<'a, 'o, S> {
+    inner: S,
+    problem: &'a Problem,
+    tol: f64,
+    start: Instant,
+    deadline: Option<std::time::Duration>,
+    method: Method,
+    observer: &'o mut dyn Observer,
+    trace: Option<Vec<TraceEntry>>,
+    failed: bool,
+    converged: bool,
+    timed_out: bool,
+    last: Option<Vec<f64>>,
+}
+
+type State2<H> = IterState<Vec<f64>, Vec<f64>, (), H, (), f64>;
+
+impl<O, S, H> Solver<O, State2<H>> for Certified<'_, '_, S>
+where
+    S: Solver<O, State2<H>>,
+    H: Clone,
+{
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn init(
+        &mut self,
+        problem: &mut ArgminProblem<O>,
+        state: State2<H>,
+    ) -> Result<(State2<H>, Option<KV>), Error> {
+        self.inner.init(problem, state)
+    }
+
+    fn next_iter(
+        &mut self,
+        problem: &mut ArgminProblem<O>,
+        state: State2<H>,
+    ) -> Result<(State2<H>, Option<KV>), Error> {
+        let backup = state.clone();
+        match self.inner.next_iter(problem, state) {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                self.failed = true;
+                Ok((
+                    backup.terminate_with(TerminationReason::SolverExit(
+                        "the inner solver could not make progress".into(),
+                    )),
+                    None,
+                ))
+            }
+        }
+    }
+
+    fn terminate(&mut self, state: &State2<H>) -> TerminationStatus {
+        let Some(x) = state.get_param() else {
+            return TerminationStatus::NotTerminated;
+        };
+        let ev = self.problem.evaluate(x);
+        let entry = trace_entry(
+            self.problem,
+            &ev,
+            state.get_iter() as usize,
+            self.start.elapsed().as_secs_f64(),
+        );
+        self.observer.observe(self.method, &entry);
+        if let Some(t) = self.trace.as_mut() {
+            t.push(entry);
+        }
+        let stalled = self.last.as_ref() == Some(x);
+        self.last = Some(x.clone());
+        if entry.max_relative_imbalance < self.tol {
+            self.converged = true;
+            return TerminationStatus::Terminated(TerminationReason::SolverConverged);
+        }
+        if stalled && state.get_iter() > 0 {
+            self.failed = true;
+            return TerminationStatus::Terminated(TerminationReason::SolverExit(
+                "no change".into(),
+            ));
+        }
+        if self.deadline.is_some_and(|d| self.start.elapsed() >= d) {
+            self.timed_out = true;
+            return TerminationStatus::Terminated(TerminationReason::SolverExit(
+                "time limit".into(),
+            ));
+        }
+        TerminationStatus::NotTerminated
+    }
+}
+
+/// Runs `settings.method` (`Lbfgs` or `NewtonCg`; anything else runs L-BFGS).
+///
+/// ```
+/// use synbal::network::builders::random_mlp;
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::{argmin, Method, Settings};
+/// let net = random_mlp(&[3, 6, 6, 2], 1);
+/// let s = Settings { tol: 1e-9, ..Settings::with_method(Method::Lbfgs) };
+/// let sol = argmin::solve(&net, &Regularizer::lp(2.0).unwrap(), &s).unwrap();
+/// assert!(sol.max_relative_imbalance < 1e-8);
+/// ```
+pub fn solve(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+) -> Result<Solution, BalanceError> {
+    solve_observed(net, reg, settings, &mut NoObserver)
+}
+
+/// [`solve`] with an observer called after the start and after every iteration.
+pub fn solve_observed(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
+    settings.validate()?;
+    reg.check_edges(net.num_edges())?;
+    let start = Instant::now();
+    let method = match settings.method {
+        Method::NewtonCg => Method::NewtonCg,
+        _ => Method::Lbfgs,
+    };
+    let cost_before = total_cost(net, reg);
+    let prep = prepare(net, reg, settings.degenerate);
+    let problem = &prep.problem;
+    let n = problem.num_vars();
+    let cap = settings.iteration_cap() as u64;
+    let mut wrapper_trace = Vec::new();
+    let (x, iterations, status) = if n == 0 {
+        let ev = problem.evaluate(&[]);
+        let e = trace_entry(problem, &ev, 0, 0.0);
+        observer.observe(method, &e);
+        wrapper_trace.push(e);
+        (Vec::new(), 0, Status::Converged)
+    } else {
+        let objective = Objective::new(problem);
+        let x0 = vec![0.0; n];
+        macro_rules! run {
+            ($solver:expr) => {{
+                let solver = Certified {
+                    inner: $solver,
+                    problem,
+                    tol: settings.tol,
+                    start,
+                    deadline: settings.time_limit,
+                    method,
+                    observer: &mut *observer,
+                    trace: settings.trace.then(Vec::new),
+                    failed: false,
+                    converged: false,
+                    timed_out: false,
+                    last: None,
+                };
+                match Executor::new(objective, solver)
+                    .configure(|s| s.param(x0.clone()).max_iters(cap))
+                    .run()
+                {
+                    Ok(mut res) => {
+                        let iters = res.state.get_iter() as usize;
+                        let x = res.state.take_param().unwrap_or(x0.clone());
+                        let w = &mut res.solver;
+                        wrapper_trace = w.trace.take().unwrap_or_default();
+                        let status = if w.converged {
+                            Status::Converged
+                        } else if w.timed_out {
+                            Status::TimeLimit
+                        } else if w.failed {
+                            Status::Stalled
+                        } else {
+                            Status::MaxIterations
+                        };
+                        (x, iters, status)
+                    }
+                    Err(_) => (x0.clone(), 0, Status::NumericalTrouble),
+                }
+            }};
+        }
+        match method {
+            Method::NewtonCg => {
+                let ls = MoreThuenteLineSearch::new();
+                run!(NewtonCG::new(ls))
+            }
+            _ => {
+                let ls = MoreThuenteLineSearch::new();
+                let lbfgs = LBFGS::new(ls, 10)
+                    .with_tolerance_grad(0.0)
+                    .and_then(|l| l.with_tolerance_cost(0.0))
+                    .expect("tolerances 0 are valid");
+                run!(lbfgs)
+            }
+        }
+    };
+    let network = apply(&prep, &x);
+    let cert = certificate(&network, reg, &prep.structure);
+    let status = if cert < settings.tol {
+        Status::Converged
+    } else if status == Status::Converged {
+        Status::Stalled
+    } else {
+        status
+    };
+    Ok(Solution {
+        cost_after: total_cost(&network, reg),
+        log_scales: problem.log_scales(&x),
+        network,
+        status,
+        method,
+        iterations,
+        max_relative_imbalance: cert,
+        cost_before,
+        elapsed: start.elapsed(),
+        trace: if settings.trace {
+            wrapper_trace
+        } else {
+            Vec::new()
+        },
+        diagnostics: prep.diagnostics.clone(),
+    })
+}
