@@ -29,4 +29,5 @@ pub mod problem;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;
+pub mod train;
 pub mod verify;
