@@ -31,6 +31,10 @@ enum Command {
     /// Run many local balancing runs (random orders, random pre-scaled starts, every schedule)
     /// and compare each final state with the exact one.
     Verify(cli::verify::VerifyArgs),
+    /// Learning experiments on MNIST or the embedded digits: e1 (emergence of balance under
+    /// L2/L1 training), e2 (drift under plain SGD), e3 (uniqueness), e4 (balancing and learning
+    /// speed), or all.
+    Experiment(cli::experiment::ExperimentArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Experiment(args) => cli::experiment::run(args),
     };
     cli::finish(result)
 }

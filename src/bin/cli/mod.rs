@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod demo;
+pub mod experiment;
 pub mod inspect;
 pub mod verify;
 
