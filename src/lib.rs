@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod demo;
 pub mod io;
 pub mod measure;
 pub mod network;
@@ -28,3 +29,5 @@ pub mod problem;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;
+pub mod train;
+pub mod verify;

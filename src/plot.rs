@@ -92,6 +92,22 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Tick label: `1e-6` style on log axes (plotters' default prints `0.9999999` for 1), at most 4
+/// decimals without trailing zeros otherwise.
+fn tick(v: f64, log: bool) -> String {
+    if log {
+        format!("{v:.0e}")
+    } else {
+        let s = format!("{v:.4}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".into()
+        } else {
+            s.into()
+        }
+    }
+}
+
 fn draw_err(path: &Path, e: impl std::fmt::Display) -> PlotError {
     PlotError::Draw {
         path: path.to_path_buf(),
@@ -163,6 +179,8 @@ impl LinePlot {
                     .configure_mesh()
                     .x_desc(self.x_label.as_str())
                     .y_desc(self.y_label.as_str())
+                    .x_label_formatter(&|v| tick(*v, self.log_x))
+                    .y_label_formatter(&|v| tick(*v, self.log_y))
                     .label_style(("sans-serif", 14))
                     .draw()
                     .map_err(|e| draw_err(path, e))?;

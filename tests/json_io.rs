@@ -354,6 +354,9 @@ fn reading_and_writing_files() {
     assert!(matches!(e, JsonError::Read { .. }));
     assert!(e.to_string().contains("missing.json"), "{e}");
 
+    let bom = dir.path().join("bom.json");
+    std::fs::write(&bom, format!("\u{feff}{EXAMPLE}")).unwrap();
+    assert_eq!(read_network(&bom).unwrap().network.num_neurons(), 7);
     let input = dir.path().join("in.json");
     std::fs::write(&input, EXAMPLE).unwrap();
     let doc = read_network(&input).unwrap();

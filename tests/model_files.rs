@@ -1060,3 +1060,181 @@ fn refuses_to_overwrite_input_unless_asked() {
     .unwrap();
     assert!(r.converged && std::fs::read(&i).unwrap() != before);
 }
+
+#[test]
+fn rnn_two_layers_from_prefix() {
+    // nn.RNN(3, 4, num_layers=2, nonlinearity="relu") + Linear(4, 2) on every step.
+    let d = Dir::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut t = Tensors::new();
+    for (k, inp, s) in [(0, 3, 2.0), (1, 4, 0.3)] {
+        param(
+            &mut rng,
+            &mut t,
+            &format!("rnn.weight_ih_l{k}"),
+            &[4, inp],
+            s,
+        );
+        param(
+            &mut rng,
+            &mut t,
+            &format!("rnn.weight_hh_l{k}"),
+            &[4, 4],
+            0.3,
+        );
+        param(&mut rng, &mut t, &format!("rnn.bias_ih_l{k}"), &[4], 1.0);
+        param(&mut rng, &mut t, &format!("rnn.bias_hh_l{k}"), &[4], 1.0);
+    }
+    param(&mut rng, &mut t, "head.weight", &[2, 4], 4.0);
+    param(&mut rng, &mut t, "head.bias", &[2], 0.2);
+    let (i, o) = (d.p("rnn2.safetensors"), d.p("rnn2.out.safetensors"));
+    write(&i, FloatDtype::F64, &t);
+    let a = arch(
+        r#"{"layers": [{"type": "RNN", "prefix": "rnn", "num_layers": 2, "nonlinearity": "relu"},
+        {"type": "linear", "prefix": "head"}]}"#,
+    );
+    let r = run(&i, &a, &o, ModelOptions::default()).unwrap();
+    assert_report_ok(&r, &i, &o);
+    assert_eq!(r.groups, 8);
+    let fwd = |p: &HashMap<String, Vec<f64>>, xs: &[f64]| {
+        let mut h = [vec![0.0; 4], vec![0.0; 4]];
+        let mut out = vec![];
+        for x in xs.chunks(3) {
+            let mut inp = x.to_vec();
+            for (k, hk) in h.iter_mut().enumerate() {
+                let w = |s: &str| format!("rnn.{s}_l{k}");
+                let a = linear(p, &w("weight_ih"), Some(&w("bias_ih")), &inp);
+                let b = linear(p, &w("weight_hh"), Some(&w("bias_hh")), hk);
+                *hk = a.iter().zip(&b).map(|(u, v)| (u + v).max(0.0)).collect();
+                inp = hk.clone();
+            }
+            out.extend(linear(p, "head.weight", Some("head.bias"), &inp));
+        }
+        out
+    };
+    assert_same_function(&i, &o, 15, 1e-12, fwd);
+    assert!(imbalance_of(&o, &a, ModelOptions::default()) < 1e-11);
+}
+
+#[test]
+fn bad_tensor_used_twice() {
+    let d = Dir::new();
+    let (i, o) = (d.p("tw.safetensors"), d.p("tw.out.safetensors"));
+    write(
+        &i,
+        FloatDtype::F32,
+        &mlp_tensors(17, &[4, 4, 4], &["fc1", "fc2"]),
+    );
+    let a = arch(
+        r#"{"layers": [{"type": "linear", "prefix": "fc1"}, {"type": "relu"},
+        {"type": "linear", "prefix": "fc1"}]}"#,
+    );
+    expect_error(
+        &i,
+        &a,
+        &o,
+        &["layer 2", "fc1.weight", "already used by layer 0"],
+    );
+}
+
+#[test]
+fn newton_and_local_balancing_write_the_same_file() {
+    // The balanced weights are unique: Newton and cyclic local balancing agree on a model with
+    // convolutions, flatten and BatchNorm folding.
+    let d = Dir::new();
+    let i = d.p("u.safetensors");
+    write(&i, FloatDtype::F64, &bn_model(18));
+    let a = arch(BN_ARCH);
+    let fold = ModelOptions {
+        fold_batchnorm: true,
+        ..Default::default()
+    };
+    let newton = Settings {
+        tol: 1e-13,
+        ..Settings::with_method(Method::Newton)
+    };
+    let (o1, o2) = (d.p("u.newton.safetensors"), d.p("u.local.safetensors"));
+    let r1 = balance_file(&i, &a, &o1, &l2(), &newton, &fold).unwrap();
+    let r2 = run(&i, &a, &o2, fold).unwrap();
+    assert!(r1.converged && r2.converged);
+    assert!(r1.iterations < r2.iterations);
+    let (p, q) = (load(&o1), load(&o2));
+    for (name, v) in &p {
+        assert!(
+            rel_diff(v, &q[name]) < 1e-9,
+            "{name}: {:e}",
+            rel_diff(v, &q[name])
+        );
+    }
+}
+
+#[test]
+fn conv_residual_block_with_avg_pool() {
+    // A ResNet-style basic block: conv-relu-[save x]-conv-relu-conv-add x-relu-avgpool-flatten-fc.
+    let d = Dir::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let mut t = Tensors::new();
+    param(&mut rng, &mut t, "stem.weight", &[3, 2, 3, 3], 0.3);
+    param(&mut rng, &mut t, "stem.bias", &[3], 0.3);
+    param(&mut rng, &mut t, "b.conv1.weight", &[3, 3, 3, 3], 2.0);
+    param(&mut rng, &mut t, "b.conv1.bias", &[3], 1.0);
+    param(&mut rng, &mut t, "b.conv2.weight", &[3, 3, 3, 3], 0.2);
+    param(&mut rng, &mut t, "b.conv2.bias", &[3], 0.2);
+    param(&mut rng, &mut t, "fc.weight", &[2, 3], 5.0);
+    param(&mut rng, &mut t, "fc.bias", &[2], 1.0);
+    let a = arch(
+        r#"{"layers": [
+        {"type": "conv2d", "prefix": "stem", "padding": 1}, {"type": "relu", "save": "x"},
+        {"type": "conv2d", "prefix": "b.conv1", "padding": 1}, {"type": "relu"},
+        {"type": "conv2d", "prefix": "b.conv2", "padding": 1}, {"type": "add", "from": "x"},
+        {"type": "relu"}, {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "flatten"},
+        {"type": "linear", "prefix": "fc"}]}"#,
+    );
+    let fwd = |p: &HashMap<String, Vec<f64>>, x: &[f64]| {
+        let conv = |name: &str, x: &[f64], c: usize| {
+            let w = &p[&format!("{name}.weight")];
+            let b = &p[&format!("{name}.bias")];
+            conv2d(w, Some(b), x, c, 4, 4, 3, 3, 1).0
+        };
+        let mut h = conv("stem", x, 2);
+        relu(&mut h);
+        let mut f = conv("b.conv1", &h, 3);
+        relu(&mut f);
+        let mut y = conv("b.conv2", &f, 3);
+        for (u, v) in y.iter_mut().zip(&h) {
+            *u += v;
+        }
+        relu(&mut y);
+        let pooled: Vec<f64> = y.chunks(16).map(|c| c.iter().sum::<f64>() / 16.0).collect();
+        linear(p, "fc.weight", Some("fc.bias"), &pooled)
+    };
+    for (dt, tol, imb) in [
+        (FloatDtype::F64, 1e-12, 1e-11),
+        (FloatDtype::F32, 1e-6, 1e-5),
+    ] {
+        let (i, o) = (d.p("rb.safetensors"), d.p("rb.out.safetensors"));
+        write(&i, dt, &t);
+        let r = run(&i, &a, &o, ModelOptions::default()).unwrap();
+        assert_report_ok(&r, &i, &o);
+        assert_eq!(r.groups, 3 + 3, "stem and conv2 channels tied by the skip");
+        assert_eq!(r.layers[0].scales, r.layers[2].scales);
+        assert_same_function(&i, &o, 32, tol, fwd);
+        assert!(imbalance_of(&o, &a, ModelOptions::default()) < imb);
+    }
+}
+
+#[test]
+fn bad_balanced_value_overflows_f16() {
+    // fc1: [[60000]], fc2: four weights of 60000 → balanced fc1 weight 60000·4^{1/4} ≈ 84853 > 65504.
+    let d = Dir::new();
+    let (i, o) = (d.p("ov.safetensors"), d.p("ov.out.safetensors"));
+    let t: Tensors = vec![
+        ("fc1.weight".into(), vec![1, 1], vec![60000.0]),
+        ("fc2.weight".into(), vec![4, 1], vec![60000.0; 4]),
+    ];
+    write(&i, FloatDtype::F16, &t);
+    let a = ArchSource::InferMlp {
+        activation: "relu".into(),
+    };
+    expect_error(&i, &a, &o, &["fc1.weight", "element 0", "overflows F16"]);
+}

@@ -544,7 +544,7 @@ pub fn infer_mlp(file: &SafetensorsFile, activation: &str) -> Result<Architectur
         if let Some((pp, pout)) = &prev {
             if *pout != inp {
                 return Err(ArchError::Infer(format!(
-                    "shape mismatch between consecutive layers: `{prefix}.weight` has {inp} input columns but `{pp}.weight` has {pout} outputs"
+                    "shape mismatch between consecutive layers: `{prefix}.weight` has {inp} input columns but `{pp}.weight` has {pout} outputs (layers are taken in natural name order; give an architecture description for another order)"
                 )));
             }
         }

@@ -21,18 +21,26 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum AtomicError {
     /// Writing, syncing or renaming failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Io {
         /// The target file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate source).
+        error: std::io::Error,
     },
     /// The target is a directory or has no file name.
     #[error("cannot write {}: not a file path", path.display())]
     NotAFile {
         /// The target.
         path: PathBuf,
+    },
+    /// The directory of the target does not exist.
+    #[error("cannot write {}: the directory {} does not exist", path.display(), dir.display())]
+    MissingDirectory {
+        /// The target.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
     },
     /// The target is the input file and overwriting it was not allowed.
     #[error("refusing to overwrite the input file {} (use --in-place to allow it)", path.display())]
@@ -47,9 +55,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `contents` to `target` atomically (temporary file in the same directory, flush, fsync,
 /// rename; the directory is synced afterwards where the platform allows it).
 pub fn write_file(target: &Path, contents: &[u8]) -> Result<(), AtomicError> {
-    let io_err = |source| AtomicError::Io {
+    let io_err = |error| AtomicError::Io {
         path: target.to_path_buf(),
-        source,
+        error,
     };
     let Some(file_name) = target.file_name() else {
         return Err(AtomicError::NotAFile {
@@ -101,6 +109,35 @@ pub fn write_file(target: &Path, contents: &[u8]) -> Result<(), AtomicError> {
     Ok(())
 }
 
+/// Checks, before any work is done, that `target` can be a file: it is not a directory and its
+/// directory exists.
+///
+/// ```
+/// use synbal::io::atomic::check_target;
+/// let dir = tempfile::tempdir().unwrap();
+/// assert!(check_target(&dir.path().join("out.json")).is_ok());
+/// assert!(check_target(dir.path()).is_err());
+/// assert!(check_target(&dir.path().join("missing").join("out.json")).is_err());
+/// ```
+pub fn check_target(target: &Path) -> Result<(), AtomicError> {
+    if target.file_name().is_none() || target.is_dir() {
+        return Err(AtomicError::NotAFile {
+            path: target.to_path_buf(),
+        });
+    }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(AtomicError::MissingDirectory {
+            path: target.to_path_buf(),
+            dir,
+        });
+    }
+    Ok(())
+}
+
 /// Whether `a` and `b` name the same existing file (same device and inode on Unix; same canonical
 /// path elsewhere). A path that does not exist is never the same file.
 pub fn same_file(a: &Path, b: &Path) -> bool {
@@ -117,6 +154,31 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         let _ = (ma, mb);
         matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
     }
+}
+
+/// Whether two output paths name the same file, existing or not: the same existing file, or the
+/// same file name in the same (canonical) directory.
+///
+/// ```
+/// use synbal::io::atomic::same_target;
+/// let dir = tempfile::tempdir().unwrap();
+/// let a = dir.path().join("out.json");
+/// let b = dir.path().join(".").join("out.json");
+/// assert!(same_target(&a, &b));
+/// assert!(!same_target(&a, &dir.path().join("report.json")));
+/// ```
+pub fn same_target(a: &Path, b: &Path) -> bool {
+    if a == b || same_file(a, b) {
+        return true;
+    }
+    let norm = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Some((fs::canonicalize(dir).ok()?, p.file_name()?.to_os_string()))
+    };
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Refuses `output` when it is the same file as `input` (through any path, symlink or hard link),

@@ -56,12 +56,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum JsonError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate source).
+        error: std::io::Error,
     },
     /// The text is not valid JSON (this includes `NaN`, `Infinity` and numbers that overflow a
     /// 64-bit float, which JSON cannot represent).
@@ -163,11 +163,12 @@ pub struct JsonNetwork {
 /// of [`JsonNetwork::from_str`] (which name the JSON path, not the file).
 pub fn read_network(path: impl AsRef<Path>) -> Result<JsonNetwork, JsonError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| JsonError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| JsonError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    JsonNetwork::from_str(&text)
+    // A UTF-8 byte order mark is not JSON but some editors write one.
+    JsonNetwork::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
 }
 
 /// Writes `doc` with the weights and biases of `net` to `path` atomically (temporary file in the
@@ -218,7 +219,7 @@ fn index(v: &Value, what: &str, n: usize) -> Result<usize, String> {
                 return Err(format!("{what} neuron index {num} is negative"));
             } else {
                 let x = num.as_f64().unwrap_or(f64::NAN);
-                if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x < 9.007_199_254_740_992e15 {
+                if x.fract() == 0.0 && (0.0..9.007_199_254_740_992e15).contains(&x) {
                     x as u64
                 } else if x < 0.0 {
                     return Err(format!("{what} neuron index {num} is negative"));
@@ -556,6 +557,14 @@ impl JsonNetwork {
     }
 }
 
+impl std::str::FromStr for JsonNetwork {
+    type Err = JsonError;
+    /// Same as [`JsonNetwork::from_str`].
+    fn from_str(text: &str) -> Result<Self, JsonError> {
+        JsonNetwork::from_str(text)
+    }
+}
+
 /// Formats a document with one top-level key per line and one array element per line.
 ///
 /// ```
@@ -725,7 +734,7 @@ pub fn network_from_value(doc: &Value) -> Result<Network, JsonError> {
             for (m, v) in members.iter().enumerate() {
                 let i = index(v, "tied", n)
                     .map_err(|msg| JsonError::invalid(format!("ties[{k}][{m}]"), msg))?;
-                let free = b_is_free(neurons, i);
+                let free = entry_is_free(neurons, i);
                 if !free {
                     return Err(JsonError::Invalid {
                         at: format!("ties[{k}][{m}]"),
@@ -760,7 +769,7 @@ pub fn network_from_value(doc: &Value) -> Result<Network, JsonError> {
 
 /// Whether neuron `i` of the (already validated) `neurons` array is free: hidden with a
 /// homogeneous activation.
-fn b_is_free(neurons: &[Value], i: usize) -> bool {
+fn entry_is_free(neurons: &[Value], i: usize) -> bool {
     let m = neurons[i].as_object();
     let role = parse_role(m.and_then(|m| m.get("role"))).unwrap_or(Role::Input);
     let act = match m.and_then(|m| m.get("activation")) {

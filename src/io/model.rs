@@ -103,7 +103,6 @@ impl Plan {
     fn col(&self, e: usize) -> (usize, usize) {
         match self {
             Plan::Weight {
-                rows,
                 cols,
                 out_per_group,
                 in_per_group,
@@ -113,7 +112,6 @@ impl Plan {
             } => {
                 let o = e / row_len;
                 let r = e % row_len;
-                let _ = rows;
                 (
                     o,
                     cols[(o / out_per_group) * in_per_group + r / block] as usize,
@@ -729,8 +727,8 @@ impl<'a> GraphBuilder<'a> {
                 f[o] * (b - mu[o]) + beta.as_ref().map_or(0.0, |bt| bt[o])
             })
             .collect();
-        for o in 0..c {
-            self.units[rec.outputs[o] as usize].bias = newb[o];
+        for (&u, &b) in rec.outputs.iter().zip(&newb) {
+            self.units[u as usize].bias = b;
         }
         let wp = rec.weight_plan.clone().unwrap_or_default();
         for (name, plan) in self.plans.iter_mut() {
@@ -904,8 +902,14 @@ impl ModelGraph {
             };
             nb.add_neuron(role, Activation::Linear, b.units[i].bias);
         }
-        for e in 0..b.src.len() {
-            nb.add_edge(b.src[e] as usize, b.dst[e] as usize, b.weight[e]);
+        // Hand the edges over and free the builder's copies before the network is built.
+        let (src, dst, weight) = (
+            std::mem::take(&mut b.src),
+            std::mem::take(&mut b.dst),
+            std::mem::take(&mut b.weight),
+        );
+        for ((s, d), w) in src.into_iter().zip(dst).zip(weight) {
+            nb.add_edge(s as usize, d as usize, w);
         }
         let mut ties: Vec<_> = members.into_values().filter(|m| m.len() > 1).collect();
         ties.sort();

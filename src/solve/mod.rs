@@ -315,6 +315,7 @@ pub mod argmin;
 pub mod cg;
 pub mod local;
 pub mod newton;
+pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
@@ -352,13 +353,7 @@ pub fn balance(
     reg: &Regularizer,
     settings: &Settings,
 ) -> Result<Solution, BalanceError> {
-    settings.validate()?;
-    reg.check_edges(net.num_edges())?;
-    match settings.method {
-        Method::Local(_) => local::solve(net, reg, settings),
-        Method::Newton => newton::solve(net, reg, settings),
-        Method::Lbfgs | Method::NewtonCg => argmin::solve(net, reg, settings),
-    }
+    balance_observed(net, reg, settings, &mut NoObserver)
 }
 
 /// The exact balanced state: Newton with tolerance `1e-13` and no trace. Use it as the reference
@@ -377,4 +372,33 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
         ..Settings::default()
     };
     newton::solve(net, reg, &settings)
+}
+
+/// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
+/// (progress bars, logs).
+///
+/// ```
+/// use synbal::network::builders::random_mlp;
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::{balance_observed, Method, Schedule, Settings, TraceEntry};
+/// let net = random_mlp(&[3, 5, 5, 1], 2);
+/// let mut seen = 0;
+/// let mut count = |_: Method, _: &TraceEntry| seen += 1;
+/// let s = Settings::with_method(Method::Local(Schedule::Cyclic));
+/// let sol = balance_observed(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut count).unwrap();
+/// assert_eq!(seen, sol.iterations + 1);
+/// ```
+pub fn balance_observed(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
+    settings.validate()?;
+    reg.check_edges(net.num_edges())?;
+    match settings.method {
+        Method::Local(_) => local::solve_observed(net, reg, settings, observer),
+        Method::Newton => newton::solve_observed(net, reg, settings, observer),
+        Method::Lbfgs | Method::NewtonCg => argmin::solve_observed(net, reg, settings, observer),
+    }
 }

@@ -1,0 +1,492 @@
+//! The trainer and experiments of `synbal::train`: gradients against finite differences, the
+//! drift law of plain SGD, emergence of balance under an L2 penalty, the IDX loader, and the quick
+//! setting of every experiment.
+
+use std::io::Write;
+use std::path::Path;
+use synbal::measure::{group_flows, summarize};
+use synbal::network::Activation;
+use synbal::regularizer::Regularizer;
+use synbal::train::data::{load_digits, load_mnist, read_idx_images, DataError, Dataset};
+use synbal::train::mlp::{
+    exact_state, measure_balance, Loss, Mlp, Penalty, Sgd, Task, Threads, TrainConfig,
+};
+
+/// A small random dataset (features in [0, 1], labels 0..classes).
+fn toy(n: usize, features: usize, classes: usize, seed: u64) -> Dataset {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Dataset {
+        images: (0..n * features).map(|_| rng.random::<f64>()).collect(),
+        labels: (0..n).map(|_| rng.random_range(0..classes) as u8).collect(),
+        features,
+        classes,
+    }
+}
+
+fn seq(config: TrainConfig) -> TrainConfig {
+    TrainConfig {
+        threads: Threads::Seq,
+        ..config
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let data = toy(7, 5, 3, 1);
+    let idx: Vec<usize> = (0..7).collect();
+    let acts = [
+        Activation::Relu,
+        Activation::LeakyRelu { slope: 0.1 },
+        Activation::Bilu {
+            neg: -0.5,
+            pos: 1.5,
+        },
+        Activation::Linear,
+    ];
+    let cases = [
+        (Loss::CrossEntropy, Task::Classify, Penalty::None, true),
+        (Loss::Mse, Task::Classify, Penalty::L2(0.03), true),
+        (Loss::CrossEntropy, Task::Classify, Penalty::L1(0.02), false),
+        (Loss::Mse, Task::Autoencode, Penalty::L2(0.01), false),
+        (Loss::Mse, Task::Autoencode, Penalty::L1(0.01), true),
+    ];
+    for (ai, act) in acts.iter().enumerate() {
+        for (ci, &(loss, task, penalty, biases)) in cases.iter().enumerate() {
+            let out = if task == Task::Autoencode { 5 } else { 3 };
+            let mut mlp = Mlp::new(&[5, 6, 4, out], *act, 10 * ai as u64 + ci as u64).unwrap();
+            let config = seq(TrainConfig {
+                loss,
+                task,
+                penalty,
+                penalize_biases: biases,
+                ..TrainConfig::default()
+            });
+            let (_, g) = mlp.objective_and_gradient(&data, &idx, &config).unwrap();
+            let g = g.flatten();
+            let p0 = mlp.params();
+            let h = 1e-6;
+            let mut worst = 0.0f64;
+            for k in 0..p0.len() {
+                // ReLU kinks and L1 at 0 are not differentiable: skip parameters within h of 0
+                // for the penalty (none are for random init) and rely on the data being generic.
+                let mut p = p0.clone();
+                p[k] = p0[k] + h;
+                mlp.set_params(&p).unwrap();
+                let (fp, _) = mlp.objective_and_gradient(&data, &idx, &config).unwrap();
+                p[k] = p0[k] - h;
+                mlp.set_params(&p).unwrap();
+                let (fm, _) = mlp.objective_and_gradient(&data, &idx, &config).unwrap();
+                let fd = (fp - fm) / (2.0 * h);
+                worst = worst.max((fd - g[k]).abs() / (1e-4 + g[k].abs().max(fd.abs())));
+            }
+            mlp.set_params(&p0).unwrap();
+            assert!(
+                worst < 1e-5,
+                "activation {act:?}, case {ci}: worst relative gradient error {worst}"
+            );
+        }
+    }
+}
+
+/// Per-neuron `A − B` (`L2`, biases counted) of an MLP.
+fn a_minus_b(mlp: &Mlp) -> Vec<f64> {
+    let net = mlp.to_network();
+    let reg = Regularizer::lp(2.0).unwrap();
+    (0..net.groups().len())
+        .map(|g| group_flows(&net, &reg, g).difference())
+        .collect()
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Least-squares slope of `ln y` against `ln x`.
+fn loglog_slope(x: &[f64], y: &[f64]) -> f64 {
+    let lx: Vec<f64> = x.iter().map(|v| v.ln()).collect();
+    let ly: Vec<f64> = y.iter().map(|v| v.ln()).collect();
+    let n = lx.len() as f64;
+    let (mx, my) = (lx.iter().sum::<f64>() / n, ly.iter().sum::<f64>() / n);
+    let sxy: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = lx.iter().map(|a| (a - mx) * (a - mx)).sum();
+    sxy / sxx
+}
+
+#[test]
+fn sgd_drift_scales_with_the_square_of_the_step() {
+    let data = toy(32, 6, 3, 2);
+    let base = Mlp::new(&[6, 10, 8, 3], Activation::Relu, 3).unwrap();
+    // Start from the exact L2-balanced state (biases counted), so A − B = 0.
+    let reg = Regularizer::lp(2.0).unwrap();
+    let mut start = base.clone();
+    start
+        .set_from_network(&exact_state(&base.to_network(), &reg).unwrap().network)
+        .unwrap();
+    assert!(norm(&a_minus_b(&start)) < 1e-8);
+    let etas = [0.002, 0.004, 0.008, 0.016, 0.032];
+    let drift: Vec<f64> = etas
+        .iter()
+        .map(|&lr| {
+            let mut m = start.clone();
+            let mut sgd = Sgd::new(seq(TrainConfig {
+                lr,
+                batch: 32,
+                ..TrainConfig::default()
+            }))
+            .unwrap();
+            for _ in 0..10 {
+                sgd.epoch(&mut m, &data).unwrap();
+            }
+            norm(&a_minus_b(&m))
+        })
+        .collect();
+    let slope = loglog_slope(&etas, &drift);
+    assert!(
+        (slope - 2.0).abs() < 0.3,
+        "drift {drift:?} over η {etas:?}: log-log slope {slope}"
+    );
+
+    // One full-batch step obeys the law exactly: (A − B)' = (A − B) + η²(‖∇_in E‖² − ‖∇_out E‖²),
+    // and with an L2 penalty μ: (1 − 2ημ)²(A − B) + η²(…) with ∇E the data gradient.
+    let idx: Vec<usize> = (0..32).collect();
+    for mu in [0.0, 0.05] {
+        let lr = 0.05;
+        let m0 = base.clone();
+        let config = seq(TrainConfig {
+            lr,
+            batch: 32,
+            penalty: if mu > 0.0 {
+                Penalty::L2(mu)
+            } else {
+                Penalty::None
+            },
+            ..TrainConfig::default()
+        });
+        let (_, g) = m0
+            .objective_and_gradient(
+                &data,
+                &idx,
+                &TrainConfig {
+                    penalty: Penalty::None,
+                    ..config.clone()
+                },
+            )
+            .unwrap();
+        // The gradient as a network (inputs have bias 0): its L2 "In − Out" per neuron is
+        // ‖∇_in E‖² − ‖∇_out E‖² (bias gradient on the input side).
+        let net0 = m0.to_network();
+        let mut gb = vec![0.0; 6];
+        gb.extend(g.b.concat());
+        let gnet = net0.with_params(g.flatten()[..net0.num_edges()].to_vec(), gb);
+        let gdiff: Vec<f64> = (0..gnet.groups().len())
+            .map(|k| group_flows(&gnet, &reg, k).difference())
+            .collect();
+        let before = a_minus_b(&m0);
+        let mut m1 = m0.clone();
+        let mut sgd = Sgd::new(config).unwrap();
+        sgd.step(&mut m1, &data, &idx).unwrap();
+        let after = a_minus_b(&m1);
+        let q = (1.0 - 2.0 * lr * mu).powi(2);
+        for k in 0..before.len() {
+            let predicted = q * before[k] + lr * lr * gdiff[k];
+            assert!(
+                (after[k] - predicted).abs() < 1e-12 * (1.0 + before[k].abs()),
+                "μ = {mu}, neuron group {k}: law predicts {predicted}, measured {}",
+                after[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn l2_penalty_contracts_the_deficit_and_plain_sgd_does_not() {
+    // A learnable task (labels from a random linear teacher), so the trained weights stay away
+    // from 0 and the data gradients matter.
+    let mut data = toy(64, 6, 3, 4);
+    let teacher = toy(3, 6, 3, 9).images;
+    for n in 0..64 {
+        let x = data.image(n).to_vec();
+        let score = |c: usize| {
+            (0..6)
+                .map(|k| (teacher[c * 6 + k] - 0.5) * x[k])
+                .sum::<f64>()
+        };
+        data.labels[n] = (0..3)
+            .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+            .unwrap() as u8;
+    }
+    // Leaky ReLU: a ReLU unit that dies has no data gradient on either side, so the penalty
+    // shrinks both its sides at the same rate and its *relative* imbalance never changes (its
+    // deficit still goes to 0). With a leak every unit keeps a gradient.
+    let init = Mlp::new(&[6, 12, 12, 3], Activation::LeakyRelu { slope: 0.1 }, 5).unwrap();
+    let run = |penalty: Penalty| {
+        let mut m = init.clone();
+        // Full-batch gradient descent: it converges to a stationary point of the penalised loss,
+        // where every neuron is balanced; the law contracts A − B by (1 − 2ημ)² per step.
+        let mut sgd = Sgd::new(seq(TrainConfig {
+            lr: 0.1,
+            batch: 64,
+            penalty,
+            ..TrainConfig::default()
+        }))
+        .unwrap();
+        let b0 = measure_balance(&m, 2.0, true, false).unwrap();
+        for _ in 0..10000 {
+            sgd.epoch(&mut m, &data).unwrap();
+        }
+        (b0, measure_balance(&m, 2.0, true, false).unwrap())
+    };
+    let (b0, l2) = run(Penalty::L2(5e-3));
+    let (_, plain) = run(Penalty::None);
+    // The cost-weighted imbalance and the deficit fall by orders of magnitude (the maximum
+    // relative imbalance need not: units the penalty switches off keep theirs while their cost
+    // vanishes, see `BalanceRecord::weighted_imbalance`). Plain gradient descent keeps the deficit (it
+    // conserves A − B up to O(η²) per step) and the imbalance.
+    assert!(
+        l2.weighted_imbalance < 1e-3 * b0.weighted_imbalance,
+        "L2: cost-weighted imbalance {} -> {}",
+        b0.weighted_imbalance,
+        l2.weighted_imbalance
+    );
+    assert!(
+        l2.deficit < 1e-6 * b0.deficit,
+        "L2 deficit {} -> {}",
+        b0.deficit,
+        l2.deficit
+    );
+    assert!(
+        plain.weighted_imbalance > 0.1 * b0.weighted_imbalance,
+        "plain: cost-weighted imbalance {} -> {}",
+        b0.weighted_imbalance,
+        plain.weighted_imbalance
+    );
+    assert!(
+        (plain.deficit / b0.deficit - 1.0).abs() < 0.1,
+        "plain deficit {} -> {}",
+        b0.deficit,
+        plain.deficit
+    );
+}
+
+#[test]
+fn rescaling_keeps_the_function_and_balancing_uses_the_library() {
+    let data = toy(20, 5, 3, 6);
+    let mut mlp = Mlp::new(&[5, 7, 6, 3], Activation::Relu, 7).unwrap();
+    let before = mlp
+        .evaluate(&data, Task::Classify, Loss::CrossEntropy, Threads::Seq)
+        .unwrap();
+    let reg = Regularizer::lp(2.0).unwrap();
+    let mut sgd = Sgd::new(seq(TrainConfig::default())).unwrap();
+    let sol = sgd
+        .balance(&mut mlp, &reg, &synbal::train::mlp::exact_settings())
+        .unwrap();
+    assert!(sol.status.converged());
+    let after = mlp
+        .evaluate(&data, Task::Classify, Loss::CrossEntropy, Threads::Seq)
+        .unwrap();
+    assert!((before.loss - after.loss).abs() < 1e-12 * before.loss.abs().max(1.0));
+    // The rescaled MLP equals the solver's network.
+    let net = mlp.to_network();
+    let d = synbal::train::mlp::distance(&net, &sol.network);
+    assert!(d < 1e-13, "distance {d}");
+    assert!(summarize(&net, &reg).max_relative_imbalance < 1e-10);
+}
+
+fn write_idx(path: &Path, bytes: &[u8], gz: bool) {
+    let mut f = std::fs::File::create(path).unwrap();
+    if gz {
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap();
+    } else {
+        f.write_all(bytes).unwrap();
+    }
+}
+
+fn idx_images(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 3];
+    for d in [n, rows, cols] {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(pixels);
+    v
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 1];
+    v.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    v.extend_from_slice(labels);
+    v
+}
+
+#[test]
+fn idx_loader_reads_raw_and_gzip_and_rejects_corrupt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let px: Vec<u8> = (0..3 * 2 * 2).map(|k| (k * 20) as u8).collect();
+    // training files gzipped, test files raw
+    write_idx(
+        &dir.path().join("train-images-idx3-ubyte.gz"),
+        &idx_images(3, 2, 2, &px),
+        true,
+    );
+    write_idx(
+        &dir.path().join("train-labels-idx1-ubyte.gz"),
+        &idx_labels(&[1, 0, 9]),
+        true,
+    );
+    write_idx(
+        &dir.path().join("t10k-images-idx3-ubyte"),
+        &idx_images(2, 2, 2, &px[..8]),
+        false,
+    );
+    write_idx(
+        &dir.path().join("t10k-labels-idx1-ubyte"),
+        &idx_labels(&[4, 4]),
+        false,
+    );
+    let s = load_mnist(dir.path()).unwrap();
+    assert_eq!((s.train.len(), s.test.len(), s.train.features), (3, 2, 4));
+    assert_eq!(s.train.labels, vec![1, 0, 9]);
+    assert_eq!(
+        s.train.image(1),
+        &[80.0 / 255.0, 100.0 / 255.0, 120.0 / 255.0, 140.0 / 255.0]
+    );
+    assert_eq!(s.test.class_counts()[4], 2);
+
+    // Count mismatch: 2 test images, 3 labels.
+    write_idx(
+        &dir.path().join("t10k-labels-idx1-ubyte"),
+        &idx_labels(&[4, 4, 4]),
+        false,
+    );
+    let e = load_mnist(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::CountMismatch {
+                n_images: 2,
+                n_labels: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("t10k-images-idx3-ubyte"), "{e}");
+
+    // Truncated image file.
+    let bad = dir.path().join("bad-images");
+    let mut bytes = idx_images(3, 2, 2, &px);
+    bytes.truncate(bytes.len() - 5);
+    write_idx(&bad, &bytes, false);
+    let e = read_idx_images(&bad).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::Truncated {
+                expected: 12,
+                found: 7,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("bad-images") && e.to_string().contains("truncated"));
+
+    // Wrong magic number (a label file read as images), gzipped.
+    write_idx(&bad, &idx_labels(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), true);
+    let e = read_idx_images(&bad).unwrap_err();
+    assert!(e.to_string().contains("magic number 0x00000801"), "{e}");
+
+    // Missing file.
+    let empty = tempfile::tempdir().unwrap();
+    let e = load_mnist(empty.path()).unwrap_err();
+    assert!(e.to_string().contains("train-images-idx3-ubyte"), "{e}");
+}
+
+#[test]
+fn embedded_digits_and_shared_mnist10k_load() {
+    let d = load_digits();
+    assert_eq!((d.train.len(), d.test.len()), (1437, 360));
+    assert!(d.train.images.iter().all(|&x| (0.0..=1.0).contains(&x)));
+    assert_eq!(d, load_digits());
+    // `../shared/data/mnist10k` next to the repository, or the directory named by
+    // SYNBAL_MNIST_DIR (for checkouts elsewhere, e.g. git worktrees).
+    let dir = std::env::var_os("SYNBAL_MNIST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist10k"));
+    if !dir.is_dir() {
+        eprintln!(
+            "note: {} not found, skipping the mnist10k check",
+            dir.display()
+        );
+        return;
+    }
+    let s = load_mnist(&dir).unwrap();
+    assert_eq!(
+        (s.train.len(), s.test.len(), s.train.features),
+        (8000, 2000, 784)
+    );
+    assert_eq!(
+        s.train.class_counts(),
+        vec![801, 891, 801, 826, 779, 690, 820, 844, 756, 792]
+    );
+    assert_eq!(
+        s.test.class_counts(),
+        vec![200, 236, 190, 206, 201, 173, 194, 226, 188, 186]
+    );
+}
+
+#[test]
+fn quick_experiments_run_and_write_their_files() {
+    use synbal::train::experiments::{run, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        quick: true,
+        out_dir: dir.path().to_path_buf(),
+        ..Options::default()
+    };
+    for name in ["e1", "e2", "e3", "e4"] {
+        let report = run(name, &options).unwrap();
+        assert_eq!(report.name, name);
+        assert!(!report.table.is_empty() && !report.metrics.is_empty());
+        for (k, v) in &report.metrics {
+            assert!(v.is_finite(), "{name}: {k} = {v}");
+        }
+        for ext in ["csv", "md"] {
+            let p = dir.path().join(format!("{name}.{ext}"));
+            assert!(
+                std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false),
+                "{p:?}"
+            );
+        }
+        let pngs = report
+            .files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"));
+        let mut n = 0;
+        for p in pngs {
+            assert!(std::fs::metadata(p).unwrap().len() > 1000, "{p:?}");
+            n += 1;
+        }
+        assert!(n >= 1, "{name} wrote no PNG");
+        assert!(!format!("{report}").is_empty());
+        match name {
+            "e2" => {
+                let slope = report.metrics[0].1;
+                assert!(slope > 1.0 && slope < 3.0, "E2 drift exponent {slope}");
+            }
+            "e3" => {
+                let get = |k: &str| report.metrics.iter().find(|m| m.0 == k).unwrap().1;
+                assert!(
+                    get("max distance") < 1e-6,
+                    "E3 max distance {}",
+                    get("max distance")
+                );
+                assert_eq!(get("all monotone"), 1.0);
+            }
+            _ => {}
+        }
+    }
+    assert!(run("e9", &options).is_err());
+}
