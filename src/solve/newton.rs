@@ -132,7 +132,7 @@ pub struct NewtonReport {
 
 /// Use CG when one numeric factorisation is predicted to cost more than this many times the
 /// terms (a CG solve costs a few dozen passes over the terms).
-pub const AUTO_CG_FLOP_RATIO: f64 = 400.0;
+pub const AUTO_CG_FLOP_RATIO: f64 = 50.0;
 
 struct Cholesky {
     symbolic: SymbolicCholesky<usize>,
