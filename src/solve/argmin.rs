@@ -36,7 +36,13 @@ pub struct Objective<'a> {
     problem: &'a Problem,
     shift: f64,
     reference: Vec<f64>,
+    evaluations: std::rc::Rc<std::cell::Cell<usize>>,
 }
+
+/// Cost or gradient evaluations allowed within one argmin iteration: argmin runs its line
+/// searches without an iteration cap, and near the optimum they can cycle forever; past this
+/// many evaluations the objective reports an error, which ends the iteration as a stall.
+pub const MAX_EVALUATIONS_PER_ITERATION: usize = 200;
 
 impl<'a> Objective<'a> {
     /// Wraps `problem`, normalising by `F(0)` and centred at `x_r`.
@@ -47,7 +53,17 @@ impl<'a> Objective<'a> {
             problem,
             shift: if shift.is_finite() { shift } else { 0.0 },
             reference: ev.s,
+            evaluations: Default::default(),
         }
+    }
+
+    fn count(&self) -> Result<(), Error> {
+        let k = self.evaluations.get() + 1;
+        self.evaluations.set(k);
+        if k > MAX_EVALUATIONS_PER_ITERATION {
+            return Err(Error::msg("too many evaluations in one iteration"));
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +71,7 @@ impl CostFunction for Objective<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Vec<f64>) -> Result<f64, Error> {
+        self.count()?;
         let mut c = 0.0;
         for (e, &r) in self.reference.iter().enumerate() {
             if r == f64::NEG_INFINITY {
@@ -71,6 +88,7 @@ impl Gradient for Objective<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Vec<f64>) -> Result<Vec<f64>, Error> {
+        self.count()?;
         let ev = self.problem.evaluate(x);
         Ok((0..self.problem.num_vars())
             .map(|k| {
@@ -159,6 +177,7 @@ struct Certified<'a, 'o, S> {
     last: Option<Vec<f64>>,
     offset: usize,
     skip_first: bool,
+    evaluations: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 type State2<H> = IterState<Vec<f64>, Vec<f64>, (), H, (), f64>;
@@ -177,6 +196,7 @@ where
         problem: &mut ArgminProblem<O>,
         state: State2<H>,
     ) -> Result<(State2<H>, Option<KV>), Error> {
+        self.evaluations.set(0);
         self.inner.init(problem, state)
     }
 
@@ -186,6 +206,7 @@ where
         state: State2<H>,
     ) -> Result<(State2<H>, Option<KV>), Error> {
         let backup = state.clone();
+        self.evaluations.set(0);
         match self.inner.next_iter(problem, state) {
             Ok(r) => Ok(r),
             Err(_) => {
@@ -314,6 +335,7 @@ pub fn solve_observed(
                         last: None,
                         offset: total,
                         skip_first: !first,
+                        evaluations: objective.evaluations.clone(),
                     };
                     match Executor::new(objective, solver)
                         .configure(|s| s.param(x0.clone()).max_iters(remaining))
