@@ -270,9 +270,11 @@ where
 /// use synbal::regularizer::Regularizer;
 /// use synbal::solve::{argmin, Method, Settings};
 /// let net = random_mlp(&[3, 6, 6, 2], 1);
-/// let s = Settings { tol: 1e-9, ..Settings::with_method(Method::Lbfgs) };
-/// let sol = argmin::solve(&net, &Regularizer::lp(2.0).unwrap(), &s).unwrap();
-/// assert!(sol.max_relative_imbalance < 1e-8);
+/// let reg = Regularizer::lp(2.0).unwrap();
+/// let s = Settings { tol: 1e-8, ..Settings::with_method(Method::Lbfgs) };
+/// let sol = argmin::solve(&net, &reg, &s).unwrap();
+/// let exact = synbal::solve::exact(&net, &reg).unwrap();
+/// assert!(synbal::measure::relative_distance(&sol.network, &exact.network) < 1e-6);
 /// ```
 pub fn solve(
     net: &Network,
