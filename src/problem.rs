@@ -422,7 +422,7 @@ impl Problem {
         let pen = &self.classes[c.class as usize];
         let y = c.x * t.exp();
         let v = c.alpha * pen.value(y);
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             return (f64::NEG_INFINITY, 0.0, 0.0);
         }
         let d1 = c.alpha * pen.x_dg(y) / v;

@@ -330,9 +330,9 @@ pub fn prune(net: &Network) -> Pruned {
                 .iter()
                 .all(|&e| src[e as usize] as usize == i || w[e as usize] == 0.0)
     };
-    for i in 0..n {
+    for (i, d) in dead.iter_mut().enumerate() {
         if is_dead(i, &w, &b) {
-            dead[i] = true;
+            *d = true;
             queue.push(i);
         }
     }

@@ -300,3 +300,29 @@ fn agrees_with_the_general_sparse_newton() {
         }
     }
 }
+
+/// `solve::balance` routes large dense MLPs to the layered Newton path by default; the result must
+/// be the exact state of the general sparse Newton (`solve::exact` never routes) to 1e-9 and meet
+/// the default tolerance.
+#[test]
+fn balance_routes_large_dense_mlps_to_the_layered_path() {
+    use synbal::measure::relative_distance;
+    use synbal::solve::{balance, exact, Settings};
+    let net = synbal::network::builders::random_mlp(&[300, 200, 200, 100, 10], 5);
+    assert!(net.num_edges() >= 100_000);
+    let reg = synbal::regularizer::Regularizer::lp(2.0).unwrap();
+    let routed = balance(&net, &reg, &Settings::default()).unwrap();
+    assert!(
+        routed.status.converged(),
+        "{:?} at {}",
+        routed.status,
+        routed.max_relative_imbalance
+    );
+    assert!(routed.max_relative_imbalance < Settings::default().tol);
+    let reference = exact(&net, &reg).unwrap();
+    let d = relative_distance(&routed.network, &reference.network);
+    assert!(
+        d < 1e-9,
+        "layered path differs from the sparse Newton state by {d}"
+    );
+}

@@ -26,20 +26,44 @@ use argmin_math::ArgminDot;
 use std::time::Instant;
 
 /// The problem as an argmin operator: cost, gradient and Hessian, all scaled by `e^{−S₀}`.
-#[derive(Debug, Clone, Copy)]
+///
+/// The cost is re-centred at a reference point `x_r`: `C(x) = Σ_e V_e(x_r)·expm1(s_e(x) −
+/// s_e(x_r))·e^{−S₀} = (F(x) − F(x_r))·e^{−S₀}`, so that near `x_r` the differences the line
+/// search compares are computed to full relative precision instead of being lost in the rounding
+/// of `F` itself.
+#[derive(Debug, Clone)]
 pub struct Objective<'a> {
     problem: &'a Problem,
     shift: f64,
+    reference: Vec<f64>,
+    evaluations: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
+/// Cost or gradient evaluations allowed within one argmin iteration: argmin runs its line
+/// searches without an iteration cap, and near the optimum they can cycle forever; past this
+/// many evaluations the objective reports an error, which ends the iteration as a stall.
+pub const MAX_EVALUATIONS_PER_ITERATION: usize = 200;
+
 impl<'a> Objective<'a> {
-    /// Wraps `problem`, normalising by `F(0)`.
-    pub fn new(problem: &'a Problem) -> Self {
-        let shift = problem.ln_value(&vec![0.0; problem.num_vars()]);
+    /// Wraps `problem`, normalising by `F(0)` and centred at `x_r`.
+    pub fn new(problem: &'a Problem, x_r: &[f64]) -> Self {
+        let ev = problem.evaluate(x_r);
+        let shift = ev.ln_value();
         Objective {
             problem,
             shift: if shift.is_finite() { shift } else { 0.0 },
+            reference: ev.s,
+            evaluations: Default::default(),
         }
+    }
+
+    fn count(&self) -> Result<(), Error> {
+        let k = self.evaluations.get() + 1;
+        self.evaluations.set(k);
+        if k > MAX_EVALUATIONS_PER_ITERATION {
+            return Err(Error::msg("too many evaluations in one iteration"));
+        }
+        Ok(())
     }
 }
 
@@ -47,7 +71,16 @@ impl CostFunction for Objective<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Vec<f64>) -> Result<f64, Error> {
-        Ok((self.problem.ln_value(x) - self.shift).exp())
+        self.count()?;
+        let mut c = 0.0;
+        for (e, &r) in self.reference.iter().enumerate() {
+            if r == f64::NEG_INFINITY {
+                continue;
+            }
+            let (s, _, _) = self.problem.term_at(e, self.problem.term_t(e, x));
+            c += (r - self.shift).exp() * (s - r).exp_m1();
+        }
+        Ok(c)
     }
 }
 
@@ -55,6 +88,7 @@ impl Gradient for Objective<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Vec<f64>) -> Result<Vec<f64>, Error> {
+        self.count()?;
         let ev = self.problem.evaluate(x);
         Ok((0..self.problem.num_vars())
             .map(|k| {
@@ -79,23 +113,37 @@ impl<'a> Hessian for Objective<'a> {
                 r2 * (s - self.shift).exp()
             })
             .collect();
+        let n = self.problem.num_vars();
         Ok(HessianOperator {
             problem: self.problem,
             weights,
+            products: std::cell::Cell::new(0),
+            max_products: n.min(500) + 20,
         })
     }
 }
 
 /// The Hessian `Σ_e V_e''·a_e a_eᵀ` (scaled by `e^{−S₀}`) as a matrix-free operator.
+///
+/// argmin's Newton-CG runs its inner CG until the residual falls below `min(½, √‖g‖)·‖g‖`, which
+/// rounding can make unreachable near the optimum (an endless loop). The operator therefore
+/// answers with zero products after `min(n, 500) + 20` calls: argmin reads that as zero
+/// curvature and takes its last CG iterate.
 #[derive(Debug, Clone)]
 pub struct HessianOperator<'a> {
     problem: &'a Problem,
     weights: Vec<f64>,
+    products: std::cell::Cell<usize>,
+    max_products: usize,
 }
 
 impl ArgminDot<Vec<f64>, Vec<f64>> for HessianOperator<'_> {
     fn dot(&self, v: &Vec<f64>) -> Vec<f64> {
         let mut out = vec![0.0; v.len()];
+        self.products.set(self.products.get() + 1);
+        if self.products.get() > self.max_products {
+            return out;
+        }
         for (e, &w) in self.weights.iter().enumerate() {
             let (a, ka, b, kb) = self.problem.term_vars(e);
             if a == NO_VAR || w == 0.0 {
@@ -127,6 +175,9 @@ struct Certified<'a, 'o, S> {
     converged: bool,
     timed_out: bool,
     last: Option<Vec<f64>>,
+    offset: usize,
+    skip_first: bool,
+    evaluations: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 type State2<H> = IterState<Vec<f64>, Vec<f64>, (), H, (), f64>;
@@ -145,6 +196,7 @@ where
         problem: &mut ArgminProblem<O>,
         state: State2<H>,
     ) -> Result<(State2<H>, Option<KV>), Error> {
+        self.evaluations.set(0);
         self.inner.init(problem, state)
     }
 
@@ -154,6 +206,7 @@ where
         state: State2<H>,
     ) -> Result<(State2<H>, Option<KV>), Error> {
         let backup = state.clone();
+        self.evaluations.set(0);
         match self.inner.next_iter(problem, state) {
             Ok(r) => Ok(r),
             Err(_) => {
@@ -176,12 +229,15 @@ where
         let entry = trace_entry(
             self.problem,
             &ev,
-            state.get_iter() as usize,
+            self.offset + state.get_iter() as usize,
             self.start.elapsed().as_secs_f64(),
         );
-        self.observer.observe(self.method, &entry);
-        if let Some(t) = self.trace.as_mut() {
-            t.push(entry);
+        // after a restart, the start is the previous run's last entry: do not repeat it
+        if !(self.skip_first && state.get_iter() == 0) {
+            self.observer.observe(self.method, &entry);
+            if let Some(t) = self.trace.as_mut() {
+                t.push(entry);
+            }
         }
         let stalled = self.last.as_ref() == Some(x);
         self.last = Some(x.clone());
@@ -205,16 +261,20 @@ where
     }
 }
 
-/// Runs `settings.method` (`Lbfgs` or `NewtonCg`; anything else runs L-BFGS).
+/// Runs `settings.method` (`Lbfgs` or `NewtonCg`; anything else runs L-BFGS). When argmin
+/// stalls (its line search cannot resolve further decrease), the run restarts from the last
+/// iterate with the cost re-centred there (see [`Objective`]), up to 8 times.
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
 /// use synbal::regularizer::Regularizer;
 /// use synbal::solve::{argmin, Method, Settings};
 /// let net = random_mlp(&[3, 6, 6, 2], 1);
-/// let s = Settings { tol: 1e-9, ..Settings::with_method(Method::Lbfgs) };
-/// let sol = argmin::solve(&net, &Regularizer::lp(2.0).unwrap(), &s).unwrap();
-/// assert!(sol.max_relative_imbalance < 1e-8);
+/// let reg = Regularizer::lp(2.0).unwrap();
+/// let s = Settings { tol: 1e-8, ..Settings::with_method(Method::Lbfgs) };
+/// let sol = argmin::solve(&net, &reg, &s).unwrap();
+/// let exact = synbal::solve::exact(&net, &reg).unwrap();
+/// assert!(synbal::measure::relative_distance(&sol.network, &exact.network) < 1e-6);
 /// ```
 pub fn solve(
     net: &Network,
@@ -251,62 +311,79 @@ pub fn solve_observed(
         wrapper_trace.push(e);
         (Vec::new(), 0, Status::Converged)
     } else {
-        let objective = Objective::new(problem);
-        let x0 = vec![0.0; n];
-        macro_rules! run {
-            ($solver:expr) => {{
-                let solver = Certified {
-                    inner: $solver,
-                    problem,
-                    tol: settings.tol,
-                    start,
-                    deadline: settings.time_limit,
-                    method,
-                    observer: &mut *observer,
-                    trace: settings.trace.then(Vec::new),
-                    failed: false,
-                    converged: false,
-                    timed_out: false,
-                    last: None,
-                };
-                match Executor::new(objective, solver)
-                    .configure(|s| s.param(x0.clone()).max_iters(cap))
-                    .run()
-                {
-                    Ok(mut res) => {
-                        let iters = res.state.get_iter() as usize;
-                        let x = res.state.take_param().unwrap_or(x0.clone());
-                        let w = &mut res.solver;
-                        wrapper_trace = w.trace.take().unwrap_or_default();
-                        let status = if w.converged {
-                            Status::Converged
-                        } else if w.timed_out {
-                            Status::TimeLimit
-                        } else if w.failed {
-                            Status::Stalled
-                        } else {
-                            Status::MaxIterations
-                        };
-                        (x, iters, status)
+        let mut x = vec![0.0; n];
+        let mut total = 0usize;
+        let mut status = Status::Stalled;
+        let mut restarts = 0;
+        let mut first = true;
+        while restarts <= 8 {
+            let objective = Objective::new(problem, &x);
+            let x0 = x.clone();
+            let remaining = cap.saturating_sub(total as u64);
+            macro_rules! run {
+                ($solver:expr) => {{
+                    let solver = Certified {
+                        inner: $solver,
+                        problem,
+                        tol: settings.tol,
+                        start,
+                        deadline: settings.time_limit,
+                        method,
+                        observer: &mut *observer,
+                        trace: settings.trace.then(Vec::new),
+                        failed: false,
+                        converged: false,
+                        timed_out: false,
+                        last: None,
+                        offset: total,
+                        skip_first: !first,
+                        evaluations: objective.evaluations.clone(),
+                    };
+                    match Executor::new(objective, solver)
+                        .configure(|s| s.param(x0.clone()).max_iters(remaining))
+                        .run()
+                    {
+                        Ok(mut res) => {
+                            let iters = res.state.get_iter() as usize;
+                            let xn = res.state.take_param().unwrap_or(x0.clone());
+                            let w = &mut res.solver;
+                            wrapper_trace.extend(w.trace.take().unwrap_or_default());
+                            let status = if w.converged {
+                                Status::Converged
+                            } else if w.timed_out {
+                                Status::TimeLimit
+                            } else if w.failed {
+                                Status::Stalled
+                            } else {
+                                Status::MaxIterations
+                            };
+                            (xn, iters, status)
+                        }
+                        Err(_) => (x0.clone(), 0, Status::NumericalTrouble),
                     }
-                    Err(_) => (x0.clone(), 0, Status::NumericalTrouble),
+                }};
+            }
+            let (xn, iters, st) = match method {
+                Method::NewtonCg => run!(NewtonCG::new(MoreThuenteLineSearch::new())),
+                _ => {
+                    let lbfgs = LBFGS::new(MoreThuenteLineSearch::new(), 10)
+                        .with_tolerance_grad(0.0)
+                        .and_then(|l| l.with_tolerance_cost(0.0))
+                        .expect("tolerances 0 are valid");
+                    run!(lbfgs)
                 }
-            }};
-        }
-        match method {
-            Method::NewtonCg => {
-                let ls = MoreThuenteLineSearch::new();
-                run!(NewtonCG::new(ls))
+            };
+            first = false;
+            total += iters;
+            status = st;
+            let progressed = xn != x;
+            x = xn;
+            if st != Status::Stalled || !progressed {
+                break;
             }
-            _ => {
-                let ls = MoreThuenteLineSearch::new();
-                let lbfgs = LBFGS::new(ls, 10)
-                    .with_tolerance_grad(0.0)
-                    .and_then(|l| l.with_tolerance_cost(0.0))
-                    .expect("tolerances 0 are valid");
-                run!(lbfgs)
-            }
+            restarts += 1;
         }
+        (x, total, status)
     };
     let network = apply(&prep, &x);
     let cert = certificate(&network, reg, &prep.structure);

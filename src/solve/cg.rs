@@ -55,9 +55,9 @@ pub fn neuron_levels(net: &Network) -> Vec<u32> {
     }
     let mut dist = vec![u32::MAX; n];
     let mut queue = std::collections::VecDeque::new();
-    for i in 0..n {
+    for (i, d) in dist.iter_mut().enumerate() {
         if net.role(i) == Role::Input {
-            dist[i] = 0;
+            *d = 0;
             queue.push_back(i);
         }
     }
@@ -163,7 +163,7 @@ impl CgSolver {
             }
         }
         for d in self.diag.iter_mut() {
-            if !(*d > 0.0) {
+            if d.is_nan() || *d <= 0.0 {
                 *d = 1.0;
             }
         }
@@ -221,7 +221,7 @@ impl CgSolver {
         while it < self.max_iterations {
             problem.scaled_hessian_vector(fa, fb, &p, &mut hp);
             let php: f64 = p.iter().zip(&hp).map(|(a, b)| a * b).sum();
-            if !(php > 0.0) {
+            if php.is_nan() || php <= 0.0 {
                 break;
             }
             let alpha = rz / php;

@@ -374,6 +374,27 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
     newton::solve(net, reg, &settings)
 }
 
+/// The dense layered Newton path ([`layered::balance_layered`]) is used for `Method::Newton` when
+/// the network is a dense layered MLP (`LayeredMlp::from_network` succeeds), the cost is one `L_p`
+/// for every edge, degenerate neurons are held fixed, and either CG is requested or the network
+/// has at least 100,000 edges with `LinearSolver::Auto`. It needs about 1.5x the f64 weights of
+/// memory and a depth-independent number of Newton steps (docs/performance.md).
+fn layered_route(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+) -> Option<crate::network::layered::LayeredMlp> {
+    let wanted = settings.degenerate == Degenerate::HoldFixed
+        && reg.uniform_lp().is_some()
+        && reg.edge_classes().is_none()
+        && (settings.linear_solver == LinearSolver::Cg
+            || (settings.linear_solver == LinearSolver::Auto && net.num_edges() >= 100_000));
+    if !wanted {
+        return None;
+    }
+    crate::network::layered::LayeredMlp::from_network(net).ok()
+}
+
 /// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
 /// (progress bars, logs).
 ///
@@ -398,7 +419,12 @@ pub fn balance_observed(
     reg.check_edges(net.num_edges())?;
     match settings.method {
         Method::Local(_) => local::solve_observed(net, reg, settings, observer),
-        Method::Newton => newton::solve_observed(net, reg, settings, observer),
+        Method::Newton => match layered_route(net, reg, settings) {
+            Some(mlp) => {
+                layered::balance_layered(&mlp, reg, settings).map(|s| s.into_solution(net))
+            }
+            None => newton::solve_observed(net, reg, settings, observer),
+        },
         Method::Lbfgs | Method::NewtonCg => argmin::solve_observed(net, reg, settings, observer),
     }
 }

@@ -132,7 +132,7 @@ pub struct NewtonReport {
 
 /// Use CG when one numeric factorisation is predicted to cost more than this many times the
 /// terms (a CG solve costs a few dozen passes over the terms).
-pub const AUTO_CG_FLOP_RATIO: f64 = 400.0;
+pub const AUTO_CG_FLOP_RATIO: f64 = 50.0;
 
 struct Cholesky {
     symbolic: SymbolicCholesky<usize>,
@@ -207,8 +207,8 @@ impl Cholesky {
             .fold(0.0f64, f64::max);
         for (attempt, shift) in [0.0, 1e-13, 1e-9, 1e-5].into_iter().enumerate() {
             if attempt > 0 {
-                for k in 0..n {
-                    self.values[col_ptr[k]] += shift * dmax.max(1e-300);
+                for &c in &col_ptr[..n] {
+                    self.values[c] += shift * dmax.max(1e-300);
                 }
             }
             let a = SparseColMatRef::new(problem.hessian_pattern(), &self.values);
@@ -278,7 +278,7 @@ fn choose_linear(
 fn line_search(problem: &Problem, t: &[f64], dt: &[f64]) -> Option<f64> {
     const ETA: f64 = 0.25;
     let p0 = problem.line_eval(t, dt, 0.0);
-    if !(p0.slope < 0.0) || p0.slope.abs() <= 1e-11 * p0.slope_scale {
+    if p0.slope.is_nan() || p0.slope >= 0.0 || p0.slope.abs() <= 1e-11 * p0.slope_scale {
         // Not a measurable descent: rounding level, the full Newton step is the best guess.
         return Some(1.0);
     }
@@ -491,8 +491,8 @@ pub fn solve_detailed(
                 (a.min(s), b.max(s))
             });
         let g_mid = 0.5 * (smin + smax);
-        for k in 0..n {
-            rhs[k] = -(ev.input[k] - ev.output[k]) * (0.5 * (ev.sigma[k] - g_mid)).exp();
+        for (k, r) in rhs.iter_mut().enumerate() {
+            *r = -(ev.input[k] - ev.output[k]) * (0.5 * (ev.sigma[k] - g_mid)).exp();
         }
         let solved = match linear.as_mut().expect("n > 0 here") {
             Linear::Cholesky(ch) => {
