@@ -71,3 +71,29 @@ fn argmin_runs_report_every_iteration() {
         assert_eq!(c.status, Status::MaxIterations, "{method}");
     }
 }
+
+/// argmin's line searches never look at the clock; the objective refuses evaluations after the
+/// deadline, so a time limit ends the run with `Status::TimeLimit` and a finite, function-keeping
+/// network (the last accepted iterate).
+#[test]
+fn argmin_methods_honour_the_time_limit() {
+    use std::time::Duration;
+    use synbal::network::builders::random_mlp;
+    use synbal::regularizer::Regularizer;
+    use synbal::solve::{balance, Method, Settings, Status};
+    let net = random_mlp(&[8, 16, 16, 16, 4], 3);
+    let reg = Regularizer::lp(1.0).unwrap();
+    for method in [Method::Lbfgs, Method::NewtonCg] {
+        let s = Settings {
+            time_limit: Some(Duration::from_nanos(1)),
+            ..Settings::with_method(method)
+        };
+        let sol = balance(&net, &reg, &s).unwrap();
+        assert_eq!(sol.status, Status::TimeLimit, "{method}");
+        assert!(sol.network.weights().iter().all(|w| w.is_finite()));
+        let x = vec![0.3; 8 * 2];
+        let a = net.simulate_constant(&x, 2, 5).unwrap();
+        let b = sol.network.simulate_constant(&x, 2, 5).unwrap();
+        assert!(a.max_relative_difference(&b) < 1e-12);
+    }
+}

@@ -37,6 +37,7 @@ pub struct Objective<'a> {
     shift: f64,
     reference: Vec<f64>,
     evaluations: std::rc::Rc<std::cell::Cell<usize>>,
+    deadline: Option<Instant>,
 }
 
 /// Cost or gradient evaluations allowed within one argmin iteration: argmin runs its line
@@ -54,7 +55,15 @@ impl<'a> Objective<'a> {
             shift: if shift.is_finite() { shift } else { 0.0 },
             reference: ev.s,
             evaluations: Default::default(),
+            deadline: None,
         }
+    }
+
+    /// The same objective, failing every evaluation after `deadline` (argmin's line searches
+    /// do not look at the clock, so the time limit is enforced here).
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn count(&self) -> Result<(), Error> {
@@ -62,6 +71,9 @@ impl<'a> Objective<'a> {
         self.evaluations.set(k);
         if k > MAX_EVALUATIONS_PER_ITERATION {
             return Err(Error::msg("too many evaluations in one iteration"));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::msg("time limit reached"));
         }
         Ok(())
     }
@@ -317,7 +329,8 @@ pub fn solve_observed(
         let mut restarts = 0;
         let mut first = true;
         while restarts <= 8 {
-            let objective = Objective::new(problem, &x);
+            let objective =
+                Objective::new(problem, &x).with_deadline(settings.time_limit.map(|t| start + t));
             let x0 = x.clone();
             let remaining = cap.saturating_sub(total as u64);
             macro_rules! run {
@@ -375,6 +388,13 @@ pub fn solve_observed(
             };
             first = false;
             total += iters;
+            // An evaluation refused at the deadline ends the run as a stall: name it.
+            let timed_out = settings.time_limit.is_some_and(|t| start.elapsed() >= t);
+            let st = if timed_out && st != Status::Converged {
+                Status::TimeLimit
+            } else {
+                st
+            };
             status = st;
             let progressed = xn != x;
             x = xn;
