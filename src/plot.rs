@@ -24,6 +24,51 @@ fn register_font() {
     });
 }
 
+/// A figure that can draw itself on any plotters backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, Shift>,
+        path: &Path,
+    ) -> Result<(), PlotError>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `figure` to `<stem>.png` (1000×650) and `<stem>.svg`. Each file is drawn under a
+/// temporary name in the same directory and renamed into place, so an existing plot is never
+/// left half written.
+fn write_png_and_svg<F: Figure>(figure: &F, stem: &Path) -> Result<(PathBuf, PathBuf), PlotError> {
+    register_font();
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    let temp = |ext: &str| {
+        let name = stem
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        stem.with_file_name(format!(".{name}.tmp-{}.{ext}", std::process::id()))
+    };
+    let finish = |tmp: &Path, target: &Path, drawn: Result<(), PlotError>| {
+        let renamed =
+            drawn.and_then(|()| std::fs::rename(tmp, target).map_err(|e| draw_err(target, e)));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        renamed
+    };
+    let tmp = temp("png");
+    let drawn = figure.draw(
+        BitMapBackend::new(&tmp, (1000, 650)).into_drawing_area(),
+        &png,
+    );
+    finish(&tmp, &png, drawn)?;
+    let tmp = temp("svg");
+    let drawn = figure.draw(SVGBackend::new(&tmp, (1000, 650)).into_drawing_area(), &svg);
+    finish(&tmp, &svg, drawn)?;
+    Ok((png, svg))
+}
+
 /// Why a plot could not be written.
 #[derive(Debug, Error)]
 pub enum PlotError {
@@ -116,6 +161,7 @@ fn draw_err(path: &Path, e: impl std::fmt::Display) -> PlotError {
 }
 
 impl LinePlot {
+    /// The points that can be drawn on the chosen axes (finite, positive on log axes).
     fn kept(&self) -> Vec<(String, Vec<(f64, f64)>)> {
         self.series
             .iter()
@@ -135,7 +181,9 @@ impl LinePlot {
             })
             .collect()
     }
+}
 
+impl Figure for LinePlot {
     fn draw<DB: DrawingBackend>(
         &self,
         root: DrawingArea<DB, Shift>,
@@ -227,18 +275,12 @@ impl LinePlot {
         root.present().map_err(|e| draw_err(path, e))?;
         Ok(())
     }
+}
 
+impl LinePlot {
     /// Writes `<stem>.png` (1000×650) and `<stem>.svg`; returns both paths.
     pub fn write(&self, stem: &Path) -> Result<(PathBuf, PathBuf), PlotError> {
-        register_font();
-        let png = stem.with_extension("png");
-        let svg = stem.with_extension("svg");
-        self.draw(
-            BitMapBackend::new(&png, (1000, 650)).into_drawing_area(),
-            &png,
-        )?;
-        self.draw(SVGBackend::new(&svg, (1000, 650)).into_drawing_area(), &svg)?;
-        Ok((png, svg))
+        write_png_and_svg(self, stem)
     }
 }
 
@@ -296,7 +338,9 @@ impl Histogram {
             .map(|(k, n)| (lo + k as f64 * w, lo + (k + 1) as f64 * w, n))
             .collect()
     }
+}
 
+impl Figure for Histogram {
     fn draw<DB: DrawingBackend>(
         &self,
         root: DrawingArea<DB, Shift>,
@@ -340,17 +384,11 @@ impl Histogram {
         root.present().map_err(|e| draw_err(path, e))?;
         Ok(())
     }
+}
 
+impl Histogram {
     /// Writes `<stem>.png` and `<stem>.svg`; returns both paths.
     pub fn write(&self, stem: &Path) -> Result<(PathBuf, PathBuf), PlotError> {
-        register_font();
-        let png = stem.with_extension("png");
-        let svg = stem.with_extension("svg");
-        self.draw(
-            BitMapBackend::new(&png, (1000, 650)).into_drawing_area(),
-            &png,
-        )?;
-        self.draw(SVGBackend::new(&svg, (1000, 650)).into_drawing_area(), &svg)?;
-        Ok((png, svg))
+        write_png_and_svg(self, stem)
     }
 }
