@@ -16,6 +16,23 @@
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
 //! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
+//! - [`verify`], [`demo`]: many local runs against the exact state; the built-in demonstration.
+//! - [`io`]: network JSON, safetensors model files, reports. [`train`]: MNIST, the trainer and the
+//!   learning experiments. [`plot`]: PNG/SVG figures.
+//!
+//! ```
+//! use synbal::network::builders::random_mlp;
+//! use synbal::regularizer::Regularizer;
+//! use synbal::solve::{balance, Settings};
+//!
+//! let net = random_mlp(&[20, 32, 16, 4], 0);
+//! let sol = balance(&net, &Regularizer::lp(2.0)?, &Settings::default())?;
+//! assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
+//! assert!(sol.cost_after < sol.cost_before);
+//! let lambda = sol.neuron_scales(); // λ per neuron, 1 for inputs and outputs
+//! assert_eq!(lambda[0], 1.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
