@@ -218,6 +218,50 @@ fn find(parent: &mut [u32], mut x: usize) -> usize {
 }
 
 impl<'a> GraphBuilder<'a> {
+    /// Records a Linear or Conv layer whose units `outs` were just created and whose weight edges
+    /// are `e0..` (the bias, when present, becomes a plan on the same units), and makes its units
+    /// the current state.
+    #[allow(clippy::too_many_arguments)]
+    fn record_weight_layer(
+        &mut self,
+        state: &mut State,
+        index: usize,
+        weight: &str,
+        kind: String,
+        outs: Vec<u32>,
+        e0: usize,
+        weight_len: usize,
+        bias: Option<String>,
+    ) {
+        let out = outs.len();
+        if let Some(bn) = &bias {
+            self.plans.push((
+                bn.clone(),
+                Plan::Bias {
+                    units: outs.clone(),
+                    values: None,
+                    sign: 1.0,
+                },
+            ));
+        }
+        self.layers.push(LayerRecord {
+            index,
+            name: weight.strip_suffix(".weight").unwrap_or(weight).to_string(),
+            kind,
+            outputs: outs.clone(),
+            edges: (e0, self.src.len()),
+            bias_units: if bias.is_some() { outs.clone() } else { vec![] },
+            parameters: weight_len + if bias.is_some() { out } else { 0 },
+            weight_plan: Some(weight.to_string()),
+            bias_plan: bias,
+        });
+        *state = State {
+            units: Some(outs),
+            flattened: false,
+            open: Some(self.layers.len() - 1),
+        };
+    }
+
     fn new_unit(&mut self, input: bool, bias: f64) -> u32 {
         let id = self.units.len() as u32;
         self.units.push(Unit {
@@ -392,37 +436,17 @@ impl<'a> GraphBuilder<'a> {
                     block,
                     inp,
                 );
-                let bias_plan = b.map(|(bn, _)| {
-                    self.plans.push((
-                        bn.clone(),
-                        Plan::Bias {
-                            units: outs.clone(),
-                            values: None,
-                            sign: 1.0,
-                        },
-                    ));
-                    bn
-                });
-                self.layers.push(LayerRecord {
+                let bias = b.map(|(bn, _)| bn);
+                self.record_weight_layer(
+                    state,
                     index,
-                    name: weight.strip_suffix(".weight").unwrap_or(weight).to_string(),
-                    kind: kname.clone(),
-                    outputs: outs.clone(),
-                    edges: (e0, self.src.len()),
-                    bias_units: if bias_plan.is_some() {
-                        outs.clone()
-                    } else {
-                        vec![]
-                    },
-                    parameters: w.len() + if bias_plan.is_some() { out } else { 0 },
-                    weight_plan: Some(weight.clone()),
-                    bias_plan,
-                });
-                *state = State {
-                    units: Some(outs),
-                    flattened: false,
-                    open: Some(self.layers.len() - 1),
-                };
+                    weight,
+                    kname.clone(),
+                    outs,
+                    e0,
+                    w.len(),
+                    bias,
+                );
             }
             LayerKind::Conv {
                 dims,
@@ -477,37 +501,17 @@ impl<'a> GraphBuilder<'a> {
                     k.max(1),
                     ipg * k,
                 );
-                let bias_plan = b.map(|(bn, _)| {
-                    self.plans.push((
-                        bn.clone(),
-                        Plan::Bias {
-                            units: outs.clone(),
-                            values: None,
-                            sign: 1.0,
-                        },
-                    ));
-                    bn
-                });
-                self.layers.push(LayerRecord {
+                let bias = b.map(|(bn, _)| bn);
+                self.record_weight_layer(
+                    state,
                     index,
-                    name: weight.strip_suffix(".weight").unwrap_or(weight).to_string(),
-                    kind: kname.clone(),
-                    outputs: outs.clone(),
-                    edges: (e0, self.src.len()),
-                    bias_units: if bias_plan.is_some() {
-                        outs.clone()
-                    } else {
-                        vec![]
-                    },
-                    parameters: w.len() + if bias_plan.is_some() { out } else { 0 },
-                    weight_plan: Some(weight.clone()),
-                    bias_plan,
-                });
-                *state = State {
-                    units: Some(outs),
-                    flattened: false,
-                    open: Some(self.layers.len() - 1),
-                };
+                    weight,
+                    kname.clone(),
+                    outs,
+                    e0,
+                    w.len(),
+                    bias,
+                );
             }
             LayerKind::PassThrough(_) => state.open = None,
             LayerKind::Flatten => {
