@@ -539,36 +539,37 @@ pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
         write_atomic(&out.join("e1.csv"), &csv)?,
         write_atomic(&out.join("e1.md"), &table)?,
     ];
-    let plot = LinePlot {
-        title: "E1: cost-weighted imbalance Σ|In − Out| / Σ(In + Out)".into(),
-        x_label: "epoch".into(),
-        y_label: "cost-weighted relative imbalance".into(),
-        log_x: false,
-        log_y: true,
-        series: weighted_series,
-    };
-    let (png, svg) = plot.write(&out.join("e1"))?;
-    files.extend([png, svg]);
-    let plot = LinePlot {
-        title: "E1: maximum relative imbalance over hidden units".into(),
-        x_label: "epoch".into(),
-        y_label: "max relative imbalance".into(),
-        log_x: false,
-        log_y: true,
-        series: imb_series,
-    };
-    let (png, svg) = plot.write(&out.join("e1_max"))?;
-    files.extend([png, svg]);
-    let plot = LinePlot {
-        title: "E1: balance deficit Σ(In − Out)²".into(),
-        x_label: "epoch".into(),
-        y_label: "deficit".into(),
-        log_x: false,
-        log_y: true,
-        series: def_series,
-    };
-    let (png, svg) = plot.write(&out.join("e1_deficit"))?;
-    files.extend([png, svg]);
+    for (stem, title, y_label, series) in [
+        (
+            "e1",
+            "E1: cost-weighted imbalance Σ|In − Out| / Σ(In + Out)",
+            "cost-weighted relative imbalance",
+            weighted_series,
+        ),
+        (
+            "e1_max",
+            "E1: maximum relative imbalance over hidden units",
+            "max relative imbalance",
+            imb_series,
+        ),
+        (
+            "e1_deficit",
+            "E1: balance deficit Σ(In − Out)²",
+            "deficit",
+            def_series,
+        ),
+    ] {
+        let plot = LinePlot {
+            title: title.into(),
+            x_label: "epoch".into(),
+            y_label: y_label.into(),
+            log_x: false,
+            log_y: true,
+            series,
+        };
+        let (png, svg) = plot.write(&out.join(stem))?;
+        files.extend([png, svg]);
+    }
     Ok(Report {
         name: "e1".into(),
         data: split.name,
