@@ -126,22 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = solve(&input, &ArchSource::File(arch_path.clone()), &output)?;
 
     println!("residual MLP {} -> {}", input.display(), output.display());
-    println!(
-        "{:<8} {:>12} {:>12} {:>10} {:>10}",
-        "layer", "L2 before", "L2 after", "min λ", "max λ"
-    );
-    for l in &report.layers {
-        let lo = l.scales.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = l.scales.iter().cloned().fold(0.0, f64::max);
-        println!(
-            "{:<8} {:>12.4} {:>12.4} {:>10.4} {:>10.4}",
-            l.name, l.cost_before, l.cost_after, lo, hi
-        );
-    }
-    println!(
-        "{:<8} {:>12.4} {:>12.4}",
-        "total", report.cost_before, report.cost_after
-    );
+    println!("{}", report.layer_table());
     println!(
         "method {}, {} iterations, converged {}, {} scale groups for {} hidden units, max relative imbalance {:.2e} (f64)",
         report.method,

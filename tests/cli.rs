@@ -685,3 +685,70 @@ fn time_limit_and_prune_flags_reach_the_solver() {
         .max_relative_difference(&after.simulate_constant(&x, 2, 4).unwrap());
     assert!(d < 1e-12, "{d}");
 }
+
+/// `synbal balance` on a safetensors state dict of a plain Linear sequence: `--activation relu`
+/// infers the architecture, the output keeps names, shapes and dtypes, the balanced file
+/// satisfies the balance condition, and a model file without `--arch`/`--activation` is bad
+/// input that writes nothing.
+#[test]
+fn balance_model_files_from_the_command_line() {
+    use synbal::io::model::{inspect_file, ArchSource, ModelOptions};
+    use synbal::io::safetensors::{write_new, FloatDtype, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let net = random_mlp(&[6, 8, 5, 3], 11);
+    // PyTorch nn.Sequential(Linear, ReLU, Linear, ReLU, Linear): tensors 0.*, 2.*, 4.*
+    let layers = synbal::network::builders::random_layers(&[6, 8, 5, 3], Activation::Relu, 11);
+    let mut tensors = Vec::new();
+    for (k, l) in layers.iter().enumerate() {
+        let shape = vec![l.outputs, l.inputs];
+        tensors.push((
+            format!("{}.weight", 2 * k),
+            Tensor::from_f64(FloatDtype::F64, shape, &l.weight),
+        ));
+        tensors.push((
+            format!("{}.bias", 2 * k),
+            Tensor::from_f64(FloatDtype::F64, vec![l.outputs], &l.bias),
+        ));
+    }
+    assert_eq!(
+        net.num_edges(),
+        layers.iter().map(|l| l.weight.len()).sum::<usize>()
+    );
+    let input = dir.path().join("mlp.safetensors");
+    write_new(&input, &tensors, None).unwrap();
+    let output = dir.path().join("mlp.balanced.safetensors");
+    let report = dir.path().join("report.json");
+    let o = run(&[
+        "balance",
+        s(&input),
+        "--activation",
+        "relu",
+        "-o",
+        s(&output),
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["converged"], true);
+    assert!(r["cost_after"].as_f64().unwrap() < r["cost_before"].as_f64().unwrap());
+    let reg = Regularizer::lp(2.0).unwrap();
+    let arch = ArchSource::InferMlp {
+        activation: "relu".into(),
+    };
+    let after = inspect_file(&output, &arch, &reg, &ModelOptions::default()).unwrap();
+    assert!(
+        after.max_relative_imbalance < 1e-11,
+        "{}",
+        after.max_relative_imbalance
+    );
+    let before = inspect_file(&input, &arch, &reg, &ModelOptions::default()).unwrap();
+    assert!(before.max_relative_imbalance > 1e-3);
+
+    let missing = dir.path().join("never.safetensors");
+    let o = run(&["balance", s(&input), "-o", s(&missing)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--arch"), "{}", stderr(&o));
+    assert!(!missing.exists());
+}

@@ -1064,6 +1064,37 @@ pub struct ModelReport {
     pub solve_seconds: f64,
 }
 
+impl ModelReport {
+    /// A table with one row per layer: cost before and after, smallest and largest `λ` of its
+    /// output units; then the totals.
+    pub fn layer_table(&self) -> String {
+        let width = self
+            .layers
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let mut t = format!(
+            "{:<width$} {:>12} {:>12} {:>10} {:>10}\n",
+            "layer", "cost before", "cost after", "min λ", "max λ"
+        );
+        for l in &self.layers {
+            let lo = l.scales.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = l.scales.iter().copied().fold(0.0, f64::max);
+            t += &format!(
+                "{:<width$} {:>12.4} {:>12.4} {:>10.4} {:>10.4}\n",
+                l.name, l.cost_before, l.cost_after, lo, hi
+            );
+        }
+        t += &format!(
+            "{:<width$} {:>12.4} {:>12.4}",
+            "total", self.cost_before, self.cost_after
+        );
+        t
+    }
+}
+
 fn load_arch(file: &SafetensorsFile, arch: &ArchSource) -> Result<Architecture, ModelError> {
     Ok(match arch {
         ArchSource::File(p) => Architecture::from_file(p)?,

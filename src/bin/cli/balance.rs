@@ -299,6 +299,7 @@ fn run_model(args: &BalanceArgs, reg: &Regularizer, settings: &Settings) -> Resu
         write_file(path, text.as_bytes()).map_err(internal)?;
     }
     if !args.quiet {
+        eprintln!("{}", report.layer_table());
         eprintln!(
             "{}: {} layers, {} scale groups, cost {:.6e} -> {:.6e}, max relative imbalance {:.2e}, \
              {} iterations ({}), {:.3} s{}",
