@@ -96,10 +96,7 @@ fn forward(p: &Params, x: &[f64]) -> Vec<f64> {
 
 fn load(path: &Path) -> Params {
     let f = SafetensorsFile::open(path).expect("readable");
-    f.entries()
-        .iter()
-        .map(|e| (e.name.clone(), f.read_f64(&e.name).expect("finite floats")))
-        .collect()
+    f.read_all_f64().expect("finite floats")
 }
 
 /// Balances with the default settings (damped Newton, tolerance 1e-12) and L2.

@@ -55,12 +55,7 @@ fn write(path: &Path, dtype: FloatDtype, t: &Tensors) {
 
 /// Every floating tensor of a file, decoded to f64.
 fn load(path: &Path) -> HashMap<String, Vec<f64>> {
-    let f = SafetensorsFile::open(path).unwrap();
-    f.entries()
-        .iter()
-        .filter(|e| FloatDtype::from_dtype(e.dtype).is_some())
-        .map(|e| (e.name.clone(), f.read_f64(&e.name).unwrap()))
-        .collect()
+    SafetensorsFile::open(path).unwrap().read_all_f64().unwrap()
 }
 
 fn arch(json: &str) -> ArchSource {

@@ -351,6 +351,16 @@ impl SafetensorsFile {
         })
     }
 
+    /// Every floating-point tensor of the file decoded to `f64` by name ([`Self::read_f64`] on each;
+    /// integer tensors such as BatchNorm's `num_batches_tracked` are left out).
+    pub fn read_all_f64(&self) -> Result<HashMap<String, Vec<f64>>, SafetensorsError> {
+        self.entries()
+            .iter()
+            .filter(|e| FloatDtype::from_dtype(e.dtype).is_some())
+            .map(|e| Ok((e.name.clone(), self.read_f64(&e.name)?)))
+            .collect()
+    }
+
     /// Decodes tensor `name` to `f64` (exact for every supported dtype), refusing NaN and
     /// infinities with the element's index.
     pub fn read_f64(&self, name: &str) -> Result<Vec<f64>, SafetensorsError> {
