@@ -313,6 +313,26 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// A bias tensor, `None` when absent and optional.
+    /// Reads the layer's bias (if any), claims it for layer `index`, and creates the layer's `out`
+    /// output units with their biases; returns the units and the bias tensor's name.
+    fn output_units(
+        &mut self,
+        bias: &Option<String>,
+        optional: bool,
+        out: usize,
+        index: usize,
+        lerr: &dyn Fn(String) -> ModelError,
+    ) -> Result<(Vec<u32>, Option<String>), ModelError> {
+        let b = self.read_bias(bias, optional, out, lerr)?;
+        if let Some((bn, _)) = &b {
+            self.use_tensor(bn, index).map_err(lerr)?;
+        }
+        let outs = (0..out)
+            .map(|o| self.new_unit(false, b.as_ref().map_or(0.0, |(_, v)| v[o])))
+            .collect();
+        Ok((outs, b.map(|(bn, _)| bn)))
+    }
+
     fn read_bias(
         &self,
         name: &Option<String>,
@@ -417,13 +437,7 @@ impl<'a> GraphBuilder<'a> {
                     }
                     1
                 };
-                let b = self.read_bias(bias, *bias_optional, out, &lerr)?;
-                if let Some((bn, _)) = &b {
-                    self.use_tensor(bn, index).map_err(&lerr)?;
-                }
-                let outs: Vec<u32> = (0..out)
-                    .map(|o| self.new_unit(false, b.as_ref().map_or(0.0, |(_, v)| v[o])))
-                    .collect();
+                let (outs, bias) = self.output_units(bias, *bias_optional, out, index, &lerr)?;
                 let e0 = self.src.len();
                 let ncols = cols.len();
                 self.add_weight(
@@ -436,7 +450,6 @@ impl<'a> GraphBuilder<'a> {
                     block,
                     inp,
                 );
-                let bias = b.map(|(bn, _)| bn);
                 self.record_weight_layer(
                     state,
                     index,
@@ -483,13 +496,7 @@ impl<'a> GraphBuilder<'a> {
                     )));
                 }
                 let k: usize = e.shape[2..].iter().product();
-                let b = self.read_bias(bias, *bias_optional, out, &lerr)?;
-                if let Some((bn, _)) = &b {
-                    self.use_tensor(bn, index).map_err(&lerr)?;
-                }
-                let outs: Vec<u32> = (0..out)
-                    .map(|o| self.new_unit(false, b.as_ref().map_or(0.0, |(_, v)| v[o])))
-                    .collect();
+                let (outs, bias) = self.output_units(bias, *bias_optional, out, index, &lerr)?;
                 let e0 = self.src.len();
                 self.add_weight(
                     weight,
@@ -501,7 +508,6 @@ impl<'a> GraphBuilder<'a> {
                     k.max(1),
                     ipg * k,
                 );
-                let bias = b.map(|(bn, _)| bn);
                 self.record_weight_layer(
                     state,
                     index,
