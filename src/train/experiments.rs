@@ -595,6 +595,19 @@ pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
     sxy / sxx
 }
 
+/// The classifier of E2 and E3: `--sizes` if given, else 784-100-100-10 (adapted to the data's
+/// feature count), or 64-32-32-10 with `--quick`; checked against the data.
+fn small_classifier(options: &Options, split: &Split) -> Result<Vec<usize>, ExperimentError> {
+    let f = split.train.features;
+    let sizes = match &options.sizes {
+        Some(s) => s[0].clone(),
+        None if options.quick => vec![f, 32, 32, 10],
+        None => adapt(&[784, 100, 100, 10], f, 10),
+    };
+    check_arch(&sizes, split, Task::Classify)?;
+    Ok(sizes)
+}
+
 /// **E2 drift.** Balances the initial classifier exactly (L2, biases counted, so every
 /// `A − B = 0`), then trains it with plain SGD (no momentum, no penalty) at the learning rates
 /// `η = lr·2^{-k}`, `k = 4, …, 0`, and records `‖A − B‖₂ = √deficit` and the maximum relative
@@ -609,13 +622,7 @@ pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
 pub fn e2_drift(options: &Options) -> Result<Report, ExperimentError> {
     let t0 = Instant::now();
     let Setup { split, out } = setup(options)?;
-    let f = split.train.features;
-    let sizes = match &options.sizes {
-        Some(s) => s[0].clone(),
-        None if options.quick => vec![f, 32, 32, 10],
-        None => adapt(&[784, 100, 100, 10], f, 10),
-    };
-    check_arch(&sizes, &split, Task::Classify)?;
+    let sizes = small_classifier(options, &split)?;
     let epochs = options.epochs.unwrap_or(if options.quick { 4 } else { 10 });
     let lr = options.lr.unwrap_or(0.2);
     let mu = options.penalty.unwrap_or(1e-2);
@@ -768,13 +775,7 @@ pub fn e2_drift(options: &Options) -> Result<Report, ExperimentError> {
 pub fn e3_uniqueness(options: &Options) -> Result<Report, ExperimentError> {
     let t0 = Instant::now();
     let Setup { split, out } = setup(options)?;
-    let f = split.train.features;
-    let sizes = match &options.sizes {
-        Some(s) => s[0].clone(),
-        None if options.quick => vec![f, 32, 32, 10],
-        None => adapt(&[784, 100, 100, 10], f, 10),
-    };
-    check_arch(&sizes, &split, Task::Classify)?;
+    let sizes = small_classifier(options, &split)?;
     let epochs = options.epochs.unwrap_or(if options.quick { 1 } else { 2 });
     let runs = options.seeds.unwrap_or(if options.quick { 10 } else { 50 });
     let mut mlp = Mlp::new(&sizes, Activation::Relu, 3)?;
