@@ -38,6 +38,7 @@
 
 pub mod balance;
 pub mod demo;
+pub mod graph;
 pub mod io;
 pub mod measure;
 pub mod network;
@@ -46,5 +47,6 @@ pub mod problem;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;
+pub mod structured;
 pub mod train;
 pub mod verify;
