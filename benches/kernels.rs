@@ -1,7 +1,6 @@
 //! Kernels worth measuring separately: one sequential local sweep, one streaming pass over the
 //! cost array, and the layered Hessian-vector product (one dense block, fused `K·x` and `Kᵀ·y`).
-//! The sparse structure analysis and Hessian assembly belong to `benches/newton.rs` of the
-//! solver branch.
+//! The sparse structure analysis and Hessian assembly are measured by `benches/newton.rs`.
 //!
 //! `cargo bench --bench kernels`
 
@@ -10,7 +9,7 @@ use std::hint::black_box;
 use synbal::balance::balance_group;
 use synbal::network::builders::random_mlp;
 use synbal::regularizer::Regularizer;
-use synbal::solve::layered::block_product;
+use synbal::solve::bench_api::block_product;
 
 fn kernels(c: &mut Criterion) {
     let reg = Regularizer::lp(2.0).unwrap();

@@ -7,28 +7,39 @@
 //! cost `F(u) = Σ_{j→i} c_ij·e^{p(u_i − c_j u_j)} + Σ_i β_i·e^{p u_i}` is convex; its gradient is
 //! the vector of imbalances, and its minimiser is the unique globally balanced state.
 //!
+//! The types a user needs are re-exported here, at the crate root: [`Network`], [`Regularizer`],
+//! [`Penalty`], [`Settings`] (built with [`Settings::builder`]), [`Method`], [`Schedule`],
+//! [`Status`], [`Solution`], [`Algorithm`], the entry points [`balance()`], [`balance_observed`]
+//! and [`exact`], and the error enums.
+//!
 //! Modules:
 //! - [`network`]: the graph (neurons, edges, biases, activations, scale groups, builders,
 //!   evaluation).
 //! - [`regularizer`]: penalties `g` (`L_p`, elastic net, custom) and per-edge classes.
 //! - [`measure`]: costs, imbalances, deficit.
-//! - [`balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
+//! - [`mod@balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
 //! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
-//! - [`verify`], [`demo`]: many local runs against the exact state; the built-in demonstration.
-//! - [`io`]: network JSON, safetensors model files, reports. [`train`]: MNIST, the trainer and the
-//!   learning experiments. [`plot`]: PNG/SVG figures.
+//! - [`io`]: network JSON, safetensors model files, reports.
+//! - With the `plot` feature: [`plot`] (PNG/SVG figures), [`verify`] and [`demo`] (many local runs
+//!   against the exact state; the built-in demonstration). With the `experiments` feature:
+//!   [`train`] (MNIST, the trainer and the learning experiments).
+//!
+//! Cargo features (all on by default): `cli` (the `synbal` binary: clap, anyhow, indicatif),
+//! `plot` (plotters), `experiments` (flate2, smartcore). The solver needs none of them:
+//! `default-features = false` links no command-line, plotting or dataset crate.
 //!
 //! ```
 //! use synbal::network::builders::random_mlp;
-//! use synbal::regularizer::Regularizer;
-//! use synbal::solve::{balance, Settings};
+//! use synbal::{balance, Algorithm, Method, Regularizer, Settings};
 //!
 //! let net = random_mlp(&[20, 32, 16, 4], 0);
-//! let sol = balance(&net, &Regularizer::lp(2.0)?, &Settings::default())?;
+//! let settings = Settings::builder().method(Method::Newton).tol(1e-12).build()?;
+//! let sol = balance(&net, &Regularizer::lp(2.0)?, &settings)?;
 //! assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
 //! assert!(sol.cost_after < sol.cost_before);
+//! assert_eq!(sol.algorithm, Algorithm::NewtonCholesky); // small network: sparse Cholesky
 //! let lambda = sol.neuron_scales(); // λ per neuron, 1 for inputs and outputs
 //! assert_eq!(lambda[0], 1.0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -37,16 +48,30 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+#[cfg(feature = "plot")]
 pub mod demo;
 pub mod graph;
 pub mod io;
 pub mod measure;
 pub mod network;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod problem;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;
 pub mod structured;
+#[cfg(feature = "experiments")]
 pub mod train;
+#[cfg(feature = "plot")]
 pub mod verify;
+
+pub use balance::LocalBalanceError;
+pub use measure::{relative_distance, summarize, BalanceSummary};
+pub use network::{Activation, Network, NetworkBuilder, NetworkError, Role, Simulation};
+pub use regularizer::{Penalty, Regularizer, RegularizerError};
+pub use solve::{
+    balance, balance_observed, exact, Algorithm, BalanceError, Degenerate, Diagnostics,
+    LinearSolver, Method, NoObserver, Observer, Schedule, Settings, SettingsBuilder,
+    SettingsError, Solution, Status, TraceEntry,
+};

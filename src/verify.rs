@@ -150,7 +150,7 @@ pub struct VerifySettings {
     /// Directory for `convergence.{png,svg}`, `convergence_passes.{png,svg}` (each traced run
     /// repeated 3 times, best time per sweep) and `distances.{png,svg}`; `None` writes nothing. Default `Some("out/verify")`.
     pub out_dir: Option<PathBuf>,
-    /// No progress output on stderr. Default false.
+    /// No progress bar on stderr (drawn only with the `cli` feature). Default false.
     pub quiet: bool,
 }
 
@@ -460,14 +460,7 @@ pub fn verify_network(
     reg.check_edges(net.num_edges())?;
     let exact = exact_state(net, reg, settings.reference)?;
     let pass = edge_pass_seconds(net, reg);
-    let progress = (!settings.quiet).then(|| {
-        let bar = indicatif::ProgressBar::new(settings.runs as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("verify {bar:40} {pos}/{len} runs {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let progress = Progress::new(settings.runs, settings.quiet);
     let start = Instant::now();
     let results: Vec<Result<(RunRecord, Vec<f64>), BalanceError>> = (0..settings.runs)
         .into_par_iter()
@@ -490,18 +483,14 @@ pub fn verify_network(
                     && sol.cost_after <= sol.cost_before * (1.0 + 1e-12),
                 seconds: begin.elapsed().as_secs_f64(),
             };
-            if let Some(bar) = &progress {
-                bar.inc(1);
-            }
+            progress.inc();
             let mut params = sol.network.weights().to_vec();
             params.extend_from_slice(sol.network.biases());
             Ok((record, params))
         })
         .collect();
     let elapsed = start.elapsed();
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let mut runs = Vec::with_capacity(settings.runs);
     let dim = net.num_edges() + net.num_neurons();
     let mut lo = vec![f64::INFINITY; dim];
@@ -577,6 +566,49 @@ pub fn verify_network(
         }
     }
     Ok(report)
+}
+
+/// The progress bar of [`verify_network`] on stderr (with the `cli` feature; without it, or
+/// when quiet, nothing is drawn).
+struct Progress {
+    #[cfg(feature = "cli")]
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    #[cfg(feature = "cli")]
+    fn new(runs: usize, quiet: bool) -> Self {
+        let bar = (!quiet).then(|| {
+            let bar = indicatif::ProgressBar::new(runs as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "verify {bar:40} {pos}/{len} runs {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+
+    #[cfg(not(feature = "cli"))]
+    fn new(_runs: usize, _quiet: bool) -> Self {
+        Progress {}
+    }
+
+    fn inc(&self) {
+        #[cfg(feature = "cli")]
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(self) {
+        #[cfg(feature = "cli")]
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Runs a deterministic solve `reps` times and returns the first solution with, per trace entry,

@@ -424,25 +424,24 @@ fn atomic_write_replaces_and_cleans_up() {
     assert_eq!(std::fs::read(&target).unwrap(), b"second");
 }
 
-#[cfg(unix)]
 #[test]
 fn atomic_write_failure_leaves_target_untouched() {
-    use std::os::unix::fs::PermissionsExt;
+    // The temporary file is created next to the target under a longer name; for a target name
+    // of 250 bytes that name exceeds the 255-byte limit of every common file system, so the write
+    // fails for every user, root included, before the target could be touched.
     let dir = tempfile::tempdir().unwrap();
-    let sub = dir.path().join("ro");
-    std::fs::create_dir(&sub).unwrap();
-    let target = sub.join("t.json");
+    let target = dir.path().join(format!("{}.json", "t".repeat(245)));
     std::fs::write(&target, b"original").unwrap();
-    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let result = write_file(&target, b"new contents");
-    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // root may write anyway; otherwise the write must fail cleanly
-    if result.is_err() {
-        assert_eq!(std::fs::read(&target).unwrap(), b"original");
-        assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 1);
-    } else {
-        assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
-    }
+    let e = write_file(&target, b"new contents").unwrap_err();
+    assert!(matches!(e, AtomicError::Io { .. }), "{e}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"original");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // A target below a path component that is a regular file fails too, and creates nothing.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"a file, not a directory").unwrap();
+    assert!(write_file(&file.join("t.json"), b"x").is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"a file, not a directory");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
 /// Replacements that turn a valid document into a near miss.

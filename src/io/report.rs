@@ -1,6 +1,6 @@
 //! The JSON report of a balancing run (`synbal balance --report`).
 //!
-//! Fields (see `docs/formats.md`): `method`, `p` (`null` for elastic net), `iterations`,
+//! Fields (see `docs/formats.md`): `method`, `algorithm`, `p` (`null` for elastic net), `iterations`,
 //! `converged`, `max_relative_imbalance` (after), `cost_before`, `cost_after`, `scales` (`λ_i` per
 //! neuron in neuron order, 1 for fixed neurons), plus `status`, `seconds`, `tol`, `regularizer`,
 //! `settings`, counts, `diagnostics` and `trace`. Every number is finite: [`BalanceReport::to_json`]
@@ -122,6 +122,9 @@ pub struct TraceReport {
 pub struct BalanceReport {
     /// Method name (`newton`, `cyclic`, ...).
     pub method: String,
+    /// The algorithm that ran ([`crate::solve::Algorithm::name`]: `newton-cholesky`,
+    /// `newton-pcg`, `newton-layered`, `local`, `argmin`).
+    pub algorithm: &'static str,
     /// The `L_p` exponent, `None` (`null`) for other penalties.
     pub p: Option<f64>,
     /// Iterations (Newton-type) or sweeps (local).
@@ -195,6 +198,7 @@ impl BalanceReport {
         let regularizer = RegularizerReport::new(reg);
         BalanceReport {
             method: sol.method.name().to_string(),
+            algorithm: sol.algorithm.name(),
             p: regularizer.p,
             iterations: sol.iterations,
             converged: sol.status.converged(),

@@ -10,7 +10,7 @@
 //! which case the last iterate is returned with [`Status::Stalled`].
 
 use super::newton::{apply, certificate, prepare, trace_entry};
-use super::{BalanceError, Method, NoObserver, Observer, Settings, Solution, Status, TraceEntry};
+use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Settings, Solution, Status, TraceEntry};
 use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Problem, NO_VAR};
@@ -420,6 +420,7 @@ pub fn solve_observed(
         network,
         status,
         method,
+        algorithm: Algorithm::Argmin,
         iterations,
         max_relative_imbalance: cert,
         cost_before,

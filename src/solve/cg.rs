@@ -77,7 +77,7 @@ pub fn neuron_levels(net: &Network) -> Vec<u32> {
 
 /// Outcome of one preconditioned CG solve.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CgOutcome {
+pub(crate) struct CgOutcome {
     /// Iterations used.
     pub iterations: usize,
     /// Final relative residual `‖b − Ĥy‖ / ‖b‖`.
@@ -86,7 +86,7 @@ pub struct CgOutcome {
 
 /// Preconditioned CG with the two-level preconditioner, reusable across Newton iterations.
 #[derive(Debug, Clone)]
-pub struct CgSolver {
+pub(crate) struct CgSolver {
     agg: Vec<u32>,
     naggs: usize,
     diag: Vec<f64>,
@@ -126,11 +126,6 @@ impl CgSolver {
             coarse: Mat::zeros(0, 0),
             max_iterations: 1000,
         }
-    }
-
-    /// Number of aggregates (coarse unknowns).
-    pub fn num_aggregates(&self) -> usize {
-        self.naggs
     }
 
     fn setup(&mut self, problem: &Problem, fa: &[f64], fb: &[f64]) {

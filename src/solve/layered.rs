@@ -32,7 +32,10 @@
 // Unit vectors are indexed in parallel (flat unit index into several arrays), hence index loops.
 #![allow(clippy::needless_range_loop)]
 
-use super::{BalanceError, Diagnostics, Method, Settings, Solution, Status, TraceEntry};
+use super::{
+    Algorithm, BalanceError, Diagnostics, Method, NoObserver, Observer, Settings, Solution, Status,
+    TraceEntry,
+};
 use crate::network::builders::DenseLayer;
 use crate::network::layered::LayeredMlp;
 use crate::network::Network;
@@ -120,6 +123,7 @@ impl LayeredSolution {
             log_scales: u,
             status: r.status,
             method: Method::Newton,
+            algorithm: Algorithm::NewtonLayered,
             iterations: r.iterations,
             max_relative_imbalance: r.max_relative_imbalance,
             cost_before: r.cost_before,
@@ -166,6 +170,17 @@ pub fn balance_layered_in_place(
     reg: &Regularizer,
     settings: &Settings,
 ) -> Result<LayeredReport, BalanceError> {
+    balance_layered_observed(mlp, reg, settings, &mut NoObserver)
+}
+
+/// [`balance_layered_in_place`] with an observer called after the start and after every
+/// iteration (Newton step or red-black sweep), as [`Method::Newton`].
+pub(crate) fn balance_layered_observed(
+    mlp: &mut LayeredMlp,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<LayeredReport, BalanceError> {
     settings.validate()?;
     let p = match (reg.uniform_lp(), reg.edge_classes()) {
         (Some(p), None) => p,
@@ -179,7 +194,7 @@ pub fn balance_layered_in_place(
         }
     };
     let cap = settings.max_iterations.unwrap_or(100);
-    Solver::new(mlp, p, reg.counts_biases()).run(settings, cap)
+    Solver::new(mlp, p, reg.counts_biases()).run(settings, cap, observer)
 }
 
 /// Above this maximum relative imbalance an iteration is a red-black local sweep, not Newton.
@@ -411,15 +426,9 @@ fn row_kernel(k: &[f32], x: &[f64], col: &mut [f64], y: f64) -> f64 {
 }
 
 /// The layered Hessian-vector kernel on one block: `row[o] = Σ_i K[o][i]·xg[i]` and
-/// `col[i] = Σ_o K[o][i]·yf[o]`, one pass over `K`. Public for benchmarks.
-///
-/// ```
-/// use synbal::solve::layered::block_product;
-/// let k = [1.0f32, 2.0, 3.0, 4.0]; // 2 x 2
-/// let (row, col) = block_product(&k, 2, &[1.0, 1.0], &[1.0, 0.0]);
-/// assert_eq!((row, col), (vec![3.0, 7.0], vec![1.0, 2.0]));
-/// ```
-pub fn block_product(k: &[f32], inputs: usize, xg: &[f64], yf: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// `col[i] = Σ_o K[o][i]·yf[o]`, one pass over `K` (`K` row-major, `inputs` columns). Reached by
+/// `benches/kernels.rs` through [`crate::solve::bench_api`].
+pub(crate) fn block_product(k: &[f32], inputs: usize, xg: &[f64], yf: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut col = vec![0.0; inputs];
     let row = if inputs == 0 {
         vec![0.0; yf.len()]
@@ -638,7 +647,12 @@ impl<'a> Solver<'a> {
         v
     }
 
-    fn run(mut self, settings: &Settings, cap: usize) -> Result<LayeredReport, BalanceError> {
+    fn run(
+        mut self,
+        settings: &Settings,
+        cap: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<LayeredReport, BalanceError> {
         let start = Instant::now();
         let nl = self.sizes.len();
         let total = self.off[nl];
@@ -678,6 +692,7 @@ impl<'a> Solver<'a> {
                 deficit: self.deficit(),
                 seconds: start.elapsed().as_secs_f64(),
             };
+            observer.observe(Method::Newton, &entry);
             if settings.trace {
                 trace.push(entry);
             }
@@ -1054,4 +1069,125 @@ fn tridiagonal_solve(d: &[f64], e: &[f64], w: &[f64]) -> Vec<f64> {
         x[l] = dp[l] - cp[l] * next;
     }
     x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{block_product, tridiagonal_solve};
+
+    /// Dense Gaussian elimination with partial pivoting on the rows and columns with `d > 0`
+    /// (the others are 0 in the solution), the reference for [`tridiagonal_solve`].
+    fn dense_reference(d: &[f64], e: &[f64], w: &[f64]) -> Vec<f64> {
+        let active: Vec<usize> = (0..d.len()).filter(|&l| d[l] > 0.0).collect();
+        let m = active.len();
+        let mut a = vec![vec![0.0; m + 1]; m];
+        for (r, &l) in active.iter().enumerate() {
+            for (c, &k) in active.iter().enumerate() {
+                a[r][c] = if k == l {
+                    d[l]
+                } else if k == l + 1 {
+                    e[l]
+                } else if l == k + 1 {
+                    e[k]
+                } else {
+                    0.0
+                };
+            }
+            a[r][m] = w[l];
+        }
+        for col in 0..m {
+            let piv = (col..m)
+                .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+                .unwrap();
+            a.swap(col, piv);
+            for r in 0..m {
+                if r != col {
+                    let f = a[r][col] / a[col][col];
+                    for c in col..=m {
+                        a[r][c] -= f * a[col][c];
+                    }
+                }
+            }
+        }
+        let mut x = vec![0.0; d.len()];
+        for (r, &l) in active.iter().enumerate() {
+            x[l] = a[r][m] / a[r][r];
+        }
+        x
+    }
+
+    /// A deterministic pseudo-random number in [0, 1).
+    fn unit(i: usize, salt: usize) -> f64 {
+        let h = (i as u64 + 1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(salt as u64 * 0xBF58_476D_1CE4_E5B9);
+        ((h >> 11) as f64) / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn tridiagonal_solve_matches_dense_elimination() {
+        for n in [1usize, 2, 3, 7, 40] {
+            for holes in [false, true] {
+                // Diagonally dominant (as the coarse matrix of a Laplacian), off-diagonals
+                // negative; with holes, some layers have no free unit (d = 0).
+                let d: Vec<f64> = (0..n)
+                    .map(|l| {
+                        if holes && l % 3 == 1 {
+                            0.0
+                        } else {
+                            2.5 + unit(l, 1)
+                        }
+                    })
+                    .collect();
+                let e: Vec<f64> = (0..n).map(|l| -unit(l, 2)).collect();
+                let w: Vec<f64> = (0..n).map(|l| unit(l, 3) - 0.5).collect();
+                let x = tridiagonal_solve(&d, &e, &w);
+                let r = dense_reference(&d, &e, &w);
+                for l in 0..n {
+                    assert!(
+                        (x[l] - r[l]).abs() <= 1e-13 * (1.0 + r[l].abs()),
+                        "n={n} holes={holes} l={l}: {} vs {}",
+                        x[l],
+                        r[l]
+                    );
+                }
+                // the residual on the active rows
+                for l in (0..n).filter(|&l| d[l] > 0.0) {
+                    let mut ax = d[l] * x[l];
+                    if l > 0 && d[l - 1] > 0.0 {
+                        ax += e[l - 1] * x[l - 1];
+                    }
+                    if l + 1 < n && d[l + 1] > 0.0 {
+                        ax += e[l] * x[l + 1];
+                    }
+                    assert!((ax - w[l]).abs() < 1e-13, "n={n} l={l}");
+                }
+                if holes {
+                    assert!((0..n).filter(|l| l % 3 == 1).all(|l| x[l] == 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_product_matches_naive_products() {
+        let k = [1.0f32, 2.0, 3.0, 4.0]; // 2 x 2
+        let (row, col) = block_product(&k, 2, &[1.0, 1.0], &[1.0, 0.0]);
+        assert_eq!((row, col), (vec![3.0, 7.0], vec![1.0, 2.0]));
+        // odd widths exercise the 4-wide unrolled loop and its remainder
+        for (outs, ins) in [(3usize, 5usize), (6, 8), (1, 13), (4, 0)] {
+            let k: Vec<f32> = (0..outs * ins).map(|i| unit(i, 4) as f32).collect();
+            let x: Vec<f64> = (0..ins).map(|i| unit(i, 5) - 0.5).collect();
+            let y: Vec<f64> = (0..outs).map(|o| unit(o, 6) - 0.5).collect();
+            let (row, col) = block_product(&k, ins, &x, &y);
+            for o in 0..outs {
+                let r: f64 = (0..ins).map(|i| k[o * ins + i] as f64 * x[i]).sum();
+                assert!((row[o] - r).abs() < 1e-14, "row {o}");
+            }
+            for i in 0..ins {
+                let c: f64 = (0..outs).map(|o| k[o * ins + i] as f64 * y[o]).sum();
+                assert!((col[i] - c).abs() < 1e-14, "col {i}");
+            }
+        }
+    }
 }

@@ -13,21 +13,20 @@
 //! trace) is one more `O(edges)` pass. Everything a sweep needs (the incidence lists of every
 //! group, orders, the greedy heap, colour classes) is allocated once before the first sweep.
 //!
-//! The fast path for `L_p` ([`LocalBalancer`]) computes
-//! `t* = (ln(c·Σ_out α|w|^p) − ln(Σ_in α|w|^p + Σ|b|^p)) / (p(1 + c))` from precomputed
-//! incidence lists and rescales the same lists in place; groups with internal edges of degree
-//! `c ≠ 1`, general penalties and sums outside the normal floating-point range go through
-//! [`crate::balance::optimal_log_scale`], which works in logs.
+//! The per-group step is [`LocalBalancer`] (module `balancer`), the parallel colour classes are
+//! [`super::parallel`], the edge-major passes module `edge_major`; this module owns the sweep
+//! loop (stopping rule, trace, observer) and the greedy schedule.
 
-use super::parallel::{ClassSweeper, EdgeMajor, Execution};
+pub use super::balancer::LocalBalancer;
+use super::edge_major::EdgeMajor;
+use super::parallel::{ClassSweeper, Execution};
 use super::{
-    BalanceError, Diagnostics, Method, NoObserver, Observer, Schedule, Settings, Solution, Status,
+    Algorithm, BalanceError, Method, NoObserver, Observer, Schedule, Settings, Solution, Status,
     TraceEntry,
 };
-use crate::balance::{optimal_log_scale, LocalBalanceError};
 use crate::measure::{group_flows, total_cost};
 use crate::network::{Network, NO_GROUP};
-use crate::regularizer::{lp_pow, Regularizer};
+use crate::regularizer::Regularizer;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -76,6 +75,40 @@ pub fn solve_observed(
     };
     drive(net, reg, settings, observer, plan)
 }
+
+/// Local balancing sweeping the colour classes in order, each class in parallel or one group
+/// after the other. With [`Execution::Parallel`](super::parallel::Execution::Parallel) this is what
+/// [`Schedule::Parallel`](super::Schedule::Parallel) runs; [`Execution::Sequential`](super::parallel::Execution::Sequential) gives the
+/// same weights (up to rounding in the order of sums) without threads.
+///
+/// ```
+/// use synbal::network::builders::random_mlp;
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::{Method, Schedule, Settings};
+/// use synbal::solve::local::solve_in_colour_order;
+/// use synbal::solve::parallel::Execution;
+/// let net = random_mlp(&[4, 8, 8, 2], 3);
+/// let reg = Regularizer::lp(2.0).unwrap();
+/// let s = Settings::with_method(Method::Local(Schedule::Parallel));
+/// let a = solve_in_colour_order(&net, &reg, &s, Execution::Parallel).unwrap();
+/// let b = solve_in_colour_order(&net, &reg, &s, Execution::Sequential).unwrap();
+/// assert!(synbal::measure::relative_distance(&a.network, &b.network) < 1e-12);
+/// ```
+pub fn solve_in_colour_order(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    execution: Execution,
+) -> Result<Solution, BalanceError> {
+    drive(
+        net,
+        reg,
+        settings,
+        &mut NoObserver,
+        SweepPlan::Colour(execution),
+    )
+}
+
 
 /// What one sweep does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +223,7 @@ pub(crate) fn drive(
         log_scales: u,
         status,
         method: settings.method,
+        algorithm: Algorithm::Local,
         iterations: sweeps,
         max_relative_imbalance: m.max,
         cost_before,
@@ -237,366 +271,6 @@ fn measure(
         max,
         deficit,
         cost: total_cost(net, reg),
-    }
-}
-
-/// The edges and biases every group's scaling touches, as flat CSR lists built once per network
-/// structure: external in-edges (scaled by `λ`), external out-edges (by `λ^{−c}`), internal
-/// edges of groups with `c ≠ 1` (by `λ^{1−c}`; internal edges of degree-1 groups never change),
-/// and members (biases, by `λ`).
-#[derive(Debug, Clone)]
-pub(crate) struct Incidence {
-    pub(crate) degree: Vec<f64>,
-    mem_ptr: Vec<usize>,
-    mem: Vec<u32>,
-    in_ptr: Vec<usize>,
-    in_ids: Vec<u32>,
-    out_ptr: Vec<usize>,
-    out_ids: Vec<u32>,
-    int_ptr: Vec<usize>,
-    int_ids: Vec<u32>,
-}
-
-impl Incidence {
-    fn new(net: &Network) -> Self {
-        let groups = net.groups();
-        let k = groups.len();
-        let mut inc = Incidence {
-            degree: (0..k).map(|g| groups.degree(g)).collect(),
-            mem_ptr: Vec::with_capacity(k + 1),
-            mem: Vec::new(),
-            in_ptr: Vec::with_capacity(k + 1),
-            in_ids: Vec::new(),
-            out_ptr: Vec::with_capacity(k + 1),
-            out_ids: Vec::new(),
-            int_ptr: Vec::with_capacity(k + 1),
-            int_ids: Vec::new(),
-        };
-        inc.mem_ptr.push(0);
-        inc.in_ptr.push(0);
-        inc.out_ptr.push(0);
-        inc.int_ptr.push(0);
-        for g in 0..k {
-            let gid = g as u32;
-            let c = groups.degree(g);
-            for &i in groups.members(g) {
-                inc.mem.push(i);
-                for &e in net.in_edges(i as usize) {
-                    if groups.group_of(net.sources()[e as usize] as usize) == gid {
-                        if c != 1.0 {
-                            inc.int_ids.push(e);
-                        }
-                    } else {
-                        inc.in_ids.push(e);
-                    }
-                }
-                for &e in net.out_edges(i as usize) {
-                    if groups.group_of(net.targets()[e as usize] as usize) != gid {
-                        inc.out_ids.push(e);
-                    }
-                }
-            }
-            inc.mem_ptr.push(inc.mem.len());
-            inc.in_ptr.push(inc.in_ids.len());
-            inc.out_ptr.push(inc.out_ids.len());
-            inc.int_ptr.push(inc.int_ids.len());
-        }
-        inc
-    }
-
-    #[inline]
-    pub(crate) fn members(&self, g: usize) -> &[u32] {
-        &self.mem[self.mem_ptr[g]..self.mem_ptr[g + 1]]
-    }
-    #[inline]
-    pub(crate) fn ins(&self, g: usize) -> &[u32] {
-        &self.in_ids[self.in_ptr[g]..self.in_ptr[g + 1]]
-    }
-    #[inline]
-    pub(crate) fn outs(&self, g: usize) -> &[u32] {
-        &self.out_ids[self.out_ptr[g]..self.out_ptr[g + 1]]
-    }
-    #[inline]
-    pub(crate) fn internal(&self, g: usize) -> &[u32] {
-        &self.int_ids[self.int_ptr[g]..self.int_ptr[g + 1]]
-    }
-
-    /// Applies `u_g += t` to weights and biases through `target`: in-edges and biases `×e^t`,
-    /// out-edges `×e^{−ct}`, internal edges `×e^{(1−c)t}`.
-    #[inline]
-    pub(crate) fn apply<T: ScaleTarget>(&self, target: &mut T, g: usize, t: f64) {
-        let c = self.degree[g];
-        let lambda = t.exp();
-        let inv = if c == 1.0 {
-            1.0 / lambda
-        } else {
-            (-c * t).exp()
-        };
-        for &e in self.ins(g) {
-            target.mul_weight(e as usize, lambda);
-        }
-        for &e in self.outs(g) {
-            target.mul_weight(e as usize, inv);
-        }
-        let internal = self.internal(g);
-        if !internal.is_empty() {
-            let f = ((1.0 - c) * t).exp();
-            for &e in internal {
-                target.mul_weight(e as usize, f);
-            }
-        }
-        for &i in self.members(g) {
-            target.mul_bias(i as usize, lambda);
-        }
-    }
-}
-
-/// Where a scaling is written: safe slices, or the disjoint-writes view of the parallel sweep.
-pub(crate) trait ScaleTarget {
-    fn mul_weight(&mut self, e: usize, f: f64);
-    fn mul_bias(&mut self, i: usize, f: f64);
-}
-
-pub(crate) struct Slices<'a> {
-    pub(crate) w: &'a mut [f64],
-    pub(crate) b: &'a mut [f64],
-}
-
-impl ScaleTarget for Slices<'_> {
-    #[inline]
-    fn mul_weight(&mut self, e: usize, f: f64) {
-        self.w[e] *= f;
-    }
-    #[inline]
-    fn mul_bias(&mut self, i: usize, f: f64) {
-        self.b[i] *= f;
-    }
-}
-
-/// `Σ α|w|^p` over the listed edges, with the exponent dispatched once per call.
-#[inline]
-fn lp_sum(ids: &[u32], w: &[f64], a: &[f64], p: f64) -> f64 {
-    let mut s = 0.0;
-    if p == 2.0 {
-        for &e in ids {
-            let x = w[e as usize];
-            s += a[e as usize] * (x * x);
-        }
-    } else if p == 1.0 {
-        for &e in ids {
-            s += a[e as usize] * w[e as usize].abs();
-        }
-    } else {
-        for &e in ids {
-            s += a[e as usize] * w[e as usize].abs().powf(p);
-        }
-    }
-    s
-}
-
-/// Precomputed state for exact local balancing steps on one network structure: the incidence
-/// lists of every scale group, the log-scales applied so far, and the groups held because no
-/// finite balancing exists for them.
-///
-/// One [`LocalBalancer::step`] costs `O(edges incident to the group)` and allocates nothing.
-///
-/// ```
-/// use synbal::network::builders::random_mlp;
-/// use synbal::regularizer::Regularizer;
-/// use synbal::solve::local::LocalBalancer;
-/// use synbal::measure::summarize;
-/// let mut net = random_mlp(&[3, 5, 5, 2], 7);
-/// let reg = Regularizer::lp(2.0).unwrap();
-/// let mut bal = LocalBalancer::new(&net, &reg).unwrap();
-/// let order: Vec<u32> = (0..bal.num_groups() as u32).collect();
-/// for _ in 0..2000 {
-///     bal.sweep(&mut net, &order);
-/// }
-/// assert!(summarize(&net, &reg).max_relative_imbalance < 1e-12);
-/// ```
-#[derive(Debug, Clone)]
-pub struct LocalBalancer<'r> {
-    reg: &'r Regularizer,
-    pub(crate) inc: Incidence,
-    lp: Option<f64>,
-    counts_biases: bool,
-    fused: bool,
-    /// Log-scale `u_g` applied so far, per group.
-    pub(crate) u: Vec<f64>,
-    /// Groups held because no finite balancing exists.
-    pub(crate) held: Vec<bool>,
-    pub(crate) diagnostics: Diagnostics,
-}
-
-impl<'r> LocalBalancer<'r> {
-    /// Precomputes the incidence lists of `net`'s scale groups. The balancer must then be used
-    /// with networks of the same structure (e.g. `net` itself or a copy).
-    pub fn new(net: &Network, reg: &'r Regularizer) -> Result<Self, BalanceError> {
-        reg.check_edges(net.num_edges())?;
-        let k = net.groups().len();
-        Ok(LocalBalancer {
-            reg,
-            inc: Incidence::new(net),
-            lp: reg.uniform_lp(),
-            counts_biases: reg.counts_biases(),
-            fused: true,
-            u: vec![0.0; k],
-            held: vec![false; k],
-            diagnostics: Diagnostics::default(),
-        })
-    }
-
-    /// Chooses the per-step kernel: `true` (the default) for the fused closed form on the
-    /// precomputed incidence lists, `false` for the generic path
-    /// ([`crate::balance::optimal_log_scale`] then [`Network::scale_group`]). Both give the same
-    /// weights up to rounding; the generic path exists for benchmarks and cross-checks.
-    pub fn with_fused_kernel(mut self, fused: bool) -> Self {
-        self.fused = fused;
-        self
-    }
-
-    /// `Some(p)` when the regularizer is a uniform `L_p`.
-    pub(crate) fn lp_exponent(&self) -> Option<f64> {
-        self.lp
-    }
-
-    /// Whether the fused kernel is on.
-    pub(crate) fn fused(&self) -> bool {
-        self.fused
-    }
-
-    /// Number of scale groups.
-    pub fn num_groups(&self) -> usize {
-        self.u.len()
-    }
-
-    /// Log-scales `u_g` applied so far.
-    pub fn log_scales(&self) -> &[f64] {
-        &self.u
-    }
-
-    /// Whether group `g` is held (no finite balancing exists for it).
-    pub fn is_held(&self, g: usize) -> bool {
-        self.held[g]
-    }
-
-    /// Held neurons and the reason, so far.
-    pub fn diagnostics(&self) -> &Diagnostics {
-        &self.diagnostics
-    }
-
-    /// The optimal log-scale step `t*` of group `g` in `net`, all other groups held (reads only
-    /// the group's incident edges and biases).
-    pub fn log_scale(&self, net: &Network, g: usize) -> Result<f64, LocalBalanceError> {
-        if g >= self.u.len() {
-            return Err(LocalBalanceError::NoSuchGroup(g));
-        }
-        if self.fused {
-            if let Some(p) = self.lp {
-                if self.inc.internal(g).is_empty() {
-                    let (w, a, b) = (net.weights(), net.alphas(), net.biases());
-                    let mut s_in = lp_sum(self.inc.ins(g), w, a, p);
-                    if self.counts_biases {
-                        for &i in self.inc.members(g) {
-                            s_in += lp_pow(b[i as usize].abs(), p);
-                        }
-                    }
-                    let s_out = lp_sum(self.inc.outs(g), w, a, p);
-                    let normal = |s: f64| s.is_finite() && s > 1e-250;
-                    if normal(s_in) && normal(s_out) {
-                        let c = self.inc.degree[g];
-                        return Ok((s_out.ln() + c.ln() - s_in.ln()) / (p * (1.0 + c)));
-                    }
-                    // Empty sides and extreme magnitudes: the log-domain path below.
-                }
-            }
-        }
-        optimal_log_scale(net, self.reg, g)
-    }
-
-    /// Balance quantity of edge `e` (`α|w|^p` for `L_p`, `α·|w|·g'(|w|)` otherwise).
-    #[inline]
-    pub(crate) fn q_edge(&self, net: &Network, e: usize) -> f64 {
-        let x = net.weights()[e].abs();
-        let a = net.alphas()[e];
-        match self.lp {
-            Some(p) => a * lp_pow(x, p),
-            None => a * self.reg.edge_penalty(e).x_dg(x),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn q_bias(&self, net: &Network, i: usize) -> f64 {
-        let x = net.biases()[i].abs();
-        match (self.lp, self.reg.bias_penalty()) {
-            (_, None) => 0.0,
-            (Some(p), _) => lp_pow(x, p),
-            (None, Some(pen)) => pen.x_dg(x),
-        }
-    }
-
-    /// Records `t` as applied to group `g` and marks nothing else; the caller has scaled the
-    /// weights.
-    #[inline]
-    pub(crate) fn record(&mut self, g: usize, t: f64) {
-        self.u[g] += t;
-    }
-
-    /// Holds group `g` and reports its members.
-    pub(crate) fn hold(&mut self, g: usize, err: LocalBalanceError) {
-        if self.held[g] {
-            return;
-        }
-        self.held[g] = true;
-        let reason = match err {
-            LocalBalanceError::Unbounded { side, .. } => format!("{side} cost is 0"),
-            other => other.to_string(),
-        };
-        for &i in self.inc.members(g) {
-            self.diagnostics
-                .held_fixed
-                .push((i as usize, reason.clone()));
-        }
-    }
-
-    /// Applies `u_g += t` to `net`.
-    pub(crate) fn apply(&self, net: &mut Network, g: usize, t: f64) {
-        if self.fused {
-            let (w, b) = net.params_mut();
-            self.inc.apply(&mut Slices { w, b }, g, t);
-        } else {
-            net.scale_group(g, t.exp())
-                .expect("the group exists and the step is finite");
-        }
-    }
-
-    /// Balances group `g` exactly, unless it is held. Returns whether the weights changed. A
-    /// group found to have no finite balancing is held and reported, and left unchanged.
-    pub fn step(&mut self, net: &mut Network, g: usize) -> bool {
-        if self.held[g] {
-            return false;
-        }
-        match self.log_scale(net, g) {
-            Ok(t) if t != 0.0 && t.is_finite() => {
-                self.apply(net, g, t);
-                self.record(g, t);
-                true
-            }
-            Ok(_) => false,
-            Err(e) => {
-                self.hold(g, e);
-                false
-            }
-        }
-    }
-
-    /// Balances the groups in `order`, one after the other. Returns how many steps changed the
-    /// weights.
-    pub fn sweep(&mut self, net: &mut Network, order: &[u32]) -> usize {
-        order
-            .iter()
-            .map(|&g| usize::from(self.step(net, g as usize)))
-            .sum()
     }
 }
 
@@ -831,6 +505,111 @@ impl Greedy {
         if !self.is_touched[h] {
             self.is_touched[h] = true;
             self.touched.push(h as u32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Greedy, LocalBalancer};
+    use crate::measure::group_flows;
+    use crate::network::builders::{random_dag, random_recurrent};
+    use crate::network::{Activation, Network};
+    use crate::regularizer::Regularizer;
+
+    /// The relative imbalance of every group, computed from scratch (in logs).
+    fn naive_keys(net: &Network, reg: &Regularizer) -> Vec<f64> {
+        (0..net.groups().len())
+            .map(|g| group_flows(net, reg, g).relative_imbalance())
+            .collect()
+    }
+
+    /// Pops every current (not stale) entry: `(key, group)` in heap order.
+    fn drain(greedy: &mut Greedy) -> Vec<(f64, usize)> {
+        let mut out = Vec::new();
+        while let Some(en) = greedy.heap.pop() {
+            if en.version == greedy.version[en.g as usize] {
+                out.push((en.key, en.g as usize));
+            }
+        }
+        out
+    }
+
+    fn nets() -> Vec<Network> {
+        vec![
+            random_dag(3, 30, 2, 0.3, Activation::Relu, 4),
+            random_recurrent(2, 12, 2, Activation::Relu, 5),
+            // degree-2 units: internal edges count on one side
+            random_dag(3, 20, 2, 0.3, Activation::Bipu { degree: 2.0, neg: 0.0, pos: 1.0 }, 6),
+        ]
+    }
+
+    #[test]
+    fn greedy_heap_pops_groups_by_decreasing_imbalance() {
+        let reg = Regularizer::lp(2.0).unwrap();
+        for net in nets() {
+            let bal = LocalBalancer::new(&net, &reg).unwrap();
+            let mut greedy = Greedy::new(&bal);
+            for g in 0..bal.num_groups() {
+                greedy.exact(&bal, &net, g);
+            }
+            greedy.rebuild(&bal);
+            let keys = naive_keys(&net, &reg);
+            let popped = drain(&mut greedy);
+            // every group exactly once, in the order of a naive sort (key desc, group asc)
+            let mut expected: Vec<usize> = (0..keys.len()).collect();
+            expected.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
+            let order: Vec<usize> = popped.iter().map(|&(_, g)| g).collect();
+            for (&(key, g), &e) in popped.iter().zip(&expected) {
+                assert!((key - keys[g]).abs() < 1e-12, "group {g}: {key} vs {}", keys[g]);
+                // the same group, or a tie within rounding
+                assert!(g == e || (keys[g] - keys[e]).abs() < 1e-12, "{order:?}");
+            }
+            assert_eq!(order.len(), keys.len());
+        }
+    }
+
+    #[test]
+    fn greedy_running_sums_follow_each_step_and_stale_entries_are_skipped() {
+        let reg = Regularizer::lp(2.0).unwrap();
+        for mut net in nets() {
+            let mut bal = LocalBalancer::new(&net, &reg).unwrap();
+            let k = bal.num_groups();
+            let mut greedy = Greedy::new(&bal);
+            for g in 0..k {
+                greedy.exact(&bal, &net, g);
+            }
+            greedy.rebuild(&bal);
+            for step in 0..3 * k {
+                let g = (step * 7) % k;
+                let t = bal.log_scale(&net, g).unwrap();
+                greedy.rescale(&bal, &mut net, g, t);
+                bal.record(g, t);
+                greedy.exact(&bal, &net, g);
+                greedy.push(g);
+                while let Some(h) = greedy.touched.pop() {
+                    greedy.is_touched[h as usize] = false;
+                    greedy.push(h as usize);
+                }
+            }
+            // the running sums equal sums recomputed from the current weights
+            let mut fresh = Greedy::new(&bal);
+            for h in 0..k {
+                fresh.exact(&bal, &net, h);
+                for (run, new) in [
+                    (greedy.s_in[h], fresh.s_in[h]),
+                    (greedy.s_out[h], fresh.s_out[h]),
+                ] {
+                    assert!((run - new).abs() <= 1e-12 * new.abs().max(1.0), "{h}");
+                }
+                let f = group_flows(&net, &reg, h);
+                assert!((fresh.s_in[h].ln() - f.ln_in).abs() < 1e-12, "In of {h}");
+                assert!((fresh.s_out[h].ln() - f.ln_out).abs() < 1e-12, "c·Out of {h}");
+            }
+            // one current entry per group, however many pushes happened
+            let mut groups: Vec<usize> = drain(&mut greedy).iter().map(|&(_, g)| g).collect();
+            groups.sort();
+            assert_eq!(groups, (0..k).collect::<Vec<_>>());
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod layered;
 
 /// Order in which local balancing visits scale groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
 pub enum Schedule {
     /// A fresh uniformly random permutation of the groups every sweep (seeded).
     Stochastic,
@@ -40,6 +41,7 @@ pub enum Schedule {
 
 /// Which algorithm computes the balanced state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
 pub enum Method {
     /// Damped Newton on the log-scale problem (the default, exact).
     Newton,
@@ -105,6 +107,44 @@ impl FromStr for Method {
     }
 }
 
+/// The route [`balance`] took: which algorithm computed a [`Solution`]. [`Method::Newton`] runs
+/// one of the three Newton variants (see [`balance_observed`] for the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Damped Newton on the sparse problem, Newton systems by sparse Cholesky ([`newton`]).
+    NewtonCholesky,
+    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`],
+    /// [`cg`]).
+    NewtonPcg,
+    /// Newton on a dense layered MLP: PCG with the layer-wise coarse space ([`layered`]).
+    NewtonLayered,
+    /// Local balancing with the schedule of [`Method::Local`] ([`local`], [`parallel`]).
+    Local,
+    /// An argmin solver, L-BFGS or Newton-CG ([`argmin`](mod@argmin)).
+    Argmin,
+}
+
+impl Algorithm {
+    /// The name used in reports: `newton-cholesky`, `newton-pcg`, `newton-layered`, `local`,
+    /// `argmin`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::NewtonCholesky => "newton-cholesky",
+            Algorithm::NewtonPcg => "newton-pcg",
+            Algorithm::NewtonLayered => "newton-layered",
+            Algorithm::Local => "local",
+            Algorithm::Argmin => "argmin",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Linear algebra used by the Newton step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum LinearSolver {
@@ -129,7 +169,22 @@ pub enum Degenerate {
     Prune,
 }
 
-/// Solver settings, validated by [`Settings::validate`]. Defaults are documented per field.
+/// Solver settings. Defaults are documented per field. Build checked settings with
+/// [`Settings::builder`] (validated once, in [`SettingsBuilder::build`]); a `Settings { .. }`
+/// literal is checked by [`Settings::validate`], which every solver calls first.
+///
+/// ```
+/// use std::time::Duration;
+/// use synbal::{Method, Schedule, Settings};
+/// let s = Settings::builder()
+///     .method(Method::Local(Schedule::Cyclic))
+///     .tol(1e-10)
+///     .time_limit(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(s.iteration_cap(), 1_000_000);
+/// assert!(Settings::builder().tol(0.0).build().is_err());
+/// # Ok::<(), synbal::SettingsError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// Algorithm. Default [`Method::Newton`].
@@ -167,6 +222,13 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// A builder starting from [`Settings::default`].
+    pub fn builder() -> SettingsBuilder {
+        SettingsBuilder {
+            settings: Settings::default(),
+        }
+    }
+
     /// Settings for a method with every other field at its default.
     pub fn with_method(method: Method) -> Self {
         Settings {
@@ -201,8 +263,74 @@ impl Settings {
     }
 }
 
+/// Builds [`Settings`] field by field from the defaults and validates them once in
+/// [`SettingsBuilder::build`].
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct SettingsBuilder {
+    settings: Settings,
+}
+
+impl SettingsBuilder {
+    /// Algorithm. Default [`Method::Newton`].
+    pub fn method(mut self, method: Method) -> Self {
+        self.settings.method = method;
+        self
+    }
+
+    /// Stop when the maximum relative imbalance is below `tol`, in (0, 1). Default `1e-12`.
+    pub fn tol(mut self, tol: f64) -> Self {
+        self.settings.tol = tol;
+        self
+    }
+
+    /// Iteration cap, at least 1. Default 100 for Newton-type methods, 1,000,000 sweeps for
+    /// local balancing.
+    pub fn max_iterations(mut self, cap: usize) -> Self {
+        self.settings.max_iterations = Some(cap);
+        self
+    }
+
+    /// Seed of the stochastic schedules. Default 0.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = seed;
+        self
+    }
+
+    /// Linear solver of the Newton step. Default [`LinearSolver::Auto`].
+    pub fn linear_solver(mut self, linear_solver: LinearSolver) -> Self {
+        self.settings.linear_solver = linear_solver;
+        self
+    }
+
+    /// Degenerate neurons policy. Default [`Degenerate::HoldFixed`].
+    pub fn degenerate(mut self, degenerate: Degenerate) -> Self {
+        self.settings.degenerate = degenerate;
+        self
+    }
+
+    /// Wall-clock limit. Default none.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.settings.time_limit = Some(limit);
+        self
+    }
+
+    /// Record one trace entry per iteration or sweep. Default true.
+    pub fn trace(mut self, trace: bool) -> Self {
+        self.settings.trace = trace;
+        self
+    }
+
+    /// The settings, if every field is valid ([`Settings::validate`]).
+    pub fn build(self) -> Result<Settings, SettingsError> {
+        self.settings.validate()?;
+        Ok(self.settings)
+    }
+}
+
 /// Invalid settings.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum SettingsError {
     /// Tolerance must be in (0, 1).
     #[error("tolerance must be finite and in (0, 1), got {0}")]
@@ -217,6 +345,7 @@ pub enum SettingsError {
 
 /// Why a solver stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub enum Status {
     /// The maximum relative imbalance fell below the tolerance.
     Converged,
@@ -263,6 +392,8 @@ pub struct Solution {
     pub status: Status,
     /// Method used.
     pub method: Method,
+    /// The algorithm that ran (for [`Method::Newton`]: sparse Cholesky, sparse PCG or layered).
+    pub algorithm: Algorithm,
     /// Iterations (Newton, argmin) or sweeps (local).
     pub iterations: usize,
     /// Maximum relative imbalance over groups after balancing (the certificate).
@@ -302,6 +433,7 @@ pub struct Diagnostics {
 
 /// Bad input to [`balance`].
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum BalanceError {
     /// Invalid settings.
     #[error(transparent)]
@@ -309,13 +441,29 @@ pub enum BalanceError {
     /// The regularizer does not fit the network.
     #[error(transparent)]
     Regularizer(#[from] crate::regularizer::RegularizerError),
+    /// The method needs a Cargo feature this build lacks (`argmin` for L-BFGS and Newton-CG).
+    #[error("method `{0}` is not available in this build (it needs the `argmin` Cargo feature)")]
+    Unavailable(Method),
 }
 
+#[cfg(feature = "argmin")]
 pub mod argmin;
+mod balancer;
 pub mod cg;
+mod edge_major;
 pub mod local;
 pub mod newton;
 pub mod parallel;
+
+/// Kernels reached by the benchmarks (`benches/kernels.rs`); not part of the API.
+#[doc(hidden)]
+pub mod bench_api {
+    /// The layered Hessian-vector kernel on one block (see `solve/layered.rs`):
+    /// `row[o] = Σ_i K[o][i]·xg[i]`, `col[i] = Σ_o K[o][i]·yf[o]`, one pass over `K`.
+    pub fn block_product(k: &[f32], inputs: usize, xg: &[f64], yf: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        super::layered::block_product(k, inputs, xg, yf)
+    }
+}
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
@@ -374,7 +522,8 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
     newton::solve(net, reg, &settings)
 }
 
-/// The dense layered Newton path ([`layered::balance_layered`]) is used for `Method::Newton` when
+/// The dense layered Newton path ([`layered::balance_layered`], [`Algorithm::NewtonLayered`]) is
+/// used for `Method::Newton` when
 /// the network is a dense layered MLP (`LayeredMlp::from_network` succeeds), the cost is one `L_p`
 /// for every edge, degenerate neurons are held fixed, and either CG is requested or the network
 /// has at least 100,000 edges with `LinearSolver::Auto`. It needs about 1.5x the f64 weights of
@@ -396,7 +545,14 @@ fn layered_route(
 }
 
 /// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
-/// (progress bars, logs).
+/// (progress bars, logs), on every route.
+///
+/// Routes ([`Solution::algorithm`]): [`Method::Local`] runs [`local`]; [`Method::Lbfgs`] and
+/// [`Method::NewtonCg`] run [`argmin`](mod@argmin); [`Method::Newton`] runs the dense layered
+/// Newton solver on a dense layered MLP under one `L_p` with at least 100,000 edges (or with
+/// [`LinearSolver::Cg`]), and otherwise sparse Newton, whose linear solver is sparse Cholesky
+/// unless CG is asked for or the predicted factorisation is too expensive
+/// ([`newton::AUTO_CG_FLOP_RATIO`]).
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
@@ -420,11 +576,13 @@ pub fn balance_observed(
     match settings.method {
         Method::Local(_) => local::solve_observed(net, reg, settings, observer),
         Method::Newton => match layered_route(net, reg, settings) {
-            Some(mlp) => {
-                layered::balance_layered(&mlp, reg, settings).map(|s| s.into_solution(net))
-            }
+            Some(mut mlp) => layered::balance_layered_observed(&mut mlp, reg, settings, observer)
+                .map(|report| layered::LayeredSolution { mlp, report }.into_solution(net)),
             None => newton::solve_observed(net, reg, settings, observer),
         },
+        #[cfg(feature = "argmin")]
         Method::Lbfgs | Method::NewtonCg => argmin::solve_observed(net, reg, settings, observer),
+        #[cfg(not(feature = "argmin"))]
+        Method::Lbfgs | Method::NewtonCg => Err(BalanceError::Unavailable(settings.method)),
     }
 }

@@ -16,8 +16,8 @@
 
 use super::cg::CgSolver;
 use super::{
-    BalanceError, Degenerate, Diagnostics, LinearSolver, Method, NoObserver, Observer, Settings,
-    Solution, Status, TraceEntry,
+    Algorithm, BalanceError, Degenerate, Diagnostics, LinearSolver, Method, NoObserver, Observer,
+    Settings, Solution, Status, TraceEntry,
 };
 use crate::measure::{group_flows, total_cost};
 use crate::network::Network;
@@ -35,19 +35,19 @@ use std::time::Instant;
 /// The network, structure and problem a solver works on, after pruning (if asked) and structure
 /// analysis.
 #[derive(Debug, Clone)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The network to balance (pruned in [`Degenerate::Prune`] mode).
-    pub network: Network,
+    pub(crate) network: Network,
     /// Which groups are variables.
-    pub structure: Structure,
+    pub(crate) structure: Structure,
     /// The convex problem in the variables.
-    pub problem: Problem,
+    pub(crate) problem: Problem,
     /// Diagnostics so far (held groups, pruned edges and biases, floating components).
-    pub diagnostics: Diagnostics,
+    pub(crate) diagnostics: Diagnostics,
 }
 
 /// Prunes (in [`Degenerate::Prune`] mode), analyses the structure and builds the problem.
-pub fn prepare(net: &Network, reg: &Regularizer, degenerate: Degenerate) -> Prepared {
+pub(crate) fn prepare(net: &Network, reg: &Regularizer, degenerate: Degenerate) -> Prepared {
     let mut diagnostics = Diagnostics::default();
     let network = match degenerate {
         Degenerate::HoldFixed => net.clone(),
@@ -79,7 +79,7 @@ pub fn prepare(net: &Network, reg: &Regularizer, degenerate: Degenerate) -> Prep
 
 /// The certificate: maximum relative imbalance over the groups that are not held fixed, measured
 /// by [`group_flows`] on `net`.
-pub fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f64 {
+pub(crate) fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f64 {
     (0..net.groups().len())
         .filter(|&g| structure.held[g].is_none())
         .map(|g| group_flows(net, reg, g).relative_imbalance())
@@ -87,7 +87,7 @@ pub fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f
 }
 
 /// A trace entry computed from the problem's own evaluation (no extra pass over the network).
-pub fn trace_entry(
+pub(crate) fn trace_entry(
     problem: &Problem,
     ev: &Evaluation,
     iteration: usize,
@@ -568,6 +568,11 @@ pub fn solve_detailed(
         network,
         status,
         method,
+        algorithm: if report.used_cg {
+            Algorithm::NewtonPcg
+        } else {
+            Algorithm::NewtonCholesky
+        },
         iterations,
         max_relative_imbalance: cert,
         cost_before,
@@ -579,7 +584,7 @@ pub fn solve_detailed(
 }
 
 /// The prepared network with the variables `x` applied.
-pub fn apply(prep: &Prepared, x: &[f64]) -> Network {
+pub(crate) fn apply(prep: &Prepared, x: &[f64]) -> Network {
     let mut net = prep.network.clone();
     net.apply_log_scales(&prep.problem.log_scales(x));
     net
