@@ -15,6 +15,7 @@ use thiserror::Error;
 
 /// Why a group could not be balanced.
 #[derive(Debug, Clone, Copy, PartialEq, Error)]
+#[non_exhaustive]
 pub enum LocalBalanceError {
     /// The group index is out of range.
     #[error("scale group {0} does not exist")]

@@ -53,6 +53,7 @@ impl Default for DemoSettings {
 
 /// Why the demo could not run.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DemoError {
     /// Fewer than two layers, or a layer of size 0.
     #[error("network sizes {0:?}: need at least two layers, each of size >= 1")]

@@ -71,6 +71,7 @@ fn write_png_and_svg<F: Figure>(figure: &F, stem: &Path) -> Result<(PathBuf, Pat
 
 /// Why a plot could not be written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum PlotError {
     /// Drawing or writing failed.
     #[error("cannot draw plot {path}: {message}")]

@@ -130,6 +130,7 @@ pub fn lp_pow(x: f64, p: f64) -> f64 {
 
 /// Invalid regularizer settings.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum RegularizerError {
     /// `p` must be finite and `> 0`.
     #[error("the L_p exponent p must be finite and > 0, got {0}")]

@@ -174,6 +174,7 @@ impl Default for VerifySettings {
 
 /// Why a verification could not run.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// Fewer than two layers, or a layer of size 0.
     #[error("network sizes {0:?}: need at least two layers, each of size >= 1")]

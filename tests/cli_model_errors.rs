@@ -258,9 +258,10 @@ fn output_is_the_input() {
     let c = Case::new();
     let input = c.path("m.safetensors");
     write_safetensors(&input, &mlp());
+    let arch = c.arch(MLP_ARCH);
     let before = std::fs::read(&input).unwrap();
     let names = c.names();
-    let o = c.balance(&input, &c.arch(MLP_ARCH), &input);
+    let o = c.balance(&input, &arch, &input);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("refusing to overwrite the input"), "{err}");

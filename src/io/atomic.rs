@@ -19,6 +19,7 @@ use thiserror::Error;
 
 /// Why an output file could not be written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AtomicError {
     /// Writing, syncing or renaming failed.
     #[error("cannot write {}: {error}", path.display())]

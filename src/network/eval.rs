@@ -8,6 +8,7 @@ use thiserror::Error;
 
 /// Why a simulation could not run.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum SimulationError {
     /// The input array does not have `steps × inputs × batch` entries.
     #[error("expected {expected} input values (steps × inputs × batch), got {got}")]

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 /// Why a layered MLP could not be built or recognised.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum LayeredError {
     /// No layers.
     #[error("a layered MLP needs at least one layer")]

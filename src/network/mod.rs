@@ -43,6 +43,7 @@ impl Role {
 
 /// Errors found while building or validating a network. Each names the neuron or edge at fault.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum NetworkError {
     /// An edge refers to a neuron that does not exist.
     #[error("edge {edge}: {end} neuron {neuron} does not exist (the network has {count} neurons)")]
@@ -669,6 +670,7 @@ impl Network {
 
 /// Why a scaling was refused.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum ScaleError {
     /// The neuron index is out of range.
     #[error("neuron {0} does not exist")]

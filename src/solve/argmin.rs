@@ -184,6 +184,11 @@ struct Certified<'a, 'o, S> {
     observer: &'o mut dyn Observer,
     trace: Option<Vec<TraceEntry>>,
     failed: bool,
+    /// The inner solver returned an error: the last iteration argmin counted made no step and
+    /// was not observed.
+    exited: bool,
+    /// argmin's iteration count at the last observed entry.
+    observed_iter: Option<u64>,
     converged: bool,
     timed_out: bool,
     last: Option<Vec<f64>>,
@@ -223,6 +228,7 @@ where
             Ok(r) => Ok(r),
             Err(_) => {
                 self.failed = true;
+                self.exited = true;
                 Ok((
                     backup.terminate_with(TerminationReason::SolverExit(
                         "the inner solver could not make progress".into(),
@@ -245,6 +251,7 @@ where
             self.start.elapsed().as_secs_f64(),
         );
         // after a restart, the start is the previous run's last entry: do not repeat it
+        self.observed_iter = Some(state.get_iter());
         if !(self.skip_first && state.get_iter() == 0) {
             self.observer.observe(self.method, &entry);
             if let Some(t) = self.trace.as_mut() {
@@ -345,6 +352,8 @@ pub fn solve_observed(
                         observer: &mut *observer,
                         trace: settings.trace.then(Vec::new),
                         failed: false,
+                        exited: false,
+                        observed_iter: None,
                         converged: false,
                         timed_out: false,
                         last: None,
@@ -357,15 +366,34 @@ pub fn solve_observed(
                         .run()
                     {
                         Ok(mut res) => {
-                            let iters = res.state.get_iter() as usize;
                             let xn = res.state.take_param().unwrap_or(x0.clone());
                             let w = &mut res.solver;
+                            // iterations that were observed (an exit by error made no step)
+                            let counted = res.state.get_iter();
+                            let iters = (counted as usize).saturating_sub(usize::from(w.exited));
+                            if !w.exited && w.observed_iter != Some(counted) {
+                                // argmin stopped on its own test or at the iteration cap, after
+                                // a step our check did not see: observe the final iterate.
+                                let ev = problem.evaluate(&xn);
+                                let entry = trace_entry(
+                                    problem,
+                                    &ev,
+                                    total + iters,
+                                    start.elapsed().as_secs_f64(),
+                                );
+                                w.observer.observe(method, &entry);
+                                if let Some(t) = w.trace.as_mut() {
+                                    t.push(entry);
+                                }
+                                w.converged |= entry.max_relative_imbalance < settings.tol;
+                            }
                             wrapper_trace.extend(w.trace.take().unwrap_or_default());
                             let status = if w.converged {
                                 Status::Converged
                             } else if w.timed_out {
                                 Status::TimeLimit
-                            } else if w.failed {
+                            } else if w.failed || counted < remaining {
+                                // argmin's own stopping test before the cap: a stall
                                 Status::Stalled
                             } else {
                                 Status::MaxIterations
