@@ -72,6 +72,6 @@ pub use network::{Activation, Network, NetworkBuilder, NetworkError, Role, Simul
 pub use regularizer::{Penalty, Regularizer, RegularizerError};
 pub use solve::{
     balance, balance_observed, exact, Algorithm, BalanceError, Degenerate, Diagnostics,
-    LinearSolver, Method, NoObserver, Observer, Schedule, Settings, SettingsBuilder,
-    SettingsError, Solution, Status, TraceEntry,
+    LinearSolver, Method, NoObserver, Observer, Schedule, Settings, SettingsBuilder, SettingsError,
+    Solution, Status, TraceEntry,
 };

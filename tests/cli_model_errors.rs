@@ -120,7 +120,11 @@ impl Case {
             assert!(err.contains(n), "{what}: `{err}` lacks `{n}`");
         }
         assert!(!err.contains("panicked"), "{what}: {err}");
-        assert_eq!(std::fs::read(&output).unwrap(), b"previous contents", "{what}");
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            b"previous contents",
+            "{what}"
+        );
         assert_eq!(std::fs::read(input).ok(), input_before, "{what}: input");
         assert_eq!(self.names(), names_before, "{what}: files in the directory");
     }

@@ -7,8 +7,8 @@ use synbal::network::builders::{
 };
 use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
-use synbal::solve::local::{self, LocalBalancer};
 use synbal::solve::local::solve_in_colour_order;
+use synbal::solve::local::{self, LocalBalancer};
 use synbal::solve::parallel::{Colouring, Execution};
 use synbal::solve::{Method, Schedule, Settings, Solution};
 use synbal::verify::{self, distance, exact_state, VerifySettings};

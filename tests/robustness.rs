@@ -78,7 +78,10 @@ fn function_measure_catches_a_one_in_a_billion_change() {
             (1e3 * d9 - d6).abs() < 1e-2 * d6,
             "weight {e}: {d9:e} vs {d6:e}"
         );
-        assert!(d9 > 100.0 * rounding.max(f64::EPSILON), "weight {e}: {d9:e}");
+        assert!(
+            d9 > 100.0 * rounding.max(f64::EPSILON),
+            "weight {e}: {d9:e}"
+        );
         weakest = weakest.min(d9);
         caught += usize::from(d9 > SAME_FUNCTION);
     }

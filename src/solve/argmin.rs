@@ -10,7 +10,9 @@
 //! which case the last iterate is returned with [`Status::Stalled`].
 
 use super::newton::{apply, certificate, prepare, trace_entry};
-use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Settings, Solution, Status, TraceEntry};
+use super::{
+    Algorithm, BalanceError, Method, NoObserver, Observer, Settings, Solution, Status, TraceEntry,
+};
 use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Problem, NO_VAR};

@@ -428,7 +428,12 @@ fn row_kernel(k: &[f32], x: &[f64], col: &mut [f64], y: f64) -> f64 {
 /// The layered Hessian-vector kernel on one block: `row[o] = Σ_i K[o][i]·xg[i]` and
 /// `col[i] = Σ_o K[o][i]·yf[o]`, one pass over `K` (`K` row-major, `inputs` columns). Reached by
 /// `benches/kernels.rs` through [`crate::solve::bench_api`].
-pub(crate) fn block_product(k: &[f32], inputs: usize, xg: &[f64], yf: &[f64]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn block_product(
+    k: &[f32],
+    inputs: usize,
+    xg: &[f64],
+    yf: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
     let mut col = vec![0.0; inputs];
     let row = if inputs == 0 {
         vec![0.0; yf.len()]

@@ -109,7 +109,6 @@ pub fn solve_in_colour_order(
     )
 }
 
-
 /// What one sweep does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SweepPlan {
@@ -539,8 +538,19 @@ mod tests {
         vec![
             random_dag(3, 30, 2, 0.3, Activation::Relu, 4),
             random_recurrent(2, 12, 2, Activation::Relu, 5),
-            // degree-2 units: internal edges count on one side
-            random_dag(3, 20, 2, 0.3, Activation::Bipu { degree: 2.0, neg: 0.0, pos: 1.0 }, 6),
+            // degree-2 units: the output side carries the factor c
+            random_dag(
+                3,
+                20,
+                2,
+                0.3,
+                Activation::Bipu {
+                    degree: 2.0,
+                    neg: 0.0,
+                    pos: 1.0,
+                },
+                6,
+            ),
         ]
     }
 
@@ -561,7 +571,11 @@ mod tests {
             expected.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
             let order: Vec<usize> = popped.iter().map(|&(_, g)| g).collect();
             for (&(key, g), &e) in popped.iter().zip(&expected) {
-                assert!((key - keys[g]).abs() < 1e-12, "group {g}: {key} vs {}", keys[g]);
+                assert!(
+                    (key - keys[g]).abs() < 1e-12,
+                    "group {g}: {key} vs {}",
+                    keys[g]
+                );
                 // the same group, or a tie within rounding
                 assert!(g == e || (keys[g] - keys[e]).abs() < 1e-12, "{order:?}");
             }
@@ -604,7 +618,10 @@ mod tests {
                 }
                 let f = group_flows(&net, &reg, h);
                 assert!((fresh.s_in[h].ln() - f.ln_in).abs() < 1e-12, "In of {h}");
-                assert!((fresh.s_out[h].ln() - f.ln_out).abs() < 1e-12, "c·Out of {h}");
+                assert!(
+                    (fresh.s_out[h].ln() - f.ln_out).abs() < 1e-12,
+                    "c·Out of {h}"
+                );
             }
             // one current entry per group, however many pushes happened
             let mut groups: Vec<usize> = drain(&mut greedy).iter().map(|&(_, g)| g).collect();
