@@ -87,7 +87,7 @@ fn changed_weights_change_only_weights_and_biases_and_keep_extra_fields() {
     let back = JsonNetwork::from_str(&out).unwrap();
     assert_eq!(back.network, net, "numbers round-trip exactly");
     // only weights and biases differ
-    let (a, b) = (&doc.document, &back.document);
+    let (a, b) = (&doc.document(), &back.document());
     assert_eq!(
         a.as_object().unwrap().keys().collect::<Vec<_>>(),
         b.as_object().unwrap().keys().collect::<Vec<_>>()
@@ -125,7 +125,7 @@ fn generated_networks_round_trip_exactly() {
         let text = doc.to_string_with(&net).unwrap();
         let back = JsonNetwork::from_str(&text).unwrap();
         assert_eq!(back.network, net);
-        assert_eq!(back.document, doc.document);
+        assert_eq!(back.document(), doc.document());
         // weights with awkward binary expansions survive exactly
         let mut scaled = net.clone();
         for &i in &net.free_neurons() {
@@ -169,7 +169,7 @@ fn extension_activations_and_ties() {
     assert_eq!(g.members(g.group_of(6) as usize), &[4, 6, 7]);
     // ties survive from_network
     let fresh = JsonNetwork::from_network(net).unwrap();
-    assert_eq!(fresh.document["ties"], serde_json::json!([[4, 6, 7]]));
+    assert_eq!(fresh.document()["ties"], serde_json::json!([[4, 6, 7]]));
     let back = JsonNetwork::from_str(&fresh.to_string_with(net).unwrap()).unwrap();
     assert_eq!(&back.network, net);
 }
