@@ -17,11 +17,16 @@ use serde_json::{Map, Number, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod fast;
+
 /// Integers up to 2^53 in magnitude convert to `f64` and back exactly.
 const EXACT_INT: u64 = 1 << 53;
 
 /// Parses and validates `text`.
 pub(super) fn parse(text: &str) -> Result<JsonNetwork, JsonError> {
+    if let Some(top) = fast::parse(text) {
+        return top.finish();
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let found = Expect(TopBody)
         .deserialize(&mut de)
@@ -284,14 +289,7 @@ struct EdgesBody;
 impl<'de> Body<'de> for EdgesBody {
     type Out = Edges;
     fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found<Edges>, A::Error> {
-        let hint = seq.size_hint().unwrap_or(0);
-        let mut edges = Edges {
-            builder: NetworkBuilder::with_capacity(0, hint),
-            forms: Vec::with_capacity(hint),
-            verbatim: BTreeMap::new(),
-            records: Vec::new(),
-            bad: None,
-        };
+        let mut edges = Edges::new(seq.size_hint().unwrap_or(0));
         let mut e = 0;
         while let Some(row) = seq.next_element_seed(Expect(RowBody))? {
             if edges.bad.is_none() {
@@ -335,6 +333,16 @@ struct Row {
 }
 
 impl Edges {
+    fn new(capacity: usize) -> Edges {
+        Edges {
+            builder: NetworkBuilder::with_capacity(0, capacity),
+            forms: Vec::with_capacity(capacity),
+            verbatim: BTreeMap::new(),
+            records: Vec::new(),
+            bad: None,
+        }
+    }
+
     /// Adds row `e`, or records it as the first bad row.
     fn push(&mut self, e: usize, row: Found<([Value; 4], usize)>) {
         let (entries, len) = match row {
@@ -359,6 +367,11 @@ impl Edges {
                 .collect();
             self.verbatim.insert(e, numbers);
         }
+        self.add(e, r);
+    }
+
+    /// Adds row `e`, which has the right types.
+    fn add(&mut self, e: usize, r: Row) {
         let hi = r.from.max(r.to);
         if self.records.last().is_none_or(|&(_, f, t)| hi > f.max(t)) {
             self.records.push((e, r.from, r.to));
