@@ -227,8 +227,7 @@ pub fn read_network(path: impl AsRef<Path>) -> Result<JsonNetwork, JsonError> {
         path: path.to_path_buf(),
         error,
     })?;
-    // A UTF-8 byte order mark is not JSON but some editors write one.
-    JsonNetwork::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
+    read::parse_owned(text)
 }
 
 /// Writes `doc` with the weights and biases of `net` to `path` atomically (temporary file in the

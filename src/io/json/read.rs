@@ -24,8 +24,21 @@ const EXACT_INT: u64 = 1 << 53;
 
 /// Parses and validates `text`.
 pub(super) fn parse(text: &str) -> Result<JsonNetwork, JsonError> {
+    parse_text(text)?.finish()
+}
+
+/// Reads `text` (the file is dropped before the network is built, which then needs memory).
+pub(super) fn parse_owned(text: String) -> Result<JsonNetwork, JsonError> {
+    // A UTF-8 byte order mark is not JSON but some editors write one.
+    let top = parse_text(text.strip_prefix('\u{feff}').unwrap_or(&text))?;
+    drop(text);
+    top.finish()
+}
+
+/// Parses `text` into its top-level object; semantic errors are recorded, not yet reported.
+fn parse_text(text: &str) -> Result<Top, JsonError> {
     if let Some(top) = fast::parse(text) {
-        return top.finish();
+        return Ok(top);
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let found = Expect(TopBody)
@@ -37,7 +50,7 @@ pub(super) fn parse(text: &str) -> Result<JsonNetwork, JsonError> {
             "document",
             format!("expected a JSON object with \"neurons\" and \"edges\", found {kind}"),
         )),
-        Found::Ok(top) => top.finish(),
+        Found::Ok(top) => Ok(top),
     }
 }
 
