@@ -16,7 +16,7 @@
 //!   after reading and at the end;
 //! - times the whole process `synbal balance IN -o OUT --tol 1e-10 --quiet` with the `synbal`
 //!   binary built next to this example, and with every `--compare PATH` binary (e.g. one built
-//!   from an older commit).
+//!   from an older commit), with its peak memory (`VmHWM` polled every 2 ms).
 //!
 //! Each figure is the best of `runs` runs (a fresh child process each). CPU time (all threads;
 //! for the whole process `cutime + cstime`, in 10 ms ticks) is shown next to wall time because
@@ -169,23 +169,39 @@ fn run_pipeline(input: &Path, output: &Path) -> Pipeline {
     }
 }
 
-/// Wall and CPU time of `bin balance input -o output --tol 1e-10 --quiet`.
-fn run_process(bin: &Path, input: &Path, output: &Path) -> Time {
+/// Wall and CPU time of `bin balance input -o output --tol 1e-10 --quiet`, and its peak memory
+/// (`VmHWM` of the child, polled every 2 ms until it exits, so the last ≤ 2 ms are not seen).
+fn run_process(bin: &Path, input: &Path, output: &Path) -> (Time, u64) {
     let (t, c) = (Instant::now(), children_cpu_seconds());
-    let status = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("balance")
         .arg(input)
         .arg("-o")
         .arg(output)
         .args(["--tol", &TOL.to_string(), "--quiet"])
-        .status()
+        .spawn()
         .expect("synbal runs");
+    let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            break status;
+        }
+        if let Some(kb) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        }) {
+            peak = peak.max(kb * 1024);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
     let time = Time {
         wall: t.elapsed().as_secs_f64(),
         cpu: children_cpu_seconds() - c,
     };
     assert!(status.success(), "{} balance failed: {status}", bin.display());
-    time
+    (time, peak)
 }
 
 fn mib(bytes: u64) -> String {
@@ -280,8 +296,11 @@ fn main() {
             wall: f64::INFINITY,
             cpu: f64::INFINITY,
         };
+        let mut peak = 0;
         for _ in 0..runs {
-            best = best.min(run_process(bin, &input, &output));
+            let (t, p) = run_process(bin, &input, &output);
+            best = best.min(t);
+            peak = peak.max(p);
         }
         row(
             &format!(
@@ -289,7 +308,7 @@ fn main() {
                 bin.display()
             ),
             best,
-            "",
+            &mib(peak),
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
