@@ -128,8 +128,7 @@ fn pipeline(input: &Path, output: &Path) {
         r.to_json().expect("finite report")
     });
     std::hint::black_box(text);
-    let ((), write) =
-        timed(|| write_network(output, &doc, &sol.network).expect("writable output"));
+    let ((), write) = timed(|| write_network(output, &doc, &sol.network).expect("writable output"));
     let t = |x: Time| format!("{} {}", x.wall, x.cpu);
     println!(
         "{} {} {} {} {peak_after_read} {}",
@@ -200,7 +199,11 @@ fn run_process(bin: &Path, input: &Path, output: &Path) -> (Time, u64) {
         wall: t.elapsed().as_secs_f64(),
         cpu: children_cpu_seconds() - c,
     };
-    assert!(status.success(), "{} balance failed: {status}", bin.display());
+    assert!(
+        status.success(),
+        "{} balance failed: {status}",
+        bin.display()
+    );
     (time, peak)
 }
 
@@ -278,12 +281,16 @@ fn main() {
     row("`balance` (Newton)", p.solve, "");
     row("`BalanceReport::new` + `to_json`", p.report, "");
     row("`write_network`", p.write, &mib(p.peak));
-    let sum = [p.read, p.solve, p.report, p.write]
-        .iter()
-        .fold(Time { wall: 0.0, cpu: 0.0 }, |a, t| Time {
+    let sum = [p.read, p.solve, p.report, p.write].iter().fold(
+        Time {
+            wall: 0.0,
+            cpu: 0.0,
+        },
+        |a, t| Time {
             wall: a.wall + t.wall,
             cpu: a.cpu + t.cpu,
-        });
+        },
+    );
     row("sum of the steps", sum, "");
 
     let own = std::env::current_exe()

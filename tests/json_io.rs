@@ -543,7 +543,10 @@ fn reference_format(doc: &Value) -> String {
         out += &format!("  {}: ", compact(&Value::String(key.clone())));
         match v {
             Value::Array(items) if !items.is_empty() => {
-                let lines: Vec<String> = items.iter().map(|x| format!("    {}", compact(x))).collect();
+                let lines: Vec<String> = items
+                    .iter()
+                    .map(|x| format!("    {}", compact(x)))
+                    .collect();
                 out += &format!("[\n{}\n  ]", lines.join(",\n"));
             }
             _ => out += &compact(v),
@@ -555,7 +558,11 @@ fn reference_format(doc: &Value) -> String {
 
 /// The reference patch: weights and biases of `net` that differ from `old` replace the
 /// document's numbers; a neuron without `bias` gets one only if it became nonzero.
-fn reference_patch(doc: &mut Value, old: &synbal::network::Network, net: &synbal::network::Network) {
+fn reference_patch(
+    doc: &mut Value,
+    old: &synbal::network::Network,
+    net: &synbal::network::Network,
+) {
     let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
     let num = |x: f64| Value::Number(serde_json::Number::from_f64(x).unwrap());
     for (e, row) in doc["edges"].as_array_mut().unwrap().iter_mut().enumerate() {
@@ -563,7 +570,12 @@ fn reference_patch(doc: &mut Value, old: &synbal::network::Network, net: &synbal
             row[2] = num(net.weights()[e]);
         }
     }
-    for (i, n) in doc["neurons"].as_array_mut().unwrap().iter_mut().enumerate() {
+    for (i, n) in doc["neurons"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
         let b = net.biases()[i];
         let m = n.as_object_mut().unwrap();
         if !same(b, old.biases()[i]) && (m.contains_key("bias") || b != 0.0) {
@@ -590,7 +602,8 @@ fn perturbed(net: &synbal::network::Network, seed: usize) -> synbal::network::Ne
     let mut n = net.clone();
     for (k, &i) in net.free_neurons().iter().enumerate() {
         if (k + seed) % 3 != 0 {
-            n.scale_neuron(i, 1.0 / 3.0 + k as f64 * 0.7 + seed as f64).unwrap();
+            n.scale_neuron(i, 1.0 / 3.0 + k as f64 * 0.7 + seed as f64)
+                .unwrap();
         }
     }
     for i in 0..n.num_neurons() {
@@ -616,7 +629,10 @@ fn check_against_reference(text: &str) -> Result<(), TestCaseError> {
         };
         let mut reference: Value = serde_json::from_str(text).unwrap();
         reference_patch(&mut reference, &doc.network, &net);
-        prop_assert_eq!(doc.to_string_with(&net).unwrap(), reference_format(&reference));
+        prop_assert_eq!(
+            doc.to_string_with(&net).unwrap(),
+            reference_format(&reference)
+        );
     }
     Ok(())
 }
@@ -626,8 +642,14 @@ fn writer_output_is_the_reference_layout_of_the_patched_document() {
     assert!(JsonNetwork::from_str(SPELLINGS).is_ok());
     check_against_reference(SPELLINGS).unwrap();
     check_against_reference(EXAMPLE).unwrap();
-    for net in [random_mlp(&[5, 7, 6, 3], 11), random_recurrent(3, 8, 2, Activation::Relu, 9)] {
-        let text = JsonNetwork::from_network(&net).unwrap().to_string_with(&net).unwrap();
+    for net in [
+        random_mlp(&[5, 7, 6, 3], 11),
+        random_recurrent(3, 8, 2, Activation::Relu, 9),
+    ] {
+        let text = JsonNetwork::from_network(&net)
+            .unwrap()
+            .to_string_with(&net)
+            .unwrap();
         check_against_reference(&text).unwrap();
         let pretty: Value = serde_json::from_str(&text).unwrap();
         check_against_reference(&serde_json::to_string_pretty(&pretty).unwrap()).unwrap();
@@ -682,6 +704,60 @@ proptest! {
                 }
                 (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
                 (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_and_general_readers_agree_on_number_edge_cases() {
+    let numbers = [
+        "0",
+        "-0",
+        "-0.0",
+        "1e-400",
+        "1E2",
+        "0.1e1",
+        "2.5E-3",
+        "1e308",
+        "-1",
+        "7",
+        "9007199254740992",
+        "9007199254740993",
+        "-9007199254740993",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.0",
+        "3.0",
+    ];
+    for x in numbers {
+        for slot in 0..4 {
+            let mut row = ["0".to_string(), "1".into(), "0.5".into(), "2".into()];
+            row[slot] = x.into();
+            let text = format!(
+                r#"{{"neurons": [{{}}, {{}}], "edges": [[{}], [1, 0, 0.25]]}}"#,
+                row.join(", ")
+            );
+            let general = with_repeated_edges(&text).unwrap();
+            check_against_reference(&text).unwrap();
+            match (
+                JsonNetwork::from_str(&text),
+                JsonNetwork::from_str(&general),
+            ) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.network, b.network, "{text}");
+                    let changed = perturbed(&a.network, 1);
+                    for net in [&a.network, &changed] {
+                        assert_eq!(
+                            a.to_string_with(net).unwrap(),
+                            b.to_string_with(net).unwrap()
+                        );
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                (a, b) => panic!("{text}: {:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
             }
         }
     }

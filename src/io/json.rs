@@ -23,7 +23,7 @@
 //! - Edge `e` is `[from, to, weight]` or `[from, to, weight, alpha]` with `alpha ≥ 0` its
 //!   regularization coefficient (default 1). Indices are non-negative integers (`3` or `3.0`).
 //! - Extension: `ties`, a list of lists of free neurons that must share one scale (convolution
-//!   channels, the two ends of an identity skip); see [`NetworkBuilder::tie`].
+//!   channels, the two ends of an identity skip); see [`crate::network::NetworkBuilder::tie`].
 //! - Every other field, anywhere, is kept. Reading is one typed pass over the text (no
 //!   `serde_json::Value` tree): edges go straight into the network's flat arrays, and
 //!   [`JsonNetwork`] keeps only what is needed to write the document back with weights and biases
@@ -169,7 +169,7 @@ pub struct JsonNetwork {
 #[derive(Debug, Clone, Default)]
 struct Spelling {
     /// Top-level fields in document order. `neurons` and `edges` are placeholders (`null`): they
-    /// are written from the network and the two lists below.
+    /// are written from the network and the fields below.
     top: Map<String, Value>,
     /// How each neuron object is spelled.
     neurons: Vec<NeuronForm>,
@@ -471,7 +471,6 @@ fn syntax_error(text: &str, e: &serde_json::Error) -> JsonError {
         message,
     }
 }
-
 
 impl JsonNetwork {
     /// Parses and validates a network JSON document.

@@ -293,8 +293,15 @@ struct Edges {
 
 /// A row kept for its error message, which needs the number of neurons.
 enum BadRow {
-    NotArray { edge: usize, kind: &'static str },
-    Row { edge: usize, row: Vec<Value>, len: usize },
+    NotArray {
+        edge: usize,
+        kind: &'static str,
+    },
+    Row {
+        edge: usize,
+        row: Vec<Value>,
+        len: usize,
+    },
 }
 
 struct EdgesBody;
@@ -396,10 +403,7 @@ impl Edges {
 
     /// The first error among the edges, given the number of neurons `n`.
     fn error(&self, n: usize) -> Option<JsonError> {
-        let missing = self
-            .records
-            .iter()
-            .find(|&&(_, f, t)| f.max(t) >= n as u64);
+        let missing = self.records.iter().find(|&&(_, f, t)| f.max(t) >= n as u64);
         let bad_edge = match &self.bad {
             Some(BadRow::NotArray { edge, .. } | BadRow::Row { edge, .. }) => Some(*edge),
             None => None,
@@ -447,7 +451,9 @@ fn typed_row(row: &[Value], len: usize) -> Option<Row> {
     }
     let int_exact = |v: &Value| {
         v.as_u64().map(|u| u <= EXACT_INT).unwrap_or(true)
-            && v.as_i64().map(|i| i.unsigned_abs() <= EXACT_INT).unwrap_or(true)
+            && v.as_i64()
+                .map(|i| i.unsigned_abs() <= EXACT_INT)
+                .unwrap_or(true)
     };
     if !row[2].is_f64() {
         form |= WEIGHT_INT;
@@ -482,7 +488,9 @@ fn row_error(e: usize, row: &[Value], len: usize, n: usize) -> JsonError {
         return JsonError::at_edge(
             e,
             "",
-            format!("expected [from, to, weight] or [from, to, weight, alpha], found {len} entries"),
+            format!(
+                "expected [from, to, weight] or [from, to, weight, alpha], found {len} entries"
+            ),
         );
     }
     let checks = || -> Result<(), JsonError> {

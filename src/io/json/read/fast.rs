@@ -235,47 +235,54 @@ impl<'a> Scan<'a> {
     /// negative), anything else as the correctly rounded `f64`. The cases where `serde_json`
     /// reads an integer token as a float (`-0`, beyond 64 bits) are left to it.
     fn number(&mut self) -> Option<Num> {
-        let digits = |s: &mut Self| {
-            let start = s.pos;
-            while s.peek().is_some_and(|c| c.is_ascii_digit()) {
-                s.pos += 1;
-            }
-            (s.pos > start).then_some(())
-        };
         self.ws();
+        let b = self.text.as_bytes();
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
         let start = self.pos;
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.pos += 1;
-        }
-        match self.peek()? {
-            b'0' => self.pos += 1,
-            b'1'..=b'9' => digits(self)?,
+        let negative = b.get(start) == Some(&b'-');
+        let mut i = start + negative as usize;
+        // the integer part, accumulated (None once it overflows 64 bits)
+        let mut int = Some(0u64);
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+                    int = int.and_then(|x| x.checked_mul(10)?.checked_add(u64::from(c - b'0')));
+                    i += 1;
+                }
+            }
             _ => return None,
         }
         let mut float = false;
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            digits(self)?;
-            float = true;
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            (end > i + 1).then_some(())?;
+            (i, float) = (end, true);
         }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.pos += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.pos += 1;
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
             }
-            digits(self)?;
-            float = true;
+            let end = digits(i);
+            (end > i).then_some(())?;
+            (i, float) = (end, true);
         }
-        let token = &self.text[start..self.pos];
+        self.pos = i;
         if float {
-            let x: f64 = token.parse().ok()?;
-            x.is_finite().then_some(Num::F(x))
-        } else if negative {
-            let i: i64 = token.parse().ok()?;
-            (i != 0).then_some(Num::I(i))
-        } else {
-            token.parse().ok().map(Num::U)
+            let x: f64 = self.text[start..i].parse().ok()?;
+            return x.is_finite().then_some(Num::F(x));
+        }
+        match (negative, int?) {
+            (false, u) => Some(Num::U(u)),
+            (true, 0) => None,
+            (true, u) if u <= 1 << 63 => Some(Num::I((u as i64).wrapping_neg())),
+            _ => None,
         }
     }
 }
