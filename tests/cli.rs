@@ -53,7 +53,7 @@ fn check_balance(net: &Network, method: &str, steps: usize) {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let before = read_network(&input).unwrap();
     let after = read_network(&output).unwrap();
-    let (a, b) = (&before.document, &after.document);
+    let (a, b) = (&before.document(), &after.document());
     // same neurons and edges in the same order; only weights and biases change
     let (na, nb) = (
         a["neurons"].as_array().unwrap(),

@@ -87,7 +87,7 @@ fn changed_weights_change_only_weights_and_biases_and_keep_extra_fields() {
     let back = JsonNetwork::from_str(&out).unwrap();
     assert_eq!(back.network, net, "numbers round-trip exactly");
     // only weights and biases differ
-    let (a, b) = (&doc.document, &back.document);
+    let (a, b) = (&doc.document(), &back.document());
     assert_eq!(
         a.as_object().unwrap().keys().collect::<Vec<_>>(),
         b.as_object().unwrap().keys().collect::<Vec<_>>()
@@ -125,7 +125,7 @@ fn generated_networks_round_trip_exactly() {
         let text = doc.to_string_with(&net).unwrap();
         let back = JsonNetwork::from_str(&text).unwrap();
         assert_eq!(back.network, net);
-        assert_eq!(back.document, doc.document);
+        assert_eq!(back.document(), doc.document());
         // weights with awkward binary expansions survive exactly
         let mut scaled = net.clone();
         for &i in &net.free_neurons() {
@@ -169,7 +169,7 @@ fn extension_activations_and_ties() {
     assert_eq!(g.members(g.group_of(6) as usize), &[4, 6, 7]);
     // ties survive from_network
     let fresh = JsonNetwork::from_network(net).unwrap();
-    assert_eq!(fresh.document["ties"], serde_json::json!([[4, 6, 7]]));
+    assert_eq!(fresh.document()["ties"], serde_json::json!([[4, 6, 7]]));
     let back = JsonNetwork::from_str(&fresh.to_string_with(net).unwrap()).unwrap();
     assert_eq!(&back.network, net);
 }
@@ -528,6 +528,236 @@ proptest! {
         if let Ok(parsed) = JsonNetwork::from_str(&text) {
             let out = parsed.to_string_with(&parsed.network).unwrap();
             prop_assert_eq!(JsonNetwork::from_str(&out).unwrap().network, parsed.network);
+        }
+    }
+}
+
+/// The reference layout: the document as a `serde_json::Value`, one top-level key per line and
+/// one array element per line, compact JSON inside.
+fn reference_format(doc: &Value) -> String {
+    let compact = |v: &Value| serde_json::to_string(v).unwrap();
+    let m = doc.as_object().unwrap();
+    let mut out = String::from("{\n");
+    for (k, (key, v)) in m.iter().enumerate() {
+        out += &format!("  {}: ", compact(&Value::String(key.clone())));
+        match v {
+            Value::Array(items) if !items.is_empty() => {
+                let lines: Vec<String> = items
+                    .iter()
+                    .map(|x| format!("    {}", compact(x)))
+                    .collect();
+                out += &format!("[\n{}\n  ]", lines.join(",\n"));
+            }
+            _ => out += &compact(v),
+        }
+        out += if k + 1 < m.len() { ",\n" } else { "\n" };
+    }
+    out + "}\n"
+}
+
+/// The reference patch: weights and biases of `net` that differ from `old` replace the
+/// document's numbers; a neuron without `bias` gets one only if it became nonzero.
+fn reference_patch(
+    doc: &mut Value,
+    old: &synbal::network::Network,
+    net: &synbal::network::Network,
+) {
+    let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
+    let num = |x: f64| Value::Number(serde_json::Number::from_f64(x).unwrap());
+    for (e, row) in doc["edges"].as_array_mut().unwrap().iter_mut().enumerate() {
+        if !same(net.weights()[e], old.weights()[e]) {
+            row[2] = num(net.weights()[e]);
+        }
+    }
+    for (i, n) in doc["neurons"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        let b = net.biases()[i];
+        let m = n.as_object_mut().unwrap();
+        if !same(b, old.biases()[i]) && (m.contains_key("bias") || b != 0.0) {
+            m.insert("bias".into(), num(b));
+        }
+    }
+}
+
+/// A document exercising every spelling the writer keeps: extra fields at the top and in
+/// neurons, integer and float numbers, an index written `1.0`, integers beyond 2^53, `alpha`
+/// given as 1, upper-case role, `identity`, `-0.0`, escaped strings, `edges` before `neurons`.
+const SPELLINGS: &str = r#"{"meta": {"a": [1, 2.5e3], "b": "\u00e9\n"},
+ "edges": [[0, 2, 1], [1.0, 2, -3, 2], [0, 3, 18446744073709551615], [1, 3, 0.5, 1],
+           [2, 4, 2.5e-3, 0.0], [3, 4, -9007199254740993], [2, 3, 1e2, 1e0], [3, 5, 0.5],
+           [2, 5, 4, 9007199254740993]],
+ "neurons": [{"role": "Input"}, {"role": "input", "activation": "relu"},
+   {"activation": "identity", "bias": 1},
+   {"name": "h\"q", "role": "hidden", "activation": {"name": "leaky_relu", "slope": 0.2}, "bias": -0.0},
+   {"role": "output", "x": [1, {"y": null}], "bias": 0.1}, {"bias": 0.0, "activation": "relu"}],
+ "ties": [], "z": [], "w": [1, [2]], "notes": {}}"#;
+
+/// `net` with some free neurons rescaled and some biases changed (from and to zero).
+fn perturbed(net: &synbal::network::Network, seed: usize) -> synbal::network::Network {
+    let mut n = net.clone();
+    for (k, &i) in net.free_neurons().iter().enumerate() {
+        if (k + seed) % 3 != 0 {
+            n.scale_neuron(i, 1.0 / 3.0 + k as f64 * 0.7 + seed as f64)
+                .unwrap();
+        }
+    }
+    for i in 0..n.num_neurons() {
+        match (i + seed) % 5 {
+            0 => n.biases_mut()[i] = 0.1 * i as f64 + seed as f64,
+            1 => n.biases_mut()[i] = 0.0,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// The written bytes are those of the reference layout of the patched `serde_json::Value`.
+fn check_against_reference(text: &str) -> Result<(), TestCaseError> {
+    let Ok(doc) = JsonNetwork::from_str(text) else {
+        return Ok(());
+    };
+    for seed in 0..3 {
+        let net = if seed == 0 {
+            doc.network.clone()
+        } else {
+            perturbed(&doc.network, seed)
+        };
+        let mut reference: Value = serde_json::from_str(text).unwrap();
+        reference_patch(&mut reference, &doc.network, &net);
+        prop_assert_eq!(
+            doc.to_string_with(&net).unwrap(),
+            reference_format(&reference)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn writer_output_is_the_reference_layout_of_the_patched_document() {
+    assert!(JsonNetwork::from_str(SPELLINGS).is_ok());
+    check_against_reference(SPELLINGS).unwrap();
+    check_against_reference(EXAMPLE).unwrap();
+    for net in [
+        random_mlp(&[5, 7, 6, 3], 11),
+        random_recurrent(3, 8, 2, Activation::Relu, 9),
+    ] {
+        let text = JsonNetwork::from_network(&net)
+            .unwrap()
+            .to_string_with(&net)
+            .unwrap();
+        check_against_reference(&text).unwrap();
+        let pretty: Value = serde_json::from_str(&text).unwrap();
+        check_against_reference(&serde_json::to_string_pretty(&pretty).unwrap()).unwrap();
+    }
+}
+
+/// The same document with `edges` given twice (the second wins, as in `serde_json`): read by the
+/// general reader, since the fast path leaves repeated keys to it.
+fn with_repeated_edges(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let edges = serde_json::to_string(v.get("edges")?).ok()?;
+    let body = text.trim_end().strip_suffix('}')?;
+    Some(format!("{body}, \"edges\": {edges}}}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Mutated documents are written exactly as the reference layout of the patched document.
+    #[test]
+    fn value_mutations_are_written_as_the_reference(
+        base in 0usize..2,
+        path in prop::collection::vec(0usize..8, 0..5),
+        tok in 0usize..TOKENS.len(),
+    ) {
+        let mut doc: Value = serde_json::from_str([EXAMPLE, SPELLINGS][base]).unwrap();
+        let replacement: Value = serde_json::from_str(TOKENS[tok]).unwrap_or(Value::Null);
+        mutate_value(&mut doc, &path, replacement);
+        check_against_reference(&doc.to_string())?;
+    }
+
+    /// The fast path (plain rows) and the general reader agree: same network, same output, same
+    /// error.
+    #[test]
+    fn fast_and_general_readers_agree(
+        path in prop::collection::vec(0usize..8, 0..5),
+        tok in 0usize..TOKENS.len(),
+        seed in 0u64..50,
+    ) {
+        let net = random_dag(3, 5, 2, 0.4, Activation::LeakyRelu { slope: 0.1 }, seed);
+        let text = JsonNetwork::from_network(&net).unwrap().to_string_with(&net).unwrap();
+        let mut doc: Value = serde_json::from_str(&text).unwrap();
+        let replacement: Value = serde_json::from_str(TOKENS[tok]).unwrap_or(Value::Null);
+        mutate_value(&mut doc, &path, replacement);
+        let text = doc.to_string();
+        if let Some(general) = with_repeated_edges(&text) {
+            match (JsonNetwork::from_str(&text), JsonNetwork::from_str(&general)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(&a.network, &b.network);
+                    let (x, y) = (a.to_string_with(&a.network).unwrap(), b.to_string_with(&b.network).unwrap());
+                    prop_assert_eq!(x, y);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_and_general_readers_agree_on_number_edge_cases() {
+    let numbers = [
+        "0",
+        "-0",
+        "-0.0",
+        "1e-400",
+        "1E2",
+        "0.1e1",
+        "2.5E-3",
+        "1e308",
+        "-1",
+        "7",
+        "9007199254740992",
+        "9007199254740993",
+        "-9007199254740993",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.0",
+        "3.0",
+    ];
+    for x in numbers {
+        for slot in 0..4 {
+            let mut row = ["0".to_string(), "1".into(), "0.5".into(), "2".into()];
+            row[slot] = x.into();
+            let text = format!(
+                r#"{{"neurons": [{{}}, {{}}], "edges": [[{}], [1, 0, 0.25]]}}"#,
+                row.join(", ")
+            );
+            let general = with_repeated_edges(&text).unwrap();
+            check_against_reference(&text).unwrap();
+            match (
+                JsonNetwork::from_str(&text),
+                JsonNetwork::from_str(&general),
+            ) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.network, b.network, "{text}");
+                    let changed = perturbed(&a.network, 1);
+                    for net in [&a.network, &changed] {
+                        assert_eq!(
+                            a.to_string_with(net).unwrap(),
+                            b.to_string_with(net).unwrap()
+                        );
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                (a, b) => panic!("{text}: {:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
+            }
         }
     }
 }

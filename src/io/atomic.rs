@@ -12,7 +12,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
@@ -56,6 +56,24 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `contents` to `target` atomically (temporary file in the same directory, flush, fsync,
 /// rename; the directory is synced afterwards where the platform allows it).
 pub fn write_file(target: &Path, contents: &[u8]) -> Result<(), AtomicError> {
+    write_with(target, |w| w.write_all(contents))
+}
+
+/// Like [`write_file`], with the contents streamed by `write` into a buffered writer. If `write`
+/// fails, the temporary file is removed and `target` is untouched.
+///
+/// ```
+/// use std::io::Write;
+/// use synbal::io::atomic::write_with;
+/// let dir = tempfile::tempdir().unwrap();
+/// let out = dir.path().join("out.txt");
+/// write_with(&out, |w| (0..3).try_for_each(|k| write!(w, "{k}"))).unwrap();
+/// assert_eq!(std::fs::read(&out).unwrap(), b"012");
+/// ```
+pub fn write_with(
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), AtomicError> {
     let io_err = |error| AtomicError::Io {
         path: target.to_path_buf(),
         error,
@@ -89,8 +107,10 @@ pub fn write_file(target: &Path, contents: &[u8]) -> Result<(), AtomicError> {
         }
     };
     let result = (|| -> std::io::Result<()> {
-        file.write_all(contents)?;
-        file.flush()?;
+        let mut buffered = BufWriter::with_capacity(1 << 16, &mut file);
+        write(&mut buffered)?;
+        buffered.flush()?;
+        drop(buffered);
         if let Some(p) = permissions {
             file.set_permissions(p)?;
         }

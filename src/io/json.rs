@@ -23,11 +23,15 @@
 //! - Edge `e` is `[from, to, weight]` or `[from, to, weight, alpha]` with `alpha ≥ 0` its
 //!   regularization coefficient (default 1). Indices are non-negative integers (`3` or `3.0`).
 //! - Extension: `ties`, a list of lists of free neurons that must share one scale (convolution
-//!   channels, the two ends of an identity skip); see [`NetworkBuilder::tie`].
-//! - Every other field, anywhere, is kept: [`JsonNetwork`] holds the parsed document and writing
-//!   patches only the weight entries of `edges` and the `bias` fields of `neurons`. Numbers are
-//!   written in the shortest form that reads back to the same `f64`, and a value that did not
-//!   change keeps its original spelling, so an unchanged network is written back identical.
+//!   channels, the two ends of an identity skip); see [`crate::network::NetworkBuilder::tie`].
+//! - Every other field, anywhere, is kept. Reading is one typed pass over the text (no
+//!   `serde_json::Value` tree): edges go straight into the network's flat arrays, and
+//!   [`JsonNetwork`] keeps only what is needed to write the document back with weights and biases
+//!   changed: how each number was spelled (integer or float), the key order of each neuron, and
+//!   small `Value`s for neurons with unknown fields and for unknown top-level fields. Writing
+//!   streams the document; numbers are written in the shortest form that reads back to the same
+//!   `f64`, and a value that did not change keeps its spelling, so an unchanged network is written
+//!   back identical (in the layout of [`JsonNetwork::to_string_with`]).
 //!
 //! Errors ([`JsonError`]) name the JSON path at fault, e.g.
 //! `edges[7]: target neuron 12 does not exist (10 neurons)`.
@@ -46,9 +50,13 @@
 //! assert_eq!(back.network.biases(), &[0.0, 1.0, 0.0]);
 //! ```
 
+mod read;
+mod write;
+
 use crate::io::atomic::{self, AtomicError};
-use crate::network::{Activation, Network, NetworkBuilder, NetworkError, Role};
+use crate::network::{Activation, Network, Role};
 use serde_json::{Map, Number, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -147,14 +155,66 @@ impl JsonError {
     }
 }
 
-/// A network read from JSON together with the parsed document, so that it can be written back
-/// with only weights and biases changed and every other field preserved.
-#[derive(Debug, Clone, PartialEq)]
+/// A network read from JSON together with how its document is spelled, so that it can be
+/// written back with only weights and biases changed and every other field preserved.
+#[derive(Debug, Clone)]
 pub struct JsonNetwork {
     /// The validated network.
     pub network: Network,
-    /// The parsed document (key order preserved).
-    pub document: Value,
+    /// Everything of the document the network does not hold.
+    spelling: Spelling,
+}
+
+/// What the document holds beyond the network: field order, number spellings, unknown fields.
+#[derive(Debug, Clone, Default)]
+struct Spelling {
+    /// Top-level fields in document order. `neurons` and `edges` are placeholders (`null`): they
+    /// are written from the network and the fields below.
+    top: Map<String, Value>,
+    /// How each neuron object is spelled.
+    neurons: Vec<NeuronForm>,
+    /// How each edge row is spelled: a set of the `edge_form` bits.
+    edges: Vec<u8>,
+    /// Rows the bits above cannot describe (a weight or alpha that is an integer beyond 2^53, not
+    /// recoverable from the `f64`; an index written `-0.0`): their numbers as read, by edge.
+    verbatim_edges: BTreeMap<usize, Vec<Number>>,
+}
+
+/// Bits of [`Spelling::edges`]. A row without any bit is `[from, to, weight]` with integer
+/// indices and a float weight.
+mod edge_form {
+    /// `from` is written as a float (`3.0`).
+    pub const FROM_FLOAT: u8 = 1;
+    /// `to` is written as a float.
+    pub const TO_FLOAT: u8 = 2;
+    /// The weight was an integer (kept as one while unchanged).
+    pub const WEIGHT_INT: u8 = 4;
+    /// The row has a fourth entry, `alpha`.
+    pub const ALPHA: u8 = 8;
+    /// `alpha` is an integer.
+    pub const ALPHA_INT: u8 = 16;
+    /// The row is in [`super::Spelling::verbatim_edges`].
+    pub const VERBATIM: u8 = 32;
+}
+
+/// A known field of a neuron object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Role,
+    Activation,
+    Bias,
+    Name,
+}
+
+/// How a neuron object is spelled.
+#[derive(Debug, Clone)]
+enum NeuronForm {
+    /// Only known fields, in this order, each spelled as the writer spells it (role in lower
+    /// case, activation as [`activation_to_json`], bias a float, name a string): rebuilt from the
+    /// network.
+    Known { fields: [Field; 4], len: u8 },
+    /// Anything else (unknown fields, integer bias, `"identity"`, ...): the object as read.
+    Verbatim(Box<Map<String, Value>>),
 }
 
 /// Reads and validates a network JSON file.
@@ -167,19 +227,19 @@ pub fn read_network(path: impl AsRef<Path>) -> Result<JsonNetwork, JsonError> {
         path: path.to_path_buf(),
         error,
     })?;
-    // A UTF-8 byte order mark is not JSON but some editors write one.
-    JsonNetwork::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
+    read::parse_owned(text)
 }
 
 /// Writes `doc` with the weights and biases of `net` to `path` atomically (temporary file in the
-/// same directory, fsync, rename): on error an existing file at `path` is left untouched.
+/// same directory, fsync, rename): on error an existing file at `path` is left untouched. The
+/// network is checked against the document first, so nothing is written when it does not fit.
 pub fn write_network(
     path: impl AsRef<Path>,
     doc: &JsonNetwork,
     net: &Network,
 ) -> Result<(), JsonError> {
-    let text = doc.to_string_with(net)?;
-    atomic::write_file(path.as_ref(), text.as_bytes())?;
+    doc.check(net)?;
+    atomic::write_with(path.as_ref(), |w| doc.write_checked(net, w))?;
     Ok(())
 }
 
@@ -211,30 +271,38 @@ fn number(v: &Value, what: &str) -> Result<f64, String> {
 
 /// A neuron index: a non-negative integer (`3` or `3.0`) below `n`.
 fn index(v: &Value, what: &str, n: usize) -> Result<usize, String> {
-    let i = match v {
+    let i = index_value(v, what)?;
+    check_index(i, what, n)
+}
+
+/// A non-negative integer (`3` or `3.0`), not yet checked against the number of neurons.
+fn index_value(v: &Value, what: &str) -> Result<u64, String> {
+    match v {
         Value::Number(num) => {
             if let Some(u) = num.as_u64() {
-                u
+                Ok(u)
             } else if num.as_i64().is_some() {
-                return Err(format!("{what} neuron index {num} is negative"));
+                Err(format!("{what} neuron index {num} is negative"))
             } else {
                 let x = num.as_f64().unwrap_or(f64::NAN);
                 if x.fract() == 0.0 && (0.0..9.007_199_254_740_992e15).contains(&x) {
-                    x as u64
+                    Ok(x as u64)
                 } else if x < 0.0 {
-                    return Err(format!("{what} neuron index {num} is negative"));
+                    Err(format!("{what} neuron index {num} is negative"))
                 } else {
-                    return Err(format!("{what} neuron index {num} is not an integer"));
+                    Err(format!("{what} neuron index {num} is not an integer"))
                 }
             }
         }
-        other => {
-            return Err(format!(
-                "{what} neuron index is {}, not an integer",
-                kind(other)
-            ))
-        }
-    };
+        other => Err(format!(
+            "{what} neuron index is {}, not an integer",
+            kind(other)
+        )),
+    }
+}
+
+/// `i` if it is a neuron of a network with `n` neurons.
+fn check_index(i: u64, what: &str, n: usize) -> Result<usize, String> {
     if i >= n as u64 {
         return Err(format!("{what} neuron {i} does not exist ({n} neurons)"));
     }
@@ -415,9 +483,7 @@ impl JsonNetwork {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str) -> Result<JsonNetwork, JsonError> {
-        let document: Value = serde_json::from_str(text).map_err(|e| syntax_error(text, &e))?;
-        let network = network_from_value(&document)?;
-        Ok(JsonNetwork { network, document })
+        read::parse(text)
     }
 
     /// A fresh document describing `net` (roles, activations, nonzero biases, names, edges with
@@ -432,75 +498,98 @@ impl JsonNetwork {
     /// assert_eq!(back.network, net);
     /// ```
     pub fn from_network(net: &Network) -> Result<JsonNetwork, JsonError> {
-        let finite = |x: f64, at: String| -> Result<Value, JsonError> {
-            Number::from_f64(x)
-                .map(Value::Number)
-                .ok_or(JsonError::NonFinite { at, value: x })
+        let finite = |x: f64, at: String| {
+            if x.is_finite() {
+                Ok(())
+            } else {
+                Err(JsonError::NonFinite { at, value: x })
+            }
         };
         let mut neurons = Vec::with_capacity(net.num_neurons());
         for i in 0..net.num_neurons() {
-            let mut m = Map::new();
-            m.insert("role".into(), Value::String(net.role(i).name().into()));
+            let mut fields = vec![Field::Role];
             if net.role(i) != Role::Input {
-                let a = net.activation(i);
-                if a.validate().is_err() {
+                if net.activation(i).validate().is_err() {
                     return Err(JsonError::at_neuron(i, ".activation", "invalid parameters"));
                 }
-                m.insert("activation".into(), activation_to_json(&a));
+                fields.push(Field::Activation);
             }
             let b = net.biases()[i];
             if b != 0.0 || b.is_sign_negative() {
-                m.insert("bias".into(), finite(b, format!("neurons[{i}].bias"))?);
+                finite(b, format!("neurons[{i}].bias"))?;
+                fields.push(Field::Bias);
             }
-            if let Some(name) = net.name(i) {
-                m.insert("name".into(), Value::String(name.into()));
+            if net.name(i).is_some() {
+                fields.push(Field::Name);
             }
-            neurons.push(Value::Object(m));
+            neurons.push(NeuronForm::known(&fields));
         }
         let mut edges = Vec::with_capacity(net.num_edges());
         for e in 0..net.num_edges() {
-            let (j, i) = net.edge(e);
-            let mut row = vec![
-                Value::from(j as u64),
-                Value::from(i as u64),
-                finite(net.weights()[e], format!("edges[{e}][2]"))?,
-            ];
+            finite(net.weights()[e], format!("edges[{e}][2]"))?;
             let a = net.alphas()[e];
-            if a != 1.0 {
-                row.push(finite(a, format!("edges[{e}][3]"))?);
-            }
-            edges.push(Value::Array(row));
+            edges.push(if a != 1.0 {
+                finite(a, format!("edges[{e}][3]"))?;
+                edge_form::ALPHA
+            } else {
+                0
+            });
         }
-        let mut doc = Map::new();
-        doc.insert("neurons".into(), Value::Array(neurons));
-        doc.insert("edges".into(), Value::Array(edges));
+        let mut top = Map::new();
+        top.insert("neurons".into(), Value::Null);
+        top.insert("edges".into(), Value::Null);
         let groups = net.groups();
         let ties: Vec<Value> = (0..groups.len())
             .filter(|&g| groups.members(g).len() > 1)
-            .map(|g| {
-                Value::Array(
-                    groups
-                        .members(g)
-                        .iter()
-                        .map(|&i| Value::from(i as u64))
-                        .collect(),
-                )
-            })
+            .map(|g| groups.members(g).iter().map(|&i| i as u64).collect())
             .collect();
         if !ties.is_empty() {
-            doc.insert("ties".into(), Value::Array(ties));
+            top.insert("ties".into(), Value::Array(ties));
         }
         Ok(JsonNetwork {
             network: net.clone(),
-            document: Value::Object(doc),
+            spelling: Spelling {
+                top,
+                neurons,
+                edges,
+                verbatim_edges: BTreeMap::new(),
+            },
         })
     }
 
-    /// The document with the weights and biases of `net` (which must have the document's
-    /// structure: same neuron count, same edges in the same order). Values that did not change
-    /// keep their original spelling; a neuron without `bias` gets one only if its bias became
-    /// nonzero. Every other field is kept as it was.
+    /// The document as a `serde_json::Value` (key order preserved): what
+    /// [`JsonNetwork::to_string_with`] writes for the network read, parsed. It is built on demand;
+    /// reading and writing never hold it.
+    pub fn document(&self) -> Value {
+        self.patched(&self.network)
+            .expect("the document's own network always fits it")
+    }
+
+    /// The document with the weights and biases of `net` as a `serde_json::Value` (see
+    /// [`JsonNetwork::to_string_with`]).
     pub fn patched(&self, net: &Network) -> Result<Value, JsonError> {
+        let text = self.to_string_with(net)?;
+        Ok(serde_json::from_str(&text).expect("the writer emits valid JSON"))
+    }
+
+    /// The document with the weights and biases of `net`, which must have the document's
+    /// structure (same neuron count, same edges in the same order). Values that did not change
+    /// keep their spelling; a neuron without `bias` gets one (as its last field) only if its bias
+    /// became nonzero. Every other field is kept as it was. Layout: the top-level object with one
+    /// key per line and, for arrays such as `neurons` and `edges`, one element per line (compact
+    /// JSON inside).
+    pub fn to_string_with(&self, net: &Network) -> Result<String, JsonError> {
+        self.check(net)?;
+        let mut out = Vec::new();
+        self.write_checked(net, &mut out)
+            .expect("writing to memory cannot fail");
+        Ok(String::from_utf8(out).expect("the writer emits UTF-8"))
+    }
+
+    /// Checks that `net` can be written with this document: the same structure, and every weight
+    /// and bias that changed is finite (edges first, then neurons). [`write_network`] and
+    /// [`JsonNetwork::to_string_with`] do this before writing anything.
+    pub fn check(&self, net: &Network) -> Result<(), JsonError> {
         let old = &self.network;
         if net.num_neurons() != old.num_neurons() || net.num_edges() != old.num_edges() {
             return Err(JsonError::Mismatch(format!(
@@ -511,49 +600,58 @@ impl JsonNetwork {
                 old.num_edges()
             )));
         }
-        if let Some(e) = (0..net.num_edges()).find(|&e| net.edge(e) != old.edge(e)) {
+        let (same_src, same_dst) = (
+            net.sources() == old.sources(),
+            net.targets() == old.targets(),
+        );
+        if !(same_src && same_dst) {
+            let e = (0..net.num_edges())
+                .find(|&e| net.edge(e) != old.edge(e))
+                .unwrap_or(0);
             return Err(JsonError::Mismatch(format!(
                 "edge {e} is {:?} in the network but {:?} in the document",
                 net.edge(e),
                 old.edge(e)
             )));
         }
-        let mut doc = self.document.clone();
-        let num =
-            |x: f64, at: String| Number::from_f64(x).ok_or(JsonError::NonFinite { at, value: x });
-        let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
-        if let Some(edges) = doc.get_mut("edges").and_then(Value::as_array_mut) {
-            for (e, row) in edges.iter_mut().enumerate() {
-                let w = net.weights()[e];
-                if !same(w, old.weights()[e]) {
-                    let n = num(w, format!("edges[{e}][2]"))?;
-                    if let Some(slot) = row.as_array_mut().and_then(|r| r.get_mut(2)) {
-                        *slot = Value::Number(n);
-                    }
-                }
-            }
+        let changed_non_finite = |new: &[f64], old: &[f64]| {
+            new.iter()
+                .zip(old)
+                .position(|(x, y)| x.to_bits() != y.to_bits() && !x.is_finite())
+        };
+        if let Some(e) = changed_non_finite(net.weights(), old.weights()) {
+            return Err(JsonError::NonFinite {
+                at: format!("edges[{e}][2]"),
+                value: net.weights()[e],
+            });
         }
-        if let Some(neurons) = doc.get_mut("neurons").and_then(Value::as_array_mut) {
-            for (i, obj) in neurons.iter_mut().enumerate() {
-                let b = net.biases()[i];
-                if same(b, old.biases()[i]) {
-                    continue;
-                }
-                let n = num(b, format!("neurons[{i}].bias"))?;
-                if let Some(m) = obj.as_object_mut() {
-                    if m.contains_key("bias") || b != 0.0 {
-                        m.insert("bias".into(), Value::Number(n));
-                    }
-                }
-            }
+        if let Some(i) = changed_non_finite(net.biases(), old.biases()) {
+            return Err(JsonError::NonFinite {
+                at: format!("neurons[{i}].bias"),
+                value: net.biases()[i],
+            });
         }
-        Ok(doc)
+        Ok(())
     }
+}
 
-    /// [`JsonNetwork::patched`] as text: the top-level object with one key per line and, for
-    /// arrays such as `neurons` and `edges`, one element per line (compact JSON inside).
-    pub fn to_string_with(&self, net: &Network) -> Result<String, JsonError> {
-        Ok(format_document(&self.patched(net)?))
+impl NeuronForm {
+    /// A [`NeuronForm::Known`] with these fields (at most four).
+    fn known(list: &[Field]) -> NeuronForm {
+        let mut fields = [Field::Role; 4];
+        fields[..list.len()].copy_from_slice(list);
+        NeuronForm::Known {
+            fields,
+            len: list.len() as u8,
+        }
+    }
+}
+
+impl PartialEq for JsonNetwork {
+    /// The same network and the same document (as `serde_json::Value`s: key order within objects
+    /// does not matter).
+    fn eq(&self, other: &Self) -> bool {
+        self.network == other.network && self.document() == other.document()
     }
 }
 
@@ -563,218 +661,4 @@ impl std::str::FromStr for JsonNetwork {
     fn from_str(text: &str) -> Result<Self, JsonError> {
         JsonNetwork::from_str(text)
     }
-}
-
-/// Formats a document with one top-level key per line and one array element per line.
-///
-/// ```
-/// use synbal::io::json::format_document;
-/// let v = serde_json::json!({"neurons": [{"role": "input"}], "edges": []});
-/// assert_eq!(format_document(&v), "{\n  \"neurons\": [\n    {\"role\":\"input\"}\n  ],\n  \"edges\": []\n}\n");
-/// ```
-pub fn format_document(doc: &Value) -> String {
-    let compact = |v: &Value| serde_json::to_string(v).unwrap_or_else(|_| "null".into());
-    let Value::Object(m) = doc else {
-        return compact(doc) + "\n";
-    };
-    let mut out = String::from("{\n");
-    let len = m.len();
-    for (k, (key, v)) in m.iter().enumerate() {
-        out.push_str("  ");
-        out.push_str(&compact(&Value::String(key.clone())));
-        out.push_str(": ");
-        match v {
-            Value::Array(items) if !items.is_empty() => {
-                out.push_str("[\n");
-                for (j, item) in items.iter().enumerate() {
-                    out.push_str("    ");
-                    out.push_str(&compact(item));
-                    if j + 1 < items.len() {
-                        out.push(',');
-                    }
-                    out.push('\n');
-                }
-                out.push_str("  ]");
-            }
-            _ => out.push_str(&compact(v)),
-        }
-        if k + 1 < len {
-            out.push(',');
-        }
-        out.push('\n');
-    }
-    out.push_str("}\n");
-    out
-}
-
-/// Builds and validates the network described by a parsed document.
-pub fn network_from_value(doc: &Value) -> Result<Network, JsonError> {
-    let Value::Object(top) = doc else {
-        return Err(JsonError::invalid(
-            "document",
-            format!(
-                "expected a JSON object with \"neurons\" and \"edges\", found {}",
-                kind(doc)
-            ),
-        ));
-    };
-    let neurons = match top.get("neurons") {
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(JsonError::invalid(
-                "neurons",
-                format!("expected an array, found {}", kind(other)),
-            ))
-        }
-        None => return Err(JsonError::invalid("document", "missing \"neurons\"")),
-    };
-    let edges = match top.get("edges") {
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(JsonError::invalid(
-                "edges",
-                format!("expected an array, found {}", kind(other)),
-            ))
-        }
-        None => return Err(JsonError::invalid("document", "missing \"edges\"")),
-    };
-    let n = neurons.len();
-    let mut b = NetworkBuilder::with_capacity(n, edges.len());
-    for (i, v) in neurons.iter().enumerate() {
-        let Value::Object(m) = v else {
-            return Err(JsonError::at_neuron(
-                i,
-                "",
-                format!("expected an object, found {}", kind(v)),
-            ));
-        };
-        let role =
-            parse_role(m.get("role")).map_err(|msg| JsonError::at_neuron(i, ".role", msg))?;
-        let activation = match (role, m.get("activation")) {
-            (Role::Input, _) | (_, None) => Activation::Linear,
-            (_, Some(a)) => {
-                parse_activation(a).map_err(|msg| JsonError::at_neuron(i, ".activation", msg))?
-            }
-        };
-        let bias = match m.get("bias") {
-            None => 0.0,
-            Some(v) => number(v, "bias").map_err(|msg| JsonError::at_neuron(i, ".bias", msg))?,
-        };
-        let name = match m.get("name") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                return Err(JsonError::at_neuron(
-                    i,
-                    ".name",
-                    format!("name is {}, expected a string", kind(other)),
-                ))
-            }
-        };
-        b.add_named_neuron(role, activation, bias, name);
-    }
-    for (e, v) in edges.iter().enumerate() {
-        let Value::Array(row) = v else {
-            return Err(JsonError::at_edge(
-                e,
-                "",
-                format!(
-                    "expected [from, to, weight] or [from, to, weight, alpha], found {}",
-                    kind(v)
-                ),
-            ));
-        };
-        if row.len() != 3 && row.len() != 4 {
-            return Err(JsonError::at_edge(
-                e,
-                "",
-                format!(
-                    "expected [from, to, weight] or [from, to, weight, alpha], found {} entries",
-                    row.len()
-                ),
-            ));
-        }
-        let from = index(&row[0], "source", n).map_err(|msg| JsonError::at_edge(e, "", msg))?;
-        let to = index(&row[1], "target", n).map_err(|msg| JsonError::at_edge(e, "", msg))?;
-        let w = number(&row[2], "weight").map_err(|msg| JsonError::at_edge(e, "[2]", msg))?;
-        let alpha = match row.get(3) {
-            None => 1.0,
-            Some(v) => {
-                let a = number(v, "alpha").map_err(|msg| JsonError::at_edge(e, "[3]", msg))?;
-                if a < 0.0 {
-                    return Err(JsonError::at_edge(
-                        e,
-                        "[3]",
-                        format!("alpha must be >= 0, got {a}"),
-                    ));
-                }
-                a
-            }
-        };
-        b.add_edge_with_alpha(from, to, w, alpha);
-    }
-    if let Some(t) = top.get("ties") {
-        let Value::Array(ties) = t else {
-            return Err(JsonError::invalid(
-                "ties",
-                format!(
-                    "expected an array of arrays of neuron indices, found {}",
-                    kind(t)
-                ),
-            ));
-        };
-        for (k, tie) in ties.iter().enumerate() {
-            let Value::Array(members) = tie else {
-                return Err(JsonError::invalid(
-                    format!("ties[{k}]"),
-                    format!("expected an array of neuron indices, found {}", kind(tie)),
-                ));
-            };
-            let mut group = Vec::with_capacity(members.len());
-            for (m, v) in members.iter().enumerate() {
-                let i = index(v, "tied", n)
-                    .map_err(|msg| JsonError::invalid(format!("ties[{k}][{m}]"), msg))?;
-                let free = entry_is_free(neurons, i);
-                if !free {
-                    return Err(JsonError::Invalid {
-                        at: format!("ties[{k}][{m}]"),
-                        neuron: Some(i),
-                        edge: None,
-                        message: format!(
-                            "neuron {i} is fixed (input, output or non-homogeneous activation) and cannot share a scale"
-                        ),
-                    });
-                }
-                group.push(i);
-            }
-            b.tie(&group);
-        }
-    }
-    b.build().map_err(|err| match err {
-        NetworkError::MissingNeuron { edge, .. }
-        | NetworkError::NonFiniteWeight { edge, .. }
-        | NetworkError::BadAlpha { edge, .. } => JsonError::at_edge(edge, "", err.to_string()),
-        NetworkError::NonFiniteBias { neuron, .. } | NetworkError::BadActivation { neuron, .. } => {
-            JsonError::at_neuron(neuron, "", err.to_string())
-        }
-        NetworkError::BadGroup { neuron, .. } => JsonError::Invalid {
-            at: "ties".into(),
-            neuron: Some(neuron),
-            edge: None,
-            message: err.to_string(),
-        },
-        NetworkError::TooLarge(_) => JsonError::invalid("document", err.to_string()),
-    })
-}
-
-/// Whether neuron `i` of the (already validated) `neurons` array is free: hidden with a
-/// homogeneous activation.
-fn entry_is_free(neurons: &[Value], i: usize) -> bool {
-    let m = neurons[i].as_object();
-    let role = parse_role(m.and_then(|m| m.get("role"))).unwrap_or(Role::Input);
-    let act = match m.and_then(|m| m.get("activation")) {
-        None => Some(Activation::Linear),
-        Some(a) => parse_activation(a).ok(),
-    };
-    role == Role::Hidden && act.is_some_and(|a| a.is_homogeneous())
 }

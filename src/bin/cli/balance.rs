@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use synbal::io::atomic::{check_not_input, check_target, same_target, write_file};
+use synbal::io::json::{write_network, JsonError};
 use synbal::io::report::BalanceReport;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{
@@ -252,16 +253,18 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
     // Every BalanceError is bad input (settings or regularizer that do not fit the network).
     let solution = solution.map_err(|e: BalanceError| bad_input(e))?;
 
-    // Everything is serialized and checked before anything is written.
-    let output_text = doc
-        .to_string_with(&solution.network)
-        .map_err(|e| internal(anyhow!("internal error: balanced network: {e}")))?;
+    // Everything is checked (the report also serialized) before anything is written.
+    let output_error = |e: JsonError| internal(anyhow!("internal error: balanced network: {e}"));
+    doc.check(&solution.network).map_err(output_error)?;
     let report = BalanceReport::new(&doc.network, &reg, &settings, &solution);
     let report_text = match &args.report {
         Some(_) => Some(report.to_json().map_err(internal)?),
         None => None,
     };
-    write_file(&args.output, output_text.as_bytes()).map_err(internal)?;
+    write_network(&args.output, &doc, &solution.network).map_err(|e| match e {
+        JsonError::Write(e) => internal(e),
+        other => output_error(other),
+    })?;
     if let (Some(path), Some(text)) = (&args.report, &report_text) {
         write_file(path, text.as_bytes()).map_err(internal)?;
     }

@@ -1,0 +1,295 @@
+//! The fast path of the reader, for documents without surprises: the `edges` rows are scanned by
+//! hand and their numbers converted by the standard library (correctly rounded, like
+//! `serde_json` with `float_roundtrip`, but several times faster); every other top-level value is
+//! located by a bracket scan and handed to `serde_json`. Anything unexpected — a syntax error, a
+//! row that is not two plain indices and one or two numbers, an integer `serde_json` would read as
+//! a float, a repeated key, deep nesting, an invalid row — returns `None`, and the document is
+//! read again by the general reader, which gives the exact result or error. Results are the same
+//! on both paths: rows are added by the same [`Edges::add`] and the whole is checked by the same
+//! [`Top::finish`].
+
+use super::{Edges, Expect, Found, NeuronsBody, Row, Top, EXACT_INT};
+use crate::io::json::edge_form;
+use serde::de::DeserializeSeed;
+use serde_json::{Map, Value};
+
+/// Deeper values are left to the general reader, whose recursion limit counts from the document.
+const MAX_DEPTH: usize = 100;
+
+/// Reads the top-level object, or `None` if anything is unexpected.
+pub(super) fn parse(text: &str) -> Option<Top> {
+    let mut s = Scan { text, pos: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    let mut top = Top {
+        fields: Map::new(),
+        neurons: None,
+        edges: None,
+    };
+    s.ws();
+    if s.peek() == Some(b'}') {
+        s.pos += 1;
+    } else {
+        loop {
+            s.ws();
+            let key_start = s.pos;
+            s.string()?;
+            let key: String = serde_json::from_str(&text[key_start..s.pos]).ok()?;
+            if top.fields.contains_key(&key) {
+                return None;
+            }
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let value = match key.as_str() {
+                "edges" => {
+                    top.edges = Some(Found::Ok(s.edges()?));
+                    Value::Null
+                }
+                "neurons" => {
+                    let mut de = serde_json::Deserializer::from_str(s.value()?);
+                    let found = Expect(NeuronsBody).deserialize(&mut de).ok()?;
+                    de.end().ok()?;
+                    top.neurons = Some(found);
+                    Value::Null
+                }
+                _ => serde_json::from_str(s.value()?).ok()?,
+            };
+            top.fields.insert(key, value);
+            s.ws();
+            match s.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.pos == text.len()).then_some(top)
+}
+
+/// A position in the text.
+struct Scan<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.pos += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    /// Skips JSON whitespace.
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    /// Moves past a string (its content is checked later by `serde_json`).
+    fn string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            match self.next()? {
+                b'"' => return Some(()),
+                b'\\' => {
+                    self.next()?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The text of the value starting here: a string, a bracketed value (matched, strings
+    /// skipped) or a scalar up to the next delimiter.
+    fn value(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        match self.peek()? {
+            b'"' => self.string()?,
+            b'[' | b'{' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'[' | b'{' => depth += 1,
+                        b']' | b'}' => depth -= 1,
+                        _ => {}
+                    }
+                    self.pos += 1;
+                    if depth == 0 {
+                        break;
+                    }
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                }
+            }
+            _ => {
+                while !matches!(
+                    self.peek(),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
+                    self.pos += 1;
+                }
+            }
+        }
+        Some(&self.text[start..self.pos])
+    }
+
+    /// The `edges` array, every row of the form `[index, index, number(, number)]`.
+    fn edges(&mut self) -> Option<Edges> {
+        let mut edges = Edges::new(self.text.len() / 24);
+        self.eat(b'[')?;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Some(edges);
+        }
+        for e in 0.. {
+            self.ws();
+            edges.add(e, self.row()?);
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b']' => break,
+                _ => return None,
+            }
+        }
+        Some(edges)
+    }
+
+    /// One row `[from, to, weight]` or `[from, to, weight, alpha]` that [`super::typed_row`]
+    /// would accept with the same result: integer indices, `alpha ≥ 0`, integer weights and
+    /// alphas within ±2^53 (larger ones are left to the general reader).
+    fn row(&mut self) -> Option<Row> {
+        self.eat(b'[')?;
+        let mut index = || match self.item()? {
+            Num::U(u) => Some(u),
+            _ => None,
+        };
+        let (from, to) = (index()?, index()?);
+        let mut form = 0;
+        let (weight, int, last) = self.value_item()?;
+        if int {
+            form |= edge_form::WEIGHT_INT;
+        }
+        let mut alpha = 1.0;
+        if !last {
+            let (a, int, last) = self.value_item()?;
+            if !last || a < 0.0 {
+                return None;
+            }
+            alpha = a;
+            form |= edge_form::ALPHA | if int { edge_form::ALPHA_INT } else { 0 };
+        }
+        Some(Row {
+            from,
+            to,
+            weight,
+            alpha,
+            form,
+        })
+    }
+
+    /// A number that is a weight or alpha: its value, whether it is an integer, and whether it
+    /// ended the row.
+    fn value_item(&mut self) -> Option<(f64, bool, bool)> {
+        let exact = |x: u64| (x <= EXACT_INT).then_some(());
+        let (x, int) = match self.number()? {
+            Num::U(u) => (exact(u).map(|()| u as f64)?, true),
+            Num::I(i) => (exact(i.unsigned_abs()).map(|()| i as f64)?, true),
+            Num::F(x) => (x, false),
+        };
+        self.ws();
+        match self.next()? {
+            b',' => Some((x, int, false)),
+            b']' => Some((x, int, true)),
+            _ => None,
+        }
+    }
+
+    /// A number followed by a comma (not the last of a row).
+    fn item(&mut self) -> Option<Num> {
+        self.ws();
+        let x = self.number()?;
+        self.ws();
+        self.eat(b',')?;
+        self.ws();
+        Some(x)
+    }
+
+    /// A JSON number as `serde_json` reads it: an integer token as `u64` (or `i64` when
+    /// negative), anything else as the correctly rounded `f64`. The cases where `serde_json`
+    /// reads an integer token as a float (`-0`, beyond 64 bits) are left to it.
+    fn number(&mut self) -> Option<Num> {
+        self.ws();
+        let b = self.text.as_bytes();
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        let start = self.pos;
+        let negative = b.get(start) == Some(&b'-');
+        let mut i = start + negative as usize;
+        // the integer part, accumulated (None once it overflows 64 bits)
+        let mut int = Some(0u64);
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+                    int = int.and_then(|x| x.checked_mul(10)?.checked_add(u64::from(c - b'0')));
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let mut float = false;
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            (end > i + 1).then_some(())?;
+            (i, float) = (end, true);
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            (end > i).then_some(())?;
+            (i, float) = (end, true);
+        }
+        self.pos = i;
+        if float {
+            let x: f64 = self.text[start..i].parse().ok()?;
+            return x.is_finite().then_some(Num::F(x));
+        }
+        match (negative, int?) {
+            (false, u) => Some(Num::U(u)),
+            (true, 0) => None,
+            (true, u) if u <= 1 << 63 => Some(Num::I((u as i64).wrapping_neg())),
+            _ => None,
+        }
+    }
+}
+
+/// A number token as `serde_json` classifies it.
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}

@@ -1,0 +1,227 @@
+//! The writer: streams the document, one line per neuron and per edge, without building a
+//! `Value`. Numbers go through `serde_json`'s own formatter (shortest round-trip form for floats),
+//! so the bytes are those `serde_json` writes for the same document.
+
+use super::{activation_to_json, edge_form, Field, JsonNetwork, NeuronForm};
+use crate::network::Network;
+use serde::Serialize;
+use serde_json::ser::{CompactFormatter, Formatter};
+use serde_json::Value;
+use std::io::{self, Write};
+
+/// Output is collected in memory and handed to the writer in chunks of about this size.
+const CHUNK: usize = 1 << 16;
+
+/// A chunked output buffer in front of a writer.
+struct Out<'a> {
+    buf: Vec<u8>,
+    sink: &'a mut dyn Write,
+}
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Compact JSON of `v` (strings escaped).
+    fn json<T: Serialize + ?Sized>(&mut self, v: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.buf, v).map_err(io::Error::other)
+    }
+
+    /// A finite float in its shortest round-trip form, e.g. `0.1`, `2.0`, `1e-7`.
+    fn float(&mut self, x: f64) -> io::Result<()> {
+        CompactFormatter.write_f64(&mut self.buf, x)
+    }
+
+    /// An integral float as an integer, e.g. `3`, `-2`.
+    fn int(&mut self, x: f64) -> io::Result<()> {
+        if x >= 0.0 {
+            CompactFormatter.write_u64(&mut self.buf, x as u64)
+        } else {
+            CompactFormatter.write_i64(&mut self.buf, x as i64)
+        }
+    }
+
+    fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            self.sink.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<()> {
+        self.sink.write_all(&self.buf)?;
+        self.sink.flush()
+    }
+
+    /// A JSON array of `len` items written by `item`: `[]`, or one item per line.
+    fn list(
+        &mut self,
+        len: usize,
+        mut item: impl FnMut(&mut Self, usize) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len == 0 {
+            self.put(b"[]");
+            return Ok(());
+        }
+        self.put(b"[\n");
+        for j in 0..len {
+            self.put(b"    ");
+            item(self, j)?;
+            self.put(if j + 1 < len { b",\n" } else { b"\n" });
+            self.flush_if_full()?;
+        }
+        self.put(b"  ]");
+        Ok(())
+    }
+}
+
+impl JsonNetwork {
+    /// Writes the document with the weights and biases of `net`, which
+    /// [`JsonNetwork::check`] accepted: the top-level object with one key per line, arrays with
+    /// one element per line.
+    pub(super) fn write_checked(&self, net: &Network, sink: &mut dyn Write) -> io::Result<()> {
+        let mut out = Out {
+            buf: Vec::with_capacity(CHUNK + 1024),
+            sink,
+        };
+        out.put(b"{\n");
+        let top = &self.spelling.top;
+        for (k, (key, value)) in top.iter().enumerate() {
+            out.put(b"  ");
+            out.json(key)?;
+            out.put(b": ");
+            match (key.as_str(), value) {
+                ("neurons", _) => out.list(net.num_neurons(), |o, i| self.neuron(o, net, i))?,
+                ("edges", _) => out.list(net.num_edges(), |o, e| self.edge(o, net, e))?,
+                (_, Value::Array(items)) => out.list(items.len(), |o, j| o.json(&items[j]))?,
+                (_, v) => out.json(v)?,
+            }
+            out.put(if k + 1 < top.len() { b",\n" } else { b"\n" });
+            out.flush_if_full()?;
+        }
+        out.put(b"}\n");
+        out.finish()
+    }
+
+    /// Edge `e`: `[from, to, weight]` or `[from, to, weight, alpha]`, spelled as read; the
+    /// weight of `net` replaces the document's when it changed.
+    fn edge(&self, out: &mut Out, net: &Network, e: usize) -> io::Result<()> {
+        use edge_form::*;
+        let old = &self.network;
+        let form = self.spelling.edges[e];
+        let w = net.weights()[e];
+        let changed = w.to_bits() != old.weights()[e].to_bits();
+        out.put(b"[");
+        if form & VERBATIM != 0 {
+            if let Some(numbers) = self.spelling.verbatim_edges.get(&e) {
+                for (k, x) in numbers.iter().enumerate() {
+                    if k > 0 {
+                        out.put(b",");
+                    }
+                    if k == 2 && changed {
+                        out.float(w)?;
+                    } else {
+                        out.json(x)?;
+                    }
+                }
+            }
+            out.put(b"]");
+            return Ok(());
+        }
+        let index = |out: &mut Out, i: u32, float: bool| {
+            if float {
+                out.float(i as f64)
+            } else {
+                CompactFormatter.write_u64(&mut out.buf, i as u64)
+            }
+        };
+        index(out, old.sources()[e], form & FROM_FLOAT != 0)?;
+        out.put(b",");
+        index(out, old.targets()[e], form & TO_FLOAT != 0)?;
+        out.put(b",");
+        if form & WEIGHT_INT != 0 && !changed {
+            out.int(w)?;
+        } else {
+            out.float(w)?;
+        }
+        if form & ALPHA != 0 {
+            out.put(b",");
+            let a = old.alphas()[e];
+            if form & ALPHA_INT != 0 {
+                out.int(a)?;
+            } else {
+                out.float(a)?;
+            }
+        }
+        out.put(b"]");
+        Ok(())
+    }
+
+    /// Neuron `i`, spelled as read; the bias of `net` replaces the document's when it changed,
+    /// and is added as the last field if the neuron had none and it became nonzero.
+    fn neuron(&self, out: &mut Out, net: &Network, i: usize) -> io::Result<()> {
+        let old = &self.network;
+        let b = net.biases()[i];
+        let changed = b.to_bits() != old.biases()[i].to_bits();
+        out.put(b"{");
+        let has_bias = match &self.spelling.neurons[i] {
+            NeuronForm::Known { fields, len } => {
+                let fields = &fields[..*len as usize];
+                for (k, field) in fields.iter().enumerate() {
+                    if k > 0 {
+                        out.put(b",");
+                    }
+                    match field {
+                        Field::Role => {
+                            out.put(b"\"role\":");
+                            out.json(old.role(i).name())?;
+                        }
+                        Field::Activation => {
+                            out.put(b"\"activation\":");
+                            out.json(&activation_to_json(&old.activation(i)))?;
+                        }
+                        Field::Bias => {
+                            out.put(b"\"bias\":");
+                            out.float(b)?;
+                        }
+                        Field::Name => {
+                            out.put(b"\"name\":");
+                            out.json(&old.name(i))?;
+                        }
+                    }
+                }
+                fields.contains(&Field::Bias)
+            }
+            NeuronForm::Verbatim(m) => {
+                for (k, (key, v)) in m.iter().enumerate() {
+                    if k > 0 {
+                        out.put(b",");
+                    }
+                    out.json(key)?;
+                    out.put(b":");
+                    if key == "bias" && changed {
+                        out.float(b)?;
+                    } else {
+                        out.json(v)?;
+                    }
+                }
+                m.contains_key("bias")
+            }
+        };
+        if changed && !has_bias && b != 0.0 {
+            let empty = match &self.spelling.neurons[i] {
+                NeuronForm::Known { len, .. } => *len == 0,
+                NeuronForm::Verbatim(m) => m.is_empty(),
+            };
+            if !empty {
+                out.put(b",");
+            }
+            out.put(b"\"bias\":");
+            out.float(b)?;
+        }
+        out.put(b"}");
+        Ok(())
+    }
+}
