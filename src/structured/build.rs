@@ -230,8 +230,24 @@ fn add_weight_use<'s>(
     for &(p, coef) in parts {
         let alpha = wu.alpha * coef;
         match wu.layout {
-            Layout::RowMajor { .. } | Layout::ColMajor { .. } => {
-                let rows_major = matches!(wu.layout, Layout::RowMajor { .. });
+            // a 1×1 convolution without groups is a Linear layer in memory: [out, in, 1]
+            // is row-major, a transposed one [in, out, 1] column-major
+            Layout::RowMajor { .. }
+            | Layout::ColMajor { .. }
+            | Layout::Conv {
+                groups: 1,
+                kernel: 1,
+                ..
+            }
+            | Layout::ConvTranspose {
+                groups: 1,
+                kernel: 1,
+                ..
+            } => {
+                let rows_major = matches!(
+                    wu.layout,
+                    Layout::RowMajor { .. } | Layout::Conv { .. }
+                );
                 let d = Dense::new(
                     elems.clone(),
                     rows_major,

@@ -242,6 +242,7 @@ pub(crate) fn run(
     start: Instant,
 ) -> Run {
     let mut core = Core::new(st, mode, modes);
+    core.tol = settings.tol;
     let cost_before = core.fl.ln_f.exp();
     let (outcome, algorithm) = match settings.method {
         Method::Local(schedule) => {

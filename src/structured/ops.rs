@@ -707,6 +707,83 @@ impl<'s, 'a> Engine<'s, 'a> {
         }
     }
 
+    /// The off-diagonal of the coarse operator from the flows of the last [`Engine::flows`]
+    /// call, without a product: `E[m][m'] −= e^{−2σ}·p²·c·Σ V` over the terms between modes
+    /// `m` and `m'` (the scaling by `√D` cancels). A dense block qualifies when one of its sides
+    /// is entirely free, in one mode and (when it is the column side) of one degree: its line
+    /// sums on the other side then give the sums per mode pair. Returns `false` (and calls
+    /// nothing) if some block does not qualify.
+    pub(crate) fn coarse_from_flows(
+        &self,
+        mode: &[u32],
+        sigma: f64,
+        mut f: impl FnMut(u32, u32, f64),
+    ) -> bool {
+        let st = self.st;
+        let free = |v: u32| v != FIXED && st.free[v as usize] && mode[v as usize] != u32::MAX;
+        // (mode, degree) shared by every line of a side, if all are free
+        let uniform = |vars: &[u32]| -> Option<(u32, f64)> {
+            let first = *vars.first()?;
+            if !free(first) {
+                return None;
+            }
+            let (m, c) = (mode[first as usize], st.degree[first as usize]);
+            vars.iter()
+                .all(|&v| free(v) && mode[v as usize] == m && st.degree[v as usize] == c)
+                .then_some((m, c))
+        };
+        let mut plan = Vec::with_capacity(st.blocks.len());
+        for b in &st.blocks {
+            if let Block::Dense(d) = b {
+                let (mv, nv) = (d.major_vars(), d.minor_vars());
+                let p = match (uniform(nv), uniform(mv)) {
+                    (Some(u), _) => Some((true, u)),
+                    (None, Some(u)) => Some((false, u)),
+                    _ if mv.iter().all(|&v| !free(v)) || nv.iter().all(|&v| !free(v)) => None,
+                    _ => return false,
+                };
+                plan.push(p);
+            } else {
+                plan.push(None);
+            }
+        }
+        for ((b, w), p) in st.blocks.iter().zip(&self.bw).zip(plan) {
+            match b {
+                Block::Dense(d) => {
+                    let Some((by_major, (m_other, c_other))) = p else { continue };
+                    let lp2 = 2.0 * d.p.ln();
+                    // the column side's degree
+                    let (lines, sums, other_is_col) = if by_major {
+                        (d.major_vars(), &w.ln_major, d.rows_major)
+                    } else {
+                        (d.minor_vars(), &w.ln_minor, !d.rows_major)
+                    };
+                    for (k, &v) in lines.iter().enumerate() {
+                        if !free(v) || sums[k] == f64::NEG_INFINITY {
+                            continue;
+                        }
+                        let c = if other_is_col { c_other } else { st.degree[v as usize] };
+                        let val = (sums[k] + lp2 + c.ln() - 2.0 * sigma).exp();
+                        f(mode[v as usize], m_other, val);
+                    }
+                }
+                Block::Sparse(s) => {
+                    let terms = &self.tw[w.sparse_task].major;
+                    let lp2 = 2.0 * s.p.ln();
+                    for e in 0..s.len() {
+                        let (r, c) = (s.row[e], s.col[e]);
+                        if r != c && free(r) && free(c) {
+                            let val = (terms[e] + lp2 + st.degree[c as usize].ln() - 2.0 * sigma)
+                                .exp();
+                            f(mode[r as usize], mode[c as usize], val);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// `ln` of the sum of the terms on one line of dense block `b` at the current line
     /// factors (kept in step with `x` by [`Engine::shift_var`]).
     pub(crate) fn line_ln_sum(&self, b: usize, major: bool, line: usize) -> f64 {

@@ -144,6 +144,8 @@ pub(crate) struct Core<'s, 'a> {
     pub cg_iterations: usize,
     /// Colour-class sweeps done by Newton far from balance.
     pub sweeps: usize,
+    /// The tolerance of the run (bounds the accuracy asked of each Newton step).
+    pub tol: f64,
     max_p: f64,
 }
 
@@ -188,6 +190,7 @@ impl<'s, 'a> Core<'s, 'a> {
             unary_idx,
             cg_iterations: 0,
             sweeps: 0,
+            tol: 1e-12,
             max_p,
         }
     }
@@ -366,8 +369,10 @@ impl<'s, 'a> Core<'s, 'a> {
                 rhs[v] = -ratio * sd[v];
             }
         }
-        let coarse = self.coarse_operator(&sd);
-        let eta = (0.5 * max).clamp(1e-10, 0.1);
+        let coarse = self.coarse_operator(&sd, sigma);
+        // forcing: quadratic convergence (η ∝ imbalance), but no more accuracy than the step
+        // needs to bring the imbalance below the tolerance
+        let eta = (0.5 * max).max(0.3 * self.tol / max).clamp(1e-10, 0.1);
         let y = self.pcg(&rhs, &sd, coarse.as_ref(), eta, &active_mask(st, &self.fl));
         let delta: Vec<f64> = (0..n).map(|v| y[v] * isd[v]).collect();
         if delta.iter().any(|d| !d.is_finite()) {
@@ -377,7 +382,7 @@ impl<'s, 'a> Core<'s, 'a> {
     }
 
     /// The coarse operator `E = Vᵀ(I − Ŝ)V` factorised, or `None` when there is no coarse space.
-    fn coarse_operator(&mut self, sd: &[f64]) -> Option<Coarse> {
+    fn coarse_operator(&mut self, sd: &[f64], sigma: f64) -> Option<Coarse> {
         let m = self.modes;
         if m == 0 || m > MAX_MODES {
             return None;
@@ -390,17 +395,20 @@ impl<'s, 'a> Core<'s, 'a> {
                 e[md as usize * m + md as usize] += sd[v] * sd[v];
             }
         }
-        let mut out = vec![0.0; n];
-        self.eng.apply_s(sd, &mut out);
         let mode = &self.mode;
-        self.eng.coarse_pairs(sd, mode, |a, b, val| {
+        let mut add = |a: u32, b: u32, val: f64| {
             if a == u32::MAX || b == u32::MAX {
                 return;
             }
             let (a, b) = (a as usize, b as usize);
             e[a * m + b] -= val;
             e[b * m + a] -= val;
-        });
+        };
+        if !self.eng.coarse_from_flows(mode, sigma, &mut add) {
+            let mut out = vec![0.0; n];
+            self.eng.apply_s(sd, &mut out);
+            self.eng.coarse_pairs(sd, mode, &mut add);
+        }
         Coarse::factor(e, m)
     }
 
