@@ -8,9 +8,13 @@
 //!
 //! Every row runs in a child process of its own, so the peak resident memory (VmHWM) is that
 //! of the one run: the in-memory f32 tensors (the "file") plus what the solver adds. Columns:
-//! time of the solve (building the blocks included), iterations (Newton steps or sweeps),
-//! passes over all cost blocks, final maximum relative imbalance, peak memory and its ratio to
-//! the f32 tensors.
+//! wall time and CPU time (user + system, all threads) of the solve (building the blocks
+//! included), time per sweep for the local schedules (10 sweeps each), iterations (Newton
+//! steps or sweeps), CG iterations, passes over all cost blocks, final maximum relative
+//! imbalance, peak memory and its ratio to the f32 tensors. Routes: `newton`, `parallel` (colour
+//! sweeps, 2 threads), `colour-1t` (the same on one thread), `cyclic` (one variable at a time)
+//! on the structured core; for MLPs also `net-core` (`structured::balance_network` on the
+//! equivalent `Network`) and `old-newton` (`solve::balance`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -25,6 +29,9 @@ use synbal::structured::spec::{
 use synbal::structured::{balance_network, solve};
 
 use rand::{Rng, SeedableRng};
+
+/// Sweeps run by the local schedules (their time is reported per sweep).
+const SWEEPS: usize = 10;
 use rand_chacha::ChaCha8Rng;
 
 /// A model being described: units, tensors, uses.
@@ -256,6 +263,19 @@ fn build(case: &str, keep: bool) -> Model {
     }
 }
 
+/// CPU seconds (user + system) of this process so far, from `/proc/self/stat` (10 ms ticks).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -269,10 +289,10 @@ fn vm_hwm_kib() -> u64 {
 
 /// The child: one case, one route; prints one `RESULT` line.
 fn child(case: &str, route: &str, threads: usize) {
-    let model = build(case, route == "old-newton");
+    let model = build(case, route == "old-newton" || route == "net-core");
     let reg = Regularizer::lp(2.0).unwrap();
     let method = match route {
-        "newton" | "old-newton" => Method::Newton,
+        "newton" | "old-newton" | "net-core" => Method::Newton,
         "parallel" | "colour-1t" => Method::Local(Schedule::Parallel),
         "cyclic" => Method::Local(Schedule::Cyclic),
         _ => panic!("unknown route {route}"),
@@ -281,17 +301,23 @@ fn child(case: &str, route: &str, threads: usize) {
         method,
         tol: 1e-10,
         trace: false,
-        max_iterations: if matches!(method, Method::Local(_)) { Some(5000) } else { None },
+        // local schedules: a fixed number of sweeps, reported per sweep
+        max_iterations: if matches!(method, Method::Local(_)) { Some(SWEEPS) } else { None },
         time_limit: Some(std::time::Duration::from_secs(120)),
         ..Settings::default()
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let file = model.src.bytes();
+    let cpu0 = cpu_seconds();
     let (secs, iters, passes, imb, status, cg) = pool.install(|| {
-        if route == "old-newton" {
+        if route == "old-newton" || route == "net-core" {
             let net: Network = from_layers(&model.layers).unwrap();
             let t = Instant::now();
-            let s = synbal::solve::balance(&net, &reg, &settings).unwrap();
+            let s = if route == "net-core" {
+                balance_network(&net, &reg, &settings, &mut NoObserver).unwrap()
+            } else {
+                synbal::solve::balance(&net, &reg, &settings).unwrap()
+            };
             (t.elapsed().as_secs_f64(), s.iterations, 0, s.max_relative_imbalance, s.status, 0)
         } else {
             let t = Instant::now();
@@ -306,9 +332,8 @@ fn child(case: &str, route: &str, threads: usize) {
             )
         }
     });
-    let _ = balance_network; // the network route is measured through `old-newton` vs `newton`
     println!(
-        "RESULT {} {} {:.3} {} {} {:.1e} {:?} {} {} {}",
+        "RESULT {} {} {:.3} {} {} {:.1e} {:?} {} {} {} {:.2}",
         model.weights(),
         file,
         secs,
@@ -318,7 +343,8 @@ fn child(case: &str, route: &str, threads: usize) {
         status,
         vm_hwm_kib(),
         threads,
-        cg
+        cg,
+        cpu_seconds() - cpu0
     );
 }
 
@@ -345,8 +371,14 @@ fn main() {
         runs.push((case.to_string(), "colour-1t", 1));
         runs.push((case.to_string(), "cyclic", 1));
         if case.starts_with("mlp") {
+            runs.push((case.to_string(), "net-core", 2));
             runs.push((case.to_string(), "old-newton", 2));
         }
+    }
+    // where threads start to pay: colour sweeps on 1 and 2 threads at growing sizes
+    for w in [48usize, 96, 160, 256, 512] {
+        runs.push((format!("mlp:8:{w}"), "parallel", 2));
+        runs.push((format!("mlp:8:{w}"), "colour-1t", 1));
     }
     let depths: &[usize] = if quick { &[4, 16] } else { &[4, 16, 64, 256] };
     for &d in depths {
@@ -355,9 +387,9 @@ fn main() {
     }
     let exe = std::env::current_exe().unwrap();
     println!(
-        "| case | route | threads | weights | solve s | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |"
+        "| case | route | threads | weights | solve s | CPU s | s per sweep | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (case, route, threads) in runs {
         let out = Command::new(&exe)
             .args(["--case", &case, route, "--threads", &threads.to_string()])
@@ -369,16 +401,19 @@ fn main() {
             continue;
         };
         let f: Vec<&str> = line.split_whitespace().collect();
+        let local = matches!(route, "parallel" | "colour-1t" | "cyclic");
         let weights: f64 = f[1].parse().unwrap();
         let file: f64 = f[2].parse().unwrap();
         let hwm_kib: f64 = f[8].parse().unwrap();
         println!(
-            "| {case} | {route} | {threads} | {:.1} M | {} | {} | {} | {} | {} | {} | {:.0} | {:.2}x |",
+            "| {case} | {route} | {threads} | {:.1} M | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2}x |",
             weights / 1e6,
             f[3],
+            f[11],
+            if local { format!("{:.4}", f[3].parse::<f64>().unwrap() / f[4].parse::<f64>().unwrap().max(1.0)) } else { "—".into() },
             f[4],
             f[10],
-            if route == "old-newton" { "—".to_string() } else { f[5].to_string() },
+            if route.ends_with("newton") && route != "newton" || route == "net-core" { "—".to_string() } else { f[5].to_string() },
             f[6],
             f[7],
             hwm_kib / 1024.0,

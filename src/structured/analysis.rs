@@ -431,6 +431,45 @@ pub(crate) fn colour_classes(
 mod tests {
     use super::*;
 
+    use crate::structured::store::{Dense, Elems, Sparse};
+    use std::borrow::Cow;
+
+    #[test]
+    fn colour_classes_share_no_term() {
+        // a chain of three dense layers 0 → 1 → 2 (two variables each) plus a sparse skip 0 → 2
+        let dense = |rows: Vec<u32>, cols: Vec<u32>| {
+            let q = Elems::F64(Cow::Owned(vec![1.0; rows.len() * cols.len()]));
+            Block::Dense(Dense::new(q, true, rows, cols, None, 1.0, 2.0, "l".into()).unwrap())
+        };
+        let st = Structured {
+            degree: vec![1.0; 6],
+            free: vec![true; 6],
+            blocks: vec![
+                dense(vec![0, 1], vec![FIXED]),
+                dense(vec![2, 3], vec![0, 1]),
+                dense(vec![4, 5], vec![2, 3]),
+                Block::Sparse(Sparse::new(vec![(4, 0, 0.0)], 2.0, "skip".into())),
+            ],
+            unary: Vec::new(),
+            ln_const: f64::NEG_INFINITY,
+            powers: vec![2.0],
+        };
+        let occ = Occurrences::new(&st);
+        let classes = colour_classes(&st, &occ, &[0, 0, 1, 1, 2, 2]);
+        let mut colour = [usize::MAX; 6];
+        for (k, c) in classes.iter().enumerate() {
+            for &v in c {
+                colour[v as usize] = k;
+            }
+        }
+        assert!(colour.iter().all(|&c| c != usize::MAX), "every variable coloured");
+        for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3), (2, 4), (3, 5), (2, 5), (0, 4)] {
+            assert_ne!(colour[a], colour[b], "{a} and {b} share a term");
+        }
+        // the skip forbids the red-black pattern for 0 and 4 only: three classes
+        assert_eq!(classes.len(), 3);
+    }
+
     #[test]
     fn scc_finds_cycles() {
         // 0 → 1 → 2 → 0, 3 → 0

@@ -1125,6 +1125,98 @@ pub(crate) fn minimize_1d(terms: &[(f64, f64)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::structured::store::{Dense, Elems, Sparse, Structured, Unary};
+    use std::borrow::Cow;
+
+    /// Two variables of degree 1 and one of degree 2; a dense block with a row factor, a
+    /// fixed column and a self-term; a sparse block; a bias.
+    fn small() -> Structured<'static> {
+        let q = Elems::F64(Cow::Owned(vec![1.0, -2.0, 0.5, 0.0, 3.0, -1.5]));
+        let d = Dense::new(
+            q,
+            true,
+            vec![0, 1],
+            vec![FIXED, 2, 0],
+            Some(vec![2f64.ln(), 0.0]),
+            0.5,
+            2.0,
+            "d".into(),
+        )
+        .unwrap();
+        let s = Sparse::new(vec![(1, 2, 0.3f64.ln()), (2, FIXED, 0.7f64.ln())], 1.0, "s".into());
+        let mut st = Structured {
+            degree: vec![1.0, 1.0, 2.0],
+            free: vec![true; 3],
+            blocks: vec![Block::Dense(d), Block::Sparse(s)],
+            unary: vec![Unary { var: 0, ln_k: 0.2f64.ln(), s: 2.0, bias: true }],
+            ln_const: f64::NEG_INFINITY,
+            powers: Vec::new(),
+        };
+        crate::structured::build::finish_powers(&mut st);
+        st
+    }
+
+    /// Every term `(row, col, K, p)` of `small()`, spelled out.
+    fn terms() -> Vec<(u32, u32, f64, f64)> {
+        let k = |f: f64, q: f64| 0.5 * (f * q).powi(2);
+        vec![
+            (0, FIXED, k(2.0, 1.0), 2.0),
+            (0, 2, k(2.0, 2.0), 2.0),
+            (0, 0, k(2.0, 0.5), 2.0),
+            (1, 2, k(1.0, 3.0), 2.0),
+            (1, 0, k(1.0, 1.5), 2.0),
+            (1, 2, 0.3, 1.0),
+            (2, FIXED, 0.7, 1.0),
+            (0, FIXED, 0.2, 2.0), // the bias
+        ]
+    }
+
+    #[test]
+    fn flows_and_hessian_match_the_terms() {
+        let st = small();
+        let x = [0.1, -0.3, 0.2];
+        let deg = [1.0, 1.0, 2.0];
+        let mut eng = Engine::new(&st);
+        let mut fl = Flows::default();
+        eng.flows(&x, &mut fl);
+        let (mut f, mut g, mut h) = (0.0, [0.0; 3], [[0.0; 3]; 3]);
+        for (r, c, k, p) in terms() {
+            let mut a = [0.0; 3];
+            if r != FIXED {
+                a[r as usize] += 1.0;
+            }
+            if c != FIXED {
+                a[c as usize] -= deg[c as usize];
+            }
+            let t: f64 = (0..3).map(|v| a[v] * x[v]).sum();
+            let v = k * (p * t).exp();
+            f += v;
+            for i in 0..3 {
+                g[i] += p * v * a[i];
+                for j in 0..3 {
+                    h[i][j] += p * p * v * a[i] * a[j];
+                }
+            }
+        }
+        assert!((fl.ln_f.exp() - f).abs() < 1e-13 * f);
+        for v in 0..3 {
+            let gv = fl.ln_gp[v].exp() - fl.ln_gm[v].exp();
+            assert!((gv - g[v]).abs() < 1e-13 * f, "gradient {v}: {gv} vs {}", g[v]);
+        }
+        // (I − Ŝ) = D^{−1/2} H D^{−1/2} with D = exp(ln_hd)
+        eng.prepare_hessian(&fl, &x);
+        for u in 0..3 {
+            let mut e = vec![0.0; 3];
+            e[u] = 1.0;
+            let mut out = vec![0.0; 3];
+            eng.apply_s(&e, &mut out);
+            for v in 0..3 {
+                let lhs = if u == v { 1.0 } else { 0.0 } - out[v];
+                let rhs = h[v][u] / (fl.ln_hd[u].exp() * fl.ln_hd[v].exp()).sqrt();
+                assert!((lhs - rhs).abs() < 1e-13, "({v}, {u}): {lhs} vs {rhs}");
+            }
+        }
+    }
 
     #[test]
     fn minimize_1d_matches_closed_form() {
