@@ -174,6 +174,21 @@ pub fn solve<S: TensorSource>(
     Ok(run.into_solved(settings.method, held_fixed, start))
 }
 
+/// The exact balanced state of `spec`: Newton to a relative imbalance of `1e-13`, no trace (the
+/// reference for distances, as [`crate::solve::exact`] is for networks).
+pub fn exact<S: TensorSource>(
+    spec: &ProblemSpec,
+    source: &S,
+    reg: &Regularizer,
+) -> Result<Solved, StructuredError> {
+    let settings = Settings {
+        tol: 1e-13,
+        trace: false,
+        ..Settings::default()
+    };
+    solve(spec, source, reg, &settings, &mut crate::solve::NoObserver)
+}
+
 /// Marks the held variables fixed in every block and unary term.
 pub(crate) fn hold(st: &mut Structured<'_>, held: &[Option<String>]) {
     let map: Vec<u32> = held

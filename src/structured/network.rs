@@ -145,8 +145,9 @@ fn structured_of<'n>(
         powers: Vec::new(),
     };
     let (src, dst, w, alpha) = (net.sources(), net.targets(), net.weights(), net.alphas());
-    // sparse terms per power
-    let mut sparse: Vec<(f64, Vec<(u32, u32, f64)>)> = Vec::new();
+    // sparse terms `(row, col, ln K)` per power
+    type Terms = Vec<(u32, u32, f64)>;
+    let mut sparse: Vec<(f64, Terms)> = Vec::new();
     let mut e = 0;
     let m = net.num_edges();
     while e < m {
@@ -275,8 +276,8 @@ fn dense_run(src: &[u32], dst: &[u32], e: usize, m: usize) -> Option<(usize, usi
             lines += 1;
         }
         if lines >= 2 && lines * n >= MIN_DENSE {
-            // (length, number of major lines = rows for row-major, columns for column-major)
-            return Some((lines * n, if rows_major { lines } else { lines }, rows_major));
+            // (length, major lines: rows for row-major, columns for column-major)
+            return Some((lines * n, lines, rows_major));
         }
     }
     None

@@ -19,6 +19,10 @@
 //!
 //! All flows are kept as natural logarithms.
 
+// Per-variable and per-line vectors are indexed in parallel (the same index into several
+// arrays), hence index loops.
+#![allow(clippy::needless_range_loop)]
+
 use super::store::{Block, Dense, Sparse, Structured};
 use super::spec::FIXED;
 use rayon::prelude::*;
@@ -796,7 +800,7 @@ impl<'s, 'a> Engine<'s, 'a> {
             Pow::Two => line_sum(q, d, w, major, line, |x| x * x),
             Pow::Other(p) => line_sum(q, d, w, major, line, |x| x.powf(p)),
         });
-        if !(s > 0.0) {
+        if s.is_nan() || s <= 0.0 {
             return f64::NEG_INFINITY;
         }
         if major {

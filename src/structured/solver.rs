@@ -14,10 +14,14 @@
 //! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
 //! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
 //! colour classes, each class at once over all blocks in parallel (on one thread below
-//! [`PARALLEL_MIN_TERMS`] terms, where threads cost more than they save).
+//! [`PARALLEL_MIN_TERMS`] terms). Every reduction runs in a fixed order, so one and two threads
+//! give identical results.
 //!
 //! The [`drive`] loop owns the tolerance, the iteration cap, the time limit, the trace, the
 //! observer and the stop reason for every method.
+
+// Per-variable vectors are indexed in parallel, hence index loops.
+#![allow(clippy::needless_range_loop)]
 
 use super::analysis::{colour_classes, Occurrences};
 use super::ops::{minimize_1d, Engine, Flows};
@@ -32,7 +36,7 @@ use std::time::Instant;
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
 const SWEEP_ABOVE: f64 = 0.5;
 
-/// Below this many terms the parallel schedule and the passes run on one thread.
+/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread.
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
 
 /// Largest number of coarse modes solved densely (beyond: no coarse correction).
@@ -649,7 +653,7 @@ pub(crate) fn cholesky_in_place(a: &mut [f64], m: usize) -> bool {
         for k in 0..j {
             d -= a[j * m + k] * a[j * m + k];
         }
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return false;
         }
         let d = d.sqrt();

@@ -177,7 +177,7 @@ impl<'a> Dense<'a> {
             let base = a * minor;
             for (b, nm) in nmax.iter_mut().enumerate() {
                 let v = q.abs_at(base + b);
-                if !(v <= f64::MAX) {
+                if !v.is_finite() {
                     return Err(base + b);
                 }
                 if v > *mm {
@@ -253,7 +253,7 @@ impl Sparse {
     /// Builds a block from unsorted terms; terms with `K = 0` are dropped.
     pub(crate) fn new(mut terms: Vec<(u32, u32, f64)>, p: f64, node: String) -> Self {
         terms.retain(|t| t.2 > f64::NEG_INFINITY);
-        terms.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        terms.sort_by_key(|t| (t.0, t.1));
         Sparse {
             row: terms.iter().map(|t| t.0).collect(),
             col: terms.iter().map(|t| t.1).collect(),
