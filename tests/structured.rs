@@ -12,7 +12,8 @@ use synbal::regularizer::{Penalty, Regularizer};
 use synbal::solve::{exact, Method, NoObserver, Schedule, Settings, Status, TraceEntry};
 use synbal::structured::memory::MemorySource;
 use synbal::structured::spec::{
-    BiasUse, BiasValues, Layout, ProblemSpec, UnitSet, WeightUse, FIXED,
+    BiasUse, BiasValues, ElementType, Layout, ProblemSpec, TensorSource, UnitSet, WeightUse,
+    FIXED,
 };
 use synbal::structured::{balance_network, solve, StructuredError};
 
@@ -338,4 +339,114 @@ fn identical_with_one_and_two_threads() {
         assert_eq!(a.log_scales, b.log_scales, "{method}");
         assert_eq!(a.iterations, b.iterations);
     }
+}
+
+/// A spec with one use `layout` of tensor `t` from 4 input channels (fixed) to 4 free
+/// channels, and a Linear head to 2 fixed outputs.
+fn one_layer_spec(t: &str, layout: Layout) -> ProblemSpec {
+    ProblemSpec {
+        unit_var: (0..10u32)
+            .map(|u| if (4..8).contains(&u) { u - 4 } else { FIXED })
+            .collect(),
+        var_degree: vec![1.0; 4],
+        weights: vec![
+            WeightUse {
+                tensor: t.into(),
+                layout,
+                out_units: (4..8).collect(),
+                in_units: (0..4).collect(),
+                row_factor: Some(vec![1.0, -2.0, 0.5, 3.0]),
+                alpha: 1.0,
+                node: "layer".into(),
+            },
+            WeightUse {
+                tensor: "head".into(),
+                layout: Layout::RowMajor { rows: 2, cols: 4 },
+                out_units: vec![8, 9],
+                in_units: (4..8).collect(),
+                row_factor: None,
+                alpha: 1.0,
+                node: "head".into(),
+            },
+        ],
+        unit_sets: vec![UnitSet { name: "layer".into(), units: (4..8).collect() }],
+        ..ProblemSpec::default()
+    }
+}
+
+#[test]
+fn grouped_and_transposed_convolutions_match_dense_equivalents() {
+    let k = 3;
+    let val = |o: usize, c: usize, j: usize| ((o * 7 + c * 3 + j * 5) % 11) as f64 / 5.0 - 1.0 + 0.05;
+    // groups = 2: output o reads input channels of its group only
+    let grouped: Vec<f64> = (0..4)
+        .flat_map(|o| (0..2).flat_map(move |c| (0..k).map(move |j| val(o, c, j))))
+        .collect();
+    let dense_of_grouped: Vec<f64> = (0..4)
+        .flat_map(|o| {
+            (0..4).flat_map(move |c| {
+                (0..k).map(move |j| if c / 2 == o / 2 { val(o, c % 2, j) } else { 0.0 })
+            })
+        })
+        .collect();
+    // transposed: [in, out, k] with element (c, o, j) = the dense conv's (o, c, j)
+    let dense: Vec<f64> = (0..4)
+        .flat_map(|o| (0..4).flat_map(move |c| (0..k).map(move |j| val(o, c, j))))
+        .collect();
+    let transposed: Vec<f64> = (0..4)
+        .flat_map(|c| (0..4).flat_map(move |o| (0..k).map(move |j| val(o, c, j))))
+        .collect();
+    let head: Vec<f64> = (0..8).map(|i| (i as f64 - 3.5) / 4.0).collect();
+    let mut src = MemorySource::default();
+    src.insert_f64("grouped", vec![4, 2, k], &grouped);
+    src.insert_f64("dense_of_grouped", vec![4, 4, k], &dense_of_grouped);
+    src.insert_f64("dense", vec![4, 4, k], &dense);
+    src.insert_f64("transposed", vec![4, 4, k], &transposed);
+    src.insert_f64("head", vec![2, 4], &head);
+    let conv = |groups| Layout::Conv { out: 4, in_per_group: 4 / groups, groups, kernel: k };
+    let tconv = Layout::ConvTranspose { inp: 4, out_per_group: 4, groups: 1, kernel: k };
+    for reg in [Regularizer::lp(2.0).unwrap(), Regularizer::elastic_net(0.5, 1.0).unwrap()] {
+        let s = settings(Method::Newton);
+        let x = |t: &str, l: Layout| {
+            let r = solve(&one_layer_spec(t, l), &src, &reg, &s, &mut NoObserver).unwrap();
+            assert!(r.status.converged(), "{t}: {:?}", r.status);
+            r.var_log_scales
+        };
+        let pairs = [
+            (x("grouped", conv(2)), x("dense_of_grouped", conv(1))),
+            (x("transposed", tconv.clone()), x("dense", conv(1))),
+        ];
+        for (a, b) in pairs {
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-10, "{u} vs {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_tensors_are_read_in_place() {
+    // the same MLP from bf16 tensors and from f64 copies of the bf16 values
+    let (spec, src32, _) = mlp_spec(&[5, 9, 7, 3], 17);
+    let mut src16 = MemorySource::default();
+    let mut src64 = MemorySource::default();
+    for w in &spec.weights {
+        let v = src32.tensor(&w.tensor).unwrap();
+        let vals: Vec<half::bf16> = v
+            .bytes
+            .chunks_exact(4)
+            .map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        let bytes = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+        src16.insert_bytes(&w.tensor, ElementType::BF16, v.shape.clone(), bytes);
+        let f: Vec<f64> = vals.iter().map(|x| x.to_f64()).collect();
+        src64.insert_f64(&w.tensor, v.shape.clone(), &f);
+    }
+    let reg = Regularizer::lp(2.0).unwrap().without_biases();
+    let s = settings(Method::Newton);
+    let a = solve(&spec, &src16, &reg, &s, &mut NoObserver).unwrap();
+    let b = solve(&spec, &src64, &reg, &s, &mut NoObserver).unwrap();
+    assert!(a.status.converged());
+    assert_eq!(a.var_log_scales, b.var_log_scales);
+    assert_eq!(a.owned_bytes, b.owned_bytes, "no copy of either source");
 }
