@@ -42,6 +42,7 @@ use thiserror::Error;
 
 /// Bad input to [`solve`]: each names the tensor or node at fault.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum StructuredError {
     /// Invalid settings.
     #[error(transparent)]
