@@ -259,6 +259,7 @@ pub(crate) fn run(
 ) -> Run {
     let mut core = Core::new(st, mode, modes);
     core.tol = settings.tol;
+    core.deadline = settings.time_limit.map(|t| start + t);
     let cost_before = core.fl.ln_f.exp();
     let (outcome, algorithm) = match settings.method {
         Method::Local(schedule) => {

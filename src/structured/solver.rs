@@ -150,6 +150,8 @@ pub(crate) struct Core<'s, 'a> {
     pub sweeps: usize,
     /// The tolerance of the run (bounds the accuracy asked of each Newton step).
     pub tol: f64,
+    /// When the time limit expires: CG stops early and the driver stops after the iteration.
+    pub deadline: Option<Instant>,
     max_p: f64,
 }
 
@@ -195,6 +197,7 @@ impl<'s, 'a> Core<'s, 'a> {
             cg_iterations: 0,
             sweeps: 0,
             tol: 1e-12,
+            deadline: None,
             max_p,
         }
     }
@@ -447,6 +450,9 @@ impl<'s, 'a> Core<'s, 'a> {
         let mut q = vec![0.0; n];
         let max_it = 2 * n + 20;
         for _ in 0..max_it {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
             self.cg_iterations += 1;
             self.eng.apply_s(&d, &mut q);
             for v in 0..n {
