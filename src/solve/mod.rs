@@ -123,11 +123,17 @@ pub enum Algorithm {
     Local,
     /// An argmin solver, L-BFGS or Newton-CG ([`argmin`](mod@argmin)).
     Argmin,
+    /// Newton on the structured core: PCG with the unit-set coarse correction
+    /// ([`crate::structured`]).
+    StructuredNewton,
+    /// Local balancing with the schedule of [`Method::Local`] on the structured core
+    /// ([`crate::structured`]).
+    StructuredLocal,
 }
 
 impl Algorithm {
     /// The name used in reports: `newton-cholesky`, `newton-pcg`, `newton-layered`, `local`,
-    /// `argmin`.
+    /// `argmin`, `structured-newton`, `structured-local`.
     pub fn name(&self) -> &'static str {
         match self {
             Algorithm::NewtonCholesky => "newton-cholesky",
@@ -135,6 +141,8 @@ impl Algorithm {
             Algorithm::NewtonLayered => "newton-layered",
             Algorithm::Local => "local",
             Algorithm::Argmin => "argmin",
+            Algorithm::StructuredNewton => "structured-newton",
+            Algorithm::StructuredLocal => "structured-local",
         }
     }
 }
@@ -148,12 +156,15 @@ impl fmt::Display for Algorithm {
 /// Linear algebra used by the Newton step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum LinearSolver {
-    /// Cholesky unless the predicted fill is too large, then CG.
+    /// The structured core: Newton steps by PCG with the unit-set coarse correction, local
+    /// schedules on the same blocks ([`crate::structured`]).
     #[default]
     Auto,
-    /// Sparse Cholesky (faer), symbolic analysis once, numeric refactorisation each step.
+    /// The per-edge sparse Newton with a sparse Cholesky factorisation (faer; symbolic analysis
+    /// once, numeric refactorisation each step); per-edge sweeps for local schedules.
     Cholesky,
-    /// Matrix-free preconditioned conjugate gradients.
+    /// The per-edge Newton with matrix-free preconditioned conjugate gradients (the dense
+    /// layered solver on dense layered MLPs).
     Cg,
 }
 
@@ -547,12 +558,15 @@ fn layered_route(
 /// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
 /// (progress bars, logs), on every route.
 ///
-/// Routes ([`Solution::algorithm`]): [`Method::Local`] runs [`local`]; [`Method::Lbfgs`] and
-/// [`Method::NewtonCg`] run [`argmin`](mod@argmin); [`Method::Newton`] runs the dense layered
-/// Newton solver on a dense layered MLP under one `L_p` with at least 100,000 edges (or with
-/// [`LinearSolver::Cg`]), and otherwise sparse Newton, whose linear solver is sparse Cholesky
-/// unless CG is asked for or the predicted factorisation is too expensive
-/// ([`newton::AUTO_CG_FLOP_RATIO`]).
+/// Routes ([`Solution::algorithm`]): with [`LinearSolver::Auto`] (the default), [`Method::Newton`]
+/// and every [`Method::Local`] schedule run on the structured core
+/// ([`crate::structured::balance_network`]: dense blocks over the network's own weights where a
+/// layer pair is complete, sparse blocks elsewhere; a custom penalty is handed to the per-edge
+/// solvers). [`LinearSolver::Cholesky`] asks for the per-edge sparse Newton with a sparse
+/// Cholesky factorisation ([`newton`]), and for local schedules the per-edge sweeps ([`local`]);
+/// [`LinearSolver::Cg`] asks for the per-edge Newton with CG: the dense layered Newton solver
+/// ([`layered`]) on a dense layered MLP under one `L_p`, otherwise sparse Newton with PCG.
+/// [`Method::Lbfgs`] and [`Method::NewtonCg`] run [`argmin`](mod@argmin).
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
@@ -573,16 +587,21 @@ pub fn balance_observed(
 ) -> Result<Solution, BalanceError> {
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
-    match settings.method {
-        Method::Local(_) => local::solve_observed(net, reg, settings, observer),
-        Method::Newton => match layered_route(net, reg, settings) {
+    match (settings.method, settings.linear_solver) {
+        (Method::Newton | Method::Local(_), LinearSolver::Auto) => {
+            crate::structured::balance_network(net, reg, settings, observer)
+        }
+        (Method::Local(_), _) => local::solve_observed(net, reg, settings, observer),
+        (Method::Newton, _) => match layered_route(net, reg, settings) {
             Some(mut mlp) => layered::balance_layered_observed(&mut mlp, reg, settings, observer)
                 .map(|report| layered::LayeredSolution { mlp, report }.into_solution(net)),
             None => newton::solve_observed(net, reg, settings, observer),
         },
         #[cfg(feature = "argmin")]
-        Method::Lbfgs | Method::NewtonCg => argmin::solve_observed(net, reg, settings, observer),
+        (Method::Lbfgs | Method::NewtonCg, _) => {
+            argmin::solve_observed(net, reg, settings, observer)
+        }
         #[cfg(not(feature = "argmin"))]
-        Method::Lbfgs | Method::NewtonCg => Err(BalanceError::Unavailable(settings.method)),
+        (Method::Lbfgs | Method::NewtonCg, _) => Err(BalanceError::Unavailable(settings.method)),
     }
 }

@@ -16,9 +16,13 @@ use super::{analysis, run, StructuredError};
 use crate::network::{Network, NO_GROUP};
 use crate::regularizer::{Penalty, Regularizer, RegularizerError};
 use crate::solve::{
-    BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
+    Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
 };
+use crate::measure::total_cost;
 use crate::structure::{analyze, prune};
+
+/// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.
+const NO_COST: &str = "no edge or bias of positive cost";
 use std::borrow::Cow;
 use std::time::Instant;
 
@@ -55,6 +59,7 @@ pub fn balance_network(
         _ => {}
     }
     let start = Instant::now();
+    let cost_before = total_cost(net, reg);
     let mut diagnostics = Diagnostics::default();
     let pruned;
     let net = match settings.degenerate {
@@ -68,8 +73,14 @@ pub fn balance_network(
         }
     };
     let structure = analyze(net, reg);
+    // Local balancing leaves a group without any cost where it is (it is balanced, 0 = 0) and
+    // lists as held only the groups that have one side of zero cost.
+    let local = matches!(settings.method, Method::Local(_));
     for (g, h) in structure.held.iter().enumerate() {
         if let Some(reason) = h {
+            if local && reason.starts_with(NO_COST) {
+                continue;
+            }
             for &i in net.groups().members(g) {
                 diagnostics.held_fixed.push((i as usize, reason.clone()));
             }
@@ -99,15 +110,20 @@ pub fn balance_network(
     }
     let mut network = net.clone();
     network.apply_log_scales(&u);
+    let cost_after = total_cost(&network, reg);
     Ok(Solution {
         network,
         log_scales: u,
         status: r.status,
         method: settings.method,
+        algorithm: match settings.method {
+            Method::Local(_) => Algorithm::StructuredLocal,
+            _ => Algorithm::StructuredNewton,
+        },
         iterations: r.iterations,
         max_relative_imbalance: r.max_rel,
-        cost_before: r.cost_before,
-        cost_after: r.cost_after,
+        cost_before,
+        cost_after,
         elapsed: start.elapsed(),
         trace: r.trace,
         diagnostics,
