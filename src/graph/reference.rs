@@ -55,12 +55,15 @@ pub fn to_network<S: TensorSource>(
         }
     }
     let mut nb = NetworkBuilder::with_capacity(n + extra.len(), edges);
-    let role = |u: u32| {
-        if spec.unit_var[u as usize] == FIXED {
-            Role::Output
-        } else {
-            Role::Hidden
-        }
+    // Fixed units without incoming weights (model inputs) are inputs, other fixed units outputs.
+    let mut fed = vec![false; n];
+    for w in &spec.weights {
+        w.out_units.iter().for_each(|&u| fed[u as usize] = true);
+    }
+    let role = |u: u32| match (spec.unit_var[u as usize] == FIXED, fed[u as usize]) {
+        (true, false) => Role::Input,
+        (true, true) => Role::Output,
+        (false, _) => Role::Hidden,
     };
     for u in 0..n {
         nb.add_neuron(role(u as u32), Activation::Linear, bias[u].unwrap_or(0.0));
