@@ -1,0 +1,283 @@
+//! A general [`Network`] on the structured core.
+//!
+//! Variables are the scale groups that the structure analysis ([`crate::structure::analyze`])
+//! leaves free. Edges are scanned in order: a run of edges that lists the same sources for
+//! consecutive targets (a complete bipartite layer pair, row-major as the builders and the JSON
+//! reader produce it), or the same targets for consecutive sources (column-major), with one
+//! `α` and one penalty class, becomes a dense block over a borrowed slice of the network's
+//! weights; every other edge goes to a sparse block (one per power). Edges inside a scale
+//! group of degree 1 are constant; inside a group of degree `c ≠ 1` they are unary terms
+//! `K·e^{p(1−c)x}`. Biases are unary terms `|b|^p·e^{p x}`.
+
+use super::build::{finish_powers, lp_parts};
+use super::spec::FIXED;
+use super::store::{Block, Dense, Elems, Sparse, Structured, Unary};
+use super::{analysis, run, StructuredError};
+use crate::network::{Network, NO_GROUP};
+use crate::regularizer::{Penalty, Regularizer, RegularizerError};
+use crate::solve::{
+    BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
+};
+use crate::structure::{analyze, prune};
+use std::borrow::Cow;
+use std::time::Instant;
+
+/// Smallest run of edges stored as a dense block.
+const MIN_DENSE: usize = 16;
+
+/// Balances `net` under `reg` through the structured core and returns the same [`Solution`] as
+/// [`crate::solve::balance`] (the same balanced state; `diagnostics` from the same structure
+/// analysis). Methods: Newton and every local schedule. Penalties that are not `L_p` or
+/// elastic net, and the argmin methods, are handed to the per-term solvers of
+/// [`crate::solve`].
+pub fn balance_network(
+    net: &Network,
+    reg: &Regularizer,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+) -> Result<Solution, BalanceError> {
+    settings.validate()?;
+    reg.check_edges(net.num_edges())?;
+    let custom = reg
+        .classes()
+        .iter()
+        .any(|c| matches!(c, Penalty::Custom(f) if f.lp_exponent().is_none()));
+    match settings.method {
+        Method::Lbfgs | Method::NewtonCg => {
+            return crate::solve::argmin::solve_observed(net, reg, settings, observer)
+        }
+        Method::Newton if custom => {
+            return crate::solve::newton::solve_observed(net, reg, settings, observer)
+        }
+        Method::Local(_) if custom => {
+            return crate::solve::local::solve_observed(net, reg, settings, observer)
+        }
+        _ => {}
+    }
+    let start = Instant::now();
+    let mut diagnostics = Diagnostics::default();
+    let pruned;
+    let net = match settings.degenerate {
+        Degenerate::HoldFixed => net,
+        Degenerate::Prune => {
+            let p = prune(net);
+            diagnostics.pruned_edges = p.edges;
+            diagnostics.pruned_biases = p.biases;
+            pruned = p.network;
+            &pruned
+        }
+    };
+    let structure = analyze(net, reg);
+    for (g, h) in structure.held.iter().enumerate() {
+        if let Some(reason) = h {
+            for &i in net.groups().members(g) {
+                diagnostics.held_fixed.push((i as usize, reason.clone()));
+            }
+        }
+    }
+    diagnostics.held_fixed.sort_by_key(|h| h.0);
+    diagnostics.floating_components = structure.floating_components;
+    let fixed = structure.fixed_groups();
+    let mut var_of_group = vec![FIXED; fixed.len()];
+    let mut group_of_var = Vec::new();
+    for (g, &f) in fixed.iter().enumerate() {
+        if !f {
+            var_of_group[g] = group_of_var.len() as u32;
+            group_of_var.push(g);
+        }
+    }
+    let st = structured_of(net, reg, &var_of_group, &group_of_var).map_err(|e| match e {
+        StructuredError::Regularizer(r) => BalanceError::Regularizer(r),
+        StructuredError::Settings(s) => BalanceError::Settings(s),
+        other => BalanceError::Regularizer(RegularizerError::BadClasses(other.to_string())),
+    })?;
+    let (mode, modes) = analysis::modes_from_sets(&st, &[]);
+    let r = run(&st, mode, modes, settings, observer, start);
+    let mut u = vec![0.0; fixed.len()];
+    for (v, &g) in group_of_var.iter().enumerate() {
+        u[g] = r.x[v];
+    }
+    let mut network = net.clone();
+    network.apply_log_scales(&u);
+    Ok(Solution {
+        network,
+        log_scales: u,
+        status: r.status,
+        method: settings.method,
+        iterations: r.iterations,
+        max_relative_imbalance: r.max_rel,
+        cost_before: r.cost_before,
+        cost_after: r.cost_after,
+        elapsed: start.elapsed(),
+        trace: r.trace,
+        diagnostics,
+    })
+}
+
+/// The structured problem of `net` with the given variables.
+fn structured_of<'n>(
+    net: &'n Network,
+    reg: &Regularizer,
+    var_of_group: &[u32],
+    group_of_var: &[usize],
+) -> Result<Structured<'n>, StructuredError> {
+    let groups = net.groups();
+    let var = |i: usize| {
+        let g = groups.group_of(i);
+        if g == NO_GROUP {
+            FIXED
+        } else {
+            var_of_group[g as usize]
+        }
+    };
+    let class_parts: Vec<Vec<(f64, f64)>> = reg
+        .classes()
+        .iter()
+        .map(lp_parts)
+        .collect::<Result<_, _>>()?;
+    let class_of = |e: usize| reg.edge_classes().map_or(0, |c| c[e] as usize);
+    let mut st = Structured {
+        degree: group_of_var.iter().map(|&g| groups.degree(g)).collect(),
+        free: vec![true; group_of_var.len()],
+        blocks: Vec::new(),
+        unary: Vec::new(),
+        ln_const: f64::NEG_INFINITY,
+        powers: Vec::new(),
+    };
+    let (src, dst, w, alpha) = (net.sources(), net.targets(), net.weights(), net.alphas());
+    // sparse terms per power
+    let mut sparse: Vec<(f64, Vec<(u32, u32, f64)>)> = Vec::new();
+    let mut e = 0;
+    let m = net.num_edges();
+    while e < m {
+        if let Some((len, rows, rows_major)) = dense_run(src, dst, e, m) {
+            let cls = class_of(e);
+            let a = alpha[e];
+            let uniform = (e..e + len).all(|k| alpha[k] == a && class_of(k) == cls);
+            if uniform && a > 0.0 {
+                let cols = len / rows;
+                let (row_var, col_var): (Vec<u32>, Vec<u32>) = if rows_major {
+                    (
+                        (0..rows).map(|o| var(dst[e + o * cols] as usize)).collect(),
+                        (0..cols).map(|j| var(src[e + j] as usize)).collect(),
+                    )
+                } else {
+                    (
+                        (0..cols).map(|o| var(dst[e + o] as usize)).collect(),
+                        (0..rows).map(|j| var(src[e + j * cols] as usize)).collect(),
+                    )
+                };
+                for &(p, coef) in &class_parts[cls] {
+                    let d = Dense::new(
+                        Elems::F64(Cow::Borrowed(&w[e..e + len])),
+                        rows_major,
+                        row_var.clone(),
+                        col_var.clone(),
+                        None,
+                        a * coef,
+                        p,
+                        format!("edges {e}..{}", e + len),
+                    )
+                    .map_err(|i| StructuredError::NonFinite {
+                        tensor: "weights".into(),
+                        node: "network".into(),
+                        index: e + i,
+                    })?;
+                    st.blocks.push(Block::Dense(d));
+                }
+                e += len;
+                continue;
+            }
+        }
+        // one edge to the sparse part
+        let (j, i) = (src[e] as usize, dst[e] as usize);
+        let (a, x) = (alpha[e], w[e].abs());
+        if a > 0.0 && x > 0.0 {
+            let (gi, gj) = (groups.group_of(i), groups.group_of(j));
+            for &(p, coef) in &class_parts[class_of(e)] {
+                let ln_k = (a * coef).ln() + p * x.ln();
+                if gi == gj && gi != NO_GROUP {
+                    let c = groups.degree(gi as usize);
+                    let v = var(i);
+                    if c == 1.0 || v == FIXED {
+                        st.ln_const = super::ops::lse(st.ln_const, ln_k);
+                    } else {
+                        st.unary.push(Unary {
+                            var: v,
+                            ln_k,
+                            s: p * (1.0 - c),
+                            bias: false,
+                        });
+                    }
+                    continue;
+                }
+                let slot = match sparse.iter().position(|s| s.0 == p) {
+                    Some(k) => k,
+                    None => {
+                        sparse.push((p, Vec::new()));
+                        sparse.len() - 1
+                    }
+                };
+                sparse[slot].1.push((var(i), var(j), ln_k));
+            }
+        }
+        e += 1;
+    }
+    for (p, terms) in sparse {
+        st.blocks
+            .push(Block::Sparse(Sparse::new(terms, p, "sparse edges".into())));
+    }
+    if let Some(bp) = reg.bias_penalty() {
+        let parts = lp_parts(bp)?;
+        for (i, &b) in net.biases().iter().enumerate() {
+            if b == 0.0 {
+                continue;
+            }
+            for &(p, coef) in &parts {
+                st.unary.push(Unary {
+                    var: var(i),
+                    ln_k: coef.ln() + p * b.abs().ln(),
+                    s: p,
+                    bias: true,
+                });
+            }
+        }
+    }
+    finish_powers(&mut st);
+    Ok(st)
+}
+
+/// A complete bipartite run of edges starting at `e`: `(length, major lines, rows_major)`.
+/// Row-major: `rows` consecutive groups of `n` edges, each with one target and the same source
+/// sequence; column-major: the same with sources and targets exchanged.
+fn dense_run(src: &[u32], dst: &[u32], e: usize, m: usize) -> Option<(usize, usize, bool)> {
+    for (key, other, rows_major) in [(dst, src, true), (src, dst, false)] {
+        let k0 = key[e];
+        let mut n = 1;
+        while e + n < m && key[e + n] == k0 {
+            n += 1;
+        }
+        if n < 2 {
+            continue;
+        }
+        let seq = &other[e..e + n];
+        let mut lines = 1;
+        loop {
+            let s = e + lines * n;
+            if s + n > m {
+                break;
+            }
+            let k = key[s];
+            if k == key[s - 1] || !key[s..s + n].iter().all(|&x| x == k) || &other[s..s + n] != seq
+            {
+                break;
+            }
+            lines += 1;
+        }
+        if lines >= 2 && lines * n >= MIN_DENSE {
+            // (length, number of major lines = rows for row-major, columns for column-major)
+            return Some((lines * n, if rows_major { lines } else { lines }, rows_major));
+        }
+    }
+    None
+}

@@ -1,0 +1,1071 @@
+//! Operations on the structured problem, written once for every block kind: the flows
+//! (per-variable input and output costs, hence the cost, the gradient and the relative
+//! imbalance), the Jacobi-scaled Hessian-vector product, exact local steps.
+//!
+//! Work is split into *tasks*: a range of major lines of one dense block (at most
+//! [`TASK_TERMS`] terms) or a whole sparse block. Tasks run in parallel (rayon); every reduction
+//! over tasks and blocks is done afterwards in a fixed order, so the results do not depend on
+//! the number of threads.
+//!
+//! For a variable `v` of degree `c`, with `In_q(v)` the sum of terms of power `q` in which `v` is
+//! the row (output) end (biases included) and `Out_q(v)` those in which it is the column (input)
+//! end:
+//!
+//! ```text
+//! ∂F/∂x_v   = Σ_q q·In_q − c·Σ_q q·Out_q (+ s·V for a unary term e^{ln K + s·x_v})
+//! ∂²F/∂x_v² = Σ_q q²·In_q + c²·Σ_q q²·Out_q (+ s²·V)
+//! ∂²F/∂x_r∂x_c = −q²·c·V summed over the terms between r ≠ c
+//! ```
+//!
+//! All flows are kept as natural logarithms.
+
+use super::store::{Block, Dense, Sparse, Structured};
+use super::spec::FIXED;
+use rayon::prelude::*;
+
+/// Runs `$body` with `$s` bound to the block's magnitudes as a typed slice.
+macro_rules! with_elems {
+    ($d:expr, $s:ident => $body:expr) => {
+        match &$d.q {
+            super::store::Elems::F32(v) => {
+                let $s: &[f32] = v;
+                $body
+            }
+            super::store::Elems::F64(v) => {
+                let $s: &[f64] = v;
+                $body
+            }
+            super::store::Elems::F16(v) => {
+                let $s: &[half::f16] = v;
+                $body
+            }
+            super::store::Elems::BF16(v) => {
+                let $s: &[half::bf16] = v;
+                $body
+            }
+        }
+    };
+}
+
+/// Largest number of terms of one task.
+pub(crate) const TASK_TERMS: usize = 1 << 18;
+
+/// `ln(e^a + e^b)`, robust to `−∞`.
+#[inline]
+pub(crate) fn lse(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// `x^p` for the common exponents.
+#[derive(Clone, Copy, Debug)]
+enum Pow {
+    One,
+    Two,
+    Other(f64),
+}
+
+impl Pow {
+    fn of(p: f64) -> Pow {
+        if p == 1.0 {
+            Pow::One
+        } else if p == 2.0 {
+            Pow::Two
+        } else {
+            Pow::Other(p)
+        }
+    }
+}
+
+/// One unit of parallel work.
+#[derive(Debug, Clone)]
+struct Task {
+    block: usize,
+    a0: usize,
+    a1: usize,
+}
+
+/// Scratch of one task.
+#[derive(Debug, Clone, Default)]
+struct TaskWork {
+    /// Dense: linear inner sums of the major lines `a0..a1`; sparse: `ln V_e` per term.
+    major: Vec<f64>,
+    /// Dense: partial minor sums (linear, block shift); sparse HVP: output per variable.
+    minor: Vec<f64>,
+}
+
+/// Scratch of one block.
+#[derive(Debug, Clone, Default)]
+struct BlockWork {
+    /// `la_a` per major line (log factor of the major side).
+    la: Vec<f64>,
+    /// `lb_b` per minor line.
+    lb: Vec<f64>,
+    /// `e^{la_a − max la}`.
+    ea: Vec<f64>,
+    /// `e^{lb_b − max lb}`.
+    eb: Vec<f64>,
+    la_max: f64,
+    lb_max: f64,
+    /// `ln` of the major sums.
+    ln_major: Vec<f64>,
+    /// `ln` of the minor sums.
+    ln_minor: Vec<f64>,
+    /// HVP factors of the major and minor sides (dense), or `Ŝ_e` per term (sparse).
+    fa: Vec<f64>,
+    fb: Vec<f64>,
+    /// HVP outputs.
+    out_major: Vec<f64>,
+    out_minor: Vec<f64>,
+    /// Gathered HVP inputs of the minor side, `fb_b·y_{var(b)}`.
+    xb: Vec<f64>,
+    /// The task of a sparse block.
+    sparse_task: usize,
+}
+
+/// Per-variable flows at one point.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Flows {
+    /// `ln In_q(v)` at `[qi·n + v]`.
+    pub ln_in: Vec<f64>,
+    /// `ln Out_q(v)` at `[qi·n + v]`.
+    pub ln_out: Vec<f64>,
+    /// `ln` of the positive part of the gradient.
+    pub ln_gp: Vec<f64>,
+    /// `ln` of the negative part of the gradient (`c·Σ q·Out_q` and negative unary slopes).
+    pub ln_gm: Vec<f64>,
+    /// `ln` of the Hessian diagonal.
+    pub ln_hd: Vec<f64>,
+    /// `ln F`.
+    pub ln_f: f64,
+}
+
+impl Flows {
+    /// Relative imbalance `|g⁺ − g⁻|/(g⁺ + g⁻)` of variable `v` (0 when both vanish).
+    #[inline]
+    pub(crate) fn rel(&self, v: usize) -> f64 {
+        let (a, b) = (self.ln_gp[v], self.ln_gm[v]);
+        if a == f64::NEG_INFINITY && b == f64::NEG_INFINITY {
+            return 0.0;
+        }
+        if a == b {
+            return 0.0;
+        }
+        ((a - b) * 0.5).tanh().abs()
+    }
+
+    /// Balance deficit `Σ_v (∂F/∂x_v)²`, saturating at `f64::MAX`.
+    pub(crate) fn deficit(&self, free: &[bool]) -> f64 {
+        let mut s = 0.0f64;
+        for v in 0..free.len() {
+            if free[v] {
+                let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
+                s += d * d;
+            }
+        }
+        s.min(f64::MAX)
+    }
+}
+
+/// The operations on a [`Structured`] problem with their scratch space.
+pub(crate) struct Engine<'s, 'a> {
+    /// The problem.
+    pub st: &'s Structured<'a>,
+    tasks: Vec<Task>,
+    tw: Vec<TaskWork>,
+    bw: Vec<BlockWork>,
+    /// Per variable: indices into `st.unary` of unary terms not folded into `In_q`.
+    generic_unary: Vec<Vec<u32>>,
+    /// Per unary term: power index when it is an input-side term of a listed power.
+    unary_power: Vec<Option<usize>>,
+    /// Number of passes over all blocks (flows or Hessian-vector products).
+    pub passes: usize,
+    /// Use at most one thread.
+    pub sequential: bool,
+}
+
+impl<'s, 'a> Engine<'s, 'a> {
+    /// Splits the blocks into tasks and allocates every scratch buffer once.
+    pub(crate) fn new(st: &'s Structured<'a>) -> Self {
+        let n = st.num_vars();
+        let mut tasks = Vec::new();
+        let mut tw = Vec::new();
+        let mut bw = Vec::new();
+        for (bi, b) in st.blocks.iter().enumerate() {
+            match b {
+                Block::Dense(d) => {
+                    let per = (TASK_TERMS / d.minor.max(1)).max(1);
+                    let mut a0 = 0;
+                    while a0 < d.major {
+                        let a1 = (a0 + per).min(d.major);
+                        tasks.push(Task { block: bi, a0, a1 });
+                        tw.push(TaskWork {
+                            major: vec![0.0; a1 - a0],
+                            minor: vec![0.0; d.minor],
+                        });
+                        a0 = a1;
+                    }
+                    bw.push(BlockWork {
+                        la: vec![0.0; d.major],
+                        lb: vec![0.0; d.minor],
+                        ea: vec![0.0; d.major],
+                        eb: vec![0.0; d.minor],
+                        ln_major: vec![f64::NEG_INFINITY; d.major],
+                        ln_minor: vec![f64::NEG_INFINITY; d.minor],
+                        fa: vec![0.0; d.major],
+                        fb: vec![0.0; d.minor],
+                        out_major: vec![0.0; d.major],
+                        out_minor: vec![0.0; d.minor],
+                        xb: vec![0.0; d.minor],
+                        ..BlockWork::default()
+                    });
+                }
+                Block::Sparse(s) => {
+                    tasks.push(Task {
+                        block: bi,
+                        a0: 0,
+                        a1: s.len(),
+                    });
+                    tw.push(TaskWork {
+                        major: vec![0.0; s.len()],
+                        minor: vec![0.0; n],
+                    });
+                    bw.push(BlockWork {
+                        fa: vec![0.0; s.len()],
+                        sparse_task: tasks.len() - 1,
+                        ..BlockWork::default()
+                    });
+                }
+            }
+        }
+        let mut generic_unary = vec![Vec::new(); n];
+        let mut unary_power = Vec::with_capacity(st.unary.len());
+        for (i, u) in st.unary.iter().enumerate() {
+            let qi = st.powers.iter().position(|&q| q == u.s);
+            unary_power.push(qi);
+            if qi.is_none() && u.var != FIXED {
+                generic_unary[u.var as usize].push(i as u32);
+            }
+        }
+        Engine {
+            st,
+            tasks,
+            tw,
+            bw,
+            generic_unary,
+            unary_power,
+            passes: 0,
+            sequential: false,
+        }
+    }
+
+    fn run_tasks<F>(&mut self, f: F)
+    where
+        F: Fn(&Task, &mut TaskWork, &Block<'a>, &BlockWork) + Sync + Send,
+    {
+        let blocks = &self.st.blocks;
+        let bw = &self.bw;
+        let body = |(t, w): (&Task, &mut TaskWork)| f(t, w, &blocks[t.block], &bw[t.block]);
+        if self.sequential {
+            self.tasks.iter().zip(self.tw.iter_mut()).for_each(body);
+        } else {
+            self.tasks.par_iter().zip(self.tw.par_iter_mut()).for_each(body);
+        }
+    }
+
+    /// Computes the flows at `x` into `fl` (one pass over every block).
+    pub(crate) fn flows(&mut self, x: &[f64], fl: &mut Flows) {
+        self.passes += 1;
+        let st = self.st;
+        let deg = &st.degree;
+        let xv = |v: u32| if v == FIXED { 0.0 } else { x[v as usize] };
+        // per-block line factors
+        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
+            let Block::Dense(d) = b else { continue };
+            let p = d.p;
+            let row = |o: usize| {
+                let f = d.ln_row_factor.as_ref().map_or(0.0, |f| f[o]);
+                p * (f + xv(d.row_var[o]))
+            };
+            let col = |j: usize| {
+                let v = d.col_var[j];
+                if v == FIXED {
+                    0.0
+                } else {
+                    -p * deg[v as usize] * x[v as usize]
+                }
+            };
+            for a in 0..d.major {
+                w.la[a] = if d.rows_major { row(a) } else { col(a) };
+            }
+            for bb in 0..d.minor {
+                w.lb[bb] = if d.rows_major { col(bb) } else { row(bb) };
+            }
+            w.la_max = w.la.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            w.lb_max = w.lb.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (am, bm) = (finite_or_zero(w.la_max), finite_or_zero(w.lb_max));
+            for a in 0..d.major {
+                w.ea[a] = (w.la[a] - am).exp();
+            }
+            for bb in 0..d.minor {
+                w.eb[bb] = (w.lb[bb] - bm).exp();
+            }
+            w.la_max = am;
+            w.lb_max = bm;
+        }
+        self.run_tasks(|t, tw, blk, w| match blk {
+            Block::Dense(d) => dense_sums(d, t.a0, t.a1, w, tw),
+            Block::Sparse(s) => sparse_terms(s, deg, x, tw),
+        });
+        // per-block reduction of the minor partial sums, in task order
+        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
+            if let Block::Dense(_) = b {
+                w.out_minor.iter_mut().for_each(|v| *v = 0.0);
+            } else {
+                continue;
+            }
+        }
+        for (t, tw) in self.tasks.iter().zip(&self.tw) {
+            if let Block::Dense(d) = &st.blocks[t.block] {
+                let w = &mut self.bw[t.block];
+                for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
+                    *o += s;
+                }
+                let la = d.ln_alpha + w.lb_max;
+                for (k, a) in (t.a0..t.a1).enumerate() {
+                    let s = tw.major[k];
+                    w.ln_major[a] = if s > 0.0 {
+                        la + d.p * d.ln_major_max[a] + w.la[a] + s.ln()
+                    } else {
+                        f64::NEG_INFINITY
+                    };
+                }
+                let _ = d;
+            }
+        }
+        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
+            if let Block::Dense(d) = b {
+                let lb = d.ln_alpha + w.la_max;
+                for bb in 0..d.minor {
+                    let s = w.out_minor[bb];
+                    w.ln_minor[bb] = if s > 0.0 {
+                        lb + d.p * d.ln_minor_max[bb] + w.lb[bb] + s.ln()
+                    } else {
+                        f64::NEG_INFINITY
+                    };
+                }
+            }
+        }
+        self.reduce_flows(x, fl);
+    }
+
+    /// Gathers the per-line sums into per-variable flows (two sweeps: maxima, then sums).
+    fn reduce_flows(&self, x: &[f64], fl: &mut Flows) {
+        let st = self.st;
+        let n = st.num_vars();
+        let np = st.powers.len();
+        let neg = f64::NEG_INFINITY;
+        let mut mx_in = vec![neg; n * np];
+        let mut mx_out = vec![neg; n * np];
+        let mut ln_f_max = st.ln_const;
+        // sweep 1: maxima
+        self.for_each_contribution(x, |side, qi, v, s| {
+            if s == neg {
+                return;
+            }
+            if side == Side::Row || side == Side::RowFixed {
+                ln_f_max = ln_f_max.max(s);
+            }
+            if v == FIXED {
+                return;
+            }
+            let k = qi * n + v as usize;
+            match side {
+                Side::Row => mx_in[k] = mx_in[k].max(s),
+                Side::Col => mx_out[k] = mx_out[k].max(s),
+                Side::RowFixed => {}
+            }
+        });
+        let mut sum_in = vec![0.0; n * np];
+        let mut sum_out = vec![0.0; n * np];
+        let mut f_sum = if ln_f_max > neg {
+            (st.ln_const - ln_f_max).exp()
+        } else {
+            0.0
+        };
+        self.for_each_contribution(x, |side, qi, v, s| {
+            if s == neg {
+                return;
+            }
+            if side == Side::Row || side == Side::RowFixed {
+                f_sum += (s - ln_f_max).exp();
+            }
+            if v == FIXED {
+                return;
+            }
+            let k = qi * n + v as usize;
+            match side {
+                Side::Row => sum_in[k] += (s - mx_in[k]).exp(),
+                Side::Col => sum_out[k] += (s - mx_out[k]).exp(),
+                Side::RowFixed => {}
+            }
+        });
+        let ln = |m: f64, s: f64| if s > 0.0 { m + s.ln() } else { neg };
+        fl.ln_in.resize(n * np, neg);
+        fl.ln_out.resize(n * np, neg);
+        for k in 0..n * np {
+            fl.ln_in[k] = ln(mx_in[k], sum_in[k]);
+            fl.ln_out[k] = ln(mx_out[k], sum_out[k]);
+        }
+        fl.ln_f = ln(ln_f_max, f_sum);
+        if ln_f_max == neg {
+            fl.ln_f = neg;
+        }
+        fl.ln_gp.resize(n, neg);
+        fl.ln_gm.resize(n, neg);
+        fl.ln_hd.resize(n, neg);
+        for v in 0..n {
+            let c = st.degree[v];
+            let (mut gp, mut gm, mut hd) = (neg, neg, neg);
+            for (qi, &q) in st.powers.iter().enumerate() {
+                let (i, o) = (fl.ln_in[qi * n + v], fl.ln_out[qi * n + v]);
+                let lq = q.ln();
+                gp = lse(gp, lq + i);
+                gm = lse(gm, c.ln() + lq + o);
+                hd = lse(hd, 2.0 * lq + i);
+                hd = lse(hd, 2.0 * (c.ln() + lq) + o);
+            }
+            for &ui in &self.generic_unary[v] {
+                let u = st.unary[ui as usize];
+                let s = u.ln_k + u.s * x[v];
+                if u.s > 0.0 {
+                    gp = lse(gp, u.s.ln() + s);
+                } else if u.s < 0.0 {
+                    gm = lse(gm, (-u.s).ln() + s);
+                }
+                if u.s != 0.0 {
+                    hd = lse(hd, 2.0 * u.s.abs().ln() + s);
+                }
+            }
+            fl.ln_gp[v] = gp;
+            fl.ln_gm[v] = gm;
+            fl.ln_hd[v] = hd;
+        }
+    }
+
+    /// Calls `f(side, power index, variable, ln value)` for every line sum, sparse term and unary
+    /// term, in a fixed order. `Side::RowFixed` marks a generic unary term (counted in `F` only
+    /// through this call; its gradient is added separately).
+    fn for_each_contribution(&self, x: &[f64], mut f: impl FnMut(Side, usize, u32, f64)) {
+        let st = self.st;
+        for (bi, b) in st.blocks.iter().enumerate() {
+            let qi = st.power_index(b.p());
+            let w = &self.bw[bi];
+            match b {
+                Block::Dense(d) => {
+                    let (ms, ns) = if d.rows_major {
+                        (Side::Row, Side::Col)
+                    } else {
+                        (Side::Col, Side::Row)
+                    };
+                    for (a, &v) in d.major_vars().iter().enumerate() {
+                        f(ms, qi, v, w.ln_major[a]);
+                    }
+                    for (bb, &v) in d.minor_vars().iter().enumerate() {
+                        f(ns, qi, v, w.ln_minor[bb]);
+                    }
+                }
+                Block::Sparse(s) => {
+                    let tw = &self.tw[w.sparse_task];
+                    for e in 0..s.len() {
+                        f(Side::Row, qi, s.row[e], tw.major[e]);
+                        if s.row[e] != FIXED || s.col[e] != FIXED {
+                            f(Side::Col, qi, s.col[e], tw.major[e]);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, u) in st.unary.iter().enumerate() {
+            let xv = if u.var == FIXED { 0.0 } else { x[u.var as usize] };
+            let s = u.ln_k + u.s * xv;
+            match self.unary_power[i] {
+                Some(qi) => f(Side::Row, qi, u.var, s),
+                None => f(Side::RowFixed, 0, FIXED, s),
+            }
+        }
+    }
+
+    /// Prepares the Jacobi-scaled Hessian `Ŝ = D^{−1/2} A D^{−1/2}` at the flows `fl` (the
+    /// point whose line factors were computed by the last [`Engine::flows`] call).
+    pub(crate) fn prepare_hessian(&mut self, fl: &Flows, x: &[f64]) {
+        let st = self.st;
+        let deg = &st.degree;
+        let free = &st.free;
+        let half_hd = |v: u32| -> Option<f64> {
+            if v == FIXED || !free[v as usize] {
+                None
+            } else {
+                let h = fl.ln_hd[v as usize];
+                if h.is_finite() {
+                    Some(0.5 * h)
+                } else {
+                    None
+                }
+            }
+        };
+        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
+            match b {
+                Block::Dense(d) => {
+                    let lp = d.p.ln();
+                    let (maj_col, min_col) = (!d.rows_major, d.rows_major);
+                    for (a, &v) in d.major_vars().iter().enumerate() {
+                        w.fa[a] = match half_hd(v) {
+                            Some(h) if d.ln_major_max[a].is_finite() => {
+                                let c = if maj_col { deg[v as usize] } else { 1.0 };
+                                c * (lp + d.ln_alpha + d.p * d.ln_major_max[a] + w.la[a] + w.lb_max
+                                    - h)
+                                    .exp()
+                            }
+                            _ => 0.0,
+                        };
+                    }
+                    for (bb, &v) in d.minor_vars().iter().enumerate() {
+                        w.fb[bb] = match half_hd(v) {
+                            Some(h) => {
+                                let c = if min_col { deg[v as usize] } else { 1.0 };
+                                c * (lp + w.lb[bb] - w.lb_max - h).exp()
+                            }
+                            None => 0.0,
+                        };
+                    }
+                }
+                Block::Sparse(s) => {
+                    let terms = &self.tw[w.sparse_task].major;
+                    let p2 = s.p * s.p;
+                    for e in 0..s.len() {
+                        let (r, c) = (s.row[e], s.col[e]);
+                        w.fa[e] = match (half_hd(r), half_hd(c)) {
+                            (Some(hr), Some(hc)) if r != c => {
+                                p2 * deg[c as usize] * (terms[e] - hr - hc).exp()
+                            }
+                            _ => 0.0,
+                        };
+                    }
+                }
+            }
+        }
+        let _ = x;
+    }
+
+    /// `out = Ŝ·y` (free variables only).
+    pub(crate) fn apply_s(&mut self, y: &[f64], out: &mut [f64]) {
+        self.passes += 1;
+        let st = self.st;
+        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
+            if let Block::Dense(d) = b {
+                for ((x, &v), &f) in w.xb.iter_mut().zip(d.minor_vars()).zip(&w.fb) {
+                    *x = if f != 0.0 { f * y[v as usize] } else { 0.0 };
+                }
+            }
+        }
+        self.run_tasks(|t, tw, blk, w| match blk {
+            Block::Dense(d) => dense_product(d, t.a0, t.a1, w, y, tw),
+            Block::Sparse(s) => {
+                tw.minor.iter_mut().for_each(|v| *v = 0.0);
+                for e in 0..s.len() {
+                    let h = w.fa[e];
+                    if h != 0.0 {
+                        let (r, c) = (s.row[e] as usize, s.col[e] as usize);
+                        tw.minor[r] += h * y[c];
+                        tw.minor[c] += h * y[r];
+                    }
+                }
+            }
+        });
+        out.iter_mut().for_each(|v| *v = 0.0);
+        for b in 0..st.blocks.len() {
+            if let Block::Dense(d) = &st.blocks[b] {
+                self.bw[b].out_minor.iter_mut().for_each(|v| *v = 0.0);
+                let _ = d;
+            }
+        }
+        for (t, tw) in self.tasks.iter().zip(&self.tw) {
+            match &st.blocks[t.block] {
+                Block::Dense(d) => {
+                    let w = &mut self.bw[t.block];
+                    for (k, a) in (t.a0..t.a1).enumerate() {
+                        w.out_major[a] = tw.major[k];
+                    }
+                    for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
+                        *o += s;
+                    }
+                    let _ = d;
+                }
+                Block::Sparse(_) => {
+                    for (o, s) in out.iter_mut().zip(&tw.minor) {
+                        *o += s;
+                    }
+                }
+            }
+        }
+        for (b, w) in st.blocks.iter().zip(&self.bw) {
+            if let Block::Dense(d) = b {
+                for (a, &v) in d.major_vars().iter().enumerate() {
+                    if w.fa[a] != 0.0 {
+                        out[v as usize] += w.fa[a] * w.out_major[a];
+                    }
+                }
+                for (bb, &v) in d.minor_vars().iter().enumerate() {
+                    if w.fb[bb] != 0.0 {
+                        out[v as usize] += w.fb[bb] * w.out_minor[bb];
+                    }
+                }
+            }
+        }
+    }
+
+    /// For the coarse operator: calls `f(var_a, var_b, Ŝ_ab·u_a·u_b summed)` per block for the
+    /// pairs of modes it couples. Uses the last [`Engine::apply_s`] outputs computed with `y = u`.
+    pub(crate) fn coarse_pairs(
+        &self,
+        u: &[f64],
+        mode: &[u32],
+        mut f: impl FnMut(u32, u32, f64),
+    ) {
+        let st = self.st;
+        for (bi, (b, w)) in st.blocks.iter().zip(&self.bw).enumerate() {
+            match b {
+                Block::Dense(d) => {
+                    let mv = d.major_vars();
+                    let nv = d.minor_vars();
+                    let uniform = |vars: &[u32], fac: &[f64]| -> Option<u32> {
+                        let mut m = None;
+                        for (k, &v) in vars.iter().enumerate() {
+                            if fac[k] == 0.0 {
+                                continue;
+                            }
+                            let mm = mode[v as usize];
+                            match m {
+                                None => m = Some(mm),
+                                Some(x) if x != mm => return Some(u32::MAX),
+                                _ => {}
+                            }
+                        }
+                        m
+                    };
+                    match (uniform(mv, &w.fa), uniform(nv, &w.fb)) {
+                        (None, _) | (_, None) => {}
+                        (_, Some(mb)) if mb != u32::MAX => {
+                            for (a, &v) in mv.iter().enumerate() {
+                                if w.fa[a] != 0.0 {
+                                    let val = u[v as usize] * w.fa[a] * w.out_major[a];
+                                    f(mode[v as usize], mb, val);
+                                }
+                            }
+                        }
+                        (Some(ma), _) if ma != u32::MAX => {
+                            for (bb, &v) in nv.iter().enumerate() {
+                                if w.fb[bb] != 0.0 {
+                                    let val = u[v as usize] * w.fb[bb] * w.out_minor[bb];
+                                    f(ma, mode[v as usize], val);
+                                }
+                            }
+                        }
+                        _ => {
+                            // modes mixed on both sides: element by element
+                            for a in 0..d.major {
+                                if w.fa[a] == 0.0 {
+                                    continue;
+                                }
+                                let va = mv[a] as usize;
+                                for (bb, &vb) in nv.iter().enumerate() {
+                                    if w.fb[bb] == 0.0 {
+                                        continue;
+                                    }
+                                    let k = khat(d, a, bb);
+                                    let val = u[va] * w.fa[a] * k * w.fb[bb] * u[vb as usize];
+                                    f(mode[va], mode[vb as usize], val);
+                                }
+                            }
+                        }
+                    }
+                }
+                Block::Sparse(s) => {
+                    for e in 0..s.len() {
+                        if w.fa[e] != 0.0 {
+                            let (r, c) = (s.row[e] as usize, s.col[e] as usize);
+                            f(mode[r], mode[c], u[r] * w.fa[e] * u[c]);
+                        }
+                    }
+                }
+            }
+            let _ = bi;
+        }
+    }
+
+    /// `ln` of the sum of the terms on one line of dense block `b` at the current line
+    /// factors (kept in step with `x` by [`Engine::shift_var`]).
+    pub(crate) fn line_ln_sum(&self, b: usize, major: bool, line: usize) -> f64 {
+        let Block::Dense(d) = &self.st.blocks[b] else {
+            return f64::NEG_INFINITY;
+        };
+        let w = &self.bw[b];
+        let s = with_elems!(d, q => match Pow::of(d.p) {
+            Pow::One => line_sum(q, d, w, major, line, |x| x),
+            Pow::Two => line_sum(q, d, w, major, line, |x| x * x),
+            Pow::Other(p) => line_sum(q, d, w, major, line, |x| x.powf(p)),
+        });
+        if !(s > 0.0) {
+            return f64::NEG_INFINITY;
+        }
+        if major {
+            d.ln_alpha + d.p * d.ln_major_max[line] + w.la[line] + w.lb_max + s.ln()
+        } else {
+            d.ln_alpha + d.p * d.ln_minor_max[line] + w.lb[line] + w.la_max + s.ln()
+        }
+    }
+
+    /// Moves the line factors of every dense line of variable `v` by a step `δ` of `x_v`.
+    pub(crate) fn shift_var(&mut self, v: usize, delta: f64, occ: &super::analysis::Occurrences) {
+        let c = self.st.degree[v];
+        for &(b, major, line) in occ.of(v) {
+            let Block::Dense(d) = &self.st.blocks[b as usize] else {
+                continue;
+            };
+            let w = &mut self.bw[b as usize];
+            let row_side = major == d.rows_major;
+            let slope = if row_side { d.p } else { -d.p * c };
+            let l = line as usize;
+            if major {
+                w.la[l] += slope * delta;
+                w.ea[l] = (w.la[l] - w.la_max).exp();
+            } else {
+                w.lb[l] += slope * delta;
+                w.eb[l] = (w.lb[l] - w.lb_max).exp();
+            }
+        }
+    }
+
+    /// The generic unary terms of variable `v` (indices into `st.unary`).
+    pub(crate) fn unary_of(&self, v: usize) -> &[u32] {
+        &self.generic_unary[v]
+    }
+}
+
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Row,
+    Col,
+    RowFixed,
+}
+
+/// `(q[a][b]/M_a)^p` of a dense block.
+#[inline]
+pub(crate) fn khat(d: &Dense<'_>, a: usize, b: usize) -> f64 {
+    (d.q.abs_at(a * d.minor + b) * d.inv_major_max[a]).powf(d.p)
+}
+
+/// Element types readable as `f64`.
+trait Mag: Copy + Send + Sync {
+    fn mag(self) -> f64;
+}
+impl Mag for f32 {
+    #[inline(always)]
+    fn mag(self) -> f64 {
+        (self as f64).abs()
+    }
+}
+impl Mag for f64 {
+    #[inline(always)]
+    fn mag(self) -> f64 {
+        self.abs()
+    }
+}
+impl Mag for half::f16 {
+    #[inline(always)]
+    fn mag(self) -> f64 {
+        self.to_f64().abs()
+    }
+}
+impl Mag for half::bf16 {
+    #[inline(always)]
+    fn mag(self) -> f64 {
+        self.to_f64().abs()
+    }
+}
+
+/// Flows of the major lines `a0..a1`: `major[k] = Σ_b (q/M_a)^p·eb_b` and
+/// `minor[b] = Σ_a (q/N_b)^p·ea_a` over the task's lines.
+fn dense_sums(d: &Dense<'_>, a0: usize, a1: usize, w: &BlockWork, tw: &mut TaskWork) {
+    tw.minor.iter_mut().for_each(|v| *v = 0.0);
+    with_elems!(d, q => match Pow::of(d.p) {
+        Pow::One => sums_kernel(q, d, a0, a1, w, tw, |x| x),
+        Pow::Two => sums_kernel(q, d, a0, a1, w, tw, |x| x * x),
+        Pow::Other(p) => sums_kernel(q, d, a0, a1, w, tw, |x| x.powf(p)),
+    })
+}
+
+#[inline(always)]
+fn sums_kernel<E: Mag>(
+    q: &[E],
+    d: &Dense<'_>,
+    a0: usize,
+    a1: usize,
+    w: &BlockWork,
+    tw: &mut TaskWork,
+    pw: impl Fn(f64) -> f64 + Copy,
+) {
+    let n = d.minor;
+    let inv_n = &d.inv_minor_max[..n];
+    let eb = &w.eb[..n];
+    let full = n - n % 4;
+    for a in a0..a1 {
+        let line = &q[a * n..(a + 1) * n];
+        let im = d.inv_major_max[a];
+        let ea = w.ea[a];
+        let acc_minor = &mut tw.minor[..n];
+        let mut acc = [0.0f64; 4];
+        if im > 0.0 {
+            for (((lc, ic), ec), mc) in line[..full]
+                .chunks_exact(4)
+                .zip(inv_n[..full].chunks_exact(4))
+                .zip(eb[..full].chunks_exact(4))
+                .zip(acc_minor[..full].chunks_exact_mut(4))
+            {
+                for j in 0..4 {
+                    let v = lc[j].mag();
+                    acc[j] += pw(v * im) * ec[j];
+                    mc[j] += pw(v * ic[j]) * ea;
+                }
+            }
+            for j in full..n {
+                let v = line[j].mag();
+                acc[0] += pw(v * im) * eb[j];
+                acc_minor[j] += pw(v * inv_n[j]) * ea;
+            }
+        }
+        tw.major[a - a0] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+/// Hessian-vector product on the major lines `a0..a1`: `major[k] = Σ_b k̂·fb_b·y_b` and
+/// `minor[b] = Σ_a k̂·fa_a·y_a` (partial).
+fn dense_product(
+    d: &Dense<'_>,
+    a0: usize,
+    a1: usize,
+    w: &BlockWork,
+    y: &[f64],
+    tw: &mut TaskWork,
+) {
+    tw.minor.iter_mut().for_each(|v| *v = 0.0);
+    let xb = &w.xb;
+    let mv = d.major_vars();
+    with_elems!(d, q => match Pow::of(d.p) {
+        Pow::One => product_kernel(q, d, a0, a1, w, y, mv, xb, tw, |x| x),
+        Pow::Two => product_kernel(q, d, a0, a1, w, y, mv, xb, tw, |x| x * x),
+        Pow::Other(p) => product_kernel(q, d, a0, a1, w, y, mv, xb, tw, |x| x.powf(p)),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn product_kernel<E: Mag>(
+    q: &[E],
+    d: &Dense<'_>,
+    a0: usize,
+    a1: usize,
+    w: &BlockWork,
+    y: &[f64],
+    mv: &[u32],
+    xb: &[f64],
+    tw: &mut TaskWork,
+    pw: impl Fn(f64) -> f64 + Copy,
+) {
+    let n = d.minor;
+    let full = n - n % 4;
+    for a in a0..a1 {
+        let fa = w.fa[a];
+        let im = d.inv_major_max[a];
+        if fa == 0.0 || im == 0.0 {
+            tw.major[a - a0] = 0.0;
+            continue;
+        }
+        let ya = fa * y[mv[a] as usize];
+        let line = &q[a * n..(a + 1) * n];
+        let out = &mut tw.minor[..n];
+        let mut acc = [0.0f64; 4];
+        for ((lc, xc), oc) in line[..full]
+            .chunks_exact(4)
+            .zip(xb[..full].chunks_exact(4))
+            .zip(out[..full].chunks_exact_mut(4))
+        {
+            for j in 0..4 {
+                let k = pw(lc[j].mag() * im);
+                acc[j] += k * xc[j];
+                oc[j] += k * ya;
+            }
+        }
+        for j in full..n {
+            let k = pw(line[j].mag() * im);
+            acc[0] += k * xb[j];
+            out[j] += k * ya;
+        }
+        tw.major[a - a0] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+/// `Σ_b (q[a][b]/M_a)^p·eb_b` (major line `a`) or `Σ_a (q[a][b]/N_b)^p·ea_a` (minor line `b`).
+fn line_sum<E: Mag>(
+    q: &[E],
+    d: &Dense<'_>,
+    w: &BlockWork,
+    major: bool,
+    line: usize,
+    pw: impl Fn(f64) -> f64,
+) -> f64 {
+    let n = d.minor;
+    if major {
+        let im = d.inv_major_max[line];
+        q[line * n..(line + 1) * n]
+            .iter()
+            .zip(&w.eb)
+            .map(|(v, e)| pw(v.mag() * im) * e)
+            .sum()
+    } else {
+        let inv = d.inv_minor_max[line];
+        (0..d.major)
+            .map(|a| pw(q[a * n + line].mag() * inv) * w.ea[a])
+            .sum()
+    }
+}
+
+/// `ln V_e` of every term of a sparse block.
+fn sparse_terms(s: &Sparse, deg: &[f64], x: &[f64], tw: &mut TaskWork) {
+    for e in 0..s.len() {
+        let (r, c) = (s.row[e], s.col[e]);
+        let mut t = 0.0;
+        if r != FIXED {
+            t += x[r as usize];
+        }
+        if c != FIXED {
+            t -= deg[c as usize] * x[c as usize];
+        }
+        tw.major[e] = s.ln_k[e] + s.p * t;
+    }
+}
+
+/// The exact minimiser `δ` of `ψ(δ) = Σ_i e^{l_i + s_i·δ}` (terms `(s_i, l_i)`, `l` in logs):
+/// a safeguarded Newton on `ψ'` scaled by its largest term. Returns 0 when `ψ` has no finite
+/// minimiser (all slopes of one sign).
+pub(crate) fn minimize_1d(terms: &[(f64, f64)]) -> f64 {
+    let live = terms.iter().filter(|t| t.1 > f64::NEG_INFINITY && t.0 != 0.0);
+    let (has_pos, has_neg) = live.fold((false, false), |(p, n), t| (p || t.0 > 0.0, n || t.0 < 0.0));
+    if !(has_pos && has_neg) {
+        return 0.0;
+    }
+    // ψ'(δ)/e^{m(δ)} and ψ''(δ)/e^{m(δ)}
+    let eval = |d: f64| -> (f64, f64) {
+        let m = terms
+            .iter()
+            .filter(|t| t.0 != 0.0)
+            .map(|t| t.1 + t.0 * d)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut g = 0.0;
+        let mut h = 0.0;
+        for &(s, l) in terms {
+            if s == 0.0 || l == f64::NEG_INFINITY {
+                continue;
+            }
+            let v = (l + s * d - m).exp();
+            g += s * v;
+            h += s * s * v;
+        }
+        (g, h)
+    };
+    let (g0, _) = eval(0.0);
+    if g0 == 0.0 {
+        return 0.0;
+    }
+    // bracket the root of the increasing ψ'
+    let dir = if g0 < 0.0 { 1.0 } else { -1.0 };
+    let mut step = 1.0f64;
+    let (mut lo, mut hi);
+    loop {
+        let (g, _) = eval(dir * step);
+        if g != 0.0 && (g < 0.0) == (g0 < 0.0) {
+            step *= 2.0;
+            if step > 1e6 {
+                return 0.0;
+            }
+        } else {
+            let inner = if step == 1.0 { 0.0 } else { step / 2.0 };
+            (lo, hi) = if dir > 0.0 {
+                (inner, step)
+            } else {
+                (-step, -inner)
+            };
+            break;
+        }
+    }
+    let mut d = 0.5 * (lo + hi);
+    for _ in 0..200 {
+        let (g, h) = eval(d);
+        if g == 0.0 {
+            return d;
+        }
+        if g > 0.0 {
+            hi = d
+        } else {
+            lo = d
+        }
+        let nd = d - g / h;
+        let next = if h > 0.0 && nd > lo && nd < hi {
+            nd
+        } else {
+            0.5 * (lo + hi)
+        };
+        if (next - d).abs() <= 1e-16 * (1.0 + d.abs()) || hi - lo <= 1e-16 * (1.0 + d.abs()) {
+            return next;
+        }
+        d = next;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimize_1d_matches_closed_form() {
+        // In e^{pδ} + Out e^{−pcδ}: δ* = ln(c·Out/In)/(p(1+c))
+        let (p, c, ln_in, ln_out) = (2.0, 1.5, 3.0f64.ln(), 7.0f64.ln());
+        let d = minimize_1d(&[(p, ln_in), (-p * c, ln_out)]);
+        let exact = (c.ln() + ln_out - ln_in) / (p * (1.0 + c));
+        assert!((d - exact).abs() < 1e-14, "{d} vs {exact}");
+        // huge magnitudes
+        let d = minimize_1d(&[(1.0, 700.0), (-1.0, -700.0), (2.0, 650.0)]);
+        assert!(d.is_finite() && d < 0.0);
+        // one-sided: no minimiser
+        assert_eq!(minimize_1d(&[(1.0, 0.0), (2.0, 0.0)]), 0.0);
+    }
+
+    #[test]
+    fn lse_is_robust() {
+        assert_eq!(lse(f64::NEG_INFINITY, f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert!((lse(1000.0, 1000.0) - (1000.0 + 2f64.ln())).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,697 @@
+//! The solvers on a [`Structured`] problem and the one driver that runs them.
+//!
+//! **Newton** (the default): at `x`, with `D` the Hessian diagonal and `A` its off-diagonal
+//! part, solve the Jacobi-scaled system `(I − Ŝ)·y = −D^{−1/2}·∇F`, `Ŝ = D^{−1/2} A D^{−1/2}`,
+//! `Δ = D^{−1/2} y`, by conjugate gradients preconditioned additively with an exact coarse solve
+//! on one mode per unit set (the space of set-wise constant log-scales: the smooth-in-depth
+//! modes that make local balancing need `O(L²)` sweeps). The coarse operator
+//! `E = Vᵀ(I − Ŝ)V`, `V = √D` on each mode, is assembled from block sums in one extra product
+//! and factorised densely (Cholesky). Steps are damped by a backtracking search on `ln F`. Far
+//! from balance (relative imbalance above 0.5) an iteration is a colour-class sweep instead:
+//! every variable of a class is balanced exactly at once (they share no term), class after
+//! class.
+//!
+//! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
+//! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
+//! colour classes, each class at once over all blocks in parallel (on one thread below
+//! [`PARALLEL_MIN_TERMS`] terms, where threads cost more than they save).
+//!
+//! The [`drive`] loop owns the tolerance, the iteration cap, the time limit, the trace, the
+//! observer and the stop reason for every method.
+
+use super::analysis::{colour_classes, Occurrences};
+use super::ops::{minimize_1d, Engine, Flows};
+use super::spec::FIXED;
+use super::store::{Block, Structured};
+use crate::solve::{Method, Observer, Schedule, Settings, Status, TraceEntry};
+use rand::{Rng, SeedableRng};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
+const SWEEP_ABOVE: f64 = 0.5;
+
+/// Below this many terms the parallel schedule and the passes run on one thread.
+pub const PARALLEL_MIN_TERMS: usize = 200_000;
+
+/// Largest number of coarse modes solved densely (beyond: no coarse correction).
+const MAX_MODES: usize = 2048;
+
+/// What one iteration did.
+pub(crate) enum Step {
+    /// Moved (or stayed at a point no worse).
+    Progress,
+    /// No further progress possible in floating point.
+    Stalled,
+    /// A non-finite value appeared.
+    Trouble,
+}
+
+/// An iterative method run by [`drive`].
+pub(crate) trait Iterate {
+    /// `(max relative imbalance, ln F, deficit)` at the current point.
+    fn state(&self) -> (f64, f64, f64);
+    /// One iteration (Newton step or sweep).
+    fn iterate(&mut self) -> Step;
+}
+
+/// The outcome of [`drive`].
+pub(crate) struct Outcome {
+    pub status: Status,
+    pub iterations: usize,
+    pub trace: Vec<TraceEntry>,
+    pub max_rel: f64,
+}
+
+/// Runs `it` until the tolerance, the iteration cap, the time limit or a failure; records the
+/// trace and calls the observer after the start and after every iteration.
+pub(crate) fn drive(
+    it: &mut dyn Iterate,
+    settings: &Settings,
+    method: Method,
+    observer: &mut dyn Observer,
+    start: Instant,
+) -> Outcome {
+    let cap = settings.iteration_cap();
+    let mut trace = Vec::new();
+    let mut k = 0usize;
+    loop {
+        let (max, ln_f, deficit) = it.state();
+        let entry = TraceEntry {
+            iteration: k,
+            max_relative_imbalance: max,
+            cost: ln_f.exp(),
+            deficit,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        if settings.trace {
+            trace.push(entry);
+        }
+        observer.observe(method, &entry);
+        let stop = if max.is_nan() || ln_f.is_nan() {
+            Some(Status::NumericalTrouble)
+        } else if max < settings.tol {
+            Some(Status::Converged)
+        } else if k >= cap {
+            Some(Status::MaxIterations)
+        } else if settings.time_limit.is_some_and(|t| start.elapsed() >= t) {
+            Some(Status::TimeLimit)
+        } else {
+            None
+        };
+        if let Some(status) = stop {
+            return Outcome {
+                status,
+                iterations: k,
+                trace,
+                max_rel: max,
+            };
+        }
+        match it.iterate() {
+            Step::Progress => k += 1,
+            step @ (Step::Stalled | Step::Trouble) => {
+                let (max, ..) = it.state();
+                let status = if matches!(step, Step::Trouble) || max.is_nan() {
+                    Status::NumericalTrouble
+                } else {
+                    Status::Stalled
+                };
+                return Outcome {
+                    status,
+                    iterations: k,
+                    trace,
+                    max_rel: max,
+                };
+            }
+        }
+    }
+}
+
+/// The state shared by every method: the problem, its operations, the point and its flows.
+pub(crate) struct Core<'s, 'a> {
+    pub eng: Engine<'s, 'a>,
+    pub x: Vec<f64>,
+    pub fl: Flows,
+    pub mode: Vec<u32>,
+    pub modes: usize,
+    pub classes: Vec<Vec<u32>>,
+    pub occ: Occurrences,
+    /// Unary terms per variable (all of them), for the per-variable flows.
+    unary_ptr: Vec<usize>,
+    unary_idx: Vec<u32>,
+    /// CG iterations over all Newton steps.
+    pub cg_iterations: usize,
+    /// Colour-class sweeps done by Newton far from balance.
+    pub sweeps: usize,
+    max_p: f64,
+}
+
+impl<'s, 'a> Core<'s, 'a> {
+    /// Prepares the operations, colouring and first flows at `x = 0`.
+    pub(crate) fn new(st: &'s Structured<'a>, mode: Vec<u32>, modes: usize) -> Self {
+        let n = st.num_vars();
+        let occ = Occurrences::new(st);
+        let classes = colour_classes(st, &occ, &mode);
+        let mut eng = Engine::new(st);
+        eng.sequential = st.num_terms() < PARALLEL_MIN_TERMS;
+        let mut unary_ptr = vec![0usize; n + 1];
+        for u in &st.unary {
+            if u.var != FIXED {
+                unary_ptr[u.var as usize + 1] += 1;
+            }
+        }
+        for v in 0..n {
+            unary_ptr[v + 1] += unary_ptr[v];
+        }
+        let mut fill = unary_ptr.clone();
+        let mut unary_idx = vec![0u32; unary_ptr[n]];
+        for (i, u) in st.unary.iter().enumerate() {
+            if u.var != FIXED {
+                unary_idx[fill[u.var as usize]] = i as u32;
+                fill[u.var as usize] += 1;
+            }
+        }
+        let max_p = st.powers.iter().copied().fold(1.0, f64::max);
+        let x = vec![0.0; n];
+        let mut fl = Flows::default();
+        eng.flows(&x, &mut fl);
+        Core {
+            eng,
+            x,
+            fl,
+            mode,
+            modes,
+            classes,
+            occ,
+            unary_ptr,
+            unary_idx,
+            cg_iterations: 0,
+            sweeps: 0,
+            max_p,
+        }
+    }
+
+    fn st(&self) -> &'s Structured<'a> {
+        self.eng.st
+    }
+
+    /// Maximum relative imbalance over free variables.
+    pub(crate) fn max_rel(&self) -> f64 {
+        let st = self.st();
+        let mut m = 0.0f64;
+        for v in 0..st.num_vars() {
+            if st.free[v] {
+                let r = self.fl.rel(v);
+                if r.is_nan() {
+                    return f64::NAN;
+                }
+                m = m.max(r);
+            }
+        }
+        m
+    }
+
+    fn state(&self) -> (f64, f64, f64) {
+        (
+            self.max_rel(),
+            self.fl.ln_f,
+            self.fl.deficit(&self.st().free),
+        )
+    }
+
+    /// The exact local step of variable `v` from its flows (`ln In_q`, `ln Out_q` per power).
+    fn local_delta(&self, v: usize, ln_in: &[f64], ln_out: &[f64], generic: &[(f64, f64)]) -> f64 {
+        let st = self.st();
+        let c = st.degree[v];
+        let live: Vec<usize> = (0..st.powers.len())
+            .filter(|&qi| ln_in[qi] > f64::NEG_INFINITY || ln_out[qi] > f64::NEG_INFINITY)
+            .collect();
+        if generic.is_empty() && live.len() == 1 {
+            let qi = live[0];
+            let (i, o) = (ln_in[qi], ln_out[qi]);
+            if i == f64::NEG_INFINITY || o == f64::NEG_INFINITY {
+                return 0.0;
+            }
+            return (c.ln() + o - i) / (st.powers[qi] * (1.0 + c));
+        }
+        let mut terms: Vec<(f64, f64)> = Vec::with_capacity(2 * live.len() + generic.len());
+        for &qi in &live {
+            let q = st.powers[qi];
+            terms.push((q, ln_in[qi]));
+            terms.push((-q * c, ln_out[qi]));
+        }
+        terms.extend_from_slice(generic);
+        minimize_1d(&terms)
+    }
+
+    /// The local step of `v` from the current flows `self.fl`.
+    fn delta_from_flows(&self, v: usize) -> f64 {
+        let st = self.st();
+        let n = st.num_vars();
+        let np = st.powers.len();
+        let ln_in: Vec<f64> = (0..np).map(|qi| self.fl.ln_in[qi * n + v]).collect();
+        let ln_out: Vec<f64> = (0..np).map(|qi| self.fl.ln_out[qi * n + v]).collect();
+        let generic: Vec<(f64, f64)> = self
+            .eng
+            .unary_of(v)
+            .iter()
+            .map(|&ui| {
+                let u = st.unary[ui as usize];
+                (u.s, u.ln_k + u.s * self.x[v])
+            })
+            .collect();
+        self.local_delta(v, &ln_in, &ln_out, &generic)
+    }
+
+    /// Balances every colour class exactly, one class after the other (one pass each).
+    pub(crate) fn colour_sweep(&mut self) {
+        let classes = std::mem::take(&mut self.classes);
+        for class in &classes {
+            let deltas: Vec<f64> = class
+                .iter()
+                .map(|&v| self.delta_from_flows(v as usize))
+                .collect();
+            for (&v, d) in class.iter().zip(deltas) {
+                if d.is_finite() {
+                    self.x[v as usize] += d;
+                }
+            }
+            self.eng.flows(&self.x, &mut self.fl);
+        }
+        self.classes = classes;
+    }
+
+    /// The flows of one variable at the current `x`, evaluated afresh from its occurrences
+    /// (each line with the current line factors): returns `(ln In_q, ln Out_q, generic)`.
+    fn var_flows(&self, v: usize) -> (Vec<f64>, Vec<f64>, Vec<(f64, f64)>) {
+        let st = self.st();
+        let np = st.powers.len();
+        let mut ln_in = vec![f64::NEG_INFINITY; np];
+        let mut ln_out = vec![f64::NEG_INFINITY; np];
+        let deg = &st.degree;
+        let xv = |u: u32| if u == FIXED { 0.0 } else { self.x[u as usize] };
+        for &(b, major, line) in self.occ.of(v) {
+            let blk = &st.blocks[b as usize];
+            let qi = st.power_index(blk.p());
+            let (val, row_side) = match blk {
+                Block::Dense(d) => {
+                    let s = self.eng.line_ln_sum(b as usize, major, line as usize);
+                    (s, major == d.rows_major)
+                }
+                Block::Sparse(s) => {
+                    let e = line as usize;
+                    let (r, c) = (s.row[e], s.col[e]);
+                    let t = xv(r) - if c == FIXED { 0.0 } else { deg[c as usize] * xv(c) };
+                    (s.ln_k[e] + s.p * t, major)
+                }
+            };
+            let slot = if row_side { &mut ln_in[qi] } else { &mut ln_out[qi] };
+            *slot = super::ops::lse(*slot, val);
+            // a sparse term with both ends at v also counts on the column side
+            if let Block::Sparse(s) = blk {
+                let e = line as usize;
+                if s.row[e] == s.col[e] {
+                    ln_out[qi] = super::ops::lse(ln_out[qi], val);
+                }
+            }
+        }
+        let mut generic = Vec::new();
+        for &ui in &self.unary_idx[self.unary_ptr[v]..self.unary_ptr[v + 1]] {
+            let u = st.unary[ui as usize];
+            let val = u.ln_k + u.s * self.x[v];
+            match st.powers.iter().position(|&q| q == u.s) {
+                Some(qi) => ln_in[qi] = super::ops::lse(ln_in[qi], val),
+                None => generic.push((u.s, val)),
+            }
+        }
+        (ln_in, ln_out, generic)
+    }
+
+    /// Balances variable `v` exactly with fresh flows and moves it.
+    fn balance_one(&mut self, v: usize) {
+        if !self.st().free[v] {
+            return;
+        }
+        let (i, o, g) = self.var_flows(v);
+        let d = self.local_delta(v, &i, &o, &g);
+        if d.is_finite() && d != 0.0 {
+            self.x[v] += d;
+            self.eng.shift_var(v, d, &self.occ);
+        }
+    }
+
+    /// The Newton direction at the current point (CG on the scaled system with the coarse
+    /// preconditioner).
+    fn newton_direction(&mut self, max: f64) -> Option<Vec<f64>> {
+        let st = self.st();
+        let n = st.num_vars();
+        self.eng.prepare_hessian(&self.fl, &self.x);
+        let mut sigma = f64::NEG_INFINITY;
+        for v in 0..n {
+            if st.free[v] && self.fl.ln_hd[v].is_finite() {
+                sigma = sigma.max(0.5 * self.fl.ln_hd[v]);
+            }
+        }
+        let active = |v: usize| st.free[v] && self.fl.ln_hd[v].is_finite();
+        let mut sd = vec![0.0; n];
+        let mut isd = vec![0.0; n];
+        let mut rhs = vec![0.0; n];
+        for v in 0..n {
+            if active(v) {
+                let h = self.fl.ln_hd[v];
+                sd[v] = (0.5 * h - sigma).exp();
+                isd[v] = (sigma - 0.5 * h).exp();
+                let ratio = (self.fl.ln_gp[v] - h).exp() - (self.fl.ln_gm[v] - h).exp();
+                rhs[v] = -ratio * sd[v];
+            }
+        }
+        let coarse = self.coarse_operator(&sd);
+        let eta = (0.5 * max).clamp(1e-10, 0.1);
+        let y = self.pcg(&rhs, &sd, coarse.as_ref(), eta, &active_mask(st, &self.fl));
+        let delta: Vec<f64> = (0..n).map(|v| y[v] * isd[v]).collect();
+        if delta.iter().any(|d| !d.is_finite()) {
+            return None;
+        }
+        Some(delta)
+    }
+
+    /// The coarse operator `E = Vᵀ(I − Ŝ)V` factorised, or `None` when there is no coarse space.
+    fn coarse_operator(&mut self, sd: &[f64]) -> Option<Coarse> {
+        let m = self.modes;
+        if m == 0 || m > MAX_MODES {
+            return None;
+        }
+        let n = sd.len();
+        let mut e = vec![0.0; m * m];
+        for v in 0..n {
+            let md = self.mode[v];
+            if md != u32::MAX && sd[v] > 0.0 {
+                e[md as usize * m + md as usize] += sd[v] * sd[v];
+            }
+        }
+        let mut out = vec![0.0; n];
+        self.eng.apply_s(sd, &mut out);
+        let mode = &self.mode;
+        self.eng.coarse_pairs(sd, mode, |a, b, val| {
+            if a == u32::MAX || b == u32::MAX {
+                return;
+            }
+            let (a, b) = (a as usize, b as usize);
+            e[a * m + b] -= val;
+            e[b * m + a] -= val;
+        });
+        Coarse::factor(e, m)
+    }
+
+    /// Preconditioned CG on `(I − Ŝ) y = b` to relative residual `eta`.
+    fn pcg(
+        &mut self,
+        b: &[f64],
+        sd: &[f64],
+        coarse: Option<&Coarse>,
+        eta: f64,
+        active: &[bool],
+    ) -> Vec<f64> {
+        let n = b.len();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let bnorm = dot(b, b).sqrt();
+        let mut y = vec![0.0; n];
+        if bnorm == 0.0 || !bnorm.is_finite() {
+            return y;
+        }
+        let precondition = |r: &[f64], z: &mut Vec<f64>| {
+            z.clear();
+            z.extend_from_slice(r);
+            if let Some(c) = coarse {
+                c.correct(r, sd, &self.mode, z);
+            }
+        };
+        let mut r = b.to_vec();
+        let mut z = Vec::with_capacity(n);
+        precondition(&r, &mut z);
+        let mut d = z.clone();
+        let mut rz = dot(&r, &z);
+        let mut q = vec![0.0; n];
+        let max_it = 2 * n + 20;
+        for _ in 0..max_it {
+            self.cg_iterations += 1;
+            self.eng.apply_s(&d, &mut q);
+            for v in 0..n {
+                q[v] = if active[v] { d[v] - q[v] } else { 0.0 };
+            }
+            let dq = dot(&d, &q);
+            if dq.is_nan() || dq <= 0.0 {
+                break;
+            }
+            let a = rz / dq;
+            for v in 0..n {
+                y[v] += a * d[v];
+                r[v] -= a * q[v];
+            }
+            if dot(&r, &r).sqrt() <= eta * bnorm {
+                break;
+            }
+            precondition(&r, &mut z);
+            let rz_new = dot(&r, &z);
+            let beta = rz_new / rz;
+            rz = rz_new;
+            for v in 0..n {
+                d[v] = z[v] + beta * d[v];
+            }
+        }
+        y
+    }
+
+    /// One damped Newton step (or a colour sweep far from balance).
+    fn newton_step(&mut self) -> Step {
+        let max = self.max_rel();
+        if max > SWEEP_ABOVE {
+            self.colour_sweep();
+            self.sweeps += 1;
+            return Step::Progress;
+        }
+        let Some(delta) = self.newton_direction(max) else {
+            return Step::Trouble;
+        };
+        let st = self.st();
+        let n = st.num_vars();
+        let ln_f0 = self.fl.ln_f;
+        let slope: f64 = (0..n)
+            .filter(|&v| st.free[v])
+            .map(|v| {
+                let g = (self.fl.ln_gp[v] - ln_f0).exp() - (self.fl.ln_gm[v] - ln_f0).exp();
+                g * delta[v]
+            })
+            .sum();
+        let big = delta.iter().fold(0.0f64, |m, d| m.max(d.abs())) * self.max_p;
+        let mut t = if big > 30.0 { 30.0 / big } else { 1.0 };
+        let x0 = self.x.clone();
+        for _ in 0..40 {
+            for v in 0..n {
+                self.x[v] = x0[v] + t * delta[v];
+            }
+            self.eng.flows(&self.x, &mut self.fl);
+            let dec = self.fl.ln_f - ln_f0;
+            let armijo = dec.exp_m1() <= 1e-4 * t * slope;
+            let noise = dec.abs() < 1e-12 && self.max_rel() < max;
+            if armijo || noise {
+                return Step::Progress;
+            }
+            t *= 0.5;
+        }
+        self.x = x0;
+        self.eng.flows(&self.x, &mut self.fl);
+        Step::Stalled
+    }
+
+    /// One sweep of a local schedule.
+    fn local_sweep(&mut self, schedule: Schedule, rng: &mut ChaCha8Rng) {
+        let st = self.st();
+        let n = st.num_vars();
+        let free: Vec<usize> = (0..n).filter(|&v| st.free[v]).collect();
+        match schedule {
+            Schedule::Parallel => {
+                self.colour_sweep();
+                return;
+            }
+            Schedule::Cyclic => free.iter().for_each(|&v| self.balance_one(v)),
+            Schedule::CyclicBackward => free.iter().rev().for_each(|&v| self.balance_one(v)),
+            Schedule::Stochastic => {
+                let mut order = free.clone();
+                order.shuffle(rng);
+                order.iter().for_each(|&v| self.balance_one(v));
+            }
+            Schedule::StochasticUniform => {
+                for _ in 0..free.len() {
+                    let v = free[rng.random_range(0..free.len())];
+                    self.balance_one(v);
+                }
+            }
+            Schedule::Greedy => {
+                // most imbalanced first, by the imbalances at the start of the sweep
+                let mut order = free.clone();
+                order.sort_by(|&a, &b| self.fl.rel(b).total_cmp(&self.fl.rel(a)).then(a.cmp(&b)));
+                order.iter().for_each(|&v| self.balance_one(v));
+            }
+        }
+        self.eng.flows(&self.x, &mut self.fl);
+    }
+}
+
+fn active_mask(st: &Structured<'_>, fl: &Flows) -> Vec<bool> {
+    (0..st.num_vars())
+        .map(|v| st.free[v] && fl.ln_hd[v].is_finite())
+        .collect()
+}
+
+/// Newton on a [`Core`].
+pub(crate) struct NewtonRun<'c, 's, 'a>(pub &'c mut Core<'s, 'a>);
+
+impl Iterate for NewtonRun<'_, '_, '_> {
+    fn state(&self) -> (f64, f64, f64) {
+        self.0.state()
+    }
+    fn iterate(&mut self) -> Step {
+        self.0.newton_step()
+    }
+}
+
+/// A local schedule on a [`Core`].
+pub(crate) struct LocalRun<'c, 's, 'a> {
+    pub core: &'c mut Core<'s, 'a>,
+    pub schedule: Schedule,
+    pub rng: ChaCha8Rng,
+}
+
+impl<'c, 's, 'a> LocalRun<'c, 's, 'a> {
+    pub(crate) fn new(core: &'c mut Core<'s, 'a>, schedule: Schedule, seed: u64) -> Self {
+        LocalRun {
+            core,
+            schedule,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl Iterate for LocalRun<'_, '_, '_> {
+    fn state(&self) -> (f64, f64, f64) {
+        self.core.state()
+    }
+    fn iterate(&mut self) -> Step {
+        let before = self.core.x.clone();
+        self.core.local_sweep(self.schedule, &mut self.rng);
+        if self.core.x == before {
+            Step::Stalled
+        } else {
+            Step::Progress
+        }
+    }
+}
+
+/// The dense Cholesky factor of the coarse operator over its active modes.
+pub(crate) struct Coarse {
+    m: usize,
+    /// Lower-triangular factor, row-major `m × m` (inactive modes: identity rows).
+    l: Vec<f64>,
+    active: Vec<bool>,
+}
+
+impl Coarse {
+    /// Factorises `E` (`m × m`, row-major); modes with a zero diagonal are left out. `None` if
+    /// `E` is not positive definite on the rest.
+    pub(crate) fn factor(mut e: Vec<f64>, m: usize) -> Option<Coarse> {
+        let active: Vec<bool> = (0..m).map(|i| e[i * m + i] > 0.0).collect();
+        for i in 0..m {
+            if !active[i] {
+                for j in 0..m {
+                    e[i * m + j] = 0.0;
+                    e[j * m + i] = 0.0;
+                }
+                e[i * m + i] = 1.0;
+            }
+        }
+        cholesky_in_place(&mut e, m).then_some(Coarse { m, l: e, active })
+    }
+
+    /// `z += V·E⁻¹·Vᵀ·r` with `V = sd` on each mode.
+    fn correct(&self, r: &[f64], sd: &[f64], mode: &[u32], z: &mut [f64]) {
+        let mut w = vec![0.0; self.m];
+        for v in 0..r.len() {
+            let md = mode[v];
+            if md != u32::MAX && sd[v] > 0.0 {
+                w[md as usize] += sd[v] * r[v];
+            }
+        }
+        cholesky_solve(&self.l, self.m, &mut w);
+        for v in 0..r.len() {
+            let md = mode[v];
+            if md != u32::MAX && sd[v] > 0.0 && self.active[md as usize] {
+                z[v] += sd[v] * w[md as usize];
+            }
+        }
+    }
+}
+
+/// In-place Cholesky `A = L·Lᵀ` of a symmetric `m × m` row-major matrix (lower triangle
+/// written, upper left as is); `false` if a pivot is not positive.
+pub(crate) fn cholesky_in_place(a: &mut [f64], m: usize) -> bool {
+    for j in 0..m {
+        let mut d = a[j * m + j];
+        for k in 0..j {
+            d -= a[j * m + k] * a[j * m + k];
+        }
+        if !(d > 0.0) {
+            return false;
+        }
+        let d = d.sqrt();
+        a[j * m + j] = d;
+        for i in j + 1..m {
+            let mut s = a[i * m + j];
+            for k in 0..j {
+                s -= a[i * m + k] * a[j * m + k];
+            }
+            a[i * m + j] = s / d;
+        }
+    }
+    true
+}
+
+/// Solves `L·Lᵀ·x = b` in place with the factor of [`cholesky_in_place`].
+pub(crate) fn cholesky_solve(l: &[f64], m: usize, b: &mut [f64]) {
+    for i in 0..m {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= l[i * m + k] * b[k];
+        }
+        b[i] = s / l[i * m + i];
+    }
+    for i in (0..m).rev() {
+        let mut s = b[i];
+        for k in i + 1..m {
+            s -= l[k * m + i] * b[k];
+        }
+        b[i] = s / l[i * m + i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_spd_system() {
+        // A = [[4, 2, 0], [2, 5, 1], [0, 1, 3]]
+        let mut a = vec![4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let orig = a.clone();
+        assert!(cholesky_in_place(&mut a, 3));
+        let mut b = vec![1.0, 2.0, 3.0];
+        cholesky_solve(&a, 3, &mut b);
+        for i in 0..3 {
+            let r: f64 = (0..3).map(|j| orig[i * 3 + j] * b[j]).sum();
+            assert!((r - [1.0, 2.0, 3.0][i]).abs() < 1e-14);
+        }
+        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(!cholesky_in_place(&mut bad, 2));
+    }
+}
