@@ -17,9 +17,10 @@ use crate::graph::cost::{imbalances, use_costs};
 use crate::graph::reference::{self, ReferenceError};
 use crate::graph::values::Scales;
 use crate::network::NetworkError;
-use crate::regularizer::Regularizer;
-use crate::solve::{BalanceError, NoObserver, Settings, Status};
-use crate::structured::spec::{ProblemSpec, FIXED};
+use crate::regularizer::{Penalty, Regularizer};
+use crate::solve::{BalanceError, Method, NoObserver, Settings, Status};
+use crate::structured::spec::{Layout, ProblemSpec, TensorSource, FIXED};
+use crate::structured::StructuredError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,9 @@ pub enum ModelError {
         /// Weights of the balanced layers.
         weights: usize,
     },
+    /// The structured solver refused the problem.
+    #[error(transparent)]
+    Structured(#[from] StructuredError),
     /// The regularizer does not apply to model files.
     #[error("model files need one penalty for every weight (per-edge penalty classes are for network JSON)")]
     Regularizer,
@@ -223,10 +227,6 @@ fn graph_error(e: GraphError, graph: &ArchGraph, arch: &Architecture) -> ModelEr
     }
 }
 
-/// Bytes per weight element that solving on the per-weight reference network needs at peak
-/// (edge arrays, CSR indices, the solver's working copy).
-const REFERENCE_BYTES_PER_WEIGHT: u64 = 160;
-
 /// `MemAvailable` of `/proc/meminfo`, bytes.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -235,10 +235,70 @@ pub fn available_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Bytes per weight element that the per-weight reference network needs at peak (edge arrays,
+/// CSR indices, the solver's working copy).
+const REFERENCE_BYTES_PER_WEIGHT: u64 = 160;
+
+/// Bytes per unit beyond the blocks: scale variables, gradients, Newton and coarse vectors,
+/// unit sets, reports.
+const BYTES_PER_UNIT: u64 = 512;
+
+/// Memory the structured solver needs beyond the memory-mapped file: aggregated convolution
+/// blocks (8 bytes per (output, input) channel pair, 16 as sparse terms when grouped), copies of
+/// Linear weights the file does not align for their dtype, per-unit vectors, and the streaming
+/// buffers.
+fn structured_bytes(spec: &ProblemSpec, file: &SafetensorsFile) -> u64 {
+    let blocks: u64 = spec
+        .weights
+        .iter()
+        .map(|w| match w.layout {
+            Layout::Conv { groups, kernel, .. } | Layout::ConvTranspose { groups, kernel, .. } => {
+                let pairs = (w.layout.numel() / kernel.max(1)) as u64;
+                if groups == 1 {
+                    8 * pairs
+                } else {
+                    16 * pairs
+                }
+            }
+            Layout::RowMajor { .. } | Layout::ColMajor { .. } => match file.tensor(&w.tensor) {
+                Ok(v) if (v.bytes.as_ptr() as usize) % v.dtype.size() == 0 => 0,
+                Ok(v) => v.bytes.len() as u64,
+                Err(_) => 0,
+            },
+        })
+        .sum();
+    let lines: u64 = spec
+        .weights
+        .iter()
+        .map(|w| 8 * (w.layout.rows() + w.layout.cols()) as u64)
+        .sum();
+    blocks + lines + BYTES_PER_UNIT * spec.num_units() as u64 + (64 << 20)
+}
+
+/// Which solver runs: the structured core (Newton and the local schedules, `L_p` and elastic
+/// net), or the per-weight reference network (L-BFGS, Newton-CG, custom penalties).
+fn structured_route(reg: &Regularizer, settings: &Settings) -> bool {
+    let method = !matches!(settings.method, Method::Lbfgs | Method::NewtonCg);
+    let penalty = match reg.edge_penalty(0) {
+        Penalty::Custom(f) => f.lp_exponent().is_some(),
+        _ => true,
+    };
+    method && penalty
+}
+
 /// Refuses a problem whose estimated memory exceeds what is available.
-fn check_memory(spec: &ProblemSpec, options: &ModelOptions) -> Result<(), ModelError> {
+fn check_memory(
+    p: &ModelProblem,
+    structured: bool,
+    options: &ModelOptions,
+) -> Result<(), ModelError> {
+    let spec = &p.analysis.spec;
     let weights: usize = spec.weights.iter().map(|w| w.layout.numel()).sum();
-    let needed = weights as u64 * REFERENCE_BYTES_PER_WEIGHT + 64 * spec.num_units() as u64;
+    let needed = if structured {
+        structured_bytes(spec, &p.file)
+    } else {
+        weights as u64 * REFERENCE_BYTES_PER_WEIGHT + BYTES_PER_UNIT * spec.num_units() as u64
+    };
     let Some(available) = options.memory_limit.or_else(available_memory) else {
         return Ok(());
     };
@@ -257,19 +317,40 @@ struct Solved {
     var_log_scales: Vec<f64>,
     status: Status,
     method: String,
+    algorithm: String,
     iterations: usize,
     max_relative_imbalance: f64,
     held_fixed: usize,
     seconds: f64,
 }
 
-fn solve(p: &ModelProblem, reg: &Regularizer, settings: &Settings) -> Result<Solved, ModelError> {
+fn solve(
+    p: &ModelProblem,
+    reg: &Regularizer,
+    settings: &Settings,
+    structured: bool,
+) -> Result<Solved, ModelError> {
     let start = Instant::now();
-    let (sol, x) = reference::solve(&p.analysis.spec, &p.file, reg, settings, &mut NoObserver)?;
+    let spec = &p.analysis.spec;
+    if structured {
+        let s = crate::structured::solve(spec, &p.file, reg, settings, &mut NoObserver)?;
+        return Ok(Solved {
+            var_log_scales: s.var_log_scales,
+            status: s.status,
+            method: s.method.name().to_string(),
+            algorithm: s.algorithm.to_string(),
+            iterations: s.iterations,
+            max_relative_imbalance: s.max_relative_imbalance,
+            held_fixed: s.held_fixed.len(),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let (sol, x) = reference::solve(spec, &p.file, reg, settings, &mut NoObserver)?;
     Ok(Solved {
         var_log_scales: x,
         status: sol.status,
         method: sol.method.name().to_string(),
+        algorithm: format!("per-weight network, {}", sol.method.name()),
         iterations: sol.iterations,
         max_relative_imbalance: sol.max_relative_imbalance,
         held_fixed: sol.diagnostics.held_fixed.len(),
@@ -416,6 +497,9 @@ pub struct ModelReport {
     pub output: PathBuf,
     /// Solver used.
     pub method: String,
+    /// Which route ran (`structured-newton`, `structured-local-cyclic`, or the per-weight network
+    /// for L-BFGS, Newton-CG and custom penalties).
+    pub algorithm: String,
     /// Why the solver stopped.
     pub status: Status,
     /// Whether the tolerance was reached.
@@ -559,9 +643,10 @@ pub fn balance_file(
     }
     settings.validate().map_err(BalanceError::from)?;
     let p = ModelProblem::load(input, arch, options)?;
-    check_memory(&p.analysis.spec, options)?;
+    let structured = structured_route(reg, settings);
+    check_memory(&p, structured, options)?;
     let before = p.layer_costs(&Scales::identity(&p.analysis.spec), reg)?;
-    let sol = solve(&p, reg, settings)?;
+    let sol = solve(&p, reg, settings, structured)?;
     let scales = Scales::new(&p.analysis.spec, &sol.var_log_scales);
     let after = p.layer_costs(&scales, reg)?;
     write_output(&p, &scales, output, options.overwrite_input)?;
@@ -589,6 +674,7 @@ pub fn balance_file(
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         method: sol.method,
+        algorithm: sol.algorithm,
         status: sol.status,
         converged: sol.status.converged(),
         iterations: sol.iterations,
