@@ -636,3 +636,44 @@ fn bad_graphs_name_the_layer() {
     assert!(matches!(e, ModelError::Memory { .. }), "{e}");
     assert!(e.to_string().contains("needs about") && !o.exists(), "{e}");
 }
+
+#[test]
+fn structured_solver_agrees_with_the_per_weight_reference() {
+    // The concat + folded BatchNorm model: the scales written by balance_file (structured core)
+    // equal those of the per-weight network solved exactly.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut t = Tensors::new();
+    param(&mut rng, &mut t, "b1.weight", &[3, 2, 3, 3], 0.5);
+    param(&mut rng, &mut t, "b1.bias", &[3], 0.5);
+    param(&mut rng, &mut t, "b2.weight", &[2, 2, 1, 1], 3.0);
+    bn(&mut rng, &mut t, "cat_bn", 5);
+    param(&mut rng, &mut t, "dw.weight", &[5, 1, 3, 3], 1.0);
+    param(&mut rng, &mut t, "fc.weight", &[2, 5 * 16], 2.0);
+    let json = r#"{"input_size": 2, "layers": [
+        {"type": "conv2d", "prefix": "b1", "name": "b1"},
+        {"type": "conv2d", "prefix": "b2", "inputs": ["input"], "name": "b2"},
+        {"type": "concat", "inputs": ["b1", "b2"]},
+        {"type": "batch_norm2d", "prefix": "cat_bn"}, {"type": "relu"},
+        {"type": "conv2d", "prefix": "dw", "groups": 5}, {"type": "relu"},
+        {"type": "flatten"}, {"type": "linear", "prefix": "fc"}]}"#;
+    let r = check(json, &t, [2, 4, 4], fold());
+    assert!(r.algorithm.starts_with("structured"), "{}", r.algorithm);
+    let d = Dir::new();
+    let i = d.p("r.safetensors");
+    write(&i, &t);
+    let f = SafetensorsFile::open(&i).unwrap();
+    let shapes: HashMap<String, Vec<usize>> = t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let graph = Architecture::from_json(json).unwrap().to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
+    let an = analyze(&graph, &f, &AnalysisOptions { fold_batchnorm: true }).unwrap();
+    let exact = Settings {
+        tol: 1e-13,
+        ..Settings::with_method(Method::Newton)
+    };
+    let (_, x) = synbal::graph::reference::solve(&an.spec, &f, &l2(), &exact, &mut synbal::solve::NoObserver).unwrap();
+    let lambda = synbal::graph::values::Scales::new(&an.spec, &x).lambda;
+    for (l, info) in r.layers.iter().zip(&an.layers) {
+        for (s, &u) in l.scales.iter().zip(&info.units) {
+            assert!((s - lambda[u as usize]).abs() <= 1e-8 * s, "{}: {s} vs {}", l.name, lambda[u as usize]);
+        }
+    }
+}
