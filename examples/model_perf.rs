@@ -46,9 +46,14 @@ fn vgg11(side: usize, head: usize) -> Model {
             continue;
         }
         let p = format!("features.{k}");
-        tensors.push((format!("{p}.weight"), uniform(&mut rng, &[out, c, 3, 3], c * 9)));
+        tensors.push((
+            format!("{p}.weight"),
+            uniform(&mut rng, &[out, c, 3, 3], c * 9),
+        ));
         tensors.push((format!("{p}.bias"), uniform(&mut rng, &[out], c * 9)));
-        layers.push(format!(r#"{{"type": "conv2d", "prefix": "{p}", "padding": 1}}"#));
+        layers.push(format!(
+            r#"{{"type": "conv2d", "prefix": "{p}", "padding": 1}}"#
+        ));
         layers.push(r#"{"type": "relu"}"#.to_string());
         weights += out * c * 9;
         c = out;
@@ -69,7 +74,10 @@ fn vgg11(side: usize, head: usize) -> Model {
     Model {
         name: format!("VGG-11 ({side}×{side}, {head} head)"),
         tensors,
-        arch: format!("{{\"input_size\": 3, \"layers\": [\n  {}\n]}}\n", layers.join(",\n  ")),
+        arch: format!(
+            "{{\"input_size\": 3, \"layers\": [\n  {}\n]}}\n",
+            layers.join(",\n  ")
+        ),
         weights,
     }
 }
@@ -80,7 +88,10 @@ fn mlp(depth: usize, width: usize) -> Model {
     let (mut tensors, mut layers) = (vec![], vec![]);
     for k in 0..depth {
         let p = format!("layers.{k}");
-        tensors.push((format!("{p}.weight"), uniform(&mut rng, &[width, width], width)));
+        tensors.push((
+            format!("{p}.weight"),
+            uniform(&mut rng, &[width, width], width),
+        ));
         tensors.push((format!("{p}.bias"), uniform(&mut rng, &[width], width)));
         layers.push(format!(r#"{{"type": "linear", "prefix": "{p}"}}"#));
         if k + 1 < depth {
@@ -116,7 +127,9 @@ fn measure(binary: &Path, model: &Path, arch: &Path, out: &Path) -> (f64, f64, i
     let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")
         .split(':')
         .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0));
-    let rss_kb: f64 = field("Maximum resident set size (kbytes):").parse().unwrap_or(0.0);
+    let rss_kb: f64 = field("Maximum resident set size (kbytes):")
+        .parse()
+        .unwrap_or(0.0);
     let status = field("Exit status:").parse().unwrap_or(-1);
     let _ = std::fs::remove_file(out);
     (wall, rss_kb / 1024.0, status)
@@ -147,7 +160,10 @@ fn main() {
         "| model | weights | file MB | binary | wall s | peak RSS MB | RSS / file | exit |\n|---|---|---|---|---|---|---|---|"
     );
     for (k, m) in models.into_iter().enumerate() {
-        let (file, arch) = (dir.join(format!("m{k}.safetensors")), dir.join(format!("m{k}.json")));
+        let (file, arch) = (
+            dir.join(format!("m{k}.safetensors")),
+            dir.join(format!("m{k}.json")),
+        );
         write_new(&file, &m.tensors, None).expect("write model");
         std::fs::write(&arch, &m.arch).expect("write architecture");
         let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;

@@ -146,7 +146,10 @@ fn conv(
             for i in 0..kh {
                 for j in 0..kw {
                     let (yy, xj) = (y + i, xx + j);
-                    let (yy, xj) = (yy as isize - (kh / 2) as isize, xj as isize - (kw / 2) as isize);
+                    let (yy, xj) = (
+                        yy as isize - (kh / 2) as isize,
+                        xj as isize - (kw / 2) as isize,
+                    );
                     if yy < 0 || xj < 0 || yy >= x.h as isize || xj >= x.w as isize {
                         continue;
                     }
@@ -234,14 +237,22 @@ fn forward(
             } => {
                 let v = inp(0).v;
                 let s = &shapes[weight];
-                let (rows, cols) = if *in_major { (s[1], s[0]) } else { (s[0], s[1]) };
+                let (rows, cols) = if *in_major {
+                    (s[1], s[0])
+                } else {
+                    (s[0], s[1])
+                };
                 let w = &p[weight];
                 let out = (0..rows)
                     .map(|o| {
                         let b = bias.as_ref().map_or(0.0, |b| p[b][o]);
                         b + (0..cols)
                             .map(|c| {
-                                let wi = if *in_major { c * rows + o } else { o * cols + c };
+                                let wi = if *in_major {
+                                    c * rows + o
+                                } else {
+                                    o * cols + c
+                                };
                                 w[wi] * v[c]
                             })
                             .sum::<f64>()
@@ -259,7 +270,15 @@ fn forward(
                 bias,
                 groups,
                 transposed,
-            } => conv(p, &shapes[weight], weight, bias.as_ref(), *groups, *transposed, &inp(0)),
+            } => conv(
+                p,
+                &shapes[weight],
+                weight,
+                bias.as_ref(),
+                *groups,
+                *transposed,
+                &inp(0),
+            ),
             Op::PassThrough { kind } => pass_through(p, kind, &node.name, inp(0)),
             Op::Fixed { kind } => fixed(kind, inp(0)),
             Op::AddBias { bias } => inp(0).map(|c, v| v + p[bias][c]),
@@ -334,8 +353,14 @@ fn check(json: &str, t: &Tensors, input: [usize; 3], options: ModelOptions) -> M
     let r = balance_file(&i, &a, &o, &l2(), &settings(), &options).unwrap();
     assert!(r.converged, "{:?}", r.status);
     assert!(r.max_relative_imbalance < 1e-12);
-    assert!(r.cost_after < r.cost_before, "{} !< {}", r.cost_after, r.cost_before);
-    let shapes: HashMap<String, Vec<usize>> = t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    assert!(
+        r.cost_after < r.cost_before,
+        "{} !< {}",
+        r.cost_after,
+        r.cost_before
+    );
+    let shapes: HashMap<String, Vec<usize>> =
+        t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
     let g = arch.to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
     let (p, q) = (load(&i), load(&o));
     let mut rng = ChaCha8Rng::seed_from_u64(99);
@@ -344,12 +369,22 @@ fn check(json: &str, t: &Tensors, input: [usize; 3], options: ModelOptions) -> M
         let x = Map::spatial(c, h, w, |_, _, _| rng.random_range(-2.0..2.0));
         let (ya, yb) = (forward(&g, &p, &shapes, &x), forward(&g, &q, &shapes, &x));
         let scale = ya.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let diff = ya.iter().zip(&yb).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-10 * scale, "outputs differ by {diff:e} (scale {scale:e})");
+        let diff = ya
+            .iter()
+            .zip(&yb)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-10 * scale,
+            "outputs differ by {diff:e} (scale {scale:e})"
+        );
     }
     // Balance from the written weights: the spec's own measure and the per-weight network's.
     let after = inspect_file(&o, &a, &l2(), &options).unwrap();
-    assert!(after.max_relative_imbalance < 1e-9, "{}", after.max_relative_imbalance);
+    assert!(
+        after.max_relative_imbalance < 1e-9,
+        "{}",
+        after.max_relative_imbalance
+    );
     let before = inspect_file(&i, &a, &l2(), &options).unwrap();
     assert!(before.max_relative_imbalance > 1e-3);
     let f = SafetensorsFile::open(&o).unwrap();
@@ -363,7 +398,11 @@ fn check(json: &str, t: &Tensors, input: [usize; 3], options: ModelOptions) -> M
     )
     .unwrap();
     let s = summarize(&to_network(&an.spec, &f).unwrap(), &l2());
-    assert!(s.max_relative_imbalance < 1e-9, "{}", s.max_relative_imbalance);
+    assert!(
+        s.max_relative_imbalance < 1e-9,
+        "{}",
+        s.max_relative_imbalance
+    );
     assert_eq!(s.groups, r.groups);
     r
 }
@@ -420,7 +459,10 @@ fn downsample_residual_block_with_batchnorm_folded_in_both_branches() {
     .unwrap();
     assert_eq!(rep.groups, 0);
     let (reason, n) = &rep.layers[0].held_fixed[0];
-    assert!(reason.contains("BatchNorm `stem_bn`") && *n == 4, "{reason}");
+    assert!(
+        reason.contains("BatchNorm `stem_bn`") && *n == 4,
+        "{reason}"
+    );
 }
 
 #[test]
@@ -493,14 +535,36 @@ fn two_heads_prelu_and_channels_last_flatten() {
     // weights then change the function.
     let nchw = json.replace(r#"{"type": "permute", "dims": [0, 2, 3, 1]}, "#, "");
     let arch = Architecture::from_json(&nchw).unwrap();
-    let shapes: HashMap<String, Vec<usize>> = t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
-    let g = Architecture::from_json(json).unwrap().to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
+    let shapes: HashMap<String, Vec<usize>> =
+        t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let g = Architecture::from_json(json)
+        .unwrap()
+        .to_graph(&|n| shapes.get(n).cloned())
+        .unwrap()
+        .graph;
     let o2 = d.p("h.nchw.safetensors");
-    balance_file(&i, &ArchSource::Given(arch), &o2, &l2(), &settings(), &ModelOptions::default()).unwrap();
+    balance_file(
+        &i,
+        &ArchSource::Given(arch),
+        &o2,
+        &l2(),
+        &settings(),
+        &ModelOptions::default(),
+    )
+    .unwrap();
     let x = Map::spatial(2, 4, 4, |c, y, xx| (c + y * 2 + xx) as f64 * 0.3 - 1.0);
-    let (ya, yb) = (forward(&g, &load(&i), &shapes, &x), forward(&g, &load(&o2), &shapes, &x));
-    let diff = ya.iter().zip(&yb).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff > 1e-6, "the wrong flatten order went unnoticed ({diff:e})");
+    let (ya, yb) = (
+        forward(&g, &load(&i), &shapes, &x),
+        forward(&g, &load(&o2), &shapes, &x),
+    );
+    let diff = ya
+        .iter()
+        .zip(&yb)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff > 1e-6,
+        "the wrong flatten order went unnoticed ({diff:e})"
+    );
 }
 
 #[test]
@@ -556,7 +620,12 @@ fn fixed_ops_hold_their_inputs_and_pass_throughs_do_not() {
     // hard-swish (fixed) → fc4 → tanh (fixed, output).
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let mut t = Tensors::new();
-    for (name, o, i, s) in [("fc1", 5, 3, 1.0), ("fc2", 6, 5, 3.0), ("fc3", 4, 6, 0.2), ("fc4", 2, 4, 1.0)] {
+    for (name, o, i, s) in [
+        ("fc1", 5, 3, 1.0),
+        ("fc2", 6, 5, 3.0),
+        ("fc3", 4, 6, 0.2),
+        ("fc4", 2, 4, 1.0),
+    ] {
         param(&mut rng, &mut t, &format!("{name}.weight"), &[o, i], s);
     }
     param(&mut rng, &mut t, "fc1.bias", &[5], 1.0);
@@ -609,15 +678,25 @@ fn bad_graphs_name_the_layer() {
         e.to_string()
     };
     // An add of 3 and 4 channels.
-    let m = run(r#"{"input_size": 2, "layers": [{"type": "conv2d", "prefix": "a", "name": "a"},
+    let m = run(
+        r#"{"input_size": 2, "layers": [{"type": "conv2d", "prefix": "a", "name": "a"},
         {"type": "conv2d", "prefix": "b", "inputs": ["input"]},
-        {"type": "add", "inputs": ["a", "b"]}]}"#);
-    assert!(m.contains("layer 2") && m.contains("different channel counts"), "{m}");
+        {"type": "add", "inputs": ["a", "b"]}]}"#,
+    );
+    assert!(
+        m.contains("layer 2") && m.contains("different channel counts"),
+        "{m}"
+    );
     // A concat of 7 channels into a conv expecting 3.
-    let m = run(r#"{"input_size": 2, "layers": [{"type": "conv2d", "prefix": "a", "name": "a"},
+    let m = run(
+        r#"{"input_size": 2, "layers": [{"type": "conv2d", "prefix": "a", "name": "a"},
         {"type": "conv2d", "prefix": "b", "inputs": ["input"]},
-        {"type": "concat", "inputs": ["a", "b"]}, {"type": "conv2d", "prefix": "c"}]}"#);
-    assert!(m.contains("layer 3") && m.contains("c.weight") && m.contains("7 units"), "{m}");
+        {"type": "concat", "inputs": ["a", "b"]}, {"type": "conv2d", "prefix": "c"}]}"#,
+    );
+    assert!(
+        m.contains("layer 3") && m.contains("c.weight") && m.contains("7 units"),
+        "{m}"
+    );
     // An unknown input name.
     let e = Architecture::from_json(r#"{"layers": [{"type": "relu", "inputs": ["nowhere"]}]}"#)
         .unwrap()
@@ -662,18 +741,42 @@ fn structured_solver_agrees_with_the_per_weight_reference() {
     let i = d.p("r.safetensors");
     write(&i, &t);
     let f = SafetensorsFile::open(&i).unwrap();
-    let shapes: HashMap<String, Vec<usize>> = t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
-    let graph = Architecture::from_json(json).unwrap().to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
-    let an = analyze(&graph, &f, &AnalysisOptions { fold_batchnorm: true }).unwrap();
+    let shapes: HashMap<String, Vec<usize>> =
+        t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let graph = Architecture::from_json(json)
+        .unwrap()
+        .to_graph(&|n| shapes.get(n).cloned())
+        .unwrap()
+        .graph;
+    let an = analyze(
+        &graph,
+        &f,
+        &AnalysisOptions {
+            fold_batchnorm: true,
+        },
+    )
+    .unwrap();
     let exact = Settings {
         tol: 1e-13,
         ..Settings::with_method(Method::Newton)
     };
-    let (_, x) = synbal::graph::reference::solve(&an.spec, &f, &l2(), &exact, &mut synbal::solve::NoObserver).unwrap();
+    let (_, x) = synbal::graph::reference::solve(
+        &an.spec,
+        &f,
+        &l2(),
+        &exact,
+        &mut synbal::solve::NoObserver,
+    )
+    .unwrap();
     let lambda = synbal::graph::values::Scales::new(&an.spec, &x).lambda;
     for (l, info) in r.layers.iter().zip(&an.layers) {
         for (s, &u) in l.scales.iter().zip(&info.units) {
-            assert!((s - lambda[u as usize]).abs() <= 1e-8 * s, "{}: {s} vs {}", l.name, lambda[u as usize]);
+            assert!(
+                (s - lambda[u as usize]).abs() <= 1e-8 * s,
+                "{}: {s} vs {}",
+                l.name,
+                lambda[u as usize]
+            );
         }
     }
 }

@@ -294,13 +294,11 @@ impl<S: TensorSource> Builder<'_, S> {
     }
 
     fn view(&self, id: NodeId, tensor: &str) -> Result<TensorView<'_>, GraphError> {
-        self.source
-            .tensor(tensor)
-            .map_err(|e| GraphError::Tensor {
-                node: id,
-                name: self.graph.nodes[id].name.clone(),
-                source: Box::new(e),
-            })
+        self.source.tensor(tensor).map_err(|e| GraphError::Tensor {
+            node: id,
+            name: self.graph.nodes[id].name.clone(),
+            source: Box::new(e),
+        })
     }
 
     /// A 1-D tensor of `len` values.
@@ -309,7 +307,10 @@ impl<S: TensorSource> Builder<'_, S> {
         if v.shape != [len] {
             return Err(self.err(
                 id,
-                format!("tensor `{tensor}` has shape {:?}, expected [{len}]", v.shape),
+                format!(
+                    "tensor `{tensor}` has shape {:?}, expected [{len}]",
+                    v.shape
+                ),
             ));
         }
         Ok(decode(&v))
@@ -570,10 +571,13 @@ impl<S: TensorSource> Builder<'_, S> {
         if let Some(&i) = self.weight_of.get(tensor) {
             let first = self.spec.weights[i].clone();
             if first.layout != layout {
-                return Err(self.err(id, format!(
+                return Err(self.err(
+                    id,
+                    format!(
                     "tensor `{tensor}` is used by `{}` with another layout ({:?} here, {:?} there)",
                     first.node, layout, first.layout
-                )));
+                ),
+                ));
             }
             for (&a, &b) in first.out_units.iter().zip(&out_units) {
                 self.tie(a, b);
@@ -622,7 +626,10 @@ impl<S: TensorSource> Builder<'_, S> {
             ));
         }
         if self.weight_of.contains_key(tensor) {
-            return Err(self.err(id, format!("tensor `{tensor}` is used as a weight elsewhere")));
+            return Err(self.err(
+                id,
+                format!("tensor `{tensor}` is used as a weight elsewhere"),
+            ));
         }
         if let Some(&i) = self.bias_of.get(tensor) {
             let first = self.spec.biases[i].units.clone();
@@ -792,7 +799,10 @@ impl<S: TensorSource> Builder<'_, S> {
             .filter(|v| !matches!(v, Value::Fixed { .. }))
             .collect();
         let Some(first) = known.first().cloned().cloned() else {
-            return Ok(vals.first().cloned().unwrap_or(Value::Fixed { count: None }));
+            return Ok(vals
+                .first()
+                .cloned()
+                .unwrap_or(Value::Fixed { count: None }));
         };
         let (units, flat) = match &first {
             Value::Units(u) => (u.clone(), None),
@@ -855,7 +865,10 @@ impl<S: TensorSource> Builder<'_, S> {
         }
         let v = self.input(id, 0)?.1;
         let cols = self.columns(id, &v, inp, w_ih)?;
-        let reason = format!("hidden state of the tanh RNN `{}`", self.graph.nodes[id].name);
+        let reason = format!(
+            "hidden state of the tanh RNN `{}`",
+            self.graph.nodes[id].name
+        );
         let hid = self.new_units(h, (!relu).then_some(reason.as_str()));
         let mut weights = vec![];
         let square = |n| Layout::RowMajor { rows: h, cols: n };
@@ -898,7 +911,11 @@ impl<S: TensorSource> Builder<'_, S> {
         let units = self.channels(id, &v, Some(c), "a BatchNorm")?;
         let mu = self.vector(id, mean, c)?;
         let var_v = self.vector(id, var, c)?;
-        if let Some((i, s)) = var_v.iter().map(|&x| x + eps).enumerate().find(|(_, s)| *s <= 0.0)
+        if let Some((i, s)) = var_v
+            .iter()
+            .map(|&x| x + eps)
+            .enumerate()
+            .find(|(_, s)| *s <= 0.0)
         {
             return Err(self.err(
                 id,
@@ -908,7 +925,10 @@ impl<S: TensorSource> Builder<'_, S> {
         let gamma = weight.map(|t| self.vector(id, t, c)).transpose()?;
         let beta = bias.map(|t| self.vector(id, t, c)).transpose()?;
         if !self.options.fold_batchnorm {
-            let reason = format!("feeds BatchNorm `{}` (held fixed)", self.graph.nodes[id].name);
+            let reason = format!(
+                "feeds BatchNorm `{}` (held fixed)",
+                self.graph.nodes[id].name
+            );
             self.fix(&units, &reason);
             return Ok(Value::Units(units));
         }
@@ -946,7 +966,8 @@ impl<S: TensorSource> Builder<'_, S> {
             self.spec.biases[*bu].values = BiasValues::Owned(folded);
         } else {
             for (_, bu, name) in &bias_uses {
-                self.spec.biases[*bu].values = BiasValues::Owned(vec![0.0; self.spec.biases[*bu].units.len()]);
+                self.spec.biases[*bu].values =
+                    BiasValues::Owned(vec![0.0; self.spec.biases[*bu].units.len()]);
                 self.add_write(name, WriteRule::Constant(0.0));
             }
             self.spec.biases.push(BiasUse {
@@ -984,7 +1005,7 @@ impl<S: TensorSource> Builder<'_, S> {
     /// a Linear/Conv (not yet folded, tensors not shared) read only by the BatchNorm, or the
     /// inputs of a `Concat` (read only by the BatchNorm) that all are.
     fn fold_targets(&self, n: NodeId) -> Option<Vec<usize>> {
-        if self.consumers[n] != 1 {
+        if self.consumers[n] != 1 || self.graph.outputs.contains(&n) {
             return None;
         }
         let node = &self.graph.nodes[n];

@@ -65,8 +65,8 @@ pub fn to_network<S: TensorSource>(
         (true, true) => Role::Output,
         (false, _) => Role::Hidden,
     };
-    for u in 0..n {
-        nb.add_neuron(role(u as u32), Activation::Linear, bias[u].unwrap_or(0.0));
+    for (u, b) in bias.iter().enumerate() {
+        nb.add_neuron(role(u as u32), Activation::Linear, b.unwrap_or(0.0));
     }
     let mut members: Vec<Vec<usize>> = vec![vec![]; spec.num_vars()];
     for (u, &v) in spec.unit_var.iter().enumerate() {

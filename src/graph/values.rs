@@ -36,9 +36,11 @@ pub fn decode_into(dtype: ElementType, bytes: &[u8], out: &mut Vec<f64>) {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
         ),
-        ElementType::F64 => out.extend(bytes.chunks_exact(8).map(|c| {
-            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-        })),
+        ElementType::F64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        ),
     }
 }
 
@@ -74,7 +76,10 @@ pub fn element_coords(layout: &Layout, e: usize) -> (usize, usize) {
         } => {
             let c = e / (out_per_group * kernel);
             let g = c / (inp / groups).max(1);
-            (g * out_per_group + (e % (out_per_group * kernel)) / kernel, c)
+            (
+                g * out_per_group + (e % (out_per_group * kernel)) / kernel,
+                c,
+            )
         }
     }
 }
@@ -216,8 +221,16 @@ mod tests {
     #[test]
     fn decode_every_dtype() {
         let mut v = vec![];
-        decode_into(ElementType::F16, &half::f16::from_f64(1.5).to_le_bytes(), &mut v);
-        decode_into(ElementType::BF16, &half::bf16::from_f64(-2.0).to_le_bytes(), &mut v);
+        decode_into(
+            ElementType::F16,
+            &half::f16::from_f64(1.5).to_le_bytes(),
+            &mut v,
+        );
+        decode_into(
+            ElementType::BF16,
+            &half::bf16::from_f64(-2.0).to_le_bytes(),
+            &mut v,
+        );
         decode_into(ElementType::F32, &0.25f32.to_le_bytes(), &mut v);
         decode_into(ElementType::F64, &3.0f64.to_le_bytes(), &mut v);
         assert_eq!(v, vec![1.5, -2.0, 0.25, 3.0]);

@@ -480,7 +480,11 @@ impl Architecture {
                     if dims.first() != Some(&0) {
                         return Err(err("`dims` must keep the batch axis 0 first".into()));
                     }
-                    push(&mut layers, LayerKind::Permute { channels_last }, r.save.clone())
+                    push(
+                        &mut layers,
+                        LayerKind::Permute { channels_last },
+                        r.save.clone(),
+                    )
                 }
                 "concat" | "cat" => push(&mut layers, LayerKind::Concat, r.save.clone()),
                 "slice" | "split" | "narrow" => {
@@ -490,12 +494,10 @@ impl Architecture {
                             (start, start + sizes[k])
                         }
                         (None, _, Some(a), Some(b)) if a < b => (a, b),
-                        _ => {
-                            return Err(err(
-                                "needs `start` < `end`, or `sizes` and an `index` below their count"
-                                    .into(),
-                            ))
-                        }
+                        _ => return Err(err(
+                            "needs `start` < `end`, or `sizes` and an `index` below their count"
+                                .into(),
+                        )),
                     };
                     push(&mut layers, LayerKind::Slice { start, end }, r.save.clone())
                 }
@@ -516,7 +518,11 @@ impl Architecture {
                             ))
                         }
                     }
-                    push(&mut layers, LayerKind::PassThrough(n.clone()), r.save.clone())
+                    push(
+                        &mut layers,
+                        LayerKind::PassThrough(n.clone()),
+                        r.save.clone(),
+                    )
                 }
                 "batchnorm" | "batchnorm1d" | "batchnorm2d" | "batchnorm3d" => {
                     let eps = r.eps.unwrap_or(1e-5);
@@ -621,15 +627,21 @@ impl Architecture {
                     }
                 }
                 "fixed" => {
-                    let kind = r.op.as_deref().map_or("fixed".into(), |o| format!("fixed ({o})"));
+                    let kind =
+                        r.op.as_deref()
+                            .map_or("fixed".into(), |o| format!("fixed ({o})"));
                     push(&mut layers, LayerKind::Fixed(kind), r.save.clone())
                 }
-                other if PASS.contains(&other) => {
-                    push(&mut layers, LayerKind::PassThrough(other.to_string()), r.save.clone())
-                }
-                other if FIXED.contains(&other) => {
-                    push(&mut layers, LayerKind::Fixed(other.to_string()), r.save.clone())
-                }
+                other if PASS.contains(&other) => push(
+                    &mut layers,
+                    LayerKind::PassThrough(other.to_string()),
+                    r.save.clone(),
+                ),
+                other if FIXED.contains(&other) => push(
+                    &mut layers,
+                    LayerKind::Fixed(other.to_string()),
+                    r.save.clone(),
+                ),
                 _ => return Err(ArchError::UnknownType { index, name: ty }),
             }
         }
@@ -801,20 +813,30 @@ impl LayerKind {
                 running_mean,
                 running_var,
                 ..
-            } => [Some(running_mean), Some(running_var), weight.as_ref(), bias.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect(),
+            } => [
+                Some(running_mean),
+                Some(running_var),
+                weight.as_ref(),
+                bias.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             LayerKind::Rnn {
                 weight_ih,
                 weight_hh,
                 bias_ih,
                 bias_hh,
                 ..
-            } => [Some(weight_ih), Some(weight_hh), bias_ih.as_ref(), bias_hh.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect(),
+            } => [
+                Some(weight_ih),
+                Some(weight_hh),
+                bias_ih.as_ref(),
+                bias_hh.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             LayerKind::AddBias { bias } => vec![bias],
             _ => vec![],
         }
@@ -863,9 +885,7 @@ impl LayerKind {
     /// The graph op of this layer (`channels_last` for a flatten after a permute; optional biases
     /// resolved with `exists`).
     fn op(&self, channels_last: bool, exists: &dyn Fn(&str) -> bool) -> Op {
-        let opt = |b: &Option<String>, optional: bool| {
-            b.clone().filter(|b| !optional || exists(b))
-        };
+        let opt = |b: &Option<String>, optional: bool| b.clone().filter(|b| !optional || exists(b));
         match self {
             LayerKind::Linear {
                 weight,
@@ -1000,7 +1020,9 @@ impl Architecture {
                     .iter()
                     .map(|n| find(n, "layer"))
                     .collect::<Result<Vec<_>, _>>()?,
-                (None, LayerKind::Add { from: Some(from) }) => vec![prev, find(from, "saved value")?],
+                (None, LayerKind::Add { from: Some(from) }) => {
+                    vec![prev, find(from, "saved value")?]
+                }
                 (None, _) => vec![prev],
             };
             let after_permute = match layer.kind {
@@ -1056,7 +1078,10 @@ impl Architecture {
                 .collect(),
             None => {
                 let mut read = vec![false; nodes.len()];
-                nodes.iter().flat_map(|n| &n.inputs).for_each(|&i| read[i] = true);
+                nodes
+                    .iter()
+                    .flat_map(|n| &n.inputs)
+                    .for_each(|&i| read[i] = true);
                 Ok((1..nodes.len()).filter(|&i| !read[i]).collect())
             }
         }

@@ -149,10 +149,12 @@ impl ModelProblem {
         let opts = AnalysisOptions {
             fold_batchnorm: options.fold_batchnorm,
         };
-        let analysis = analyze(&graph.graph, &file, &opts)
-            .map_err(|e| graph_error(e, &graph, &arch))?;
+        let analysis =
+            analyze(&graph.graph, &file, &opts).map_err(|e| graph_error(e, &graph, &arch))?;
         if analysis.layers.is_empty() {
-            return Err(ArchError::Json("the architecture has no layer with weights".into()).into());
+            return Err(
+                ArchError::Json("the architecture has no layer with weights".into()).into(),
+            );
         }
         Ok(ModelProblem {
             file,
@@ -196,7 +198,9 @@ impl ModelProblem {
         let mut free = 0;
         for &u in &l.units {
             if spec.unit_var[u as usize] == FIXED {
-                let r = reasons.get(&u).map_or("fixed".to_string(), |r| r.to_string());
+                let r = reasons
+                    .get(&u)
+                    .map_or("fixed".to_string(), |r| r.to_string());
                 *fixed.entry(r).or_default() += 1;
             } else {
                 free += 1;
@@ -217,12 +221,10 @@ fn graph_error(e: GraphError, graph: &ArchGraph, arch: &Architecture) -> ModelEr
             },
             None => ModelError::Graph(GraphError::Graph(message)),
         },
-        GraphError::Tensor { source, node, name } => {
-            match source.downcast::<SafetensorsError>() {
-                Ok(s) => ModelError::Safetensors(*s),
-                Err(source) => ModelError::Graph(GraphError::Tensor { node, name, source }),
-            }
-        }
+        GraphError::Tensor { source, node, name } => match source.downcast::<SafetensorsError>() {
+            Ok(s) => ModelError::Safetensors(*s),
+            Err(source) => ModelError::Graph(GraphError::Tensor { node, name, source }),
+        },
         other => ModelError::Graph(other),
     }
 }
@@ -428,7 +430,13 @@ impl InspectReport {
     /// One row per layer (units, free, held fixed, parameters, cost), the reasons of the fixed
     /// units, then the totals.
     pub fn table(&self) -> String {
-        let width = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
+        let width = self
+            .layers
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let mut t = format!(
             "{:<width$} {:<14} {:>7} {:>7} {:>7} {:>11} {:>12}\n",
             "layer", "type", "units", "free", "fixed", "parameters", "cost"
@@ -529,7 +537,13 @@ impl ModelReport {
     /// after, smallest and largest `λ` of its output units; then why units are held fixed, and
     /// the totals.
     pub fn layer_table(&self) -> String {
-        let width = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
+        let width = self
+            .layers
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let mut t = format!(
             "{:<width$} {:>7} {:>7} {:>7} {:>12} {:>12} {:>10} {:>10}\n",
             "layer", "units", "free", "fixed", "cost before", "cost after", "min λ", "max λ"

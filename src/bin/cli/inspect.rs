@@ -65,7 +65,10 @@ fn run_model(args: &InspectArgs, reg: &Regularizer) -> Result<u8, Failure> {
     };
     let report = inspect_file(&args.input, &arch, reg, &options).map_err(bad_input)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(internal)?
+        );
     } else {
         println!("{}", report.table());
     }
