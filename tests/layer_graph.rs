@@ -780,3 +780,47 @@ fn structured_solver_agrees_with_the_per_weight_reference() {
         }
     }
 }
+
+#[test]
+fn the_documented_resnet_and_concat_example() {
+    // The example of docs/model-files.md: stem, a downsample residual block, two convs
+    // concatenated, pooled, a Linear head.
+    let json = r#"{
+      "input_size": 3,
+      "layers": [
+        {"type": "conv2d", "prefix": "stem"}, {"type": "batch_norm2d", "prefix": "stem_bn"},
+        {"type": "relu", "name": "x"},
+        {"type": "conv2d", "prefix": "a1"}, {"type": "batch_norm2d", "prefix": "a1_bn"},
+        {"type": "relu"},
+        {"type": "conv2d", "prefix": "a2"}, {"type": "batch_norm2d", "prefix": "a2_bn", "name": "main"},
+        {"type": "conv2d", "prefix": "down", "inputs": ["x"]},
+        {"type": "batch_norm2d", "prefix": "down_bn", "name": "skip"},
+        {"type": "add", "inputs": ["main", "skip"]}, {"type": "relu", "name": "y"},
+        {"type": "conv2d", "prefix": "b1", "inputs": ["y"]},
+        {"type": "conv2d", "prefix": "b2", "inputs": ["y"]},
+        {"type": "concat", "inputs": ["b1", "b2"]}, {"type": "relu"},
+        {"type": "adaptive_avg_pool2d"}, {"type": "flatten"}, {"type": "linear", "prefix": "fc"}
+      ]
+    }"#;
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let mut t = Tensors::new();
+    for (name, o, i, k) in [
+        ("stem", 4, 3, 3),
+        ("a1", 5, 4, 3),
+        ("a2", 6, 5, 3),
+        ("down", 6, 4, 1),
+        ("b1", 3, 6, 3),
+        ("b2", 2, 6, 1),
+    ] {
+        param(&mut rng, &mut t, &format!("{name}.weight"), &[o, i, k, k], 1.0);
+        param(&mut rng, &mut t, &format!("{name}.bias"), &[o], 0.5);
+    }
+    for (name, c) in [("stem_bn", 4), ("a1_bn", 5), ("a2_bn", 6), ("down_bn", 6)] {
+        bn(&mut rng, &mut t, name, c);
+    }
+    param(&mut rng, &mut t, "fc.weight", &[2, 5], 2.0);
+    let r = check(json, &t, [3, 4, 4], fold());
+    assert_eq!(r.groups, 4 + 5 + 6 + 3 + 2);
+    let r = check(json, &t, [3, 4, 4], ModelOptions::default());
+    assert_eq!(r.groups, 3 + 2, "only b1 and b2 are free without folding");
+}
