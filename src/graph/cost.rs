@@ -14,49 +14,77 @@ use crate::regularizer::{Penalty, Regularizer};
 use crate::structured::spec::{BiasValues, ProblemSpec, TensorSource, WeightUse, FIXED};
 use rayon::prelude::*;
 
+/// Costs of the weight uses and of the bias uses of `spec`.
+pub type UseCosts = (Vec<f64>, Vec<f64>);
+
 /// Cost of every weight use and every bias use of `spec` under `scales`.
 pub fn use_costs<S: TensorSource>(
     spec: &ProblemSpec,
     source: &S,
     scales: &Scales,
     reg: &Regularizer,
-) -> Result<(Vec<f64>, Vec<f64>), S::Error> {
+) -> Result<UseCosts, S::Error> {
+    Ok(use_costs_many(spec, source, &[scales], reg)?.remove(0))
+}
+
+/// [`use_costs`] under several scales in one pass over the tensors (before and after balancing).
+pub fn use_costs_many<S: TensorSource>(
+    spec: &ProblemSpec,
+    source: &S,
+    scales: &[&Scales],
+    reg: &Regularizer,
+) -> Result<Vec<UseCosts>, S::Error> {
     let g = reg.edge_penalty(0).clone();
-    let weights = spec
-        .weights
-        .iter()
-        .map(|w| {
-            let factors = scales.weight_factors(w);
-            let view = source.tensor(&w.tensor)?;
-            let size = view.dtype.size();
-            Ok(view
-                .bytes
-                .par_chunks(CHUNK * size)
-                .enumerate()
-                .map(|(k, bytes)| {
-                    let mut old = Vec::with_capacity(CHUNK);
-                    decode_into(view.dtype, bytes, &mut old);
-                    let mut new = Vec::with_capacity(old.len());
-                    Scales::new_weight_values(w, &factors, k * CHUNK, &old, &mut new);
-                    new.iter().map(|x| w.alpha * g.value(x.abs())).sum::<f64>()
-                })
-                .sum())
-        })
-        .collect::<Result<Vec<f64>, S::Error>>()?;
-    let biases = match reg.bias_penalty() {
-        None => vec![0.0; spec.biases.len()],
-        Some(p) => spec
-            .biases
-            .iter()
-            .map(|b| {
-                let values = bias_values(b, source)?;
-                let mut new = Vec::with_capacity(values.len());
-                scales.new_bias_values(b, 1.0, 0, &values, &mut new);
-                Ok(new.iter().map(|x| p.value(x.abs())).sum())
+    let n = scales.len();
+    let mut out: Vec<UseCosts> = vec![(vec![], vec![]); n];
+    for w in &spec.weights {
+        let factors: Vec<_> = scales.iter().map(|s| s.weight_factors(w)).collect();
+        let view = source.tensor(&w.tensor)?;
+        let size = view.dtype.size();
+        let sums = view
+            .bytes
+            .par_chunks(CHUNK * size)
+            .enumerate()
+            .map(|(k, bytes)| {
+                let mut old = Vec::with_capacity(CHUNK);
+                decode_into(view.dtype, bytes, &mut old);
+                let mut new = Vec::with_capacity(old.len());
+                factors
+                    .iter()
+                    .map(|f| {
+                        new.clear();
+                        Scales::new_weight_values(w, f, k * CHUNK, &old, &mut new);
+                        new.iter().map(|x| w.alpha * g.value(x.abs())).sum::<f64>()
+                    })
+                    .collect::<Vec<f64>>()
             })
-            .collect::<Result<Vec<f64>, S::Error>>()?,
-    };
-    Ok((weights, biases))
+            .reduce(
+                || vec![0.0; n],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        out.iter_mut().zip(sums).for_each(|(o, c)| o.0.push(c));
+    }
+    for b in &spec.biases {
+        let values = match reg.bias_penalty() {
+            Some(_) => bias_values(b, source)?,
+            None => vec![],
+        };
+        for (o, s) in out.iter_mut().zip(scales) {
+            let cost = match reg.bias_penalty() {
+                None => 0.0,
+                Some(p) => {
+                    let mut new = Vec::with_capacity(values.len());
+                    s.new_bias_values(b, 1.0, 0, &values, &mut new);
+                    new.iter().map(|x| p.value(x.abs())).sum()
+                }
+            };
+            o.1.push(cost);
+        }
+    }
+    Ok(out)
 }
 
 /// The stored values of a bias use.

@@ -13,7 +13,7 @@
 use super::arch::{infer_mlp, ArchError, ArchGraph, Architecture};
 use super::safetensors::{write_streamed, SafetensorsError, SafetensorsFile, TensorEntry};
 use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError, LayerInfo};
-use crate::graph::cost::{imbalances, use_costs};
+use crate::graph::cost::{imbalances, use_costs_many, UseCosts};
 use crate::graph::reference::{self, ReferenceError};
 use crate::graph::values::Scales;
 use crate::network::NetworkError;
@@ -175,18 +175,26 @@ impl ModelProblem {
         (index, kind)
     }
 
-    /// Cost of every layer (its weight and bias uses) under `scales`.
-    fn layer_costs(&self, scales: &Scales, reg: &Regularizer) -> Result<Vec<f64>, ModelError> {
-        let (w, b) = use_costs(&self.analysis.spec, &self.file, scales, reg)?;
-        Ok(self
-            .analysis
+    /// Cost of every layer (its weight and bias uses) under each of `scales`, in one pass.
+    fn layer_costs(
+        &self,
+        scales: &[&Scales],
+        reg: &Regularizer,
+    ) -> Result<Vec<Vec<f64>>, ModelError> {
+        let costs = use_costs_many(&self.analysis.spec, &self.file, scales, reg)?;
+        Ok(costs.iter().map(|c| self.per_layer(c)).collect())
+    }
+
+    /// Sums use costs per layer.
+    fn per_layer(&self, (w, b): &UseCosts) -> Vec<f64> {
+        self.analysis
             .layers
             .iter()
             .map(|l| {
                 l.weights.iter().map(|&i| w[i]).sum::<f64>()
                     + l.biases.iter().map(|&i| b[i]).sum::<f64>()
             })
-            .collect())
+            .collect()
     }
 
     /// Per layer: units, free units and the reasons of the fixed ones (reason, count).
@@ -584,7 +592,7 @@ pub fn inspect_file(
     }
     let p = ModelProblem::load(input, arch, options)?;
     let scales = Scales::identity(&p.analysis.spec);
-    let costs = p.layer_costs(&scales, reg)?;
+    let costs = p.layer_costs(&[&scales], reg)?.remove(0);
     let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
     let layers = p
         .analysis
@@ -659,10 +667,14 @@ pub fn balance_file(
     let p = ModelProblem::load(input, arch, options)?;
     let structured = structured_route(reg, settings);
     check_memory(&p, structured, options)?;
-    let before = p.layer_costs(&Scales::identity(&p.analysis.spec), reg)?;
     let sol = solve(&p, reg, settings, structured)?;
     let scales = Scales::new(&p.analysis.spec, &sol.var_log_scales);
-    let after = p.layer_costs(&scales, reg)?;
+    let identity = Scales::identity(&p.analysis.spec);
+    let mut costs = p.layer_costs(&[&identity, &scales], reg)?;
+    let (after, before) = (
+        costs.pop().unwrap_or_default(),
+        costs.pop().unwrap_or_default(),
+    );
     write_output(&p, &scales, output, options.overwrite_input)?;
     let layers = p
         .analysis
