@@ -1,0 +1,181 @@
+//! Whole-process cost of balancing model files with the `synbal` binary: writes a VGG-11 for
+//! 32×32 inputs with a 4096-wide head (28.1 M f32 weights) and an MLP of depth 24 and width 1024
+//! (25.2 M f32 weights) as safetensors with PyTorch's default initialisation, then runs
+//! `synbal balance MODEL --arch ARCH -o OUT --p 2 --tol 1e-10` under `/usr/bin/time -v` for each
+//! binary given, side by side, and prints wall time and peak resident memory.
+//!
+//! ```text
+//! cargo build --release
+//! nice -n 19 cargo run --release --example model_perf -- \
+//!     --binary main=/path/to/old/synbal --binary new=target/release/synbal
+//! ```
+//! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use synbal::io::safetensors::{write_new, FloatDtype, Tensor};
+
+/// A model to write: tensors and the architecture JSON.
+struct Model {
+    name: String,
+    tensors: Vec<(String, Tensor)>,
+    arch: String,
+    weights: usize,
+}
+
+/// PyTorch's default init for Linear and Conv: weight and bias `U(−1/sqrt(fan_in), 1/sqrt(fan_in))`.
+fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], fan_in: usize) -> Tensor {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-b..b)).collect();
+    Tensor::from_f64(FloatDtype::F32, shape.to_vec(), &v)
+}
+
+/// VGG-11 (`cfg A`) for `side × side` inputs with a `head`-wide classifier and 10 classes.
+fn vgg11(side: usize, head: usize) -> Model {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let cfg = [64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
+    let (mut tensors, mut layers, mut weights) = (vec![], vec![], 0);
+    let (mut c, mut s) = (3, side);
+    for (k, &out) in cfg.iter().enumerate() {
+        if out == 0 {
+            layers.push(r#"{"type": "max_pool2d", "kernel_size": 2}"#.to_string());
+            s /= 2;
+            continue;
+        }
+        let p = format!("features.{k}");
+        tensors.push((
+            format!("{p}.weight"),
+            uniform(&mut rng, &[out, c, 3, 3], c * 9),
+        ));
+        tensors.push((format!("{p}.bias"), uniform(&mut rng, &[out], c * 9)));
+        layers.push(format!(
+            r#"{{"type": "conv2d", "prefix": "{p}", "padding": 1}}"#
+        ));
+        layers.push(r#"{"type": "relu"}"#.to_string());
+        weights += out * c * 9;
+        c = out;
+    }
+    layers.push(r#"{"type": "flatten"}"#.to_string());
+    let sizes = [c * s * s, head, head, 10];
+    for k in 0..3 {
+        let p = format!("classifier.{}", 3 * k);
+        let (i, o) = (sizes[k], sizes[k + 1]);
+        tensors.push((format!("{p}.weight"), uniform(&mut rng, &[o, i], i)));
+        tensors.push((format!("{p}.bias"), uniform(&mut rng, &[o], i)));
+        layers.push(format!(r#"{{"type": "linear", "prefix": "{p}"}}"#));
+        if k < 2 {
+            layers.push(r#"{"type": "relu"}"#.to_string());
+        }
+        weights += i * o;
+    }
+    Model {
+        name: format!("VGG-11 ({side}×{side}, {head} head)"),
+        tensors,
+        arch: format!(
+            "{{\"input_size\": 3, \"layers\": [\n  {}\n]}}\n",
+            layers.join(",\n  ")
+        ),
+        weights,
+    }
+}
+
+/// An MLP of `depth` Linear layers of `width` features, ReLU between them.
+fn mlp(depth: usize, width: usize) -> Model {
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    let (mut tensors, mut layers) = (vec![], vec![]);
+    for k in 0..depth {
+        let p = format!("layers.{k}");
+        tensors.push((
+            format!("{p}.weight"),
+            uniform(&mut rng, &[width, width], width),
+        ));
+        tensors.push((format!("{p}.bias"), uniform(&mut rng, &[width], width)));
+        layers.push(format!(r#"{{"type": "linear", "prefix": "{p}"}}"#));
+        if k + 1 < depth {
+            layers.push(r#"{"type": "relu"}"#.to_string());
+        }
+    }
+    Model {
+        name: format!("MLP {depth} × {width}"),
+        tensors,
+        arch: format!("{{\"layers\": [\n  {}\n]}}\n", layers.join(",\n  ")),
+        weights: depth * width * width,
+    }
+}
+
+/// Wall seconds and peak RSS (MB) of one run, and its exit status.
+fn measure(binary: &Path, model: &Path, arch: &Path, out: &Path) -> (f64, f64, i32) {
+    let o = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(binary)
+        .args(["balance", "--p", "2", "--tol", "1e-10", "--quiet", "--arch"])
+        .arg(arch)
+        .arg("-o")
+        .arg(out)
+        .arg(model)
+        .output()
+        .expect("run /usr/bin/time");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let field = |key: &str| {
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")
+        .split(':')
+        .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0));
+    let rss_kb: f64 = field("Maximum resident set size (kbytes):")
+        .parse()
+        .unwrap_or(0.0);
+    let status = field("Exit status:").parse().unwrap_or(-1);
+    let _ = std::fs::remove_file(out);
+    (wall, rss_kb / 1024.0, status)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut binaries: Vec<(String, PathBuf)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--binary")
+        .map(|w| {
+            let (name, path) = w[1].split_once('=').expect("--binary NAME=PATH");
+            (name.to_string(), PathBuf::from(path))
+        })
+        .collect();
+    if binaries.is_empty() {
+        binaries.push(("synbal".into(), PathBuf::from("target/release/synbal")));
+    }
+    let dir = PathBuf::from("target/examples-out/model_perf");
+    std::fs::create_dir_all(&dir).expect("create output directory");
+    let models = if quick {
+        vec![vgg11(32, 256), mlp(8, 256)]
+    } else {
+        vec![vgg11(32, 4096), mlp(24, 1024)]
+    };
+    println!(
+        "| model | weights | file MB | binary | wall s | peak RSS MB | RSS / file | exit |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (k, m) in models.into_iter().enumerate() {
+        let (file, arch) = (
+            dir.join(format!("m{k}.safetensors")),
+            dir.join(format!("m{k}.json")),
+        );
+        write_new(&file, &m.tensors, None).expect("write model");
+        std::fs::write(&arch, &m.arch).expect("write architecture");
+        let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
+        drop(m.tensors);
+        for (name, bin) in &binaries {
+            let (wall, rss, status) = measure(bin, &file, &arch, &dir.join("out.safetensors"));
+            println!(
+                "| {} | {:.1} M | {mb:.0} | {name} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
+                m.name,
+                m.weights as f64 / 1e6,
+                rss / mb
+            );
+        }
+    }
+}
