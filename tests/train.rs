@@ -710,3 +710,80 @@ fn rnn_gradients_match_finite_differences_and_balancing_keeps_the_function() {
     let (loss1, acc1) = rnn.evaluate(&data).unwrap();
     assert!((loss0 - loss1).abs() < 1e-12 && acc0 == acc1);
 }
+
+/// `synbal experiment e4 --quick`: correct test images over its two seeds (360 each) per
+/// optimiser setting and arm, as documented in docs/experiments.md (E4, quick setting).
+const QUICK_E4_CORRECT: [(&str, &str, usize); 22] = [
+    ("paper", "plain", 60),
+    ("paper", "l1pen", 60),
+    ("paper", "l2pen", 60),
+    ("paper", "l1full", 59),
+    ("paper", "l2full", 60),
+    ("paper", "l1step", 59),
+    ("paper", "l1k", 60),
+    ("paper", "l1epoch", 60),
+    ("paper", "l2step", 60),
+    ("paper", "l2k", 60),
+    ("paper", "l2epoch", 60),
+    ("tuned", "plain", 640),
+    ("tuned", "l1pen", 641),
+    ("tuned", "l2pen", 638),
+    ("tuned", "l1full", 661),
+    ("tuned", "l2full", 646),
+    ("tuned", "l1step", 662),
+    ("tuned", "l1k", 661),
+    ("tuned", "l1epoch", 657),
+    ("tuned", "l2step", 647),
+    ("tuned", "l2k", 644),
+    ("tuned", "l2epoch", 645),
+];
+
+#[test]
+fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
+    use synbal::train::experiments::{run, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        "e4",
+        &Options {
+            quick: true,
+            out_dir: dir.path().to_path_buf(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for (setting, arm, correct) in QUICK_E4_CORRECT {
+        let name = format!("1150 {setting} 64-32-10 {arm} weights test acc");
+        let acc = report
+            .metrics
+            .iter()
+            .find(|m| m.0 == name)
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .1;
+        assert_eq!(
+            (acc * 720.0).round() as usize,
+            correct,
+            "{setting} {arm}: mean test accuracy {acc}"
+        );
+    }
+    // Per seed, the penalised runs end with measurably smaller weights than the plain run
+    // (tuned setting): Σ|w| under L1, Σw² under L2.
+    let csv = std::fs::read_to_string(dir.path().join("e4.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    let (opt, arm, seed) = (col("optimiser"), col("arm"), col("seed"));
+    let (c1, c2, acc) = (col("cost_l1"), col("cost_l2"), col("test_accuracy"));
+    let get = |a: &str, s: &str, c: usize| -> f64 {
+        rows.iter()
+            .find(|r| r[opt] == "tuned" && r[arm] == a && r[seed] == s)
+            .unwrap()[c]
+            .parse()
+            .unwrap()
+    };
+    for s in ["100", "101"] {
+        let l1 = get("l1pen", s, c1) / get("plain", s, c1);
+        let l2 = get("l2pen", s, c2) / get("plain", s, c2);
+        assert!(l1 < 0.99 && l2 < 0.97, "seed {s}: Σ|w| ratio {l1}, Σw² ratio {l2}");
+        assert_ne!(get("l2pen", s, acc), get("plain", s, acc), "seed {s}");
+    }
+}

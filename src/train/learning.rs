@@ -854,7 +854,8 @@ pub fn e6_limited(options: &Options) -> Result<Report, ExperimentError> {
 
 /// **E4-lr, learning-rate sweep.** The arms given by `--arms` (default `plain`) at every
 /// learning rate of `--lrs` (default 0.005, 0.01, 0.02, 0.05, 0.1, 0.2) with `--momentum`
-/// (default 0.9) and `--batch` (default 64), 784-256-10, 3 seeds. Writes `e4-lr.*`.
+/// (default 0.9) and `--batch` (default 64), 784-256-10, 3 seeds, the whole pool or
+/// `--train-sizes`. Writes `e4-lr.*`.
 pub fn e4_lr_sweep(options: &Options) -> Result<Report, ExperimentError> {
     let Setup { split, .. } = setup(options)?;
     let f = split.train.features;
@@ -878,8 +879,12 @@ pub fn e4_lr_sweep(options: &Options) -> Result<Report, ExperimentError> {
     if let Some(bad) = lrs.iter().find(|l| !(l.is_finite() && **l > 0.0)) {
         return Err(ExperimentError::BadOption(format!("--lrs {bad}: must be > 0")));
     }
+    let sizes: Vec<Option<usize>> = match &options.train_sizes {
+        Some(s) => s.iter().map(|&n| Some(n)).collect(),
+        None => vec![None],
+    };
     let jobs = jobs_of(
-        &[None],
+        &sizes,
         &opts,
         &archs,
         &arms_of(options, &["plain"])?,

@@ -597,7 +597,7 @@ pub fn train_rnn_job(
 /// **E6-rnn.** A ReLU Elman RNN reading the images row by row (MNIST: 28 steps of 28 pixels,
 /// 64 hidden units; digits: 8 steps of 8, 32 units) on training subsets (default 600 and 6,000
 /// images; quick 200), every arm of `--arms` (default all eleven of [`Arm::ALL`]), SGD with
-/// `lr = 0.01` (`--lr`), momentum 0.9 (`--momentum`), batch 64 (`--batch`), gradient norm clipped
+/// `lr = 0.1` (`--lr`), momentum 0.9 (`--momentum`), batch 64 (`--batch`), gradient norm clipped
 /// to 1, penalties `μ₂ = 1e-3`, `μ₁ = 1e-4` (`--penalty μ` sets `μ₂ = μ`, `μ₁ = μ/10`), 5 seeds
 /// (quick 2), the stop rule of E4. Writes `e6-rnn.*`.
 pub fn e6_rnn(options: &Options) -> Result<Report, ExperimentError> {
@@ -625,7 +625,7 @@ pub fn e6_rnn(options: &Options) -> Result<Report, ExperimentError> {
     };
     let mut opt = Optimiser {
         name: "rnn".into(),
-        lr: options.lr.unwrap_or(0.01),
+        lr: options.lr.unwrap_or(0.1),
         momentum: options.momentum.unwrap_or(0.9),
         batch: options.batch.unwrap_or(64),
         l1: 1e-4,
