@@ -446,7 +446,7 @@ fn quick_experiments_run_and_write_their_files() {
         out_dir: dir.path().to_path_buf(),
         ..Options::default()
     };
-    for name in ["e1", "e2", "e3", "e4"] {
+    for name in ["e1", "e2", "e3", "e4", "e4-lr", "e4-momentum", "e6", "e6-rnn"] {
         let report = run(name, &options).unwrap();
         assert_eq!(report.name, name);
         assert!(!report.table.is_empty() && !report.metrics.is_empty());
