@@ -623,7 +623,7 @@ pub fn run_grid(
             let r = match j.model {
                 ModelKind::Mlp => train_job(j, data, stop, target)?,
                 ModelKind::Rnn { clip } => {
-                    super::rnn::train_rnn_job(j, data, stop, target, clip)?
+                    train_rnn_job(j, data, stop, target, clip)?
                 }
             };
             progress(&r);
@@ -637,7 +637,7 @@ pub fn run_grid(
 // momentum) and E6 (limited data): grids of jobs, tables, CSV files and plots.
 // ---------------------------------------------------------------------------------------------
 
-use super::experiments::{
+use super::common::{
     adapt, check_arch, join, mean_sd, setup, write_atomic, ExperimentError, Options, Report, Setup,
 };
 use super::mlp::Task;
@@ -1301,4 +1301,163 @@ fn plots(
         files.extend([png, svg]);
     }
     Ok(files)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recurrent model of E6.
+// ---------------------------------------------------------------------------------------------
+
+use super::rnn::{Rnn, RnnTrainer};
+
+impl Trainee for RnnTrainer {
+    fn run_epoch(&mut self, train: &Dataset, during: Interleave) -> Result<(f64, f64), TrainError> {
+        let mut largest = 0.0f64;
+        let loss = self.epoch_with(train, |s, t| match during {
+            Interleave::Layers { p, every } if due(every, t) => {
+                largest = largest.max(s.sweep_units(p))
+            }
+            Interleave::Full { p, every } if due(every, t) => largest = largest.max(s.full(p)),
+            _ => {}
+        })?;
+        Ok((loss, largest))
+    }
+
+    fn balance(&mut self, p: f64, full: bool) -> Result<f64, TrainError> {
+        Ok(if full { self.full(p) } else { self.sweep_units(p) })
+    }
+
+    fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), TrainError> {
+        self.rnn.evaluate(data)
+    }
+
+    fn steps(&self) -> usize {
+        RnnTrainer::steps(self)
+    }
+
+    fn costs(&self) -> (f64, f64) {
+        (
+            self.rnn.penalty_value(Penalty::L1(1.0)),
+            self.rnn.penalty_value(Penalty::L2(1.0)),
+        )
+    }
+
+    fn finite(&self) -> bool {
+        self.rnn.params().iter().all(|w| w.is_finite())
+    }
+}
+
+/// Trains one RNN run (`job.arch = [d, H, classes]`) until `stop` stops it; gradient norm
+/// clipped to `clip`.
+pub fn train_rnn_job(
+    job: &Job,
+    data: &LearnData,
+    stop: &StopRule,
+    target: f64,
+    clip: f64,
+) -> Result<RunResult, TrainError> {
+    let t0 = Instant::now();
+    if job.arch.len() != 3 {
+        return Err(TrainError::BadArchitecture(format!(
+            "an RNN is described by [inputs per step, hidden, classes], got {:?}",
+            job.arch
+        )));
+    }
+    let train = data.train_set(job.train_size, job.seed)?;
+    let rnn = Rnn::new(job.arch[0], job.arch[1], job.arch[2], job.seed);
+    let trainer = RnnTrainer::new(
+        rnn,
+        &job.optimiser,
+        job.optimiser.penalty(job.arm.penalty),
+        clip,
+        job.rule,
+        job.seed,
+    );
+    let r = train_loop(
+        trainer,
+        &job.arm,
+        &train,
+        &data.validation,
+        &data.test,
+        stop,
+        target,
+    )?;
+    Ok(RunResult::from_loop(job, train.len(), r, t0.elapsed().as_secs_f64()))
+}
+
+/// **E6-rnn.** A ReLU Elman RNN reading the images row by row (MNIST: 28 steps of 28 pixels,
+/// 64 hidden units; digits: 8 steps of 8, 32 units) on training subsets (default 600 and 6,000
+/// images; quick 200), every arm of `--arms` (default all eleven of [`Arm::ALL`]), SGD with
+/// `lr = 0.1` (`--lr`), momentum 0.9 (`--momentum`), batch 64 (`--batch`), gradient norm clipped
+/// to 1, penalties `μ₂ = 1e-3`, `μ₁ = 1e-4` (`--penalty μ` sets `μ₂ = μ`, `μ₁ = μ/10`), 5 seeds
+/// (quick 2), the stop rule of E4. Writes `e6-rnn.*`.
+pub fn e6_rnn(options: &Options) -> Result<Report, ExperimentError> {
+    let split = options.data.load()?;
+    std::fs::create_dir_all(&options.out_dir).map_err(|source| ExperimentError::Io {
+        path: options.out_dir.clone(),
+        source,
+    })?;
+    let f = split.train.features;
+    let d = (f as f64).sqrt().round() as usize;
+    if d * d != f {
+        return Err(ExperimentError::BadOption(format!(
+            "e6-rnn reads square images row by row; {f} pixels is not a square"
+        )));
+    }
+    let hidden = match &options.sizes {
+        Some(s) if s.len() == 1 && s[0].len() == 3 => s[0][1],
+        Some(s) => {
+            return Err(ExperimentError::BadOption(format!(
+                "--sizes for e6-rnn: one architecture `{d},H,10`, got {s:?}"
+            )))
+        }
+        None if options.quick || f != 784 => 32,
+        None => 64,
+    };
+    let mut opt = Optimiser {
+        name: "rnn".into(),
+        lr: options.lr.unwrap_or(0.1),
+        momentum: options.momentum.unwrap_or(0.9),
+        batch: options.batch.unwrap_or(64),
+        l1: 1e-4,
+        l2: 1e-3,
+    };
+    if let Some(mu) = options.penalty {
+        opt.l2 = mu;
+        opt.l1 = mu / 10.0;
+    }
+    let sizes: Vec<Option<usize>> = match &options.train_sizes {
+        Some(s) => s.iter().map(|&n| Some(n)).collect(),
+        None if options.quick => vec![Some(200)],
+        None => vec![Some(600), Some(6000)],
+    };
+    let mut jobs = jobs_of(
+        &sizes,
+        &[opt],
+        &[vec![d, hidden, split.train.classes]],
+        &arms_of(options, &Arm::ALL)?,
+        options.seeds.unwrap_or(if options.quick { 2 } else { 5 }),
+        &[options.velocity.unwrap_or_default()],
+    );
+    for j in &mut jobs {
+        j.model = ModelKind::Rnn { clip: 1.0 };
+    }
+    let stop = stop_rule(
+        options,
+        quick_stop(),
+        StopRule {
+            max_epochs: 100,
+            patience: 5,
+            eval_every: 1,
+        },
+    );
+    run_and_report(
+        Grid {
+            name: "e6-rnn",
+            jobs,
+            stop,
+            target: if f == 784 { 0.80 } else { 0.75 },
+        },
+        &split,
+        options,
+    )
 }

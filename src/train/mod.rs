@@ -4,6 +4,7 @@
 //! RNN ([`rnn`]), and the experiments E1–E4 and E6 of `docs/experiments.md` ([`experiments`],
 //! [`learning`]).
 
+pub mod common;
 pub mod data;
 pub mod experiments;
 pub mod learning;

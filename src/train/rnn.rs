@@ -18,18 +18,13 @@
 //! maximum relative imbalance `|In − Out|/(In + Out)` is below `1e-10` (at most 100,000 sweeps).
 
 use super::data::Dataset;
-use super::experiments::{ExperimentError, Options, Report};
-use super::learning::{
-    arms_of, due, jobs_of, quick_stop, run_and_report, stop_rule, train_loop, Arm, Grid,
-    Interleave, Job, LearnData, ModelKind, Optimiser, RunResult, StopRule, Trainee,
-};
+use super::learning::Optimiser;
 use super::mlp::{Penalty, TrainError, VelocityRule};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::time::Instant;
 
 /// Parameters of the RNN (also used for gradients and momentum buffers).
 #[derive(Debug, Clone, PartialEq)]
@@ -445,6 +440,33 @@ impl RnnTrainer {
         }
     }
 
+    /// SGD steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// One epoch over a fresh seeded shuffle of `train` in minibatches of `batch`, calling
+    /// `after_step(self, t)` after step `t` (counted since creation); returns the mean minibatch
+    /// loss.
+    pub fn epoch_with<F: FnMut(&mut RnnTrainer, usize)>(
+        &mut self,
+        train: &Dataset,
+        mut after_step: F,
+    ) -> Result<f64, TrainError> {
+        if train.is_empty() {
+            return Err(TrainError::BadData("empty training set".into()));
+        }
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut self.rng);
+        let mut loss = 0.0;
+        for chunk in order.chunks(self.batch) {
+            loss += self.step(train, chunk)? * chunk.len() as f64;
+            let t = self.steps;
+            after_step(self, t);
+        }
+        Ok(loss / train.len() as f64)
+    }
+
     /// One SGD step on `idx`; returns the data loss.
     pub fn step(&mut self, data: &Dataset, idx: &[usize]) -> Result<f64, TrainError> {
         let (loss, _, g) = self.rnn.loss_and_gradient(data, idx)?;
@@ -484,11 +506,11 @@ impl RnnTrainer {
         Ok(loss)
     }
 
-    fn sweep(&mut self, p: f64) -> f64 {
+    pub(crate) fn sweep_units(&mut self, p: f64) -> f64 {
         self.rnn.sweep(p, self.velocity.as_mut(), self.rule)
     }
 
-    fn full(&mut self, p: f64) -> f64 {
+    pub(crate) fn full(&mut self, p: f64) -> f64 {
         // Scales compose multiplicatively per unit; report the largest total |ln λ|.
         let mut total = vec![0.0f64; self.rnn.hidden()];
         for _ in 0..FULL_SWEEPS {
@@ -511,163 +533,4 @@ impl RnnTrainer {
         }
         total.iter().fold(0.0, |a, u| a.max(u.abs()))
     }
-}
-
-impl Trainee for RnnTrainer {
-    fn run_epoch(&mut self, train: &Dataset, during: Interleave) -> Result<(f64, f64), TrainError> {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut self.rng);
-        let (mut loss, mut largest) = (0.0, 0.0f64);
-        for chunk in order.chunks(self.batch) {
-            loss += self.step(train, chunk)? * chunk.len() as f64;
-            let t = self.steps;
-            match during {
-                Interleave::Layers { p, every } if due(every, t) => {
-                    largest = largest.max(self.sweep(p))
-                }
-                Interleave::Full { p, every } if due(every, t) => largest = largest.max(self.full(p)),
-                _ => {}
-            }
-        }
-        Ok((loss / train.len() as f64, largest))
-    }
-
-    fn balance(&mut self, p: f64, full: bool) -> Result<f64, TrainError> {
-        Ok(if full { self.full(p) } else { self.sweep(p) })
-    }
-
-    fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), TrainError> {
-        self.rnn.evaluate(data)
-    }
-
-    fn steps(&self) -> usize {
-        self.steps
-    }
-
-    fn costs(&self) -> (f64, f64) {
-        (
-            self.rnn.penalty_value(Penalty::L1(1.0)),
-            self.rnn.penalty_value(Penalty::L2(1.0)),
-        )
-    }
-
-    fn finite(&self) -> bool {
-        self.rnn.params().iter().all(|w| w.is_finite())
-    }
-}
-
-/// Trains one RNN run (`job.arch = [d, H, classes]`) until `stop` stops it; gradient norm
-/// clipped to `clip`.
-pub fn train_rnn_job(
-    job: &Job,
-    data: &LearnData,
-    stop: &StopRule,
-    target: f64,
-    clip: f64,
-) -> Result<RunResult, TrainError> {
-    let t0 = Instant::now();
-    if job.arch.len() != 3 {
-        return Err(TrainError::BadArchitecture(format!(
-            "an RNN is described by [inputs per step, hidden, classes], got {:?}",
-            job.arch
-        )));
-    }
-    let train = data.train_set(job.train_size, job.seed)?;
-    let rnn = Rnn::new(job.arch[0], job.arch[1], job.arch[2], job.seed);
-    let trainer = RnnTrainer::new(
-        rnn,
-        &job.optimiser,
-        job.optimiser.penalty(job.arm.penalty),
-        clip,
-        job.rule,
-        job.seed,
-    );
-    let r = train_loop(
-        trainer,
-        &job.arm,
-        &train,
-        &data.validation,
-        &data.test,
-        stop,
-        target,
-    )?;
-    Ok(RunResult::from_loop(job, train.len(), r, t0.elapsed().as_secs_f64()))
-}
-
-/// **E6-rnn.** A ReLU Elman RNN reading the images row by row (MNIST: 28 steps of 28 pixels,
-/// 64 hidden units; digits: 8 steps of 8, 32 units) on training subsets (default 600 and 6,000
-/// images; quick 200), every arm of `--arms` (default all eleven of [`Arm::ALL`]), SGD with
-/// `lr = 0.1` (`--lr`), momentum 0.9 (`--momentum`), batch 64 (`--batch`), gradient norm clipped
-/// to 1, penalties `μ₂ = 1e-3`, `μ₁ = 1e-4` (`--penalty μ` sets `μ₂ = μ`, `μ₁ = μ/10`), 5 seeds
-/// (quick 2), the stop rule of E4. Writes `e6-rnn.*`.
-pub fn e6_rnn(options: &Options) -> Result<Report, ExperimentError> {
-    let split = options.data.load()?;
-    std::fs::create_dir_all(&options.out_dir).map_err(|source| ExperimentError::Io {
-        path: options.out_dir.clone(),
-        source,
-    })?;
-    let f = split.train.features;
-    let d = (f as f64).sqrt().round() as usize;
-    if d * d != f {
-        return Err(ExperimentError::BadOption(format!(
-            "e6-rnn reads square images row by row; {f} pixels is not a square"
-        )));
-    }
-    let hidden = match &options.sizes {
-        Some(s) if s.len() == 1 && s[0].len() == 3 => s[0][1],
-        Some(s) => {
-            return Err(ExperimentError::BadOption(format!(
-                "--sizes for e6-rnn: one architecture `{d},H,10`, got {s:?}"
-            )))
-        }
-        None if options.quick || f != 784 => 32,
-        None => 64,
-    };
-    let mut opt = Optimiser {
-        name: "rnn".into(),
-        lr: options.lr.unwrap_or(0.1),
-        momentum: options.momentum.unwrap_or(0.9),
-        batch: options.batch.unwrap_or(64),
-        l1: 1e-4,
-        l2: 1e-3,
-    };
-    if let Some(mu) = options.penalty {
-        opt.l2 = mu;
-        opt.l1 = mu / 10.0;
-    }
-    let sizes: Vec<Option<usize>> = match &options.train_sizes {
-        Some(s) => s.iter().map(|&n| Some(n)).collect(),
-        None if options.quick => vec![Some(200)],
-        None => vec![Some(600), Some(6000)],
-    };
-    let mut jobs = jobs_of(
-        &sizes,
-        &[opt],
-        &[vec![d, hidden, split.train.classes]],
-        &arms_of(options, &Arm::ALL)?,
-        options.seeds.unwrap_or(if options.quick { 2 } else { 5 }),
-        &[options.velocity.unwrap_or_default()],
-    );
-    for j in &mut jobs {
-        j.model = ModelKind::Rnn { clip: 1.0 };
-    }
-    let stop = stop_rule(
-        options,
-        quick_stop(),
-        StopRule {
-            max_epochs: 100,
-            patience: 5,
-            eval_every: 1,
-        },
-    );
-    run_and_report(
-        Grid {
-            name: "e6-rnn",
-            jobs,
-            stop,
-            target: if f == 784 { 0.80 } else { 0.75 },
-        },
-        &split,
-        options,
-    )
 }
