@@ -207,9 +207,9 @@ impl Rnn {
         let b = y.ncols();
         let mut delta = Mat::<f64>::zeros(y.nrows(), b);
         let (mut total, mut correct) = (0.0, 0);
-        for j in 0..b {
+        for (j, &label) in labels.iter().enumerate().take(b) {
             let yc = y.col_as_slice(j);
-            let t = labels[j] as usize;
+            let t = label as usize;
             let m = yc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + yc.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
             total += lse - yc[t];
@@ -517,13 +517,13 @@ impl RnnTrainer {
             if self.rnn.max_imbalance(p) < FULL_TOL {
                 break;
             }
-            for k in 0..self.rnn.hidden() {
+            for (k, u) in total.iter_mut().enumerate() {
                 let (a, b) = self.rnn.unit_costs(k, p);
                 if !(a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite()) {
                     continue;
                 }
                 let lambda = (b / a).powf(0.5 / p);
-                total[k] += lambda.ln();
+                *u += lambda.ln();
                 Rnn::scale_unit(&mut self.rnn, k, lambda, |m| m);
                 let rule = self.rule;
                 if let Some(v) = self.velocity.as_mut() {
