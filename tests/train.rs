@@ -446,7 +446,7 @@ fn quick_experiments_run_and_write_their_files() {
         out_dir: dir.path().to_path_buf(),
         ..Options::default()
     };
-    for name in ["e1", "e2", "e3", "e4"] {
+    for name in ["e1", "e2", "e3", "e4", "e4-lr", "e4-momentum", "e6", "e6-rnn"] {
         let report = run(name, &options).unwrap();
         assert_eq!(report.name, name);
         assert!(!report.table.is_empty() && !report.metrics.is_empty());
@@ -489,4 +489,301 @@ fn quick_experiments_run_and_write_their_files() {
         }
     }
     assert!(run("e9", &options).is_err());
+}
+
+#[test]
+fn layer_wise_sweep_is_one_cyclic_local_sweep_of_the_library() {
+    use synbal::solve::{balance, Method, Schedule, Settings};
+    use synbal::train::mlp::measure_regularizer;
+    let data = toy(12, 5, 3, 11);
+    for p in [1.0, 2.0] {
+        let mut mlp = Mlp::new(&[5, 7, 6, 4, 3], Activation::Relu, 12).unwrap();
+        let before = mlp
+            .evaluate(&data, Task::Classify, Loss::CrossEntropy, Threads::Seq)
+            .unwrap();
+        let reference = balance(
+            &mlp.to_network(),
+            &measure_regularizer(p, true),
+            &Settings {
+                tol: 1e-15,
+                max_iterations: Some(1),
+                trace: false,
+                ..Settings::with_method(Method::Local(Schedule::Cyclic))
+            },
+        )
+        .unwrap();
+        let mut sgd = Sgd::new(seq(TrainConfig::default())).unwrap();
+        let largest = sgd.balance_layers(&mut mlp, p, true);
+        assert!(largest > 0.0);
+        let d = synbal::train::mlp::distance(&mlp.to_network(), &reference.network);
+        assert!(d < 1e-13, "p = {p}: distance to the library's sweep {d}");
+        let after = mlp
+            .evaluate(&data, Task::Classify, Loss::CrossEntropy, Threads::Seq)
+            .unwrap();
+        assert!((before.loss - after.loss).abs() < 1e-12, "p = {p}");
+        // The last hidden layer is balanced exactly after the sweep.
+        let l = mlp.layers.len() - 1;
+        for s in mlp.layer_balance_scales(l, p, true) {
+            assert!((s - 1.0).abs() < 1e-12, "p = {p}: scale {s} after the sweep");
+        }
+    }
+}
+
+#[test]
+fn momentum_follows_a_rescaling_by_its_rule() {
+    use synbal::train::mlp::VelocityRule;
+    let data = toy(16, 5, 3, 13);
+    let idx: Vec<usize> = (0..16).collect();
+    let base = Mlp::new(&[5, 8, 6, 3], Activation::Relu, 14).unwrap();
+    let n: usize = base.sizes().iter().sum();
+    // Scales: inputs and outputs fixed, hidden units between 1/4 and 4.
+    let lambda: Vec<f64> = (0..n)
+        .map(|k| {
+            if (5..5 + 14).contains(&k) {
+                4f64.powf(((k * 7) % 5) as f64 / 2.0 - 1.0)
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    for rule in [
+        VelocityRule::LikeWeights,
+        VelocityRule::LikeGradients,
+        VelocityRule::Reset,
+    ] {
+        let mut mlp = base.clone();
+        let mut sgd = Sgd::new(seq(TrainConfig {
+            momentum: 0.9,
+            velocity_rule: rule,
+            ..TrainConfig::default()
+        }))
+        .unwrap();
+        sgd.step(&mut mlp, &data, &idx).unwrap();
+        sgd.step(&mut mlp, &data, &idx).unwrap();
+        let (w0, v0) = (mlp.params(), sgd.velocity().unwrap().flatten());
+        sgd.rescale(&mut mlp, &lambda).unwrap();
+        let (w1, v1) = (mlp.params(), sgd.velocity().unwrap().flatten());
+        let mut changed = 0;
+        for k in 0..w0.len() {
+            let m = w1[k] / w0[k];
+            if (m - 1.0).abs() > 1e-9 {
+                changed += 1;
+            }
+            let expected = match rule {
+                VelocityRule::LikeWeights => v0[k] * m,
+                VelocityRule::LikeGradients => v0[k] / m,
+                VelocityRule::Reset => 0.0,
+            };
+            assert!(
+                (v1[k] - expected).abs() <= 1e-12 * expected.abs().max(1e-300),
+                "{rule:?}, parameter {k}: velocity {} expected {expected}",
+                v1[k]
+            );
+        }
+        assert!(changed > 50, "the rescaling moved {changed} parameters");
+    }
+}
+
+/// A short seeded grid of every E4 arm on the embedded digits.
+fn quick_jobs() -> Vec<synbal::train::learning::Job> {
+    use synbal::train::learning::{Arm, Job, ModelKind, Optimiser};
+    use synbal::train::mlp::VelocityRule;
+    let mut jobs = Vec::new();
+    for code in Arm::ALL {
+        for seed in [100, 101] {
+            jobs.push(Job {
+                model: ModelKind::Mlp,
+                train_size: Some(400),
+                optimiser: Optimiser::tuned(),
+                arch: vec![64, 24, 16, 10],
+                arm: Arm::from_code(code).unwrap(),
+                seed,
+                rule: VelocityRule::LikeWeights,
+            });
+        }
+    }
+    jobs
+}
+
+fn quick_stop() -> synbal::train::learning::StopRule {
+    synbal::train::learning::StopRule {
+        max_epochs: 3,
+        patience: 2,
+        eval_every: 1,
+    }
+}
+
+#[test]
+fn learning_grid_is_identical_with_one_and_two_threads() {
+    use synbal::train::learning::{run_grid, LearnData};
+    let data = LearnData::new(&load_digits());
+    let mut jobs = quick_jobs();
+    jobs.retain(|j| ["plain", "l1step", "l2full", "l2pen"].contains(&j.arm.code.as_str()));
+    let grid = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| run_grid(&jobs, &data, &quick_stop(), 0.85, &|_| {}).unwrap())
+    };
+    let (one, two) = (grid(1), grid(2));
+    assert_eq!(one.len(), jobs.len());
+    for (a, b) in one.iter().zip(&two) {
+        assert_eq!(a.job, b.job);
+        assert_eq!(a.curve, b.curve, "{}", a.job.arm.name);
+        assert_eq!(
+            (a.test_accuracy.to_bits(), a.test_loss.to_bits(), a.cost_l1.to_bits(), a.cost_l2.to_bits()),
+            (b.test_accuracy.to_bits(), b.test_loss.to_bits(), b.cost_l1.to_bits(), b.cost_l2.to_bits()),
+            "{}",
+            a.job.arm.name
+        );
+    }
+    // The trainer's own threaded products (Threads::Rayon) give the same bits with 1 and 2
+    // threads too.
+    let big = toy(192, 160, 10, 15);
+    let train = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut m = Mlp::new(&[160, 384, 256, 10], Activation::Relu, 16).unwrap();
+                let mut sgd = Sgd::new(TrainConfig {
+                    batch: 96,
+                    momentum: 0.9,
+                    threads: Threads::Rayon,
+                    ..TrainConfig::default()
+                })
+                .unwrap();
+                sgd.epoch(&mut m, &big).unwrap();
+                sgd.balance_layers(&mut m, 1.0, true);
+                sgd.epoch(&mut m, &big).unwrap();
+                m.params()
+            })
+    };
+    let (p1, p2) = (train(1), train(2));
+    assert!(
+        p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "Threads::Rayon training differs between 1 and 2 threads"
+    );
+}
+
+#[test]
+fn rnn_gradients_match_finite_differences_and_balancing_keeps_the_function() {
+    use synbal::train::mlp::VelocityRule;
+    use synbal::train::rnn::Rnn;
+    // 6 images of 4 rows of 3 pixels.
+    let data = toy(6, 12, 4, 17);
+    let idx: Vec<usize> = (0..6).collect();
+    let mut rnn = Rnn::new(3, 5, 4, 18);
+    let (_, _, g) = rnn.loss_and_gradient(&data, &idx).unwrap();
+    let g = g.params();
+    let p0 = rnn.params();
+    let h = 1e-6;
+    let mut worst = 0.0f64;
+    for k in 0..p0.len() {
+        let mut p = p0.clone();
+        p[k] = p0[k] + h;
+        rnn.set_params(&p).unwrap();
+        let fp = rnn.loss_and_gradient(&data, &idx).unwrap().0;
+        p[k] = p0[k] - h;
+        rnn.set_params(&p).unwrap();
+        let fm = rnn.loss_and_gradient(&data, &idx).unwrap().0;
+        let fd = (fp - fm) / (2.0 * h);
+        worst = worst.max((fd - g[k]).abs() / (1e-4 + g[k].abs().max(fd.abs())));
+    }
+    rnn.set_params(&p0).unwrap();
+    assert!(worst < 1e-5, "worst relative gradient error {worst}");
+
+    let (loss0, acc0) = rnn.evaluate(&data).unwrap();
+    let imbalance0 = rnn.max_imbalance(1.0);
+    let mut sweeps = 0;
+    while rnn.max_imbalance(1.0) > 1e-10 && sweeps < 10_000 {
+        rnn.sweep(1.0, None, VelocityRule::LikeWeights);
+        sweeps += 1;
+    }
+    assert!(
+        rnn.max_imbalance(1.0) <= 1e-10 && imbalance0 > 0.1,
+        "imbalance {imbalance0} -> {} in {sweeps} sweeps",
+        rnn.max_imbalance(1.0)
+    );
+    let (loss1, acc1) = rnn.evaluate(&data).unwrap();
+    assert!((loss0 - loss1).abs() < 1e-12 && acc0 == acc1);
+}
+
+/// `synbal experiment e4 --quick`: correct test images over its two seeds (360 each) per
+/// optimiser setting and arm, as documented in docs/experiments.md (E4, quick setting).
+const QUICK_E4_CORRECT: [(&str, &str, usize); 22] = [
+    ("paper", "plain", 60),
+    ("paper", "l1pen", 60),
+    ("paper", "l2pen", 60),
+    ("paper", "l1full", 59),
+    ("paper", "l2full", 60),
+    ("paper", "l1step", 59),
+    ("paper", "l1k", 60),
+    ("paper", "l1epoch", 60),
+    ("paper", "l2step", 60),
+    ("paper", "l2k", 60),
+    ("paper", "l2epoch", 60),
+    ("tuned", "plain", 640),
+    ("tuned", "l1pen", 641),
+    ("tuned", "l2pen", 638),
+    ("tuned", "l1full", 661),
+    ("tuned", "l2full", 646),
+    ("tuned", "l1step", 662),
+    ("tuned", "l1k", 661),
+    ("tuned", "l1epoch", 657),
+    ("tuned", "l2step", 647),
+    ("tuned", "l2k", 644),
+    ("tuned", "l2epoch", 645),
+];
+
+#[test]
+fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
+    use synbal::train::experiments::{run, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        "e4",
+        &Options {
+            quick: true,
+            out_dir: dir.path().to_path_buf(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for (setting, arm, correct) in QUICK_E4_CORRECT {
+        let name = format!("1150 {setting} 64-32-10 {arm} weights test acc");
+        let acc = report
+            .metrics
+            .iter()
+            .find(|m| m.0 == name)
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .1;
+        assert_eq!(
+            (acc * 720.0).round() as usize,
+            correct,
+            "{setting} {arm}: mean test accuracy {acc}"
+        );
+    }
+    // Per seed, the penalised runs end with measurably smaller weights than the plain run
+    // (tuned setting): Σ|w| under L1, Σw² under L2.
+    let csv = std::fs::read_to_string(dir.path().join("e4.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    let (opt, arm, seed) = (col("optimiser"), col("arm"), col("seed"));
+    let (c1, c2, acc) = (col("cost_l1"), col("cost_l2"), col("test_accuracy"));
+    let get = |a: &str, s: &str, c: usize| -> f64 {
+        rows.iter()
+            .find(|r| r[opt] == "tuned" && r[arm] == a && r[seed] == s)
+            .unwrap()[c]
+            .parse()
+            .unwrap()
+    };
+    for s in ["100", "101"] {
+        let l1 = get("l1pen", s, c1) / get("plain", s, c1);
+        let l2 = get("l2pen", s, c2) / get("plain", s, c2);
+        assert!(l1 < 0.99 && l2 < 0.97, "seed {s}: Σ|w| ratio {l1}, Σw² ratio {l2}");
+        assert_ne!(get("l2pen", s, acc), get("plain", s, acc), "seed {s}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The learning experiments E1–E4 (see `docs/experiments.md`). Each is a library function taking
+//! The learning experiments E1–E3 (see `docs/experiments.md`; E4 and E6 are in [`super::learning`]). Each is a library function taking
 //! [`Options`] and writing a CSV file, PNG and SVG plots and a markdown table into
 //! `Options::out_dir`, and returning a [`Report`] (printable with `Display`).
 //!
@@ -10,256 +10,48 @@
 //!   over several learning rates. An L2 penalty contracts it.
 //! - **E3 uniqueness** ([`e3_uniqueness`]): stochastic local balancing from many random orders
 //!   and random pre-scaled starts reaches one state, with the cost falling monotonically.
-//! - **E4 learning** ([`e4_learning`]): plain SGD vs L2 and L1 penalties vs balancing before
-//!   training vs balancing every epoch (one local sweep, or exactly), over several seeds and
-//!   architectures, in the companion paper's setting and a tuned one.
+//! - **E4 learning**, **E4-lr**, **E4-momentum**, **E6 limited data**
+//!   ([`super::learning`]): plain SGD vs L1 and L2 penalties vs full balancing before training vs
+//!   layer-wise balancing interleaved with SGD, each run to early stopping, over seeds,
+//!   architectures and optimisers; a learning-rate sweep; balancing under momentum; the same arms
+//!   on 600 and 6,000 training images, and a ReLU Elman RNN on sequential digits
+//!   ([`super::rnn`]).
 //!
 //! The command line `synbal experiment NAME [flags]` maps its flags onto [`Options`] one to one:
 //! `--data DIR` ([`Options::data`]), `--epochs N`, `--sizes 784,256,10` (several architectures
 //! separated by `;` or by repeating the flag), `--lr`, `--momentum`, `--batch`, `--seeds N`,
-//! `--penalty μ`, `--out DIR`, `--quick`.
+//! `--penalty μ`, `--out DIR`, `--quick`, `--arms`, `--setting`, `--train-sizes`, `--patience`,
+//! `--eval-every`, `--lrs`, `--velocity`.
 
-use super::data::{DataError, DataSource, Split};
+pub use super::common::{parse_sizes, ExperimentError, Options, Report};
+use super::common::{adapt, check_arch, join, setup, write_atomic, Setup};
+use super::data::Split;
 use super::mlp::{
-    exact_settings, exact_state, measure_balance, measure_regularizer, BalanceRecord, Loss, Mlp,
-    Penalty, Sgd, Task, TrainConfig, TrainError,
+    exact_state, measure_balance, measure_regularizer, BalanceRecord, Loss, Mlp,
+    Penalty, Sgd, Task, TrainConfig,
 };
 use crate::network::Activation;
-use crate::plot::{Histogram, LinePlot, PlotError, Series};
+use crate::plot::{Histogram, LinePlot, Series};
 use crate::solve::{balance, Method, Schedule, Settings};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::fmt;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
-use thiserror::Error;
 
-/// Settings shared by the experiments. `None` means "the experiment's default" (documented per
-/// experiment; `quick` changes the defaults, never an explicit value).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Options {
-    /// `--data DIR`: MNIST IDX directory; default the embedded UCI digits.
-    pub data: DataSource,
-    /// `--epochs N`.
-    pub epochs: Option<usize>,
-    /// `--sizes 784,256,10` (repeatable, or `;`-separated): layer widths, inputs first. For E1
-    /// the first is the classifier and the second (if given) the autoencoder; E4 runs each.
-    pub sizes: Option<Vec<Vec<usize>>>,
-    /// `--lr η`.
-    pub lr: Option<f64>,
-    /// `--momentum m`.
-    pub momentum: Option<f64>,
-    /// `--batch B`.
-    pub batch: Option<usize>,
-    /// `--seeds N`: number of seeds (E4: training runs per method; E3: balancing runs).
-    pub seeds: Option<usize>,
-    /// `--penalty μ`: strength of the L2 penalty `μΣw²` (the L1 strength is `μ/10`, see each
-    /// experiment).
-    pub penalty: Option<f64>,
-    /// `--out DIR`: where files are written (created if missing). Default `experiments-out`.
-    pub out_dir: PathBuf,
-    /// `--quick`: small networks and few epochs (seconds on the embedded digits; used by CI).
-    pub quick: bool,
-}
-
-/// Parses `--sizes`: `"784,256,10"` or several architectures `"784,256,10;784,256,128,10"`.
-///
-/// ```
-/// use synbal::train::experiments::parse_sizes;
-/// assert_eq!(parse_sizes("4,3;4,5,3").unwrap(), vec![vec![4, 3], vec![4, 5, 3]]);
-/// assert!(parse_sizes("4,x").is_err());
-/// ```
-pub fn parse_sizes(s: &str) -> Result<Vec<Vec<usize>>, ExperimentError> {
-    s.split(';')
-        .filter(|a| !a.trim().is_empty())
-        .map(|a| {
-            let v: Result<Vec<usize>, _> =
-                a.split(',').map(|x| x.trim().parse::<usize>()).collect();
-            match v {
-                Ok(v) if v.len() >= 2 && v.iter().all(|&x| x > 0) => Ok(v),
-                _ => Err(ExperimentError::BadOption(format!(
-                    "--sizes `{a}`: expected positive widths separated by commas, e.g. 784,256,10"
-                ))),
-            }
-        })
-        .collect()
-}
-
-/// Why an experiment could not run.
-#[derive(Debug, Error)]
-pub enum ExperimentError {
-    /// Unknown experiment name.
-    #[error("unknown experiment `{0}` (expected e1, e2, e3, e4 or all)")]
-    UnknownExperiment(String),
-    /// An option is invalid.
-    #[error("{0}")]
-    BadOption(String),
-    /// The data could not be loaded.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// Training failed.
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    /// Balancing failed.
-    #[error(transparent)]
-    Balance(#[from] crate::solve::BalanceError),
-    /// A plot could not be drawn.
-    #[error(transparent)]
-    Plot(#[from] PlotError),
-    /// A file could not be written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-/// What an experiment measured and wrote.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    /// `e1` … `e4`.
-    pub name: String,
-    /// Data used.
-    pub data: String,
-    /// The markdown table (also written to `<name>.md`).
-    pub table: String,
-    /// Headline numbers (name, value).
-    pub metrics: Vec<(String, f64)>,
-    /// Files written.
-    pub files: Vec<PathBuf>,
-    /// Wall time in seconds.
-    pub seconds: f64,
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "## {} on {} ({:.1} s)\n",
-            self.name, self.data, self.seconds
-        )?;
-        writeln!(f, "{}", self.table)?;
-        for (k, v) in &self.metrics {
-            writeln!(f, "- {k}: {v:.6e}")?;
-        }
-        writeln!(f, "\nfiles:")?;
-        for p in &self.files {
-            writeln!(f, "- {}", p.display())?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs experiment `name` (`e1`, `e2`, `e3`, `e4`) and returns its report.
+/// Runs experiment `name` (`e1`, `e2`, `e3`, `e4`, `e4-lr`, `e4-momentum`, `e6`, `e6-rnn`) and
+/// returns its report.
 pub fn run(name: &str, options: &Options) -> Result<Report, ExperimentError> {
     match name.to_ascii_lowercase().as_str() {
         "e1" | "emergence" => e1_emergence(options),
         "e2" | "drift" => e2_drift(options),
         "e3" | "uniqueness" => e3_uniqueness(options),
-        "e4" | "learning" => e4_learning(options),
+        "e4" | "learning" => super::learning::e4_learning(options),
+        "e4-lr" => super::learning::e4_lr_sweep(options),
+        "e4-momentum" => super::learning::e4_momentum(options),
+        "e6" | "limited" => super::learning::e6_limited(options),
+        "e6-rnn" => super::learning::e6_rnn(options),
         other => Err(ExperimentError::UnknownExperiment(other.to_string())),
     }
-}
-
-/// Writes `contents` to `path` through a temporary file and a rename (never half-written).
-fn write_atomic(path: &Path, contents: &str) -> Result<PathBuf, ExperimentError> {
-    let io = |source| ExperimentError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(contents.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(path.to_path_buf())
-}
-
-struct Setup {
-    split: Split,
-    out: PathBuf,
-}
-
-fn setup(options: &Options) -> Result<Setup, ExperimentError> {
-    let split = options.data.load()?;
-    std::fs::create_dir_all(&options.out_dir).map_err(|source| ExperimentError::Io {
-        path: options.out_dir.clone(),
-        source,
-    })?;
-    if let Some(lr) = options.lr {
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(ExperimentError::BadOption(format!(
-                "--lr {lr}: must be > 0"
-            )));
-        }
-    }
-    if let Some(m) = options.penalty {
-        if !(m.is_finite() && m >= 0.0) {
-            return Err(ExperimentError::BadOption(format!(
-                "--penalty {m}: must be >= 0"
-            )));
-        }
-    }
-    if options.epochs == Some(0) || options.seeds == Some(0) || options.batch == Some(0) {
-        return Err(ExperimentError::BadOption(
-            "--epochs, --seeds and --batch must be at least 1".into(),
-        ));
-    }
-    Ok(Setup {
-        split,
-        out: options.out_dir.clone(),
-    })
-}
-
-/// Checks that an architecture fits the data (inputs = pixels; outputs = classes or pixels).
-fn check_arch(sizes: &[usize], split: &Split, task: Task) -> Result<(), ExperimentError> {
-    let f = split.train.features;
-    let out = match task {
-        Task::Classify => split.train.classes,
-        Task::Autoencode => f,
-    };
-    if sizes[0] != f || *sizes.last().expect("validated") != out {
-        return Err(ExperimentError::BadOption(format!(
-            "--sizes {}: the data needs {f} inputs and {out} outputs",
-            join(sizes)
-        )));
-    }
-    Ok(())
-}
-
-fn join(s: &[usize]) -> String {
-    s.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
-/// Replaces the first width by the data's pixel count and the last by `out` (defaults written
-/// for MNIST adapt to the 8×8 digits).
-fn adapt(sizes: &[usize], f: usize, out: usize) -> Vec<usize> {
-    let mut s = sizes.to_vec();
-    s[0] = f;
-    *s.last_mut().expect("non-empty") = out;
-    s
-}
-
-/// What happens between epochs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Between {
-    Nothing,
-    /// One cyclic local-balancing sweep under `L_p`.
-    LocalPass(f64),
-    /// Exact balancing under `L_p`.
-    Exact(f64),
 }
 
 /// One row of a training history.
@@ -281,32 +73,6 @@ struct RunSpec {
     epochs: usize,
     /// Balance exponents whose exact state is tracked per epoch (empty: no exact distance).
     exact_p: Vec<f64>,
-    before: Between,
-    between: Between,
-}
-
-fn apply_between(
-    b: Between,
-    sgd: &mut Sgd,
-    mlp: &mut Mlp,
-    biases: bool,
-) -> Result<(), ExperimentError> {
-    match b {
-        Between::Nothing => {}
-        Between::LocalPass(p) => {
-            let s = Settings {
-                tol: 1e-12,
-                max_iterations: Some(1),
-                trace: false,
-                ..Settings::with_method(Method::Local(Schedule::Cyclic))
-            };
-            sgd.balance(mlp, &measure_regularizer(p, biases), &s)?;
-        }
-        Between::Exact(p) => {
-            sgd.balance(mlp, &measure_regularizer(p, biases), &exact_settings())?;
-        }
-    }
-    Ok(())
 }
 
 fn train_run(spec: RunSpec, split: &Split) -> Result<(Vec<EpochRow>, Mlp), ExperimentError> {
@@ -315,12 +81,9 @@ fn train_run(spec: RunSpec, split: &Split) -> Result<(Vec<EpochRow>, Mlp), Exper
         config,
         epochs,
         exact_p,
-        before,
-        between,
     } = spec;
     let biases = config.penalize_biases || config.penalty == Penalty::None;
     let mut sgd = Sgd::new(config.clone())?;
-    apply_between(before, &mut sgd, &mut mlp, biases)?;
     let start = Instant::now();
     let mut rows = Vec::with_capacity(epochs + 1);
     let record = |mlp: &Mlp, epoch: usize, train: (f64, Option<f64>), seconds: f64| {
@@ -348,7 +111,6 @@ fn train_run(spec: RunSpec, split: &Split) -> Result<(Vec<EpochRow>, Mlp), Exper
                 st.loss
             )));
         }
-        apply_between(between, &mut sgd, &mut mlp, biases)?;
         rows.push(record(
             &mlp,
             epoch,
@@ -477,8 +239,6 @@ pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
                     } else {
                         vec![p]
                     },
-                    before: Between::Nothing,
-                    between: Between::Nothing,
                 },
                 &split,
             )?;
@@ -659,8 +419,6 @@ pub fn e2_drift(options: &Options) -> Result<Report, ExperimentError> {
                 config,
                 epochs,
                 exact_p: Vec::new(),
-                before: Between::Nothing,
-                between: Between::Nothing,
             },
             &split,
         )?;
@@ -899,204 +657,4 @@ fn median(v: &[f64]) -> f64 {
     } else {
         s[s.len() / 2]
     }
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
-}
-
-/// A training method compared in E4.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct E4Method {
-    name: &'static str,
-    penalty: Penalty,
-    before: Between,
-    between: Between,
-}
-
-/// **E4 learning.** For each architecture and two optimiser settings — the companion paper's
-/// (plain SGD, `lr = 1e-3`, batch 256) and a tuned one (`lr = 0.05`, momentum 0.9, batch 64) —
-/// trains from the same initialisations with: plain SGD; `L2 = μΣw²`; `L1 = (μ/10)Σ|w|`; exact
-/// L1 balancing before training; one cyclic local L1 balancing sweep after every epoch; exact L1
-/// balancing after every epoch. Reports the mean ± sd over seeds of the final test accuracy and
-/// of the first epoch reaching the target accuracy (90% on MNIST, 85% on the digits).
-///
-/// Defaults: MNIST 784-256-10, 784-256-128-10 and 784-512-256-128-64-10, 10 epochs, 3 seeds,
-/// `μ = 1e-4`; `--lr/--momentum/--batch` replace the tuned setting. Quick: 64-32-10 on the digits,
-/// 3 epochs, 2 seeds. Writes `e4.csv` (every epoch of every run), `e4_<setting>_<arch>.png`/`.svg`
-/// (mean test accuracy per epoch), `e4.md`.
-pub fn e4_learning(options: &Options) -> Result<Report, ExperimentError> {
-    let t0 = Instant::now();
-    let Setup { split, out } = setup(options)?;
-    let f = split.train.features;
-    let archs: Vec<Vec<usize>> = match &options.sizes {
-        Some(s) => s.clone(),
-        None if options.quick => vec![vec![f, 32, 10]],
-        None => vec![
-            adapt(&[784, 256, 10], f, 10),
-            adapt(&[784, 256, 128, 10], f, 10),
-            adapt(&[784, 512, 256, 128, 64, 10], f, 10),
-        ],
-    };
-    for a in &archs {
-        check_arch(a, &split, Task::Classify)?;
-    }
-    let epochs = options.epochs.unwrap_or(if options.quick { 3 } else { 10 });
-    let seeds = options.seeds.unwrap_or(if options.quick { 2 } else { 3 });
-    let mu = options.penalty.unwrap_or(1e-4);
-    let target = if f == 784 { 0.90 } else { 0.85 };
-    let methods = [
-        E4Method {
-            name: "plain",
-            penalty: Penalty::None,
-            before: Between::Nothing,
-            between: Between::Nothing,
-        },
-        E4Method {
-            name: "L2 penalty",
-            penalty: Penalty::L2(mu),
-            before: Between::Nothing,
-            between: Between::Nothing,
-        },
-        E4Method {
-            name: "L1 penalty",
-            penalty: Penalty::L1(mu / 10.0),
-            before: Between::Nothing,
-            between: Between::Nothing,
-        },
-        E4Method {
-            name: "L1-balance before",
-            penalty: Penalty::None,
-            before: Between::Exact(1.0),
-            between: Between::Nothing,
-        },
-        E4Method {
-            name: "L1 local sweep / epoch",
-            penalty: Penalty::None,
-            before: Between::Nothing,
-            between: Between::LocalPass(1.0),
-        },
-        E4Method {
-            name: "L1-balance exact / epoch",
-            penalty: Penalty::None,
-            before: Between::Nothing,
-            between: Between::Exact(1.0),
-        },
-    ];
-    let settings = [
-        ("paper", 1e-3, 0.0, 256usize),
-        (
-            "tuned",
-            options.lr.unwrap_or(0.05),
-            options.momentum.unwrap_or(0.9),
-            options.batch.unwrap_or(64),
-        ),
-    ];
-    let mut csv = format!("setting,arch,method,seed,{ROW_HEADER}\n");
-    let mut table = format!(
-        "| setting | architecture | method | final test acc (mean ± sd) | epochs to {:.0}% (mean over runs reaching it) | runs reaching it |\n|---|---|---|---|---|---|\n",
-        100.0 * target
-    );
-    let mut metrics = Vec::new();
-    let mut files = Vec::new();
-    for (sname, lr, momentum, batch) in settings {
-        for arch in &archs {
-            let mut series = Vec::new();
-            for m in &methods {
-                let mut finals = Vec::new();
-                let mut reach = Vec::new();
-                let mut curves: Vec<Vec<f64>> = Vec::new();
-                for s in 0..seeds {
-                    let seed = 100 + s as u64;
-                    let config = TrainConfig {
-                        lr,
-                        momentum,
-                        batch,
-                        penalty: m.penalty,
-                        seed,
-                        ..TrainConfig::default()
-                    };
-                    let (rows, _) = train_run(
-                        RunSpec {
-                            mlp: Mlp::new(arch, Activation::Relu, seed)?,
-                            config,
-                            epochs,
-                            exact_p: Vec::new(),
-                            before: m.before,
-                            between: m.between,
-                        },
-                        &split,
-                    )?;
-                    for r in &rows {
-                        csv.push_str(&format!(
-                            "{sname},{},{},{seed},{}\n",
-                            join(arch),
-                            m.name,
-                            row_csv(r)
-                        ));
-                    }
-                    let acc: Vec<f64> = rows.iter().map(|r| r.test_acc.unwrap_or(0.0)).collect();
-                    finals.push(*acc.last().expect("rows"));
-                    if let Some(e) = acc.iter().position(|&a| a >= target) {
-                        reach.push(e as f64);
-                    }
-                    curves.push(acc);
-                }
-                let (fm, fs) = mean_sd(&finals);
-                let reach_txt = if reach.is_empty() {
-                    "–".to_string()
-                } else {
-                    let (rm, rs) = mean_sd(&reach);
-                    format!("{rm:.1} ± {rs:.1}")
-                };
-                table.push_str(&format!(
-                    "| {sname} (lr {lr}, momentum {momentum}, batch {batch}) | {} | {} | {:.2}% ± {:.2} | {reach_txt} | {}/{seeds} |\n",
-                    join(arch),
-                    m.name,
-                    100.0 * fm,
-                    100.0 * fs,
-                    reach.len()
-                ));
-                metrics.push((format!("{sname} {} {} final acc", join(arch), m.name), fm));
-                let n = curves.len() as f64;
-                series.push(Series {
-                    label: m.name.into(),
-                    points: (0..=epochs)
-                        .map(|e| (e as f64, curves.iter().map(|c| c[e]).sum::<f64>() / n))
-                        .collect(),
-                });
-            }
-            let stem = out.join(format!("e4_{sname}_{}", join(arch)));
-            let (png, svg) = LinePlot {
-                title: format!(
-                    "E4: {} on {sname} SGD (lr {lr}, momentum {momentum}, batch {batch}), mean of {seeds} seeds",
-                    join(arch)
-                ),
-                x_label: "epoch".into(),
-                y_label: "test accuracy".into(),
-                log_x: false,
-                log_y: false,
-                series,
-            }
-            .write(&stem)?;
-            files.extend([png, svg]);
-        }
-    }
-    files.insert(0, write_atomic(&out.join("e4.csv"), &csv)?);
-    files.insert(1, write_atomic(&out.join("e4.md"), &table)?);
-    Ok(Report {
-        name: "e4".into(),
-        data: split.name,
-        table,
-        metrics,
-        files,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
 }

@@ -16,8 +16,9 @@
 //!
 //! Balance is measured and enforced through the library: [`Mlp::to_network`],
 //! [`crate::measure::summarize`], [`crate::solve::balance`], and [`Sgd::rescale`] to apply the
-//! neuron scales of a [`Solution`] (the function is unchanged; momentum buffers are transformed
-//! like gradients, `v → v/m` for a weight multiplied by `m`).
+//! neuron scales of a [`Solution`], or [`Sgd::balance_layers`] for one closed-form layer-wise
+//! sweep (the function is unchanged; momentum buffers follow [`VelocityRule`], by default like
+//! the weights, `v → m·v` for a weight multiplied by `m`).
 
 use super::data::Dataset;
 use crate::measure::{group_flows, summarize};
@@ -138,6 +139,62 @@ impl Threads {
     }
 }
 
+/// How the momentum buffer `v` follows a function-preserving rescaling
+/// `w'_{oi} = w_{oi}·λ_o/λ_i` (a weight multiplied by `m = λ_o/λ_i`) during training.
+///
+/// The SGD step is `w ← w − η·v`, so `v` is a displacement. Carried like the weights (`v' = m·v`,
+/// the default), the next step moves the function exactly as it would have moved without the
+/// rescaling. Carried like a gradient (`v' = v/m`) the displacement in the old coordinates is
+/// multiplied by `1/m²`: a weight shrunk 10× by balancing receives 100× its inherited step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum VelocityRule {
+    /// `v' = m·v` (like the weights).
+    #[default]
+    LikeWeights,
+    /// `v' = v/m` (like a gradient).
+    LikeGradients,
+    /// `v' = 0` (momentum restarts after every rescaling).
+    Reset,
+}
+
+impl VelocityRule {
+    /// Short name: `weights`, `gradients`, `reset`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VelocityRule::LikeWeights => "weights",
+            VelocityRule::LikeGradients => "gradients",
+            VelocityRule::Reset => "reset",
+        }
+    }
+
+    /// The rule named `weights`, `gradients` or `reset`.
+    ///
+    /// ```
+    /// use synbal::train::mlp::VelocityRule;
+    /// assert_eq!(VelocityRule::parse("reset"), Some(VelocityRule::Reset));
+    /// assert_eq!(VelocityRule::parse("x"), None);
+    /// ```
+    pub fn parse(s: &str) -> Option<VelocityRule> {
+        [
+            VelocityRule::LikeWeights,
+            VelocityRule::LikeGradients,
+            VelocityRule::Reset,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+    }
+
+    /// The factor applied to the velocity of a weight multiplied by `m`.
+    #[inline]
+    pub fn factor(&self, m: f64) -> f64 {
+        match self {
+            VelocityRule::LikeWeights => m,
+            VelocityRule::LikeGradients => 1.0 / m,
+            VelocityRule::Reset => 0.0,
+        }
+    }
+}
+
 /// Training settings, checked by [`TrainConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
@@ -159,6 +216,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Threads for the dense products. Default rayon's pool.
     pub threads: Threads,
+    /// How momentum buffers follow a rescaling ([`Sgd::rescale`], [`Sgd::balance_layers`]).
+    /// Default [`VelocityRule::LikeWeights`].
+    pub velocity_rule: VelocityRule,
 }
 
 impl Default for TrainConfig {
@@ -173,6 +233,7 @@ impl Default for TrainConfig {
             penalize_biases: true,
             seed: 0,
             threads: Threads::Rayon,
+            velocity_rule: VelocityRule::LikeWeights,
         }
     }
 }
@@ -797,6 +858,59 @@ impl Mlp {
         })
     }
 
+    /// The scales that balance unit layer `l` (the outputs of `layers[l − 1]`, `1 ≤ l < L`) under
+    /// `L_p`: `λ_k = (Out_k / In_k)^{1/(2p)}` with `In_k = Σ_i |W_{l}[k][i]|^p (+ |b_k|^p)` and
+    /// `Out_k = Σ_o |W_{l+1}[o][k]|^p`; after scaling the incoming side by `λ_k` and the outgoing
+    /// side by `1/λ_k`, `In_k = Out_k` (the minimiser of `λ^p·In_k + λ^{−p}·Out_k`). Units with
+    /// `In_k = 0` or `Out_k = 0` (no finite minimiser) keep `λ_k = 1`.
+    pub fn layer_balance_scales(&self, l: usize, p: f64, biases: bool) -> Vec<f64> {
+        let (w_in, b_in, w_out) = (&self.layers[l - 1].w, &self.layers[l - 1].b, &self.layers[l].w);
+        let pow = |x: f64| if p == 1.0 { x.abs() } else if p == 2.0 { x * x } else { x.abs().powf(p) };
+        let mut cost_in: Vec<f64> = if biases {
+            b_in.iter().map(|&b| pow(b)).collect()
+        } else {
+            vec![0.0; b_in.len()]
+        };
+        for i in 0..w_in.ncols() {
+            for (c, &w) in cost_in.iter_mut().zip(w_in.col_as_slice(i)) {
+                *c += pow(w);
+            }
+        }
+        cost_in
+            .iter()
+            .enumerate()
+            .map(|(k, &a)| {
+                let out: f64 = w_out.col_as_slice(k).iter().map(|&w| pow(w)).sum();
+                if a > 0.0 && out > 0.0 && a.is_finite() && out.is_finite() {
+                    (out / a).powf(0.5 / p)
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    }
+
+    /// Scales unit layer `l` by `λ`: incoming weights and biases times `λ_k`, outgoing weights
+    /// divided by `λ_k` (the function is unchanged for degree-1 homogeneous activations).
+    fn scale_units(&mut self, l: usize, lambda: &[f64]) {
+        let (before, after) = self.layers.split_at_mut(l);
+        let (a, b) = (&mut before[l - 1], &mut after[0]);
+        for i in 0..a.w.ncols() {
+            for (w, s) in a.w.col_as_slice_mut(i).iter_mut().zip(lambda) {
+                *w *= s;
+            }
+        }
+        for (bk, s) in a.b.iter_mut().zip(lambda) {
+            *bk *= s;
+        }
+        for (k, s) in lambda.iter().enumerate() {
+            let inv = 1.0 / s;
+            for w in b.w.col_as_slice_mut(k) {
+                *w *= inv;
+            }
+        }
+    }
+
     /// Applies neuron scales `λ` (one per neuron of [`Mlp::to_network`], 1 for fixed neurons):
     /// `W[o][i] ← W[o][i]·λ_out(o)/λ_in(i)`, `b[o] ← b[o]·λ_out(o)` (degree 1).
     fn scale(&mut self, lambda: &[f64]) -> Vec<(Vec<f64>, Vec<f64>)> {
@@ -840,6 +954,7 @@ pub struct Sgd {
     rng: ChaCha8Rng,
     velocity: Option<Grads>,
     order: Vec<usize>,
+    steps: usize,
 }
 
 impl Sgd {
@@ -852,12 +967,23 @@ impl Sgd {
             rng,
             velocity: None,
             order: Vec::new(),
+            steps: 0,
         })
     }
 
     /// The settings.
     pub fn config(&self) -> &TrainConfig {
         &self.config
+    }
+
+    /// SGD steps taken since this optimiser was created.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The momentum buffers (`None` before the first step or without momentum).
+    pub fn velocity(&self) -> Option<&Grads> {
+        self.velocity.as_ref()
     }
 
     /// Changes the learning rate (e.g. for a schedule).
@@ -918,12 +1044,28 @@ impl Sgd {
                 *b -= lr * d;
             }
         }
+        self.steps += 1;
         Ok((e, correct))
     }
 
     /// One epoch: a fresh seeded shuffle, then minibatches of `batch` images (the last one may
     /// be smaller).
     pub fn epoch(&mut self, mlp: &mut Mlp, data: &Dataset) -> Result<EpochStats, TrainError> {
+        self.epoch_with(mlp, data, |_, _, _| Ok(()))
+    }
+
+    /// [`Sgd::epoch`] calling `after_step(self, mlp, t)` after every step, `t` the number of
+    /// steps taken since this optimiser was created (1 after the first step). Interleaved
+    /// balancing is such a hook.
+    pub fn epoch_with<F>(
+        &mut self,
+        mlp: &mut Mlp,
+        data: &Dataset,
+        mut after_step: F,
+    ) -> Result<EpochStats, TrainError>
+    where
+        F: FnMut(&mut Sgd, &mut Mlp, usize) -> Result<(), TrainError>,
+    {
         if data.is_empty() {
             return Err(TrainError::BadData("empty training set".into()));
         }
@@ -936,7 +1078,11 @@ impl Sgd {
         let batch = self.config.batch;
         let mut result = Ok(());
         for chunk in order.chunks(batch) {
-            match self.step(mlp, data, chunk) {
+            let r = self.step(mlp, data, chunk).and_then(|(l, c)| {
+                let t = self.steps;
+                after_step(self, mlp, t).map(|_| (l, c))
+            });
+            match r {
                 Ok((l, c)) => {
                     loss += l * chunk.len() as f64;
                     correct += c;
@@ -959,9 +1105,8 @@ impl Sgd {
     }
 
     /// Rescales `mlp` by the per-neuron scales `lambda` (order of [`Mlp::to_network`]); the
-    /// function is unchanged and momentum buffers are transformed like gradients (`v/m` for a
-    /// weight multiplied by `m`), so the next step is the one SGD would take in the new
-    /// coordinates.
+    /// function is unchanged and momentum buffers follow [`TrainConfig::velocity_rule`] (for a
+    /// weight multiplied by `m`: `m·v`, `v/m` or 0).
     pub fn rescale(&mut self, mlp: &mut Mlp, lambda: &[f64]) -> Result<(), TrainError> {
         let n: usize = mlp.sizes().iter().sum();
         if lambda.len() != n {
@@ -980,19 +1125,39 @@ impl Sgd {
             )));
         }
         let factors = mlp.scale(lambda);
+        let rule = self.config.velocity_rule;
         if let Some(v) = self.velocity.as_mut() {
             for (k, (lin, lout)) in factors.iter().enumerate() {
                 for (i, li) in lin.iter().enumerate() {
                     for (o, vw) in v.w[k].col_as_slice_mut(i).iter_mut().enumerate() {
-                        *vw *= li / lout[o];
+                        *vw *= rule.factor(lout[o] / li);
                     }
                 }
                 for (vb, s) in v.b[k].iter_mut().zip(lout) {
-                    *vb /= s;
+                    *vb *= rule.factor(*s);
                 }
             }
         }
         Ok(())
+    }
+
+    /// One layer-wise balancing sweep under `L_p` (biases counted when `biases`): hidden layers
+    /// in order from the input side, each balanced exactly by [`Mlp::layer_balance_scales`] and
+    /// applied at once (units of one layer share no edge). Momentum buffers follow
+    /// [`TrainConfig::velocity_rule`]. The function is unchanged. Returns the largest
+    /// `|ln λ|` applied.
+    pub fn balance_layers(&mut self, mlp: &mut Mlp, p: f64, biases: bool) -> f64 {
+        let rule = self.config.velocity_rule;
+        let mut largest = 0.0f64;
+        for l in 1..mlp.layers.len() {
+            let lambda = mlp.layer_balance_scales(l, p, biases);
+            largest = lambda.iter().fold(largest, |a, s| a.max(s.ln().abs()));
+            mlp.scale_units(l, &lambda);
+            if let Some(v) = self.velocity.as_mut() {
+                scale_unit_layer(&mut v.w, &mut v.b, l, &lambda, |s| rule.factor(s));
+            }
+        }
+        largest
     }
 
     /// Balances `mlp` with `settings` under `reg` through [`crate::solve::balance`] and applies
@@ -1006,6 +1171,32 @@ impl Sgd {
         let sol = balance(&mlp.to_network(), reg, settings)?;
         self.rescale(mlp, &sol.neuron_scales())?;
         Ok(sol)
+    }
+}
+
+/// Applies `f(m)` to the buffers (`w`, `b` shaped like an [`Mlp`]) of every parameter that
+/// scaling unit layer `l` by `λ` multiplies by `m` (incoming: `m = λ_k`, outgoing: `m = 1/λ_k`).
+fn scale_unit_layer(
+    w: &mut [Mat<f64>],
+    b: &mut [Vec<f64>],
+    l: usize,
+    lambda: &[f64],
+    f: impl Fn(f64) -> f64,
+) {
+    let fin: Vec<f64> = lambda.iter().map(|&s| f(s)).collect();
+    for i in 0..w[l - 1].ncols() {
+        for (x, s) in w[l - 1].col_as_slice_mut(i).iter_mut().zip(&fin) {
+            *x *= s;
+        }
+    }
+    for (x, s) in b[l - 1].iter_mut().zip(&fin) {
+        *x *= s;
+    }
+    for (k, &s) in lambda.iter().enumerate() {
+        let g = f(1.0 / s);
+        for x in w[l].col_as_slice_mut(k) {
+            *x *= g;
+        }
     }
 }
 
