@@ -15,6 +15,7 @@
 //! - [`balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
 //! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
+//! - [`maxnorm`]: max-norm (`p = ∞`) balance and pairwise CLE; [`quant`]: weight quantization.
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
 //! - [`verify`], [`demo`]: many local runs against the exact state; the built-in demonstration.
 //! - [`io`]: network JSON, safetensors model files, reports. [`train`]: MNIST, the trainer and the
@@ -40,10 +41,12 @@ pub mod balance;
 pub mod demo;
 pub mod graph;
 pub mod io;
+pub mod maxnorm;
 pub mod measure;
 pub mod network;
 pub mod plot;
 pub mod problem;
+pub mod quant;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;

@@ -4,5 +4,6 @@
 //! experiments E1–E4 of `docs/experiments.md` ([`experiments`]).
 
 pub mod data;
+pub mod e5;
 pub mod experiments;
 pub mod mlp;

@@ -9,7 +9,8 @@ use synbal::train::experiments::{parse_sizes, run as run_experiment, Options};
 /// Arguments of `synbal experiment`.
 #[derive(Args, Debug)]
 pub struct ExperimentArgs {
-    /// e1 (emergence), e2 (drift), e3 (uniqueness), e4 (learning), or all.
+    /// e1 (emergence), e2 (drift), e3 (uniqueness), e4 (learning), e5 (quantization), or all
+    /// (e1-e4).
     pub name: String,
     /// MNIST IDX directory (gzip or raw files with the standard names); default: the embedded
     /// UCI 8x8 digits.
@@ -69,7 +70,11 @@ pub fn run(args: ExperimentArgs) -> Result<u8, Failure> {
         vec![args.name.as_str()]
     };
     for name in names {
-        let report = run_experiment(name, &options).map_err(bad_input)?;
+        let report = match name {
+            "e5" => synbal::train::e5::e5_quantization(&options),
+            _ => run_experiment(name, &options),
+        }
+        .map_err(bad_input)?;
         println!("{report}");
     }
     Ok(0)
