@@ -177,6 +177,19 @@ fn quotient_edges(net: &Network, node: &[u32], count_biases: bool) -> Vec<QEdge>
     edges
 }
 
+/// Replaces parallel edges `a → b` by the one of largest log-weight (only it can be a maximum).
+fn keep_largest_parallel(edges: &mut Vec<QEdge>) {
+    edges.sort_unstable_by_key(|e| (e.a, e.b));
+    edges.dedup_by(|later, kept| {
+        if later.a == kept.a && later.b == kept.b {
+            kept.l = kept.l.max(later.l);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 /// Vertices reachable from `root` along `edges` (forward when `forward`, else backward).
 fn reach(n: usize, edges: &[QEdge], root: u32, forward: bool) -> Vec<bool> {
     let (ptr, idx) = adjacency(n, edges, forward);
@@ -258,79 +271,126 @@ impl Cycle {
     }
 }
 
-/// The best cycle through the ground when the rest of the graph is acyclic: `F_k(v)` = largest
-/// log-weight of a path of `k` edges from the ground to `v`, closed by the best edge `v → ground`.
-fn best_cycle_ground_dag(
+/// Contraction when the graph without the ground is acyclic: every cycle passes through the
+/// ground once, and each round merges one best cycle into the ground. Edges between live
+/// vertices are fixed (CSR by target and by source); edges to and from the ground are kept as the
+/// largest `gin[v]` (ground → v) and `gout[v]` (v → ground), updated when a neighbour merges.
+/// `F_s(v)` = largest log-weight of a path of `s` edges from the ground to `v`; the best cycle
+/// maximises `(F_s(v) + gout[v])/(s + 1)`. Returns `u` per vertex, the rounds and the largest
+/// cycle mean.
+fn contract_ground_dag(
     n: usize,
     edges: &[QEdge],
     ground: u32,
     order: &[u32],
-    live: &[bool],
     depth: usize,
-) -> Option<Cycle> {
+) -> (Vec<f64>, usize, f64) {
     const NONE: u32 = u32::MAX;
-    let (ptr, idx) = adjacency(n, edges, false);
+    let mut gin = vec![f64::NEG_INFINITY; n];
+    let mut gout = vec![f64::NEG_INFINITY; n];
+    let mut inner = Vec::with_capacity(edges.len());
+    for &e in edges {
+        if e.a == ground {
+            gin[e.b as usize] = gin[e.b as usize].max(e.l);
+        } else if e.b == ground {
+            gout[e.a as usize] = gout[e.a as usize].max(e.l);
+        } else {
+            inner.push(e);
+        }
+    }
+    let (iptr, iidx) = adjacency(n, &inner, false);
+    let (optr, oidx) = adjacency(n, &inner, true);
     let kmax = depth.max(1);
     let mut f = vec![f64::NEG_INFINITY; (kmax + 1) * n];
     let mut pred = vec![NONE; (kmax + 1) * n];
-    let mut close = vec![f64::NEG_INFINITY; n];
-    for e in edges {
-        if e.b == ground && e.l > close[e.a as usize] {
-            close[e.a as usize] = e.l;
+    let mut live = vec![false; n];
+    let mut live_order: Vec<u32> = Vec::with_capacity(order.len());
+    for &v in order {
+        // vertices with no edge at all (held groups merged into the ground) take no part
+        let v_ = v as usize;
+        if gin[v_] > f64::NEG_INFINITY || iptr[v_ + 1] > iptr[v_] {
+            live[v_] = true;
+            live_order.push(v);
         }
     }
-    let mut best: Option<(f64, usize, u32)> = None;
-    for &v in order {
-        let v = v as usize;
-        if !live[v] {
-            continue;
-        }
-        for &k in &idx[ptr[v]..ptr[v + 1]] {
-            let e = edges[k as usize];
-            if e.a == ground {
-                if e.l > f[n + v] {
-                    f[n + v] = e.l;
-                    pred[n + v] = k;
-                }
-                continue;
-            }
-            let a = e.a as usize;
+    let mut u = vec![0.0f64; n];
+    let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
+    while !live_order.is_empty() {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for &v in &live_order {
+            let v = v as usize;
+            f[n + v] = gin[v];
             for s in 2..=kmax {
-                let cand = f[(s - 1) * n + a] + e.l;
-                if cand > f[s * n + v] {
-                    f[s * n + v] = cand;
-                    pred[s * n + v] = k;
+                f[s * n + v] = f64::NEG_INFINITY;
+            }
+            for &k in &iidx[iptr[v]..iptr[v + 1]] {
+                let e = inner[k as usize];
+                let a = e.a as usize;
+                if !live[a] {
+                    continue;
+                }
+                for s in 2..=kmax {
+                    let cand = f[(s - 1) * n + a] + e.l;
+                    if cand > f[s * n + v] {
+                        f[s * n + v] = cand;
+                        pred[s * n + v] = k;
+                    }
                 }
             }
-        }
-        if close[v] > f64::NEG_INFINITY {
-            for s in 1..=kmax {
-                let total = f[s * n + v] + close[v];
-                if total > f64::NEG_INFINITY {
-                    let mean = total / (s + 1) as f64;
-                    if best.is_none_or(|b| mean > b.0) {
-                        best = Some((mean, s, v as u32));
+            if gout[v] > f64::NEG_INFINITY {
+                for s in 1..=kmax {
+                    let total = f[s * n + v] + gout[v];
+                    if total > f64::NEG_INFINITY {
+                        let mean = total / (s + 1) as f64;
+                        if best.is_none_or(|b| mean > b.0) {
+                            best = Some((mean, s, v));
+                        }
                     }
                 }
             }
         }
+        let Some((_, s, v)) = best else { break };
+        // the path ground → p_1 → … → p_s = v, with the log-weight of the edge into each
+        let mut path = vec![(0usize, 0.0f64); s];
+        let mut cur = v;
+        for t in (1..=s).rev() {
+            if t == 1 {
+                path[0] = (cur, gin[cur]);
+            } else {
+                let e = inner[pred[t * n + cur] as usize];
+                path[t - 1] = (cur, e.l);
+                cur = e.a as usize;
+            }
+        }
+        let total = path.iter().map(|p| p.1).sum::<f64>() + gout[v];
+        let mu = total / (s + 1) as f64;
+        top = top.max(mu);
+        rounds += 1;
+        let mut acc = 0.0;
+        for &(p, l) in &path {
+            acc += mu - l;
+            u[p] = acc;
+            live[p] = false;
+        }
+        for &(p, _) in &path {
+            for &k in &oidx[optr[p]..optr[p + 1]] {
+                let e = inner[k as usize];
+                if live[e.b as usize] {
+                    let g = &mut gin[e.b as usize];
+                    *g = g.max(e.l - u[p]);
+                }
+            }
+            for &k in &iidx[iptr[p]..iptr[p + 1]] {
+                let e = inner[k as usize];
+                if live[e.a as usize] {
+                    let g = &mut gout[e.a as usize];
+                    *g = g.max(e.l + u[p]);
+                }
+            }
+        }
+        live_order.retain(|&w| live[w as usize]);
     }
-    let (_, s, v) = best?;
-    // trace back v at length s to the ground
-    let mut nodes = vec![0u32; s + 1];
-    let mut l = vec![0.0; s + 1];
-    nodes[0] = ground;
-    l[0] = close[v as usize];
-    let mut cur = v;
-    for t in (1..=s).rev() {
-        nodes[t] = cur;
-        let k = pred[t * n + cur as usize];
-        let e = edges[k as usize];
-        l[t] = e.l;
-        cur = e.a;
-    }
-    debug_assert_eq!(cur, ground);
-    Some(Cycle { nodes, l })
+    (u, rounds, top)
 }
 
 /// Karp's maximum mean cycle over the live vertices, from the ground (which reaches every live
@@ -477,6 +537,7 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
         }
     }
     edges = quotient_edges(net, &node_map(&held), settings.count_biases);
+    keep_largest_parallel(&mut edges);
     let max_abs_before = edges.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.l)).exp();
 
     let order = topo_without_ground(n, &edges, ground);
@@ -486,16 +547,52 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
         CycleSearch::Karp
     };
     let depth = order.as_ref().map_or(0, |o| dag_depth(n, &edges, ground, o));
+    let (u, rounds, top) = match &order {
+        Some(o) => {
+            let (uv, rounds, top) = contract_ground_dag(n, &edges, ground, o, depth);
+            let u = (0..groups).map(|g| if held[g] { 0.0 } else { uv[g] }).collect();
+            (u, rounds, top)
+        }
+        None => contract_karp(n, edges, ground, &held),
+    };
+    let mut balanced = net.clone();
+    balanced.apply_log_scales(&u);
+    let max_ratio_deviation = certificate(&balanced, &held, settings.count_biases);
+    let status = if max_ratio_deviation <= settings.tol {
+        Status::Converged
+    } else {
+        Status::NumericalTrouble
+    };
+    let max_abs_after = if top > f64::NEG_INFINITY {
+        top.exp()
+    } else {
+        max_abs_before
+    };
+    Ok(MaxSolution {
+        network: balanced,
+        log_scales: u,
+        status,
+        iterations: rounds,
+        max_ratio_deviation,
+        max_abs_before,
+        max_abs_after,
+        search,
+        elapsed: start.elapsed(),
+        diagnostics,
+    })
+}
+
+/// Contraction on a general graph: each round Karp's best cycle is merged into one vertex (the
+/// ground when it passes through it). Returns `u` per group, the rounds and the largest mean.
+fn contract_karp(n: usize, mut edges: Vec<QEdge>, ground: u32, held: &[bool]) -> (Vec<f64>, usize, f64) {
+    let groups = n - 1;
     let mut live: Vec<bool> = (0..n).map(|v| v == n - 1 || !held[v]).collect();
     let mut parent: Vec<u32> = (0..n as u32).collect();
     let mut offset = vec![0.0f64; n];
     let mut rounds = 0usize;
     let mut top = f64::NEG_INFINITY;
     while !edges.is_empty() {
-        let cycle = match &order {
-            Some(o) => best_cycle_ground_dag(n, &edges, ground, o, &live, depth),
-            None => best_cycle_karp(n, &edges, ground, &live),
-        };
+        let cycle = best_cycle_karp(n, &edges, ground, &live);
         let Some(cycle) = cycle else { break };
         rounds += 1;
         let mu = cycle.mean();
@@ -532,6 +629,7 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
             }
         }
         edges = next;
+        keep_largest_parallel(&mut edges);
         // a vertex merged earlier keeps `parent` pointing at its representative at that time
         for v in &cycle.nodes {
             if *v != rep {
@@ -552,31 +650,7 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
         }
         *ug = s;
     }
-    let mut balanced = net.clone();
-    balanced.apply_log_scales(&u);
-    let max_ratio_deviation = certificate(&balanced, &held, settings.count_biases);
-    let status = if max_ratio_deviation <= settings.tol {
-        Status::Converged
-    } else {
-        Status::NumericalTrouble
-    };
-    let max_abs_after = if top > f64::NEG_INFINITY {
-        top.exp()
-    } else {
-        max_abs_before
-    };
-    Ok(MaxSolution {
-        network: balanced,
-        log_scales: u,
-        status,
-        iterations: rounds,
-        max_ratio_deviation,
-        max_abs_before,
-        max_abs_after,
-        search,
-        elapsed: start.elapsed(),
-        diagnostics,
-    })
+    (u, rounds, top)
 }
 
 /// Longest path (in edges) among the vertices other than the ground, plus one.

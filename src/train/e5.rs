@@ -1,7 +1,7 @@
 //! Experiment E5 (`docs/quantization.md`): does balancing a trained classifier help per-tensor
 //! weight quantization?
 //!
-//! MLP classifiers are trained with [`Sgd`] (plain SGD, and SGD with an L2 penalty `μΣw²`), then
+//! MLP classifiers are trained with [`Sgd`] (no penalty, and an L2 penalty `μΣw²`), then
 //! each is rescaled five ways (none, pairwise CLE, exact L1, exact L2, exact max-norm balance;
 //! [`Balancing`]), quantized per tensor to 8, 6, 4 and 3 bits ([`quantize_network`]; biases kept
 //! in floating point) and evaluated on the test set. Every rescaling leaves the float function
@@ -9,7 +9,7 @@
 //! standard deviation over seeds (seed `s` drives both the initialisation and the minibatch order).
 //!
 //! Defaults: architectures `F-512-256-10` and `F-256-256-256-256-256-10` (`F` = pixels), 10
-//! epochs, learning rate 0.05, batch 64, `μ = 5e-4`, 3 seeds. `--quick`: `F-32-16-10` and
+//! epochs, learning rate 0.05, momentum 0.9, batch 64, `μ = 5e-4`, 3 seeds. `--quick`: `F-32-16-10` and
 //! `F-16-16-16-16-10`, 3 epochs, 2 seeds.
 
 use super::data::Split;
@@ -77,7 +77,7 @@ fn one_run(
     let mut mlp = Mlp::new(sizes, Activation::Relu, seed)?;
     let mut sgd = Sgd::new(TrainConfig {
         lr: options.lr.unwrap_or(0.05),
-        momentum: options.momentum.unwrap_or(0.0),
+        momentum: options.momentum.unwrap_or(0.9),
         batch: options.batch.unwrap_or(64),
         penalty,
         seed,
