@@ -283,7 +283,7 @@ fn contract_ground_dag(
     edges: &[QEdge],
     ground: u32,
     order: &[u32],
-    depth: usize,
+    level: &[usize],
 ) -> (Vec<f64>, usize, f64) {
     const NONE: u32 = u32::MAX;
     let mut gin = vec![f64::NEG_INFINITY; n];
@@ -300,7 +300,7 @@ fn contract_ground_dag(
     }
     let (iptr, iidx) = adjacency(n, &inner, false);
     let (optr, oidx) = adjacency(n, &inner, true);
-    let kmax = depth.max(1);
+    let kmax = level.iter().copied().max().unwrap_or(1).max(1);
     let mut f = vec![f64::NEG_INFINITY; (kmax + 1) * n];
     let mut pred = vec![NONE; (kmax + 1) * n];
     let mut live = vec![false; n];
@@ -319,8 +319,10 @@ fn contract_ground_dag(
         let mut best: Option<(f64, usize, usize)> = None;
         for &v in &live_order {
             let v = v as usize;
+            // paths of s edges from the ground reach v only for s <= level[v]; entries beyond
+            // stay -inf
             f[n + v] = gin[v];
-            for s in 2..=kmax {
+            for s in 2..=level[v] {
                 f[s * n + v] = f64::NEG_INFINITY;
             }
             for &k in &iidx[iptr[v]..iptr[v + 1]] {
@@ -329,7 +331,7 @@ fn contract_ground_dag(
                 if !live[a] {
                     continue;
                 }
-                for s in 2..=kmax {
+                for s in 2..=level[a] + 1 {
                     let cand = f[(s - 1) * n + a] + e.l;
                     if cand > f[s * n + v] {
                         f[s * n + v] = cand;
@@ -338,7 +340,7 @@ fn contract_ground_dag(
                 }
             }
             if gout[v] > f64::NEG_INFINITY {
-                for s in 1..=kmax {
+                for s in 1..=level[v] {
                     let total = f[s * n + v] + gout[v];
                     if total > f64::NEG_INFINITY {
                         let mean = total / (s + 1) as f64;
@@ -546,10 +548,11 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
     } else {
         CycleSearch::Karp
     };
-    let depth = order.as_ref().map_or(0, |o| dag_depth(n, &edges, ground, o));
+    let levels = order.as_ref().map(|o| dag_levels(n, &edges, ground, o));
     let (u, rounds, top) = match &order {
         Some(o) => {
-            let (uv, rounds, top) = contract_ground_dag(n, &edges, ground, o, depth);
+            let level = levels.as_deref().expect("levels of a DAG");
+            let (uv, rounds, top) = contract_ground_dag(n, &edges, ground, o, level);
             let u = (0..groups).map(|g| if held[g] { 0.0 } else { uv[g] }).collect();
             (u, rounds, top)
         }
@@ -653,11 +656,11 @@ fn contract_karp(n: usize, mut edges: Vec<QEdge>, ground: u32, held: &[bool]) ->
     (u, rounds, top)
 }
 
-/// Longest path (in edges) among the vertices other than the ground, plus one.
-fn dag_depth(n: usize, edges: &[QEdge], ground: u32, order: &[u32]) -> usize {
+/// Level of each vertex other than the ground: the number of vertices on the longest path to it
+/// that avoids the ground (1 for a vertex whose in-edges all come from the ground).
+fn dag_levels(n: usize, edges: &[QEdge], ground: u32, order: &[u32]) -> Vec<usize> {
     let (ptr, idx) = adjacency(n, edges, false);
     let mut level = vec![0usize; n];
-    let mut deepest = 0;
     for &v in order {
         let v = v as usize;
         let mut l = 1;
@@ -668,9 +671,8 @@ fn dag_depth(n: usize, edges: &[QEdge], ground: u32, order: &[u32]) -> usize {
             }
         }
         level[v] = l;
-        deepest = deepest.max(l);
     }
-    deepest
+    level
 }
 
 /// Per-group `(max_in, max_out)` of counted `|w|` (and `|b|` when `count_biases`), edges inside a

@@ -156,11 +156,14 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
     let mu = options.penalty.unwrap_or(5e-4);
     let penalties = [Penalty::None, Penalty::L2(mu)];
     let mut rows = Vec::new();
+    let csv_path = options.out_dir.join("e5.csv");
     for sizes in &archs {
         for &penalty in &penalties {
             for seed in 0..seeds {
                 let t = Instant::now();
                 rows.extend(one_run(&split, sizes, penalty, seed, epochs, options)?);
+                // the rows so far, so that an interrupted run keeps what it measured
+                write(&csv_path, &csv_text(&rows))?;
                 eprintln!(
                     "e5: {} {} seed {seed}: {:.1} s",
                     join(sizes),
@@ -170,16 +173,8 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
             }
         }
     }
-    let mut csv = String::from("arch,penalty,seed,balance,bits,test_accuracy\n");
-    for r in &rows {
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{}",
-            r.arch, r.penalty, r.seed, r.balance, r.bits, r.accuracy
-        );
-    }
+    let csv = csv_text(&rows);
     let table = e5_table(&rows, &archs, &penalties);
-    let csv_path = options.out_dir.join("e5.csv");
     let md_path = options.out_dir.join("e5.md");
     write(&csv_path, &csv)?;
     write(&md_path, &table)?;
@@ -200,6 +195,18 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
         files: vec![csv_path, md_path],
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+fn csv_text(rows: &[Row]) -> String {
+    let mut csv = String::from("arch,penalty,seed,balance,bits,test_accuracy\n");
+    for r in rows {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{}",
+            r.arch, r.penalty, r.seed, r.balance, r.bits, r.accuracy
+        );
+    }
+    csv
 }
 
 fn e5_table(rows: &[Row], archs: &[Vec<usize>], penalties: &[Penalty]) -> String {
