@@ -281,3 +281,18 @@ fn bad_tolerances_are_refused() {
         assert!(pairwise_cle(&net, &CleSettings { threshold: tol, max_sweeps: 5 }).is_err());
     }
 }
+
+/// On a plain MLP, pairwise CLE iterated to convergence reaches the max-balanced state without
+/// bias cost (the same weights).
+#[test]
+fn converged_cle_on_an_mlp_is_max_balance_without_bias_cost() {
+    for seed in 0..3 {
+        let net = random_mlp(&[6, 9, 7, 5, 3], seed);
+        let cle = pairwise_cle(&net, &CleSettings { threshold: 1e-13, max_sweeps: 100_000 }).unwrap();
+        assert!(cle.status.converged());
+        let settings = MaxSettings { count_biases: false, ..MaxSettings::default() };
+        let max = max_balance(&net, &settings).unwrap();
+        let d = relative_distance(&cle.network, &max.network);
+        assert!(d < 1e-9, "seed {seed}: distance {d}");
+    }
+}
