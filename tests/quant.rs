@@ -216,3 +216,40 @@ fn balance_p_inf_and_method_cle_from_the_command_line() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["bias_cost"], false);
 }
+
+/// E5 in its quick form on the embedded digits: one row per balancing and width for every run,
+/// accuracies in [0, 1], and 8-bit per-tensor quantization within 2 points of the float network
+/// for every balancing (each rescaling keeps the float function).
+#[test]
+fn e5_quick_runs_and_8_bits_is_nearly_lossless() {
+    use synbal::train::experiments::Options;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        quick: true,
+        seeds: Some(1),
+        epochs: Some(2),
+        out_dir: dir.path().to_path_buf(),
+        ..Options::default()
+    };
+    let report = synbal::train::e5::e5_quantization(&options).unwrap();
+    assert!(report.metrics.iter().all(|(_, v)| (0.0..=1.0).contains(v)));
+    let csv = std::fs::read_to_string(dir.path().join("e5.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    // 2 networks × 2 penalties × 1 seed × (float + 5 balancings × 4 widths)
+    assert_eq!(rows.len(), 2 * 2 * 21);
+    for run in rows.chunks(21) {
+        let float: f64 = run[0][5].parse().unwrap();
+        assert_eq!(run[0][3], "float");
+        for r in &run[1..] {
+            let acc: f64 = r[5].parse().unwrap();
+            assert!((0.0..=1.0).contains(&acc));
+            if r[4] == "8" {
+                assert!((acc - float).abs() <= 0.02, "{r:?} vs float {float}");
+            }
+        }
+    }
+}
