@@ -24,7 +24,12 @@ fn residual_mlp(inputs: usize, width: usize, blocks: usize, outputs: usize, seed
     let x: Vec<usize> = (0..inputs)
         .map(|_| b.add_neuron(Role::Input, Activation::Linear, 0.0))
         .collect();
-    let layer = |b: &mut NetworkBuilder, from: &[usize], n: usize, role, act, rng: &mut rand_chacha::ChaCha8Rng| {
+    let layer = |b: &mut NetworkBuilder,
+                 from: &[usize],
+                 n: usize,
+                 role,
+                 act,
+                 rng: &mut rand_chacha::ChaCha8Rng| {
         let k = 1.0 / (from.len() as f64).sqrt();
         let to: Vec<usize> = (0..n)
             .map(|_| b.add_neuron(role, act, rng.random_range(-k..k)))
@@ -45,7 +50,14 @@ fn residual_mlp(inputs: usize, width: usize, blocks: usize, outputs: usize, seed
         }
         h = next;
     }
-    layer(&mut b, &h, outputs, Role::Output, Activation::Linear, &mut rng);
+    layer(
+        &mut b,
+        &h,
+        outputs,
+        Role::Output,
+        Activation::Linear,
+        &mut rng,
+    );
     b.build().expect("a consistent network")
 }
 
@@ -64,23 +76,58 @@ fn best<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let mut cases: Vec<(String, Network)> = vec![
-        ("MLP 784-256-256-10".into(), random_mlp(&[784, 256, 256, 10], 0)),
-        ("MLP 784-256x5-10".into(), random_mlp(&[784, 256, 256, 256, 256, 256, 10], 1)),
-        ("DAG 16+400+10, density 0.2".into(), random_dag(16, 400, 10, 0.2, Activation::Relu, 2)),
-        ("recurrent 16+128+10".into(), random_recurrent(16, 128, 10, Activation::Relu, 3)),
-        ("residual MLP 64-128x(1+4 blocks)-10".into(), residual_mlp(64, 128, 4, 10, 4)),
+        (
+            "MLP 784-256-256-10".into(),
+            random_mlp(&[784, 256, 256, 10], 0),
+        ),
+        (
+            "MLP 784-256x5-10".into(),
+            random_mlp(&[784, 256, 256, 256, 256, 256, 10], 1),
+        ),
+        (
+            "DAG 16+400+10, density 0.2".into(),
+            random_dag(16, 400, 10, 0.2, Activation::Relu, 2),
+        ),
+        (
+            "recurrent 16+128+10".into(),
+            random_recurrent(16, 128, 10, Activation::Relu, 3),
+        ),
+        (
+            "residual MLP 64-128x(1+4 blocks)-10".into(),
+            residual_mlp(64, 128, 4, 10, 4),
+        ),
     ];
     if !quick {
-        cases.insert(1, ("MLP 784-1024-256-10".into(), random_mlp(&[784, 1024, 256, 10], 5)));
+        cases.insert(
+            1,
+            (
+                "MLP 784-1024-256-10".into(),
+                random_mlp(&[784, 1024, 256, 10], 5),
+            ),
+        );
     }
     println!("| network | weights | groups | p = ∞: time (s) | contractions | cycle search | max \\|max_in/max_out − 1\\| | L2 Newton: time (s) | iterations | max rel. imbalance | CLE: time (s) | sweeps |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let l2 = Regularizer::lp(2.0).expect("p = 2");
     for (name, net) in cases {
         let reps = if net.num_edges() > 100_000 { 1 } else { 3 };
-        let (t_inf, inf) = best(reps, || max_balance(&net, &MaxSettings::default()).expect("valid settings"));
-        let (t_l2, sol) = best(reps, || balance(&net, &l2, &Settings { trace: false, ..Settings::default() }).expect("valid settings"));
-        let (t_cle, cle) = best(reps, || pairwise_cle(&net, &CleSettings::default()).expect("valid settings"));
+        let (t_inf, inf) = best(reps, || {
+            max_balance(&net, &MaxSettings::default()).expect("valid settings")
+        });
+        let (t_l2, sol) = best(reps, || {
+            balance(
+                &net,
+                &l2,
+                &Settings {
+                    trace: false,
+                    ..Settings::default()
+                },
+            )
+            .expect("valid settings")
+        });
+        let (t_cle, cle) = best(reps, || {
+            pairwise_cle(&net, &CleSettings::default()).expect("valid settings")
+        });
         println!(
             "| {name} | {} | {} | {t_inf:.3} | {} | {:?} | {:.1e} | {t_l2:.3} | {} | {:.1e} | {t_cle:.3} | {}{} |",
             net.num_edges(),

@@ -159,7 +159,11 @@ fn quotient_edges(net: &Network, node: &[u32], count_biases: bool) -> Vec<QEdge>
         let (j, i) = net.edge(e);
         let (a, b) = (at(j), at(i));
         if a != b {
-            edges.push(QEdge { a, b, l: w.abs().ln() });
+            edges.push(QEdge {
+                a,
+                b,
+                l: w.abs().ln(),
+            });
         }
     }
     if count_biases {
@@ -540,7 +544,10 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
     }
     edges = quotient_edges(net, &node_map(&held), settings.count_biases);
     keep_largest_parallel(&mut edges);
-    let max_abs_before = edges.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.l)).exp();
+    let max_abs_before = edges
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, e| m.max(e.l))
+        .exp();
 
     let order = topo_without_ground(n, &edges, ground);
     let search = if order.is_some() {
@@ -553,7 +560,9 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
         Some(o) => {
             let level = levels.as_deref().expect("levels of a DAG");
             let (uv, rounds, top) = contract_ground_dag(n, &edges, ground, o, level);
-            let u = (0..groups).map(|g| if held[g] { 0.0 } else { uv[g] }).collect();
+            let u = (0..groups)
+                .map(|g| if held[g] { 0.0 } else { uv[g] })
+                .collect();
             (u, rounds, top)
         }
         None => contract_karp(n, edges, ground, &held),
@@ -587,7 +596,12 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
 
 /// Contraction on a general graph: each round Karp's best cycle is merged into one vertex (the
 /// ground when it passes through it). Returns `u` per group, the rounds and the largest mean.
-fn contract_karp(n: usize, mut edges: Vec<QEdge>, ground: u32, held: &[bool]) -> (Vec<f64>, usize, f64) {
+fn contract_karp(
+    n: usize,
+    mut edges: Vec<QEdge>,
+    ground: u32,
+    held: &[bool],
+) -> (Vec<f64>, usize, f64) {
     let groups = n - 1;
     let mut live: Vec<bool> = (0..n).map(|v| v == n - 1 || !held[v]).collect();
     let mut parent: Vec<u32> = (0..n as u32).collect();
@@ -601,11 +615,7 @@ fn contract_karp(n: usize, mut edges: Vec<QEdge>, ground: u32, held: &[bool]) ->
         let mu = cycle.mean();
         top = top.max(mu);
         // representative: the ground if on the cycle, else the first vertex
-        let r = cycle
-            .nodes
-            .iter()
-            .position(|&v| v == ground)
-            .unwrap_or(0);
+        let r = cycle.nodes.iter().position(|&v| v == ground).unwrap_or(0);
         let k = cycle.nodes.len();
         let mut delta = vec![0.0f64; n];
         let mut acc = 0.0;
@@ -869,7 +879,8 @@ pub fn pairwise_cle(net: &Network, settings: &CleSettings) -> Result<CleSolution
             }
             let s = (r1 / r2).sqrt();
             if s != 1.0 {
-                out.scale_group(g, 1.0 / s).expect("a free group and a finite scale");
+                out.scale_group(g, 1.0 / s)
+                    .expect("a free group and a finite scale");
                 u[g] -= s.ln();
             }
             last_change = last_change.max((s - 1.0).abs());

@@ -96,9 +96,8 @@ pub fn quantize_symmetric(w: &[f64], bits: u32) -> Result<(Vec<i32>, f64), Quant
 fn bfs_levels(net: &Network) -> Vec<usize> {
     let n = net.num_neurons();
     let mut level = vec![usize::MAX; n];
-    let mut queue: std::collections::VecDeque<usize> = (0..n)
-        .filter(|&i| net.role(i) == Role::Input)
-        .collect();
+    let mut queue: std::collections::VecDeque<usize> =
+        (0..n).filter(|&i| net.role(i) == Role::Input).collect();
     for &i in &queue {
         level[i] = 0;
     }
@@ -190,7 +189,12 @@ pub fn random_inputs(inputs: usize, batch: usize, seed: u64) -> Vec<f64> {
 }
 
 /// The outputs of the last of `steps` synchronous steps on constant inputs `x[k·batch + b]`.
-pub fn outputs(net: &Network, x: &[f64], batch: usize, steps: usize) -> Result<Vec<f64>, QuantError> {
+pub fn outputs(
+    net: &Network,
+    x: &[f64],
+    batch: usize,
+    steps: usize,
+) -> Result<Vec<f64>, QuantError> {
     let sim = net.simulate_constant(x, batch, steps)?;
     let k = sim.output_neurons.len();
     Ok(sim.values[(steps - 1) * k * batch..].to_vec())
@@ -246,7 +250,11 @@ impl Balancing {
             Balancing::Cle => pairwise_cle(net, &CleSettings::default())?.network,
             Balancing::Lp(p) => {
                 let reg = Regularizer::lp(p).map_err(BalanceError::from)?;
-                let reg = if count_biases { reg } else { reg.without_biases() };
+                let reg = if count_biases {
+                    reg
+                } else {
+                    reg.without_biases()
+                };
                 exact(net, &reg)?.network
             }
             Balancing::Max => {
@@ -294,7 +302,10 @@ pub fn check(
     let mut rows = Vec::new();
     for bal in balancings {
         let balanced = bal.apply(net, count_biases)?;
-        let max_abs_weight = balanced.weights().iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let max_abs_weight = balanced
+            .weights()
+            .iter()
+            .fold(0.0f64, |m, w| m.max(w.abs()));
         for &b in bits {
             for &g in granularities {
                 let q = quantize_network(&balanced, b, g)?;

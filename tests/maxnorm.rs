@@ -4,7 +4,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use synbal::maxnorm::{max_balance, max_flows, pairwise_cle, CleSettings, CycleSearch, MaxSettings};
+use synbal::maxnorm::{
+    max_balance, max_flows, pairwise_cle, CleSettings, CycleSearch, MaxSettings,
+};
 use synbal::measure::relative_distance;
 use synbal::network::builders::{chain, random_dag, random_mlp, random_recurrent};
 use synbal::network::{Activation, Network, NetworkBuilder, Role, NO_GROUP};
@@ -87,7 +89,11 @@ fn the_max_balance_condition_holds_and_the_function_is_unchanged() {
             let sol = max_balance(&net, &settings).unwrap();
             assert!(sol.status.converged(), "{name}: {:?}", sol.status);
             assert!(sol.diagnostics.held_fixed.is_empty(), "{name}");
-            assert!(sol.max_ratio_deviation <= 1e-12, "{name}: {}", sol.max_ratio_deviation);
+            assert!(
+                sol.max_ratio_deviation <= 1e-12,
+                "{name}: {}",
+                sol.max_ratio_deviation
+            );
             // checked again from the weights
             for (g, &(a, b)) in max_flows(&sol.network, count_biases).iter().enumerate() {
                 assert!((a / b - 1.0).abs() <= 1e-12, "{name} group {g}: {a} vs {b}");
@@ -98,7 +104,10 @@ fn the_max_balance_condition_holds_and_the_function_is_unchanged() {
                 .iter()
                 .fold(0.0f64, |m, &(a, b)| m.max(a).max(b));
             assert!((top / sol.max_abs_after - 1.0).abs() < 1e-12, "{name}");
-            assert!(sol.max_abs_after <= sol.max_abs_before * (1.0 + 1e-12), "{name}");
+            assert!(
+                sol.max_abs_after <= sol.max_abs_before * (1.0 + 1e-12),
+                "{name}"
+            );
             let x = inputs(&net, 16);
             let a = net.simulate_constant(&x, 16, steps(&net)).unwrap();
             let b = sol.network.simulate_constant(&x, 16, steps(&net)).unwrap();
@@ -112,9 +121,15 @@ fn the_max_balance_condition_holds_and_the_function_is_unchanged() {
 fn the_cycle_search_matches_the_graph() {
     let search = |net: &Network| max_balance(net, &MaxSettings::default()).unwrap().search;
     assert_eq!(search(&random_mlp(&[3, 4, 2], 0)), CycleSearch::GroundDag);
-    assert_eq!(search(&random_dag(3, 8, 2, 0.5, Activation::Relu, 0)), CycleSearch::GroundDag);
+    assert_eq!(
+        search(&random_dag(3, 8, 2, 0.5, Activation::Relu, 0)),
+        CycleSearch::GroundDag
+    );
     assert_eq!(search(&residual(0)), CycleSearch::Karp);
-    assert_eq!(search(&random_recurrent(2, 4, 1, Activation::Relu, 0)), CycleSearch::Karp);
+    assert_eq!(
+        search(&random_recurrent(2, 4, 1, Activation::Relu, 0)),
+        CycleSearch::Karp
+    );
 }
 
 /// Vertex of a neuron in the group graph: its group, or `ground` for a fixed neuron.
@@ -190,9 +205,14 @@ fn the_max_balanced_weights_do_not_depend_on_the_start() {
                 .collect();
             let mut start = net.clone();
             start.apply_log_scales(&u);
-            let again = max_balance(&start, &MaxSettings::default()).unwrap().network;
+            let again = max_balance(&start, &MaxSettings::default())
+                .unwrap()
+                .network;
             let d = relative_distance(&again, &reference);
-            assert!(d <= 1e-11, "{name}: distance {d} between two max-balanced states");
+            assert!(
+                d <= 1e-11,
+                "{name}: distance {d} between two max-balanced states"
+            );
         }
     }
 }
@@ -217,7 +237,10 @@ fn lp_balanced_states_approach_the_max_balanced_state() {
             assert!(d < last, "{name}: distances {seen:?} do not decrease");
             last = d;
         }
-        assert!(last < 0.05, "{name}: at p = 128 still {last} away: {seen:?}");
+        assert!(
+            last < 0.05,
+            "{name}: at p = 128 still {last} away: {seen:?}"
+        );
         eprintln!("{name}: {seen:?}");
     }
 }
@@ -263,8 +286,11 @@ fn pairwise_cle_equalizes_chains_and_skips_what_the_tools_skip() {
     let res = pairwise_cle(&residual(1), &CleSettings::default()).unwrap();
     assert_eq!(res.equalized, 0);
     assert_eq!(res.skipped.len(), 4);
-    let rec = pairwise_cle(&random_recurrent(2, 5, 1, Activation::Relu, 0), &CleSettings::default())
-        .unwrap();
+    let rec = pairwise_cle(
+        &random_recurrent(2, 5, 1, Activation::Relu, 0),
+        &CleSettings::default(),
+    )
+    .unwrap();
     assert_eq!(rec.equalized, 0);
     // a chain: closed form
     let c = pairwise_cle(&chain(&[1.0, 16.0, 1.0], 0.0), &CleSettings::default()).unwrap();
@@ -277,8 +303,22 @@ fn pairwise_cle_equalizes_chains_and_skips_what_the_tools_skip() {
 fn bad_tolerances_are_refused() {
     let net = chain(&[1.0, 2.0], 0.0);
     for tol in [0.0, -1.0, 1.0, f64::NAN] {
-        assert!(max_balance(&net, &MaxSettings { tol, count_biases: true }).is_err());
-        assert!(pairwise_cle(&net, &CleSettings { threshold: tol, max_sweeps: 5 }).is_err());
+        assert!(max_balance(
+            &net,
+            &MaxSettings {
+                tol,
+                count_biases: true
+            }
+        )
+        .is_err());
+        assert!(pairwise_cle(
+            &net,
+            &CleSettings {
+                threshold: tol,
+                max_sweeps: 5
+            }
+        )
+        .is_err());
     }
 }
 
@@ -288,9 +328,19 @@ fn bad_tolerances_are_refused() {
 fn converged_cle_on_an_mlp_is_max_balance_without_bias_cost() {
     for seed in 0..3 {
         let net = random_mlp(&[6, 9, 7, 5, 3], seed);
-        let cle = pairwise_cle(&net, &CleSettings { threshold: 1e-13, max_sweeps: 100_000 }).unwrap();
+        let cle = pairwise_cle(
+            &net,
+            &CleSettings {
+                threshold: 1e-13,
+                max_sweeps: 100_000,
+            },
+        )
+        .unwrap();
         assert!(cle.status.converged());
-        let settings = MaxSettings { count_biases: false, ..MaxSettings::default() };
+        let settings = MaxSettings {
+            count_biases: false,
+            ..MaxSettings::default()
+        };
         let max = max_balance(&net, &settings).unwrap();
         let d = relative_distance(&cle.network, &max.network);
         assert!(d < 1e-9, "seed {seed}: distance {d}");

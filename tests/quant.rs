@@ -8,8 +8,7 @@ use synbal::io::safetensors::{write_new, FloatDtype, Tensor};
 use synbal::network::builders::{random_layers, random_mlp};
 use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::quant::{
-    q_max, quantize_network, quantize_symmetric, sqnr_db, weight_tensors, Granularity,
-    QuantError,
+    q_max, quantize_network, quantize_symmetric, sqnr_db, weight_tensors, Granularity, QuantError,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_synbal");
@@ -68,7 +67,14 @@ fn tensors_and_channels_of_a_network() {
     // per channel: h1's row has its own Δ = 0.1/3: 0.04/Δ = 1.2 → 1
     let q = quantize_network(&net, 3, Granularity::PerChannel).unwrap();
     let dh1 = 0.1 / 3.0;
-    let expected = [3.0 * d1, -1.0 * d1, 3.0 * dh1, 1.0 * dh1, 3.0 * d2, -1.0 * d2];
+    let expected = [
+        3.0 * d1,
+        -1.0 * d1,
+        3.0 * dh1,
+        1.0 * dh1,
+        3.0 * d2,
+        -1.0 * d2,
+    ];
     assert_eq!(q.weights(), &expected);
     assert_eq!(
         quantize_network(&net, 20, Granularity::PerTensor).unwrap_err(),
@@ -117,9 +123,20 @@ fn quantize_check_runs_on_json_and_safetensors() {
     let net = random_mlp(&[5, 8, 6, 3], 2);
     let json = write_json(dir.path(), &net);
     let o = run(&["quantize-check", s(&json), "--bits", "8,4", "--per-channel"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
-    for name in ["| none | per-tensor", "| cle | per-channel", "| p1 |", "| p2 |", "| inf |"] {
+    for name in [
+        "| none | per-tensor",
+        "| cle | per-channel",
+        "| p1 |",
+        "| p2 |",
+        "| inf |",
+    ] {
         assert!(out.contains(name), "{name} missing from\n{out}");
     }
     // safetensors MLP (PyTorch Sequential names), f32
@@ -137,13 +154,30 @@ fn quantize_check_runs_on_json_and_safetensors() {
     }
     let st = dir.path().join("mlp.safetensors");
     write_new(&st, &tensors, None).unwrap();
-    let o = run(&["quantize-check", s(&st), "--activation", "relu", "--balance", "none,inf"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "quantize-check",
+        s(&st),
+        "--activation",
+        "relu",
+        "--balance",
+        "none,inf",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // given inputs
     let inputs = dir.path().join("x.txt");
     std::fs::write(&inputs, "# two samples\n1,2,3,4,5\n0.5 0 -1 2 3\n").unwrap();
     let o = run(&["quantize-check", s(&json), "--inputs", s(&inputs)]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("2 samples (given)"));
 }
 
@@ -157,10 +191,22 @@ fn quantize_check_refuses_bad_input_with_exit_status_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
     };
-    expect_2(&["quantize-check", s(&json), "--bits", "1"], "outside 2..16");
-    expect_2(&["quantize-check", s(&json), "--bits", "8,17"], "outside 2..16");
-    expect_2(&["quantize-check", s(&json), "--bits", "x"], "not a whole number");
-    expect_2(&["quantize-check", s(&json), "--balance", "p0"], "unknown balancing");
+    expect_2(
+        &["quantize-check", s(&json), "--bits", "1"],
+        "outside 2..16",
+    );
+    expect_2(
+        &["quantize-check", s(&json), "--bits", "8,17"],
+        "outside 2..16",
+    );
+    expect_2(
+        &["quantize-check", s(&json), "--bits", "x"],
+        "not a whole number",
+    );
+    expect_2(
+        &["quantize-check", s(&json), "--balance", "p0"],
+        "unknown balancing",
+    );
     let bad = dir.path().join("x.txt");
     std::fs::write(&bad, "1,2,3,4\n1,2,3\n").unwrap();
     expect_2(
@@ -184,13 +230,28 @@ fn balance_p_inf_and_method_cle_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let net = random_mlp(&[4, 7, 5, 2], 8);
     let json = write_json(dir.path(), &net);
-    for (flags, method) in [(vec!["--p", "inf"], "max-balance"), (vec!["--method", "cle"], "cle")] {
+    for (flags, method) in [
+        (vec!["--p", "inf"], "max-balance"),
+        (vec!["--method", "cle"], "cle"),
+    ] {
         let out = dir.path().join(format!("{method}.json"));
         let report = dir.path().join(format!("{method}.report.json"));
-        let mut args = vec!["balance", s(&json), "--output", s(&out), "--report", s(&report)];
+        let mut args = vec![
+            "balance",
+            s(&json),
+            "--output",
+            s(&out),
+            "--report",
+            s(&report),
+        ];
         args.extend(flags.iter().copied());
         let o = run(&args);
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         assert_eq!(r["p"], "inf");
@@ -208,7 +269,14 @@ fn balance_p_inf_and_method_cle_from_the_command_line() {
     let out = dir.path().join("nb.json");
     let report = dir.path().join("nb.report.json");
     let o = run(&[
-        "balance", s(&json), "--output", s(&out), "--report", s(&report), "--p", "inf",
+        "balance",
+        s(&json),
+        "--output",
+        s(&out),
+        "--report",
+        s(&report),
+        "--p",
+        "inf",
         "--no-bias-cost",
     ]);
     assert_eq!(o.status.code(), Some(0));

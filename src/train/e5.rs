@@ -57,11 +57,19 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn join(s: &[usize]) -> String {
-    s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")
+    s.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn accuracy(mlp: &Mlp, split: &Split) -> Result<f64, ExperimentError> {
-    let ev = mlp.evaluate(&split.test, Task::Classify, Loss::CrossEntropy, Threads::Rayon)?;
+    let ev = mlp.evaluate(
+        &split.test,
+        Task::Classify,
+        Loss::CrossEntropy,
+        Threads::Rayon,
+    )?;
     Ok(ev.accuracy.expect("a classifier"))
 }
 
@@ -189,7 +197,12 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
     }
     Ok(Report {
         name: "e5".into(),
-        data: format!("{} ({} train / {} test)", split.name, split.train.len(), split.test.len()),
+        data: format!(
+            "{} ({} train / {} test)",
+            split.name,
+            split.train.len(),
+            split.test.len()
+        ),
         table,
         metrics,
         files: vec![csv_path, md_path],
@@ -220,7 +233,9 @@ fn e5_table(rows: &[Row], archs: &[Vec<usize>], penalties: &[Penalty]) -> String
             let cell = |bal: &str, bits: u32| {
                 let v: Vec<f64> = rows
                     .iter()
-                    .filter(|r| r.arch == arch && r.penalty == pen && r.balance == bal && r.bits == bits)
+                    .filter(|r| {
+                        r.arch == arch && r.penalty == pen && r.balance == bal && r.bits == bits
+                    })
                     .map(|r| 100.0 * r.accuracy)
                     .collect();
                 let (m, sd) = mean_sd(&v);

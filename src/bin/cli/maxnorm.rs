@@ -47,7 +47,9 @@ pub fn wanted(args: &BalanceArgs) -> bool {
 pub fn run(args: &BalanceArgs) -> Result<u8, Failure> {
     let cle = args.method == MethodArg::Cle;
     if args.elastic_net.is_some() {
-        return Err(bad_input(anyhow!("--elastic-net cannot be combined with --p inf or --method cle")));
+        return Err(bad_input(anyhow!(
+            "--elastic-net cannot be combined with --p inf or --method cle"
+        )));
     }
     if cle && args.p != 2.0 && args.p != f64::INFINITY {
         return Err(bad_input(anyhow!(
@@ -55,7 +57,13 @@ pub fn run(args: &BalanceArgs) -> Result<u8, Failure> {
             args.p
         )));
     }
-    if args.arch.is_some() || args.activation.is_some() || args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+    if args.arch.is_some()
+        || args.activation.is_some()
+        || args
+            .input
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
         return Err(bad_input(anyhow!(
             "{}: --p inf and --method cle read network JSON files; for model files use `synbal quantize-check`",
             args.input.display()
@@ -78,7 +86,8 @@ pub fn run(args: &BalanceArgs) -> Result<u8, Failure> {
             threshold: args.tol.max(1e-15),
             max_sweeps: args.max_iter.unwrap_or(CleSettings::default().max_sweeps),
         };
-        let sol = pairwise_cle(&doc.network, &settings).map_err(|e| bad_input(anyhow!("--tol: {e}")))?;
+        let sol =
+            pairwise_cle(&doc.network, &settings).map_err(|e| bad_input(anyhow!("--tol: {e}")))?;
         let converged = sol.status.converged();
         let summary = format!(
             "pairwise CLE: {} units equalized, {} skipped, {} sweeps, last max |s-1| {:.2e}{}",
@@ -107,7 +116,8 @@ pub fn run(args: &BalanceArgs) -> Result<u8, Failure> {
             tol: args.tol,
             count_biases: !args.no_bias_cost,
         };
-        let sol = max_balance(&doc.network, &settings).map_err(|e| bad_input(anyhow!("--tol: {e}")))?;
+        let sol =
+            max_balance(&doc.network, &settings).map_err(|e| bad_input(anyhow!("--tol: {e}")))?;
         let converged = sol.status.converged();
         let summary = format!(
             "max-norm balance: max |w| {:.6e} -> {:.6e}, max |max_in/max_out - 1| {:.2e}, {} contractions ({:?}), {:.3} s{}",

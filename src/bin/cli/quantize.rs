@@ -139,7 +139,11 @@ fn read_inputs(path: &Path, n_in: usize) -> anyhow::Result<(Vec<f64>, usize)> {
             ));
         }
         if let Some(v) = vals.iter().find(|v| !v.is_finite()) {
-            return Err(anyhow!("{} line {}: value {v} is not finite", path.display(), k + 1));
+            return Err(anyhow!(
+                "{} line {}: value {v} is not finite",
+                path.display(),
+                k + 1
+            ));
         }
         samples.push(vals);
     }
@@ -161,7 +165,9 @@ pub fn run(args: QuantizeArgs) -> Result<u8, Failure> {
     let bits = parse_bits(&args.bits)?;
     let balancings = parse_balancings(&args.balance)?;
     if args.samples == 0 || args.steps == 0 {
-        return Err(bad_input(anyhow!("--samples and --steps must be at least 1")));
+        return Err(bad_input(anyhow!(
+            "--samples and --steps must be at least 1"
+        )));
     }
     let is_model = args
         .model
