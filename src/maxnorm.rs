@@ -477,7 +477,7 @@ fn best_cycle_karp(n: usize, edges: &[QEdge], ground: u32, live: &[bool]) -> Opt
             let mut l = Vec::new();
             for q in (from..pos).rev() {
                 let (y, k) = walk[q];
-                nodes.push(verts[y] as u32);
+                nodes.push(verts[y]);
                 l.push(local[k as usize].l);
             }
             // in time order: nodes[0]'s incoming edge l[0] leaves x = nodes[k−1]
@@ -525,7 +525,7 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
     let fwd = reach(n, &edges, ground, true);
     let bwd = reach(n, &edges, ground, false);
     for g in 0..groups {
-        if !held[g] && !(fwd[g] && bwd[g]) {
+        if !(fwd[g] && bwd[g]) {
             held[g] = true;
         }
     }

@@ -285,6 +285,7 @@ pub struct CheckRow {
 
 /// Runs every balancing × bit width × granularity on inputs `x` (`x[k·batch + b]`), comparing the
 /// last-step outputs with those of the float `net`.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     net: &Network,
     balancings: &[Balancing],

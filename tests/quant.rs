@@ -61,7 +61,7 @@ fn tensors_and_channels_of_a_network() {
     // per tensor, 3 bits (q_max 3): layer 1 Δ = 1/3, layer 2 Δ = 0.5/3
     let q = quantize_network(&net, 3, Granularity::PerTensor).unwrap();
     let (d1, d2) = (1.0 / 3.0, 0.5 / 3.0);
-    let expected = [3.0 * d1, -1.0 * d1, 0.0, 0.0, 3.0 * d2, -1.0 * d2];
+    let expected = [3.0 * d1, -d1, 0.0, 0.0, 3.0 * d2, -d2];
     assert_eq!(q.weights(), &expected);
     assert_eq!(q.biases(), net.biases(), "biases stay in float");
     // per channel: h1's row has its own Δ = 0.1/3: 0.04/Δ = 1.2 → 1
@@ -69,11 +69,11 @@ fn tensors_and_channels_of_a_network() {
     let dh1 = 0.1 / 3.0;
     let expected = [
         3.0 * d1,
-        -1.0 * d1,
+        -d1,
         3.0 * dh1,
         1.0 * dh1,
         3.0 * d2,
-        -1.0 * d2,
+        -d2,
     ];
     assert_eq!(q.weights(), &expected);
     assert_eq!(
