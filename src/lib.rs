@@ -20,6 +20,7 @@
 //! - [`mod@balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
 //! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
+//! - [`maxnorm`]: max-norm (`p = ∞`) balance and pairwise CLE; [`quant`]: weight quantization.
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
 //! - [`io`]: network JSON, safetensors model files, reports.
 //! - With the `plot` feature: [`plot`] (PNG/SVG figures), [`verify`] and [`demo`] (many local runs
@@ -52,11 +53,13 @@ pub mod balance;
 pub mod demo;
 pub mod graph;
 pub mod io;
+pub mod maxnorm;
 pub mod measure;
 pub mod network;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod problem;
+pub mod quant;
 pub mod regularizer;
 pub mod solve;
 pub mod structure;

@@ -35,6 +35,10 @@ enum Command {
     /// L2/L1 training), e2 (drift under plain SGD), e3 (uniqueness), e4 (balancing and learning
     /// speed), or all.
     Experiment(cli::experiment::ExperimentArgs),
+    /// Quantize the weights (symmetric round-to-nearest, per tensor or per channel) before and
+    /// after each balancing, and report the output SQNR against the float model.
+    #[command(name = "quantize-check", after_help = cli::EXIT_CODES)]
+    QuantizeCheck(cli::quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Experiment(args) => cli::experiment::run(args),
+        Command::QuantizeCheck(args) => cli::quantize::run(args),
     };
     cli::finish(result)
 }

@@ -6,6 +6,7 @@
 
 pub mod common;
 pub mod data;
+pub mod e5;
 pub mod experiments;
 pub mod learning;
 pub mod mlp;

@@ -24,7 +24,7 @@ pub struct BalanceArgs {
     /// Where to write the balanced network (same format, only weights and biases changed).
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Exponent p of the L_p cost (p > 0).
+    /// Exponent p of the L_p cost (p > 0), or `inf` for exact max-norm balance.
     #[arg(
         long,
         default_value_t = 2.0,
@@ -39,9 +39,9 @@ pub struct BalanceArgs {
     #[arg(long)]
     pub no_bias_cost: bool,
     /// Solver: newton, lbfgs, newton-cg, stochastic, stochastic-uniform, cyclic,
-    /// cyclic-backward, greedy, parallel.
-    #[arg(long, default_value = "newton", value_parser = parse_method)]
-    pub method: Method,
+    /// cyclic-backward, greedy, parallel; or cle (pairwise cross-layer equalization).
+    #[arg(long, default_value = "newton", value_parser = super::maxnorm::parse_method_arg)]
+    pub method: super::maxnorm::MethodArg,
     /// Stop when the maximum relative imbalance over free neurons is below TOL (0 < TOL < 1).
     #[arg(long, default_value = "1e-12", allow_negative_numbers = true)]
     pub tol: f64,
@@ -95,10 +95,6 @@ impl BalanceArgs {
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
     }
-}
-
-fn parse_method(s: &str) -> Result<Method, String> {
-    s.parse::<Method>().map_err(|e| e.to_string())
 }
 
 fn parse_linear_solver(s: &str) -> Result<LinearSolver, String> {
@@ -180,6 +176,9 @@ impl Observer for Progress {
 
 /// Runs `synbal balance`.
 pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
+    if super::maxnorm::wanted(&args) {
+        return super::maxnorm::run(&args);
+    }
     // Settings first: bad flags are reported before any file is touched.
     let reg = match args.elastic_net {
         Some((l1, l2)) => Regularizer::elastic_net(l1, l2)
@@ -205,7 +204,7 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
         ),
     };
     let settings = Settings {
-        method: args.method,
+        method: args.method.solver(),
         tol: args.tol,
         max_iterations: args.max_iter,
         seed: args.seed,

@@ -12,8 +12,8 @@ use synbal::train::mlp::VelocityRule;
 #[derive(Args, Debug)]
 pub struct ExperimentArgs {
     /// e1 (emergence), e2 (drift), e3 (uniqueness), e4 (learning), e4-lr (learning-rate sweep),
-    /// e4-momentum (balancing under momentum), e6 (limited data), e6-rnn (recurrent, limited
-    /// data), or all (e1–e4 and e6).
+    /// e4-momentum (balancing under momentum), e5 (quantization), e6 (limited data), e6-rnn
+    /// (recurrent, limited data), or all (e1–e4 and e6).
     pub name: String,
     /// MNIST IDX directory (gzip or raw files with the standard names); default: the embedded
     /// UCI 8x8 digits.
@@ -109,7 +109,11 @@ pub fn run(args: ExperimentArgs) -> Result<u8, Failure> {
         vec![args.name.as_str()]
     };
     for name in names {
-        let report = run_experiment(name, &options).map_err(bad_input)?;
+        let report = match name {
+            "e5" => synbal::train::e5::e5_quantization(&options),
+            _ => run_experiment(name, &options),
+        }
+        .map_err(bad_input)?;
         println!("{report}");
     }
     Ok(0)

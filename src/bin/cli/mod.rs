@@ -4,6 +4,8 @@ pub mod balance;
 pub mod demo;
 pub mod experiment;
 pub mod inspect;
+pub mod maxnorm;
+pub mod quantize;
 pub mod verify;
 
 use std::process::ExitCode;
