@@ -47,6 +47,8 @@ enum Value {
     Stored(String),
     /// Computed from constants and shapes only.
     Static,
+    /// A dequantized integer tensor (`DequantizeLinear` of this stored tensor).
+    Quantized(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +70,18 @@ const FIXED_OPS: &[&str] = &[
     "MeanVarianceNormalization", "Sin", "Cos", "Sign", "Round", "Floor", "Ceil", "ThresholdedRelu",
     "Shrink", "Hardmax", "ArgMax", "ArgMin", "TopK", "Cast", "Einsum",
 ];
+
+/// Ops of [`FIXED_OPS`] (and Clip) whose output has the shape of their first input.
+const SHAPE_KEEPING: &[&str] = &[
+    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax", "Gelu", "Erf", "Exp",
+    "Log", "Sqrt", "Reciprocal", "Pow", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LRN",
+    "MeanVarianceNormalization", "Sin", "Cos", "Sign", "Round", "Floor", "Ceil", "ThresholdedRelu",
+    "Shrink", "Hardmax", "Cast", "Clip", "Mul", "Div", "BatchNormalization", "Add", "Sub",
+];
+
+/// Quantized ops: their weights are integers.
+const QUANTIZED_OPS: &[&str] = &["QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"];
 
 /// Ops that commute with a positive per-channel scale and keep the channels where they are.
 const PASS_OPS: &[&str] = &[
@@ -252,12 +266,25 @@ impl Converter<'_> {
         self.values.insert(name.to_string(), Value::Act(act));
     }
 
-    /// A stored tensor input (canonical name), `None` for an activation or a computed value.
+    /// A stored tensor input (canonical name), `None` for an activation or a computed value; a
+    /// dequantized integer tensor is an error (the model is already quantized).
     fn stored(&self, node: &onnx::NodeProto, i: usize) -> Result<Option<String>, OnnxError> {
         Ok(match self.input(node, i)? {
             Some(Value::Stored(s)) => Some(s),
+            Some(Value::Quantized(t)) => return Err(self.quantized(&t)),
             _ => None,
         })
+    }
+
+    fn quantized(&self, t: &str) -> OnnxError {
+        let data_type = self
+            .file
+            .stored_tensor(t)
+            .map_or("an integer type".to_string(), |s| super::file::data_type_name(s.data_type));
+        OnnxError::IntegerWeight {
+            name: t.to_string(),
+            data_type,
+        }
     }
 
     fn ints_input(&self, node: &onnx::NodeProto, i: usize) -> Option<Vec<i64>> {
@@ -294,17 +321,22 @@ impl Converter<'_> {
                 }
             }
         }
+        let first = match self.input(node, 0)? {
+            Some(Value::Act(a)) if SHAPE_KEEPING.contains(&node.op_type()) => Some(a),
+            _ => None,
+        };
         let id = self.push(node_name(node), Op::Fixed { kind }, inputs);
         for o in node.output.iter().filter(|o| !o.is_empty()) {
-            self.set(
-                o,
-                Act {
+            let act = match first {
+                Some(a) => Act { node: id, ..a },
+                None => Act {
                     node: id,
                     rank: None,
                     axis: 1,
                     channels: None,
                 },
-            );
+            };
+            self.set(o, act);
         }
         Ok(())
     }
@@ -358,6 +390,27 @@ impl Converter<'_> {
                 }
             }
             return Ok(());
+        }
+        if op == "DequantizeLinear" || QUANTIZED_OPS.contains(&op) {
+            let w = match op {
+                "DequantizeLinear" => 0,
+                "ConvInteger" | "MatMulInteger" => 1,
+                _ => 3,
+            };
+            let t = match self.input(node, w)? {
+                Some(Value::Stored(t)) => Some(t),
+                Some(Value::Quantized(t)) => Some(t),
+                _ => None,
+            };
+            if let Some(t) = t {
+                if QUANTIZED_OPS.contains(&op) {
+                    return Err(self.quantized(&t));
+                }
+                if let Some(o) = node.output.first() {
+                    self.values.insert(o.clone(), Value::Quantized(t));
+                }
+                return Ok(());
+            }
         }
         let mut acts = vec![];
         for i in 0..node.input.len() {
@@ -733,7 +786,9 @@ impl Converter<'_> {
 
     /// `[N, …] → [N, features]` with the channels on axis `a.axis`.
     fn flatten_to_2d(&mut self, node: &onnx::NodeProto, a: Act) -> Result<(), OnnxError> {
-        let rank = a.rank.ok_or_else(|| self.dynamic(node, "input rank"))?;
+        let Some(rank) = a.rank else {
+            return self.fixed(node, format!("{} of a tensor of unknown rank", node.op_type()));
+        };
         if rank == 2 {
             self.alias(node, Act { axis: 1, ..a });
             return Ok(());
@@ -790,7 +845,9 @@ impl Converter<'_> {
         let Some(axes) = axes else {
             return self.fixed(node, format!("{} with computed axes", node.op_type()));
         };
-        let rank = a.rank.ok_or_else(|| self.dynamic(node, "input rank"))?;
+        let Some(rank) = a.rank else {
+            return self.fixed(node, format!("{} of a tensor of unknown rank", node.op_type()));
+        };
         let new_rank = if unsqueeze { rank + axes.len() } else { rank - axes.len().min(rank) };
         let mut axes: Vec<usize> = axes
             .iter()
