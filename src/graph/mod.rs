@@ -7,6 +7,11 @@
 //! [`crate::structured::spec::TensorSource`]. The analysis that turns a graph into a
 //! [`crate::structured::spec::ProblemSpec`] decides which units are free.
 
+pub mod analysis;
+pub mod cost;
+pub mod reference;
+pub mod values;
+
 /// Index of a node in [`LayerGraph::nodes`].
 pub type NodeId = usize;
 

@@ -11,7 +11,9 @@
 //! names and shapes alone.
 
 use super::safetensors::SafetensorsFile;
+use crate::graph::{LayerGraph, Node, NodeId, Op};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -64,19 +66,25 @@ pub enum RnnNonlinearity {
 /// What a layer does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
-    /// `y = W x + b`, `W: [out, in]`.
+    /// `y = W x + b`, `W: [out, in]` (or `[in, out]` when `in_major`: MatMul, Gemm with
+    /// `transB = 0`).
     Linear {
         /// Weight tensor name.
         weight: String,
+        /// The weight is stored `[in, out]`.
+        in_major: bool,
         /// Bias tensor name.
         bias: Option<String>,
         /// Whether a missing bias tensor is acceptable (names derived from a `prefix`).
         bias_optional: bool,
     },
-    /// Convolution, `W: [out, in/groups, k_1, …, k_dims]`; one scale per output channel.
+    /// Convolution, `W: [out, in/groups, k_1, …, k_dims]`, or transposed convolution,
+    /// `W: [in, out/groups, k_1, …]`; one scale per output channel.
     Conv {
         /// Spatial dimensions (1, 2 or 3).
         dims: usize,
+        /// Transposed convolution.
+        transposed: bool,
         /// Weight tensor name.
         weight: String,
         /// Bias tensor name.
@@ -90,8 +98,33 @@ pub enum LayerKind {
     /// scaling: ReLU, LeakyReLU, Identity, Dropout (eval), max/average pooling. The name is kept
     /// for reports.
     PassThrough(String),
-    /// `torch.flatten(x, 1)`: channel `c` of `[N, C, …]` becomes a contiguous block of features.
-    Flatten,
+    /// `torch.flatten(x, 1)`: channel `c` of `[N, C, …]` becomes a contiguous block of features,
+    /// or with `channels_last` (after a permute that moves the channel axis last) every `C`-th
+    /// feature.
+    Flatten {
+        /// The channel is the fastest-varying index of the flattened features.
+        channels_last: bool,
+    },
+    /// A permutation of the axes (`permute`, `transpose`): tracked only for where the channel axis
+    /// goes (`channels_last` when it moves to the end), which decides the next flatten.
+    Permute {
+        /// The channel axis is moved to the last position.
+        channels_last: bool,
+    },
+    /// Concatenation of the inputs on the channel axis.
+    Concat,
+    /// Channels `start..end` of the input (`slice`, or one part of a `split`).
+    Slice {
+        /// First channel.
+        start: usize,
+        /// One past the last channel.
+        end: usize,
+    },
+    /// `y = x + b` with a constant per channel: a bias of the units of `x`.
+    AddBias {
+        /// Tensor of `b`.
+        bias: String,
+    },
     /// A non-homogeneous op (tanh, sigmoid, GELU, softmax, …): its inputs are fixed neurons.
     Fixed(String),
     /// BatchNorm in eval mode: `y = γ (x − μ)/sqrt(var + eps) + β` per channel.
@@ -107,10 +140,11 @@ pub enum LayerKind {
         /// `eps` (PyTorch default 1e-5).
         eps: f64,
     },
-    /// Residual connection: adds the value saved under this name to the current value.
+    /// Element-wise sum: a residual connection adding the value saved under `from` to the current
+    /// value, or the sum of the layer's `inputs`.
     Add {
-        /// The saved value (a layer's `save` name, or `input`).
-        from: String,
+        /// The saved value (a layer's `save` or `name`, or `input`); `None` when `inputs` are given.
+        from: Option<String>,
     },
     /// One layer of an Elman RNN: `h_t = f(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh)`.
     Rnn {
@@ -134,9 +168,18 @@ impl LayerKind {
     pub fn type_name(&self) -> String {
         match self {
             LayerKind::Linear { .. } => "linear".into(),
-            LayerKind::Conv { dims, .. } => format!("conv{dims}d"),
+            LayerKind::Conv {
+                dims,
+                transposed: false,
+                ..
+            } => format!("conv{dims}d"),
+            LayerKind::Conv { dims, .. } => format!("conv_transpose{dims}d"),
             LayerKind::PassThrough(s) | LayerKind::Fixed(s) => s.clone(),
-            LayerKind::Flatten => "flatten".into(),
+            LayerKind::Flatten { .. } => "flatten".into(),
+            LayerKind::Permute { .. } => "permute".into(),
+            LayerKind::Concat => "concat".into(),
+            LayerKind::Slice { .. } => "slice".into(),
+            LayerKind::AddBias { .. } => "add_bias".into(),
             LayerKind::BatchNorm { .. } => "batch_norm".into(),
             LayerKind::Add { .. } => "add".into(),
             LayerKind::Rnn { nonlinearity, .. } => match nonlinearity {
@@ -148,15 +191,27 @@ impl LayerKind {
 }
 
 /// One layer of the description.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Layer {
     /// What it does.
     pub kind: LayerKind,
     /// Name under which its output is kept for a later `add`.
     pub save: Option<String>,
+    /// Its name (reports; later layers may name it in `inputs`).
+    pub name: Option<String>,
+    /// The layers it reads, by name (`input` is the model input); `None`: the previous layer.
+    pub inputs: Option<Vec<String>>,
+    /// Its tensors may already be used by an earlier layer (weight tying).
+    pub tied: bool,
 }
 
-/// A model architecture: an optional input size and a sequence of layers.
+impl Default for LayerKind {
+    fn default() -> Self {
+        LayerKind::PassThrough("identity".into())
+    }
+}
+
+/// A model architecture: an optional input size and a DAG of layers in order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Architecture {
     /// Number of input features or channels; inferred from the first layer with weights when
@@ -164,12 +219,15 @@ pub struct Architecture {
     pub input_size: Option<usize>,
     /// The layers, in order.
     pub layers: Vec<Layer>,
+    /// The model outputs, by layer name; `None`: every layer that no other layer reads.
+    pub outputs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 struct RawArch {
     input_size: Option<usize>,
     layers: Vec<serde_json::Value>,
+    outputs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,6 +252,18 @@ struct RawLayer {
     layer: Option<usize>,
     num_layers: Option<usize>,
     bidirectional: Option<bool>,
+    name: Option<String>,
+    inputs: Option<Vec<String>>,
+    tied: Option<bool>,
+    in_major: Option<bool>,
+    channels_last: Option<bool>,
+    dims: Option<Vec<i64>>,
+    start: Option<usize>,
+    end: Option<usize>,
+    sizes: Option<Vec<usize>>,
+    index: Option<usize>,
+    value: Option<f64>,
+    op: Option<String>,
 }
 
 /// Normalises a type name: lower case, `_` and `-` removed.
@@ -225,6 +295,25 @@ const PASS: &[&str] = &[
     "adaptivemaxpool1d",
     "adaptivemaxpool2d",
     "adaptivemaxpool3d",
+    "globalavgpool",
+    "globalmaxpool",
+    "globalaveragepool",
+    "lppool1d",
+    "lppool2d",
+    "prelu",
+    "rrelu",
+    "upsample",
+    "upsamplingnearest2d",
+    "upsamplingbilinear2d",
+    "resize",
+    "interpolate",
+    "pad",
+    "zeropad1d",
+    "zeropad2d",
+    "zeropad3d",
+    "constantpad1d",
+    "constantpad2d",
+    "constantpad3d",
 ];
 
 const FIXED: &[&str] = &[
@@ -238,6 +327,21 @@ const FIXED: &[&str] = &[
     "softmax",
     "logsoftmax",
     "fixed",
+    "relu6",
+    "clip",
+    "hardtanh",
+    "hardswish",
+    "hardsigmoid",
+    "mish",
+    "softsign",
+    "layernorm",
+    "groupnorm",
+    "instancenorm1d",
+    "instancenorm2d",
+    "instancenorm3d",
+    "localresponsenorm",
+    "celu",
+    "logsigmoid",
 ];
 
 /// Parses the kind of a homogeneous or fixed activation name (`relu`, `leaky_relu`, `identity`,
@@ -307,26 +411,49 @@ impl Architecture {
                     .or_else(|| r.prefix.as_ref().map(|p| format!("{p}.{suffix}")))
             };
             let bias_optional = r.bias.is_none();
-            let mut push = |kind: LayerKind, save: Option<String>| {
-                layers.push(Layer { kind, save });
+            let push = |layers: &mut Vec<Layer>, kind: LayerKind, save: Option<String>| {
+                layers.push(Layer {
+                    kind,
+                    save,
+                    name: r.name.clone(),
+                    inputs: r.inputs.clone(),
+                    tied: r.tied.unwrap_or(false),
+                });
+            };
+            let conv_dims = |n: &str| -> Option<(usize, bool)> {
+                let (rest, transposed) = match n.strip_prefix("convtranspose") {
+                    Some(rest) => (rest, true),
+                    None => (n.strip_prefix("conv")?, false),
+                };
+                match rest {
+                    "1d" => Some((1, transposed)),
+                    "2d" => Some((2, transposed)),
+                    "3d" => Some((3, transposed)),
+                    _ => None,
+                }
             };
             match n.as_str() {
-                "linear" => push(
+                "linear" | "matmul" | "gemm" => push(
+                    &mut layers,
                     LayerKind::Linear {
                         weight: named(r.weight.clone(), "weight", "weight")?,
+                        in_major: r.in_major.unwrap_or(n == "matmul"),
                         bias: opt(&r.bias, "bias"),
                         bias_optional,
                     },
                     r.save.clone(),
                 ),
-                "conv1d" | "conv2d" | "conv3d" => {
+                c if conv_dims(c).is_some() => {
+                    let (dims, transposed) = conv_dims(c).unwrap_or((2, false));
                     let groups = r.groups.unwrap_or(1);
                     if groups == 0 {
                         return Err(err("`groups` must be at least 1".into()));
                     }
                     push(
+                        &mut layers,
                         LayerKind::Conv {
-                            dims: (n.as_bytes()[4] - b'0') as usize,
+                            dims,
+                            transposed,
                             weight: named(r.weight.clone(), "weight", "weight")?,
                             bias: opt(&r.bias, "bias"),
                             bias_optional,
@@ -335,13 +462,69 @@ impl Architecture {
                         r.save.clone(),
                     )
                 }
-                "flatten" => push(LayerKind::Flatten, r.save.clone()),
+                "flatten" | "reshape" | "view" => push(
+                    &mut layers,
+                    LayerKind::Flatten {
+                        channels_last: r.channels_last.unwrap_or(false),
+                    },
+                    r.save.clone(),
+                ),
+                "permute" | "transpose" => {
+                    let dims = r.dims.clone().ok_or_else(|| {
+                        err("needs `dims` (the axis order, e.g. [0, 2, 3, 1])".into())
+                    })?;
+                    let channels_last = match dims.iter().position(|&d| d == 1) {
+                        Some(p) => p + 1 == dims.len(),
+                        None => return Err(err("`dims` must contain the channel axis 1".into())),
+                    };
+                    if dims.first() != Some(&0) {
+                        return Err(err("`dims` must keep the batch axis 0 first".into()));
+                    }
+                    push(&mut layers, LayerKind::Permute { channels_last }, r.save.clone())
+                }
+                "concat" | "cat" => push(&mut layers, LayerKind::Concat, r.save.clone()),
+                "slice" | "split" | "narrow" => {
+                    let (start, end) = match (&r.sizes, r.index, r.start, r.end) {
+                        (Some(sizes), Some(k), _, _) if k < sizes.len() => {
+                            let start: usize = sizes[..k].iter().sum();
+                            (start, start + sizes[k])
+                        }
+                        (None, _, Some(a), Some(b)) if a < b => (a, b),
+                        _ => {
+                            return Err(err(
+                                "needs `start` < `end`, or `sizes` and an `index` below their count"
+                                    .into(),
+                            ))
+                        }
+                    };
+                    push(&mut layers, LayerKind::Slice { start, end }, r.save.clone())
+                }
+                "addbias" | "addconstant" => push(
+                    &mut layers,
+                    LayerKind::AddBias {
+                        bias: named(r.bias.clone(), "bias", "bias")?,
+                    },
+                    r.save.clone(),
+                ),
+                "mul" | "div" | "scale" => {
+                    match r.value {
+                        Some(v) if v.is_finite() && v != 0.0 => {}
+                        _ => {
+                            return Err(err(
+                                "needs a finite, nonzero constant `value` (a positive scale or its inverse)"
+                                    .into(),
+                            ))
+                        }
+                    }
+                    push(&mut layers, LayerKind::PassThrough(n.clone()), r.save.clone())
+                }
                 "batchnorm" | "batchnorm1d" | "batchnorm2d" | "batchnorm3d" => {
                     let eps = r.eps.unwrap_or(1e-5);
                     if !(eps.is_finite() && eps >= 0.0) {
                         return Err(err(format!("`eps` must be finite and >= 0, got {eps}")));
                     }
                     push(
+                        &mut layers,
                         LayerKind::BatchNorm {
                             weight: opt(&r.weight, "weight"),
                             bias: opt(&r.bias, "bias"),
@@ -361,11 +544,19 @@ impl Architecture {
                     )
                 }
                 "add" => {
-                    let from = r
-                        .from
-                        .clone()
-                        .ok_or_else(|| err("needs `from` (a saved name or `input`)".into()))?;
-                    push(LayerKind::Add { from }, r.save.clone())
+                    if r.from.is_none() && r.inputs.as_ref().is_none_or(|i| i.len() < 2) {
+                        return Err(err(
+                            "needs `from` (a saved name or `input`) or at least two `inputs`"
+                                .into(),
+                        ));
+                    }
+                    push(
+                        &mut layers,
+                        LayerKind::Add {
+                            from: r.from.clone(),
+                        },
+                        r.save.clone(),
+                    )
                 }
                 "rnn" => {
                     if r.bidirectional == Some(true) {
@@ -407,6 +598,7 @@ impl Architecture {
                             None
                         };
                         push(
+                            &mut layers,
                             LayerKind::Rnn {
                                 weight_ih: name(&r.weight_ih, "weight_ih")?,
                                 weight_hh: name(&r.weight_hh, "weight_hh")?,
@@ -417,13 +609,26 @@ impl Architecture {
                             },
                             save,
                         );
+                        // Only the first layer reads the given inputs; only the last is named.
+                        if let Some(l) = layers.last_mut() {
+                            if k > first {
+                                l.inputs = None;
+                            }
+                            if k + 1 < first + count {
+                                l.name = None;
+                            }
+                        }
                     }
                 }
+                "fixed" => {
+                    let kind = r.op.as_deref().map_or("fixed".into(), |o| format!("fixed ({o})"));
+                    push(&mut layers, LayerKind::Fixed(kind), r.save.clone())
+                }
                 other if PASS.contains(&other) => {
-                    push(LayerKind::PassThrough(other.to_string()), r.save.clone())
+                    push(&mut layers, LayerKind::PassThrough(other.to_string()), r.save.clone())
                 }
                 other if FIXED.contains(&other) => {
-                    push(LayerKind::Fixed(other.to_string()), r.save.clone())
+                    push(&mut layers, LayerKind::Fixed(other.to_string()), r.save.clone())
                 }
                 _ => return Err(ArchError::UnknownType { index, name: ty }),
             }
@@ -431,6 +636,7 @@ impl Architecture {
         Ok(Architecture {
             input_size: raw.input_size,
             layers,
+            outputs: raw.outputs,
         })
     }
 
@@ -551,15 +757,16 @@ pub fn infer_mlp(file: &SafetensorsFile, activation: &str) -> Result<Architectur
         layers.push(Layer {
             kind: LayerKind::Linear {
                 weight: format!("{prefix}.weight"),
+                in_major: false,
                 bias: bias.map(|_| format!("{prefix}.bias")),
                 bias_optional: false,
             },
-            save: None,
+            ..Layer::default()
         });
         if k + 1 < n {
             layers.push(Layer {
                 kind: act.clone(),
-                save: None,
+                ..Layer::default()
             });
         }
         prev = Some((prefix, out));
@@ -567,5 +774,319 @@ pub fn infer_mlp(file: &SafetensorsFile, activation: &str) -> Result<Architectur
     Ok(Architecture {
         input_size: None,
         layers,
+        outputs: None,
     })
+}
+
+/// An architecture as a layer graph, with the layer of every node (node 0, the model input, has
+/// none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchGraph {
+    /// The graph.
+    pub graph: LayerGraph,
+    /// Index in [`Architecture::layers`] of each node.
+    pub layer_of_node: Vec<Option<usize>>,
+}
+
+impl LayerKind {
+    /// The tensors this layer reads.
+    fn tensors(&self) -> Vec<&String> {
+        match self {
+            LayerKind::Linear { weight, bias, .. } | LayerKind::Conv { weight, bias, .. } => {
+                std::iter::once(weight).chain(bias).collect()
+            }
+            LayerKind::BatchNorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                ..
+            } => [Some(running_mean), Some(running_var), weight.as_ref(), bias.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+            LayerKind::Rnn {
+                weight_ih,
+                weight_hh,
+                bias_ih,
+                bias_hh,
+                ..
+            } => [Some(weight_ih), Some(weight_hh), bias_ih.as_ref(), bias_hh.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+            LayerKind::AddBias { bias } => vec![bias],
+            _ => vec![],
+        }
+    }
+
+    /// The node name derived from the tensors (`fc1` for `fc1.weight`), if any.
+    fn tensor_prefix(&self) -> Option<String> {
+        let strip = |s: &String, suffix: &str| s.strip_suffix(suffix).unwrap_or(s).to_string();
+        match self {
+            LayerKind::Linear { weight, .. } | LayerKind::Conv { weight, .. } => {
+                Some(strip(weight, ".weight"))
+            }
+            LayerKind::BatchNorm { running_mean, .. } => Some(strip(running_mean, ".running_mean")),
+            LayerKind::Rnn { weight_ih, .. } => Some(strip(weight_ih, ".weight_ih_l0")),
+            LayerKind::AddBias { bias } => Some(bias.clone()),
+            _ => None,
+        }
+    }
+
+    /// Number of input channels the layer's tensors expect, when they say.
+    fn expected_inputs(&self, shape: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<usize> {
+        match self {
+            LayerKind::Linear {
+                weight, in_major, ..
+            } => shape(weight).and_then(|s| s.get(usize::from(!in_major)).copied()),
+            LayerKind::Conv {
+                weight,
+                transposed,
+                groups,
+                ..
+            } => shape(weight).and_then(|s| {
+                if *transposed {
+                    s.first().copied()
+                } else {
+                    s.get(1).map(|c| c * groups)
+                }
+            }),
+            LayerKind::Rnn { weight_ih, .. } => shape(weight_ih).and_then(|s| s.get(1).copied()),
+            LayerKind::BatchNorm { running_mean, .. } => {
+                shape(running_mean).and_then(|s| s.first().copied())
+            }
+            _ => None,
+        }
+    }
+
+    /// The graph op of this layer (`channels_last` for a flatten after a permute; optional biases
+    /// resolved with `exists`).
+    fn op(&self, channels_last: bool, exists: &dyn Fn(&str) -> bool) -> Op {
+        let opt = |b: &Option<String>, optional: bool| {
+            b.clone().filter(|b| !optional || exists(b))
+        };
+        match self {
+            LayerKind::Linear {
+                weight,
+                in_major,
+                bias,
+                bias_optional,
+            } => Op::Linear {
+                weight: weight.clone(),
+                in_major: *in_major,
+                bias: opt(bias, *bias_optional),
+            },
+            LayerKind::Conv {
+                transposed,
+                weight,
+                bias,
+                bias_optional,
+                groups,
+                ..
+            } => Op::Conv {
+                weight: weight.clone(),
+                bias: opt(bias, *bias_optional),
+                groups: *groups,
+                transposed: *transposed,
+            },
+            LayerKind::PassThrough(k) => Op::PassThrough { kind: k.clone() },
+            LayerKind::Permute { .. } => Op::PassThrough {
+                kind: "permute".into(),
+            },
+            LayerKind::Flatten { channels_last: c } => Op::Flatten {
+                channels_last: *c || channels_last,
+            },
+            LayerKind::Fixed(k) => Op::Fixed { kind: k.clone() },
+            LayerKind::Concat => Op::Concat,
+            LayerKind::Slice { start, end } => Op::Slice {
+                start: *start,
+                end: *end,
+            },
+            LayerKind::AddBias { bias } => Op::AddBias { bias: bias.clone() },
+            LayerKind::Add { .. } => Op::Add,
+            LayerKind::BatchNorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps,
+            } => Op::BatchNorm {
+                weight: weight.clone(),
+                bias: bias.clone(),
+                mean: running_mean.clone(),
+                var: running_var.clone(),
+                eps: *eps,
+            },
+            LayerKind::Rnn {
+                weight_ih,
+                weight_hh,
+                bias_ih,
+                bias_hh,
+                bias_optional,
+                nonlinearity,
+            } => Op::Rnn {
+                weight_ih: weight_ih.clone(),
+                weight_hh: weight_hh.clone(),
+                bias_ih: opt(bias_ih, *bias_optional),
+                bias_hh: opt(bias_hh, *bias_optional),
+                relu: *nonlinearity == RnnNonlinearity::Relu,
+            },
+        }
+    }
+}
+
+impl Architecture {
+    /// The layer graph of this description. `shape` gives a tensor's shape (`None` when absent):
+    /// it resolves biases named through a `prefix` that the file does not have, and the input size
+    /// when `input_size` is not given. Node 0 is the model input (`input`); each layer is one node
+    /// reading its `inputs` (default: the previous layer; an `add` with `from` reads the previous
+    /// layer and `from`). A tensor may belong to one layer only, unless the later layer is
+    /// `tied`. The outputs are `outputs`, or every layer that no layer reads.
+    ///
+    /// ```
+    /// use synbal::io::arch::Architecture;
+    /// let a = Architecture::from_json(r#"{"input_size": 3, "layers": [
+    ///     {"type": "conv2d", "prefix": "a", "name": "a"},
+    ///     {"type": "conv2d", "prefix": "b", "inputs": ["input"]},
+    ///     {"type": "concat", "inputs": ["a", "b"]}]}"#).unwrap();
+    /// let g = a.to_graph(&|_| Some(vec![4, 3, 1, 1])).unwrap().graph;
+    /// assert_eq!(g.nodes[3].inputs, vec![1, 2]);
+    /// assert_eq!(g.outputs, vec![3]);
+    /// ```
+    pub fn to_graph(
+        &self,
+        shape: &dyn Fn(&str) -> Option<Vec<usize>>,
+    ) -> Result<ArchGraph, ArchError> {
+        let mut nodes = vec![Node {
+            name: "input".into(),
+            op: Op::Input { channels: 0 },
+            inputs: vec![],
+        }];
+        let mut layer_of_node = vec![None];
+        let mut refs: HashMap<String, NodeId> = HashMap::from([("input".to_string(), 0)]);
+        let mut owner: HashMap<&String, usize> = HashMap::new();
+        let mut channels_last = vec![false];
+        for (index, layer) in self.layers.iter().enumerate() {
+            let kind = layer.kind.type_name();
+            let err = |message: String| ArchError::Layer {
+                index,
+                kind: kind.clone(),
+                message,
+            };
+            for t in layer.kind.tensors() {
+                match owner.get(t) {
+                    Some(&other) if !layer.tied => {
+                        return Err(err(format!(
+                            "tensor `{t}` is already used by layer {other}; each tensor may belong to one layer (give the later layer \"tied\": true to share it)"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert(t, index);
+                    }
+                }
+            }
+            let find = |name: &String, what: &str| {
+                refs.get(name).copied().ok_or_else(|| {
+                    err(format!(
+                        "no {what} named `{name}` (give an earlier layer \"save\": \"{name}\" or \"name\": \"{name}\")"
+                    ))
+                })
+            };
+            let prev = nodes.len() - 1;
+            let inputs = match (&layer.inputs, &layer.kind) {
+                (Some(list), _) => list
+                    .iter()
+                    .map(|n| find(n, "layer"))
+                    .collect::<Result<Vec<_>, _>>()?,
+                (None, LayerKind::Add { from: Some(from) }) => vec![prev, find(from, "saved value")?],
+                (None, _) => vec![prev],
+            };
+            let after_permute = match layer.kind {
+                LayerKind::Permute { channels_last } => channels_last,
+                LayerKind::PassThrough(_) | LayerKind::Fixed(_) => channels_last[inputs[0]],
+                _ => false,
+            };
+            let exists = |t: &str| shape(t).is_some();
+            let op = layer.kind.op(channels_last[inputs[0]], &exists);
+            let name = layer
+                .name
+                .clone()
+                .or_else(|| layer.kind.tensor_prefix())
+                .unwrap_or_else(|| format!("{kind}.{index}"));
+            let id = nodes.len();
+            for r in [&layer.name, &layer.save].into_iter().flatten() {
+                if refs.insert(r.clone(), id).is_some() {
+                    return Err(err(format!(
+                        "the name `{r}` is already taken (saved earlier, or `input`)"
+                    )));
+                }
+            }
+            refs.entry(name.clone()).or_insert(id);
+            nodes.push(Node { name, op, inputs });
+            layer_of_node.push(Some(index));
+            channels_last.push(after_permute);
+        }
+        let outputs = self.output_nodes(&nodes, &refs)?;
+        let channels = match self.input_size {
+            Some(n) => n,
+            None => self.infer_input_size(&nodes, &layer_of_node, shape)?,
+        };
+        nodes[0].op = Op::Input { channels };
+        Ok(ArchGraph {
+            graph: LayerGraph { nodes, outputs },
+            layer_of_node,
+        })
+    }
+
+    fn output_nodes(
+        &self,
+        nodes: &[Node],
+        refs: &HashMap<String, NodeId>,
+    ) -> Result<Vec<NodeId>, ArchError> {
+        match &self.outputs {
+            Some(list) => list
+                .iter()
+                .map(|n| {
+                    refs.get(n)
+                        .copied()
+                        .ok_or_else(|| ArchError::Json(format!("`outputs`: no layer named `{n}`")))
+                })
+                .collect(),
+            None => {
+                let mut read = vec![false; nodes.len()];
+                nodes.iter().flat_map(|n| &n.inputs).for_each(|&i| read[i] = true);
+                Ok((1..nodes.len()).filter(|&i| !read[i]).collect())
+            }
+        }
+    }
+
+    /// The input size expected by the first layer with tensors that reads the input through
+    /// layers without tensors.
+    fn infer_input_size(
+        &self,
+        nodes: &[Node],
+        layer_of_node: &[Option<usize>],
+        shape: &dyn Fn(&str) -> Option<Vec<usize>>,
+    ) -> Result<usize, ArchError> {
+        let mut reads_input = vec![true; nodes.len()];
+        for (id, node) in nodes.iter().enumerate().skip(1) {
+            let Some(index) = layer_of_node[id] else {
+                continue;
+            };
+            let kind = &self.layers[index].kind;
+            let from_input = node.inputs.iter().any(|&i| reads_input[i]);
+            reads_input[id] = from_input && kind.tensors().is_empty();
+            if from_input {
+                if let Some(n) = kind.expected_inputs(shape) {
+                    return Ok(n);
+                }
+            }
+        }
+        Err(ArchError::Json(
+            "the architecture has no layer with weights reading the input (give `input_size`)"
+                .into(),
+        ))
+    }
 }

@@ -13,7 +13,11 @@
 //! New files (examples, tests) are written with [`write_new`] through
 //! [`safetensors::serialize_to_file`].
 
+use crate::graph::analysis::Rewrite;
+use crate::graph::values::{decode_into, CHUNK};
+use crate::structured::spec::{ElementType, TensorSource, TensorView};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -251,6 +255,8 @@ pub struct SafetensorsFile {
     entries: Vec<TensorEntry>,
     index: HashMap<String, usize>,
     metadata: Option<HashMap<String, String>>,
+    /// Tensors already checked to hold only finite values (each is scanned once).
+    finite: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SafetensorsFile {
@@ -300,6 +306,7 @@ impl SafetensorsFile {
             entries,
             index,
             metadata: meta.metadata().clone(),
+            finite: Default::default(),
         })
     }
 
@@ -377,6 +384,161 @@ impl SafetensorsFile {
         }
         Ok(v)
     }
+}
+
+impl FloatDtype {
+    /// The element type of the problem specification.
+    pub fn element_type(self) -> ElementType {
+        match self {
+            FloatDtype::F16 => ElementType::F16,
+            FloatDtype::BF16 => ElementType::BF16,
+            FloatDtype::F32 => ElementType::F32,
+            FloatDtype::F64 => ElementType::F64,
+        }
+    }
+}
+
+impl SafetensorsFile {
+    /// The first non-finite element of tensor `name`, as an error with its index.
+    fn check_finite(&self, e: &TensorEntry, dt: FloatDtype) -> Result<(), SafetensorsError> {
+        let bytes = self.raw(e);
+        let chunk = CHUNK * dt.size();
+        let bad = bytes
+            .par_chunks(chunk)
+            .enumerate()
+            .find_map_first(|(k, b)| {
+                let mut v = Vec::with_capacity(CHUNK);
+                decode_into(dt.element_type(), b, &mut v);
+                v.iter()
+                    .position(|x| !x.is_finite())
+                    .map(|i| (k * CHUNK + i, v[i]))
+            });
+        match bad {
+            None => Ok(()),
+            Some((index, value)) => Err(SafetensorsError::NonFinite {
+                name: e.name.clone(),
+                index,
+                position: e.position(index),
+                value,
+            }),
+        }
+    }
+}
+
+/// Zero-copy views of the memory-mapped tensors. A tensor's values are checked to be finite on
+/// its first use (a NaN or infinity is an error naming the element); integer and exotic dtypes
+/// are refused.
+impl TensorSource for SafetensorsFile {
+    type Error = SafetensorsError;
+
+    fn tensor(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        let dt = self.float_dtype(name)?;
+        let e = self.entry(name)?;
+        let checked = self
+            .finite
+            .lock()
+            .map(|s| s.contains(name))
+            .unwrap_or(false);
+        if !checked {
+            self.check_finite(e, dt)?;
+            if let Ok(mut s) = self.finite.lock() {
+                s.insert(name.to_string());
+            }
+        }
+        Ok(TensorView {
+            dtype: dt.element_type(),
+            shape: e.shape.clone(),
+            bytes: Cow::Borrowed(self.raw(e)),
+        })
+    }
+}
+
+/// Writes a copy of `src` to `output` in one streaming pass: the header bytes verbatim, every
+/// tensor for which `plan` returns `None` byte for byte, and every other tensor chunk by chunk
+/// (decoded to `f64`, mapped by its [`Rewrite`] in parallel, each new value rounded once to the
+/// tensor's dtype; a value that overflows the dtype is an error naming the element). At most a
+/// few chunks of a tensor are in memory at a time. The write is atomic; `output` equal to the
+/// input is refused unless `overwrite` is set.
+pub fn write_streamed<'a, E>(
+    src: &SafetensorsFile,
+    output: &Path,
+    overwrite: bool,
+    mut plan: impl FnMut(&TensorEntry) -> Result<Option<Rewrite<'a>>, E>,
+) -> Result<(), E>
+where
+    E: From<SafetensorsError>,
+{
+    if !overwrite && same_file(src.path(), output) {
+        return Err(SafetensorsError::WouldOverwriteInput(output.to_path_buf()).into());
+    }
+    let io = |source| SafetensorsError::Io {
+        path: output.to_path_buf(),
+        source,
+    };
+    write_atomically(output, |w| {
+        w.write_all(src.header_bytes()).map_err(io)?;
+        for e in src.entries() {
+            match plan(e)? {
+                None => w.write_all(src.raw(e)).map_err(io)?,
+                Some(f) => {
+                    let dt = FloatDtype::from_dtype(e.dtype).ok_or_else(|| {
+                        SafetensorsError::UnsupportedDtype {
+                            name: e.name.clone(),
+                            dtype: e.dtype.to_string(),
+                        }
+                    })?;
+                    let chunk = CHUNK * dt.size();
+                    for (b, batch) in src.raw(e).chunks(chunk * 32).enumerate() {
+                        let encoded: Vec<Result<Vec<u8>, SafetensorsError>> = batch
+                            .par_chunks(chunk)
+                            .enumerate()
+                            .map(|(k, bytes)| {
+                                let start = (b * 32 + k) * CHUNK;
+                                encode_chunk(e, dt, start, bytes, &f)
+                            })
+                            .collect();
+                        for c in encoded {
+                            w.write_all(&c?).map_err(io)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Decodes one chunk, rewrites it and encodes it in `dt`.
+fn encode_chunk(
+    e: &TensorEntry,
+    dt: FloatDtype,
+    start: usize,
+    bytes: &[u8],
+    f: &Rewrite<'_>,
+) -> Result<Vec<u8>, SafetensorsError> {
+    let mut old = Vec::with_capacity(CHUNK);
+    decode_into(dt.element_type(), bytes, &mut old);
+    let mut new = Vec::with_capacity(old.len());
+    f(start, &old, &mut new);
+    if new.len() != old.len() {
+        return Err(SafetensorsError::WrongLength {
+            name: e.name.clone(),
+            expected: old.len(),
+            got: new.len(),
+        });
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &x) in new.iter().enumerate() {
+        if !x.is_finite() || !dt.encode_into(x, &mut out) {
+            return Err(SafetensorsError::Overflow {
+                name: e.name.clone(),
+                index: start + i,
+                value: x,
+                dtype: e.dtype.to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn describe_error(e: &safetensors::SafeTensorError, len: u64) -> String {

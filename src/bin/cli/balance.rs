@@ -290,6 +290,7 @@ fn run_model(args: &BalanceArgs, reg: &Regularizer, settings: &Settings) -> Resu
     let options = ModelOptions {
         fold_batchnorm: args.fold_batchnorm,
         overwrite_input: args.in_place,
+        memory_limit: None,
     };
     let report = balance_file(&args.input, &arch, &args.output, reg, settings, &options)
         .map_err(bad_input)?;
