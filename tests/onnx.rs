@@ -235,3 +235,252 @@ fn missing_initializer_missing_external_file_and_dynamic_channels_name_the_tenso
     assert!(matches!(e, OnnxError::DynamicShape { ref tensor, .. } if tensor == "x"), "{e}");
 }
 
+// ---------- balancing, checked with tract ----------
+
+use std::path::PathBuf;
+use synbal::io::onnx::{balance_onnx, inspect_onnx, OnnxOptions, OnnxReport};
+use synbal::regularizer::Regularizer;
+use synbal::solve::Settings;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
+}
+
+fn l2() -> Regularizer {
+    Regularizer::lp(2.0).unwrap()
+}
+
+/// Balances `input` into a fresh directory, runs both models through tract on random inputs
+/// of `shapes`, requires equal outputs up to f32 rounding and a balanced written model (its
+/// imbalance recomputed from the written file); returns the report and the output path.
+fn balance_and_check(
+    input: &Path,
+    shapes: &[Vec<usize>],
+    options: &OnnxOptions,
+) -> (OnnxReport, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("balanced.onnx");
+    let report = balance_onnx(input, &out, &l2(), &Settings::default(), options).unwrap();
+    assert!(report.model.converged, "{}", report.table());
+    assert!(report.model.cost_after < report.model.cost_before, "{}", report.table());
+    let d = onnx_support::max_relative_difference(input, &out, shapes, 3);
+    assert!(d < 1e-4, "{}: outputs differ by {d:e} relative", input.display());
+    let again = inspect_onnx(&out, &l2(), options).unwrap();
+    assert!(
+        again.inspect.max_relative_imbalance < 1e-5,
+        "{}: written model imbalance {:e}",
+        input.display(),
+        again.inspect.max_relative_imbalance
+    );
+    (report, out, dir)
+}
+
+fn squares(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum()
+}
+
+#[test]
+fn a_chain_balances_in_every_storage_form_and_the_l2_condition_holds_on_the_written_weights() {
+    for form in [Form::Raw, Form::FloatData, Form::ConstantNode, Form::External] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = chain(form, dir.path());
+        let (report, out, _keep) =
+            balance_and_check(&p, &[vec![1, 3, 8, 8]], &OnnxOptions::default());
+        assert_eq!(report.model.layers.len(), 2);
+        let f = OnnxFile::open(&out).unwrap();
+        let (w1, b1) = (f.floats("conv1.weight").unwrap(), f.floats("conv1.bias").unwrap());
+        let w2 = f.floats("conv3.weight").unwrap();
+        for c in 0..4 {
+            let inc = squares(&w1[c * 27..(c + 1) * 27]) + b1[c] * b1[c];
+            let outc: f64 = (0..2)
+                .map(|o| squares(&w2[(o * 4 + c) * 9..(o * 4 + c + 1) * 9]))
+                .sum();
+            assert!((inc - outc).abs() / (inc + outc) < 1e-5, "{form:?} channel {c}: {inc} vs {outc}");
+        }
+        if form == Form::External {
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                std::fs::read(&out).unwrap(),
+                "the model file itself is unchanged"
+            );
+        }
+    }
+}
+
+#[test]
+fn torch_exports_balance_concat_downsample_two_heads_prelu_permute_external() {
+    for (name, shape) in [
+        ("concat.onnx", vec![1, 3, 8, 8]),
+        ("downsample.onnx", vec![1, 3, 8, 8]),
+        ("two_heads.onnx", vec![1, 3, 8, 8]),
+        ("prelu.onnx", vec![1, 3, 8, 8]),
+        ("permute_flatten.onnx", vec![1, 3, 6, 6]),
+        ("external.onnx", vec![1, 3, 8, 8]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // Copy next to a fresh output directory so that external data is found and not replaced.
+        let src = dir.path().join(name);
+        std::fs::copy(fixture(name), &src).unwrap();
+        if name == "external.onnx" {
+            std::fs::copy(fixture("external.onnx.data"), dir.path().join("external.onnx.data")).unwrap();
+        }
+        let (report, _, _keep) = balance_and_check(&src, &[shape], &OnnxOptions::default());
+        let free: usize = report.model.layers.iter().map(|l| l.free_units).sum();
+        assert!(free > 0, "{name}: nothing free\n{}", report.table());
+        assert!(report.unknown_ops.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn relu6_holds_its_input_units_fixed_and_balances_the_rest() {
+    let (report, _, _keep) =
+        balance_and_check(&fixture("relu6.onnx"), &[vec![1, 3, 8, 8]], &OnnxOptions::default());
+    let l = &report.model.layers;
+    assert_eq!(l[0].free_units, 0, "c1 feeds the Clip: {:?}", l[0].held_fixed);
+    assert!(l[0].scales.iter().all(|&s| s == 1.0));
+    assert_eq!(l[1].free_units, 8, "c2 feeds a ReLU");
+}
+
+#[test]
+fn gemm_trans_b_0_and_1_matmul_depthwise_and_an_unknown_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new(11, Form::Raw);
+    let x = b.input("x", &[2, 4, 6, 6]);
+    let h = b.conv(&x, 4, 8, 3, 1, true);
+    let h = b.relu(&h);
+    let h = b.conv(&h, 8, 8, 3, 8, true); // depthwise
+    let h = b.relu(&h);
+    let h = b.node("Sum", &[&h], vec![]); // unknown to synbal: held fixed
+    let h = b.conv(&h, 8, 6, 1, 1, true);
+    let h = b.relu(&h);
+    let h = b.node("GlobalAveragePool", &[&h], vec![]);
+    let h = b.node("Flatten", &[&h], vec![onnx_support::attr_i("axis", 1)]);
+    let h = b.gemm(&h, 6, 10, true);
+    let h = b.relu(&h);
+    let h = b.gemm(&h, 10, 7, false);
+    let h = b.relu(&h);
+    let w = b.random("mm.weight", &[7, 5]);
+    let h = b.node("MatMul", &[&h, &w], vec![]);
+    let c = b.random("mm.bias", &[5]);
+    let h = b.node("Add", &[&h, &c], vec![]);
+    let h = b.relu(&h);
+    let y = b.gemm(&h, 5, 3, true);
+    b.output(&y, &[2, 3]);
+    let p = b.save(dir.path(), "m.onnx");
+    let (report, _, _keep) = balance_and_check(&p, &[vec![2, 4, 6, 6]], &OnnxOptions::default());
+    assert_eq!(report.unknown_ops.len(), 1);
+    assert_eq!(report.unknown_ops[0].op_type, "Sum");
+    let names: Vec<&str> = report.model.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    // The depthwise conv feeds the unknown op: fixed; the Gemm/MatMul units are free.
+    assert_eq!(report.model.layers[1].free_units, 0);
+    for l in &report.model.layers[3..6] {
+        assert!(l.free_units > 0, "{}: {:?}", l.name, l.held_fixed);
+    }
+    // --strict refuses the model, naming the op; nothing is written.
+    let out = dir.path().join("strict.onnx");
+    let strict = OnnxOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let e = balance_onnx(&p, &out, &l2(), &Settings::default(), &strict).unwrap_err();
+    assert!(e.to_string().contains("Sum"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_integer_weight_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new(12, Form::Raw);
+    let x = b.input("x", &[1, 3, 4, 4]);
+    let h = b.conv(&x, 3, 4, 1, 1, false);
+    let h = b.relu(&h);
+    b.inits.push(synbal::io::onnx::proto::onnx::TensorProto {
+        name: Some("q.weight".into()),
+        dims: vec![2, 4, 1, 1],
+        data_type: Some(3), // INT8
+        raw_data: Some(vec![1u8; 8].into()),
+        ..Default::default()
+    });
+    let y = b.node("Conv", &[&h, "q.weight"], vec![]);
+    b.output(&y, &[1, 2, 4, 4]);
+    let p = b.save(dir.path(), "m.onnx");
+    let out = dir.path().join("out.onnx");
+    let e = balance_onnx(&p, &out, &l2(), &Settings::default(), &OnnxOptions::default()).unwrap_err();
+    assert!(matches!(e, OnnxError::IntegerWeight { ref name, .. } if name == "q.weight"), "{e}");
+    assert!(!out.exists());
+}
+
+// ---------- command line ----------
+
+fn synbal_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_synbal"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_balances_and_inspects_an_onnx_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("downsample.onnx");
+    std::fs::copy(fixture("downsample.onnx"), &src).unwrap();
+    let out = dir.path().join("balanced.onnx");
+    let r = synbal_cli(&[
+        "balance".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stderr}");
+    assert!(out.exists());
+    assert!(stderr.contains("cost before"), "{stderr}");
+    let r = synbal_cli(&["inspect".as_ref(), out.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.status.code(), Some(0), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("/c1/Conv") || stdout.contains("Conv"), "{stdout}");
+}
+
+#[test]
+fn cli_bad_onnx_input_exits_2_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Truncated protobuf.
+    let p = chain(Form::Raw, dir.path());
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    // Unsupported opset.
+    let old = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new(20, Form::Raw);
+    b.opset = 9;
+    let x = b.input("x", &[1, 3, 8, 8]);
+    let y = b.conv(&x, 3, 2, 1, 1, true);
+    b.output(&y, &[1, 2, 8, 8]);
+    let opset9 = b.save(old.path(), "m.onnx");
+    // Missing external data file.
+    let ext = tempfile::tempdir().unwrap();
+    let missing = chain(Form::External, ext.path());
+    std::fs::remove_file(ext.path().join("weights.bin")).unwrap();
+    // Dynamic channel count.
+    let dy = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new(21, Form::Raw);
+    let x = b.input("x", &[1, -1, 8, 8]);
+    let y = b.conv(&x, 3, 2, 1, 1, true);
+    b.output(&y, &[1, 2, 8, 8]);
+    let dynamic = b.save(dy.path(), "m.onnx");
+    for (input, needle) in [
+        (&cut, "not a valid ONNX model"),
+        (&opset9, "opset 9"),
+        (&missing, "weights.bin"),
+        (&dynamic, "`x`"),
+    ] {
+        let out = dir.path().join("out.onnx");
+        let r = synbal_cli(&["balance".as_ref(), input.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{}: {stderr}", input.display());
+        assert!(stderr.contains(needle), "{}: {stderr}", input.display());
+        assert!(!out.exists(), "{}", input.display());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+    }
+}

@@ -4,6 +4,7 @@ pub mod balance;
 pub mod demo;
 pub mod experiment;
 pub mod inspect;
+pub mod onnx;
 pub mod verify;
 
 use std::process::ExitCode;

@@ -36,6 +36,9 @@ pub struct Conversion {
     pub graph: LayerGraph,
     /// Ops synbal does not know, in file order.
     pub unknown_ops: Vec<UnknownOp>,
+    /// Per-channel constants stored with broadcast dimensions (`[1, C, 1, 1]`), used as a bias
+    /// `[C]`: (name used in the graph, stored tensor, shape `[C]`); see [`OnnxFile::add_view`].
+    pub views: Vec<(String, String, Vec<usize>)>,
 }
 
 /// What an ONNX value is.
@@ -95,6 +98,7 @@ struct Converter<'a> {
     shapes: HashMap<String, Vec<Option<i64>>>,
     graph: LayerGraph,
     unknown: Vec<UnknownOp>,
+    views: Vec<(String, String, Vec<usize>)>,
 }
 
 /// The attribute `name` of `node`.
@@ -164,6 +168,7 @@ pub fn convert(file: &OnnxFile) -> Result<Conversion, OnnxError> {
         shapes,
         graph: LayerGraph::default(),
         unknown: vec![],
+        views: vec![],
     };
     for name in file.stored_tensors().keys() {
         c.values.insert(name.clone(), Value::Stored(name.clone()));
@@ -210,6 +215,7 @@ pub fn convert(file: &OnnxFile) -> Result<Conversion, OnnxError> {
     Ok(Conversion {
         graph: c.graph,
         unknown_ops: c.unknown,
+        views: c.views,
     })
 }
 
@@ -227,6 +233,20 @@ fn node_name(node: &onnx::NodeProto) -> String {
 }
 
 impl Converter<'_> {
+    /// The name under which stored tensor `c` reads as a vector `[n]`: itself when it is stored
+    /// so, otherwise a view.
+    fn as_vector(&mut self, c: String, n: usize) -> String {
+        let shape = &self.file.stored_tensor(&c).expect("stored").shape;
+        if shape.as_slice() == [n] {
+            return c;
+        }
+        let alias = format!("{c}[{n}]");
+        if !self.views.iter().any(|v| v.0 == alias) {
+            self.views.push((alias.clone(), c, vec![n]));
+        }
+        alias
+    }
+
     fn push(&mut self, name: String, op: Op, inputs: Vec<NodeId>) -> NodeId {
         self.graph.nodes.push(Node { name, op, inputs });
         self.graph.nodes.len() - 1
@@ -582,7 +602,7 @@ impl Converter<'_> {
                 if n != out {
                     return self.fixed(node, format!("Gemm whose C `{c}` is not one value per output"));
                 }
-                Some(c)
+                Some(self.as_vector(c, out))
             }
             Some(_) => return self.fixed(node, "Gemm whose C is computed".into()),
         };
@@ -638,6 +658,8 @@ impl Converter<'_> {
         let other = self.input(node, 1 - i)?;
         match other {
             Some(Value::Stored(c)) if self.per_channel(&c, &a) => {
+                let n: usize = self.file.stored_tensor(&c).expect("stored").shape.iter().product();
+                let c = self.as_vector(c, n);
                 let id = self.push(node_name(node), Op::AddBias { bias: c }, vec![a.node]);
                 if let Some(o) = node.output.first() {
                     self.set(o, Act { node: id, ..a });

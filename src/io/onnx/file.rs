@@ -99,6 +99,9 @@ pub struct OnnxFile {
     pub opset: i64,
     tensors: HashMap<String, StoredTensor>,
     aliases: HashMap<String, String>,
+    /// Shapes under which aliases present their tensor (a per-channel constant `[1, C, 1, 1]`
+    /// read as the bias `[C]`).
+    view_shapes: HashMap<String, Vec<usize>>,
     externals: HashMap<String, (PathBuf, Mmap)>,
 }
 
@@ -146,6 +149,7 @@ impl OnnxFile {
             opset,
             tensors: HashMap::new(),
             aliases: HashMap::new(),
+            view_shapes: HashMap::new(),
             externals: HashMap::new(),
             model: onnx::ModelProto::default(),
         };
@@ -197,6 +201,12 @@ impl OnnxFile {
             n = m;
         }
         n
+    }
+
+    /// Adds `alias`, the stored tensor `name` seen with another shape of the same element count.
+    pub fn add_view(&mut self, alias: &str, name: &str, shape: Vec<usize>) {
+        self.aliases.insert(alias.to_string(), name.to_string());
+        self.view_shapes.insert(alias.to_string(), shape);
     }
 
     /// The stored tensor called `name` (or read through `Identity` nodes), if any.
@@ -348,20 +358,20 @@ impl OnnxFile {
         let storage = if t.data_location() == onnx::tensor_proto::DataLocation::External {
             self.external(t, &name, expect)?
         } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
-            let start = raw.as_ptr() as usize - self.bytes.as_ptr() as usize;
-            if start + raw.len() > self.bytes.len() {
-                return Err(bad("raw_data does not lie inside the file".into()));
+            match self.range_of(raw) {
+                Some(r) => Storage::Model(r),
+                None => Storage::Owned(raw.to_vec()),
             }
-            Storage::Model(start..start + raw.len())
         } else {
             let packed = loc.map(|l| match data_type {
                 DOUBLE => &l.double_data,
                 _ => &l.float_data,
             });
             match (data_type, packed) {
-                (FLOAT | DOUBLE, Some(p)) if p.len() == expect && !p.is_empty() => {
-                    let start = p.as_ptr() as usize - self.bytes.as_ptr() as usize;
-                    Storage::Model(start..start + p.len())
+                (FLOAT | DOUBLE, Some(p))
+                    if p.len() == expect && !p.is_empty() && self.range_of(p).is_some() =>
+                {
+                    Storage::Model(self.range_of(p).expect("checked"))
                 }
                 (FLOAT, _) => Storage::Owned(t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 (DOUBLE, _) => Storage::Owned(t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -390,6 +400,14 @@ impl OnnxFile {
             }
         }
         Ok(st)
+    }
+
+    /// The byte range of `b` inside the model file, when `b` is a slice of it (prost decodes
+    /// `bytes` fields of a [`Bytes`] buffer without copying).
+    fn range_of(&self, b: &[u8]) -> Option<Range<usize>> {
+        let start = (b.as_ptr() as usize).checked_sub(self.bytes.as_ptr() as usize)?;
+        let end = start.checked_add(b.len())?;
+        (end <= self.bytes.len()).then_some(start..end)
     }
 
     /// The storage of a tensor in an external data file (`location`, `offset`, `length`).
@@ -484,7 +502,7 @@ impl TensorSource for OnnxFile {
         })?;
         Ok(TensorView {
             dtype,
-            shape: st.shape.clone(),
+            shape: self.view_shapes.get(name).unwrap_or(&st.shape).clone(),
             bytes: Cow::Borrowed(self.raw(st)),
         })
     }

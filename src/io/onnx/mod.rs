@@ -5,14 +5,20 @@
 //!   [`TensorSource`](crate::structured::spec::TensorSource) over them (zero-copy for
 //!   `raw_data`, packed `float_data`/`double_data` and external data).
 //! - [`convert`]: the ONNX op graph as a [`LayerGraph`](crate::graph::LayerGraph).
+//! - [`balance`]: the layer graph analysed, solved and written ([`balance_onnx`],
+//!   [`inspect_onnx`]).
 //! - [`write`]: the balanced copy, written in place over the same byte ranges.
 //! - [`proto`]: the prost types of the ONNX schema (generated; see its header).
 
+pub mod balance;
 pub mod convert;
 pub mod file;
 pub mod proto;
 pub mod write;
 
+pub use balance::{
+    balance_onnx, inspect_onnx, OnnxInspectReport, OnnxOptions, OnnxProblem, OnnxReport,
+};
 pub use convert::{convert, Conversion, UnknownOp};
 pub use file::OnnxFile;
 
@@ -98,6 +104,15 @@ pub enum OnnxError {
     /// `strict` was asked for and the model has ops synbal does not know.
     #[error("ops synbal does not know (their units would be held fixed): {}", list_ops(.0))]
     UnknownOps(Vec<UnknownOp>),
+    /// The layer graph could not be analysed (names the node).
+    #[error(transparent)]
+    Graph(crate::graph::analysis::GraphError),
+    /// The solver refused the problem.
+    #[error(transparent)]
+    Solve(crate::graph::reference::ReferenceError),
+    /// The regularizer has per-edge penalty classes (network JSON only).
+    #[error("model files need one penalty for every weight (per-edge penalty classes are for network JSON)")]
+    Regularizer,
     /// A new value does not fit the tensor's type.
     #[error("tensor `{name}` element {index}: the new value {value} does not fit its type")]
     Overflow {
