@@ -44,7 +44,26 @@ pub fn run_balance(
         write_file(path, text.as_bytes()).map_err(internal)?;
     }
     if !quiet {
+        let m = &report.model;
         eprintln!("{}", report.table());
+        eprintln!(
+            "{}: {} layers, {} scale groups, cost {:.6e} -> {:.6e}, max relative imbalance {:.2e}, \
+             {} iterations ({}), solve {:.3} s{}",
+            output.display(),
+            m.layers.len(),
+            m.groups,
+            m.cost_before,
+            m.cost_after,
+            m.max_relative_imbalance,
+            m.iterations,
+            m.method,
+            m.solve_seconds,
+            if m.held_fixed > 0 {
+                format!(", {} units held fixed (no finite balance)", m.held_fixed)
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(if report.model.converged { 0 } else { NOT_CONVERGED })
 }
