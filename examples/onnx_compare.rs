@@ -39,7 +39,7 @@ fn main() -> TractResult<()> {
         let ya = a.run(tvec!(input.clone().into()))?;
         let yb = b.run(tvec!(input.into()))?;
         for (p, q) in ya.iter().zip(yb.iter()) {
-            let (p, q) = (p.to_array_view::<f32>()?, q.to_array_view::<f32>()?);
+            let (p, q) = (p.to_plain_array_view::<f32>()?, q.to_plain_array_view::<f32>()?);
             let scale = p.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
             let d = p.iter().zip(q.iter()).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
             println!("trial {trial}: max |Δ| = {d:.3e}, max |y| = {scale:.3e}, relative {:.3e}", d / scale);

@@ -293,7 +293,7 @@ pub fn run(path: &Path, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<Vec<f32>> {
     plan.run(tv)
         .unwrap()
         .iter()
-        .map(|t| t.to_array_view::<f32>().unwrap().iter().copied().collect())
+        .map(|t| t.to_plain_array_view::<f32>().unwrap().iter().copied().collect())
         .collect()
 }
 

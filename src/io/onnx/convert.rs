@@ -257,7 +257,7 @@ impl Converter<'_> {
         let Some(name) = node.input.get(i).filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
-        match self.values.get(name).or_else(|| self.values.get(self.file.canonical(name))) {
+        match self.values.get(self.file.canonical(name)) {
             Some(v) => Ok(Some(v.clone())),
             None => Err(OnnxError::Node {
                 node: node_name(node),
@@ -551,7 +551,8 @@ impl Converter<'_> {
             vec![a.node],
         );
         if let Some(o) = node.output.first() {
-            self.set(o, Act { node: id, rank: a.rank, axis: 1, channels: Some(out) });
+            let rank = Some(a.rank.unwrap_or(shape.len()));
+            self.set(o, Act { node: id, rank, axis: 1, channels: Some(out) });
         }
         Ok(())
     }
@@ -606,7 +607,7 @@ impl Converter<'_> {
             }
             Some(_) => return self.fixed(node, "Gemm whose C is computed".into()),
         };
-        self.linear(node, a, weight, !trans_b, bias)
+        self.linear(node, Act { rank: Some(2), ..a }, weight, !trans_b, bias)
     }
 
     fn matmul(&mut self, node: &onnx::NodeProto, a: Act, x_only: bool) -> Result<(), OnnxError> {
