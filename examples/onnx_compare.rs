@@ -11,14 +11,6 @@ use std::path::Path;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
-fn load(path: &Path, shape: &[usize]) -> TractResult<TypedRunnableModel> {
-    tract_onnx::onnx()
-        .model_for_path(path)?
-        .with_input_fact(0, f32::fact(shape).into())?
-        .into_optimized()?
-        .into_runnable()
-}
-
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
@@ -27,8 +19,15 @@ fn main() -> TractResult<()> {
     }
     let shape: Vec<usize> = args[3].split(',').map(|s| s.parse().expect("a dimension")).collect();
     let trials: usize = args.get(4).map_or(3, |s| s.parse().expect("a count"));
+    let load = |path: &str| -> TractResult<_> {
+        tract_onnx::onnx()
+            .model_for_path(Path::new(path))?
+            .with_input_fact(0, f32::fact(&shape).into())?
+            .into_optimized()?
+            .into_runnable()
+    };
     let t = Instant::now();
-    let (a, b) = (load(Path::new(&args[1]), &shape)?, load(Path::new(&args[2]), &shape)?);
+    let (a, b) = (load(&args[1])?, load(&args[2])?);
     eprintln!("loaded both models in {:.2} s", t.elapsed().as_secs_f64());
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let n: usize = shape.iter().product();
