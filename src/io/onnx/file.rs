@@ -106,9 +106,9 @@ pub struct OnnxFile {
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OnnxError + '_ {
-    move |source| OnnxError::Io {
+    move |error| OnnxError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -446,16 +446,16 @@ impl OnnxFile {
         if !self.externals.contains_key(&location) {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             let p = dir.join(rel);
-            let f = std::fs::File::open(&p).map_err(|source| OnnxError::ExternalData {
+            let f = std::fs::File::open(&p).map_err(|error| OnnxError::ExternalData {
                 tensor: name.to_string(),
                 path: p.clone(),
-                source,
+                error,
             })?;
             // SAFETY: read-only map, as for the model file.
-            let m = unsafe { Mmap::map(&f) }.map_err(|source| OnnxError::ExternalData {
+            let m = unsafe { Mmap::map(&f) }.map_err(|error| OnnxError::ExternalData {
                 tensor: name.to_string(),
                 path: p.clone(),
-                source,
+                error,
             })?;
             self.externals.insert(location.clone(), (p, m));
         }

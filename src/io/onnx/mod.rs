@@ -30,12 +30,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum OnnxError {
     /// The file could not be opened, read, mapped or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The operating-system error.
-        source: std::io::Error,
+        /// The operating-system error (part of the message, not a separate source).
+        error: std::io::Error,
     },
     /// The file is not a valid ONNX model (truncated or corrupt protobuf, no graph, no opset).
     #[error("{path}: not a valid ONNX model: {message}")]
@@ -74,14 +74,14 @@ pub enum OnnxError {
         message: String,
     },
     /// An external data file is missing or unreadable.
-    #[error("tensor `{tensor}`: external data file {path}: {source}")]
+    #[error("tensor `{tensor}`: external data file {path}: {error}")]
     ExternalData {
         /// Tensor name.
         tensor: String,
         /// The file.
         path: PathBuf,
-        /// The operating-system error.
-        source: std::io::Error,
+        /// The operating-system error (part of the message, not a separate source).
+        error: std::io::Error,
     },
     /// A node does not fit its inputs.
     #[error("node `{node}` ({op_type}): {message}")]

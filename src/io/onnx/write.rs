@@ -43,9 +43,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Staged {
     fn create(target: &Path, contents: &[u8]) -> Result<Self, OnnxError> {
-        let io = |source| OnnxError::Io {
+        let io = |error| OnnxError::Io {
             path: target.to_path_buf(),
-            source,
+            error,
         };
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -74,9 +74,9 @@ impl Staged {
     }
 
     fn commit(mut self) -> Result<(), OnnxError> {
-        std::fs::rename(&self.tmp, &self.target).map_err(|source| OnnxError::Io {
+        std::fs::rename(&self.tmp, &self.target).map_err(|error| OnnxError::Io {
             path: self.target.clone(),
-            source,
+            error,
         })?;
         self.done = true;
         Ok(())
@@ -184,7 +184,7 @@ pub fn write_changed(
             if !parent.is_dir() {
                 return Err(OnnxError::Io {
                     path: target.clone(),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "the directory of this external data file does not exist",
                     ),
