@@ -9,11 +9,13 @@
 //! - [`inspect`]: costs and imbalances of a network per neuron and per layer (`synbal inspect`).
 //! - [`safetensors`], [`arch`], [`model`]: PyTorch state dicts as safetensors, their architecture
 //!   description, and balancing them.
+//! - [`onnx`]: ONNX models: decoding, their layer graph, and the balanced copy.
 
 pub mod arch;
 pub mod atomic;
 pub mod inspect;
 pub mod json;
 pub mod model;
+pub mod onnx;
 pub mod report;
 pub mod safetensors;

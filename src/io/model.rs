@@ -257,7 +257,7 @@ const BYTES_PER_UNIT: u64 = 512;
 /// blocks (8 bytes per (output, input) channel pair, 16 as sparse terms when grouped), copies of
 /// Linear weights the file does not align for their dtype, per-unit vectors, and the streaming
 /// buffers.
-fn structured_bytes(spec: &ProblemSpec, file: &SafetensorsFile) -> u64 {
+fn structured_bytes<S: TensorSource>(spec: &ProblemSpec, source: &S) -> u64 {
     let blocks: u64 = spec
         .weights
         .iter()
@@ -270,7 +270,7 @@ fn structured_bytes(spec: &ProblemSpec, file: &SafetensorsFile) -> u64 {
                     16 * pairs
                 }
             }
-            Layout::RowMajor { .. } | Layout::ColMajor { .. } => match file.tensor(&w.tensor) {
+            Layout::RowMajor { .. } | Layout::ColMajor { .. } => match source.tensor(&w.tensor) {
                 Ok(v) if (v.bytes.as_ptr() as usize) % v.dtype.size() == 0 => 0,
                 Ok(v) => v.bytes.len() as u64,
                 Err(_) => 0,
@@ -287,7 +287,7 @@ fn structured_bytes(spec: &ProblemSpec, file: &SafetensorsFile) -> u64 {
 
 /// Which solver runs: the structured core (Newton and the local schedules, `L_p` and elastic
 /// net), or the per-weight reference network (L-BFGS, Newton-CG, custom penalties).
-fn structured_route(reg: &Regularizer, settings: &Settings) -> bool {
+pub(crate) fn structured_route(reg: &Regularizer, settings: &Settings) -> bool {
     let method = !matches!(settings.method, Method::Lbfgs | Method::NewtonCg);
     let penalty = match reg.edge_penalty(0) {
         Penalty::Custom(f) => f.lp_exponent().is_some(),
@@ -296,55 +296,74 @@ fn structured_route(reg: &Regularizer, settings: &Settings) -> bool {
     method && penalty
 }
 
+/// Memory a model's problem needs on the chosen route, and what is available, when the first
+/// exceeds the second: `(needed bytes, available bytes, weight elements)`.
+pub(crate) fn memory_shortfall<S: TensorSource>(
+    spec: &ProblemSpec,
+    source: &S,
+    structured: bool,
+    limit: Option<u64>,
+) -> Option<(u64, u64, usize)> {
+    let weights: usize = spec.weights.iter().map(|w| w.layout.numel()).sum();
+    let needed = if structured {
+        structured_bytes(spec, source)
+    } else {
+        weights as u64 * REFERENCE_BYTES_PER_WEIGHT + BYTES_PER_UNIT * spec.num_units() as u64
+    };
+    let available = limit.or_else(available_memory)?;
+    (needed > available).then_some((needed, available, weights))
+}
+
 /// Refuses a problem whose estimated memory exceeds what is available.
 fn check_memory(
     p: &ModelProblem,
     structured: bool,
     options: &ModelOptions,
 ) -> Result<(), ModelError> {
-    let spec = &p.analysis.spec;
-    let weights: usize = spec.weights.iter().map(|w| w.layout.numel()).sum();
-    let needed = if structured {
-        structured_bytes(spec, &p.file)
-    } else {
-        weights as u64 * REFERENCE_BYTES_PER_WEIGHT + BYTES_PER_UNIT * spec.num_units() as u64
-    };
-    let Some(available) = options.memory_limit.or_else(available_memory) else {
-        return Ok(());
-    };
-    if needed > available {
-        return Err(ModelError::Memory {
+    match memory_shortfall(&p.analysis.spec, &p.file, structured, options.memory_limit) {
+        Some((needed, available, weights)) => Err(ModelError::Memory {
             needed_mb: needed.div_ceil(1 << 20),
             available_mb: available >> 20,
             weights,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// What the solver returns for a model file.
-struct Solved {
-    var_log_scales: Vec<f64>,
-    status: Status,
-    method: String,
-    algorithm: String,
-    iterations: usize,
-    max_relative_imbalance: f64,
-    held_fixed: usize,
-    seconds: f64,
+/// What the solver returns for a model file (safetensors or ONNX).
+pub(crate) struct SpecSolution {
+    pub(crate) var_log_scales: Vec<f64>,
+    pub(crate) status: Status,
+    pub(crate) method: String,
+    pub(crate) algorithm: String,
+    pub(crate) iterations: usize,
+    pub(crate) max_relative_imbalance: f64,
+    pub(crate) held_fixed: usize,
+    pub(crate) seconds: f64,
 }
 
-fn solve(
-    p: &ModelProblem,
+/// Why solving a model's problem failed, by route.
+pub(crate) enum SpecSolveError {
+    /// The structured core refused the problem.
+    Structured(StructuredError),
+    /// The per-weight reference network failed.
+    Reference(ReferenceError),
+}
+
+/// Solves a model's problem on the structured core, or on the per-weight reference network when
+/// `structured` is false (see [`structured_route`]).
+pub(crate) fn solve_spec<S: TensorSource>(
+    spec: &ProblemSpec,
+    source: &S,
     reg: &Regularizer,
     settings: &Settings,
     structured: bool,
-) -> Result<Solved, ModelError> {
+) -> Result<SpecSolution, SpecSolveError> {
     let start = Instant::now();
-    let spec = &p.analysis.spec;
     if structured {
-        let s = crate::structured::solve(spec, &p.file, reg, settings, &mut NoObserver)?;
-        return Ok(Solved {
+        let s = crate::structured::solve(spec, source, reg, settings, &mut NoObserver)
+            .map_err(SpecSolveError::Structured)?;
+        return Ok(SpecSolution {
             var_log_scales: s.var_log_scales,
             status: s.status,
             method: s.method.name().to_string(),
@@ -355,8 +374,9 @@ fn solve(
             seconds: start.elapsed().as_secs_f64(),
         });
     }
-    let (sol, x) = reference::solve(spec, &p.file, reg, settings, &mut NoObserver)?;
-    Ok(Solved {
+    let (sol, x) = reference::solve(spec, source, reg, settings, &mut NoObserver)
+        .map_err(SpecSolveError::Reference)?;
+    Ok(SpecSolution {
         var_log_scales: x,
         status: sol.status,
         method: sol.method.name().to_string(),
@@ -365,6 +385,18 @@ fn solve(
         max_relative_imbalance: sol.max_relative_imbalance,
         held_fixed: sol.diagnostics.held_fixed.len(),
         seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn solve(
+    p: &ModelProblem,
+    reg: &Regularizer,
+    settings: &Settings,
+    structured: bool,
+) -> Result<SpecSolution, ModelError> {
+    solve_spec(&p.analysis.spec, &p.file, reg, settings, structured).map_err(|e| match e {
+        SpecSolveError::Structured(e) => e.into(),
+        SpecSolveError::Reference(e) => e.into(),
     })
 }
 

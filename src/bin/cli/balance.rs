@@ -83,6 +83,10 @@ pub struct BalanceArgs {
     /// channels fixed).
     #[arg(long)]
     pub fold_batchnorm: bool,
+    /// ONNX models: refuse a model with ops synbal does not know (default: hold the units next
+    /// to them fixed and list them in the report).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl BalanceArgs {
@@ -242,6 +246,18 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
         }
     }
 
+    if super::onnx::is_onnx(&args.input) {
+        let options = synbal::io::onnx::OnnxOptions {
+            fold_batchnorm: args.fold_batchnorm,
+            strict: args.strict,
+            overwrite_input: args.in_place,
+            ..Default::default()
+        };
+        let report = args.report.as_deref();
+        return super::onnx::run_balance(
+            &args.input, &args.output, report, &reg, &settings, &options, args.quiet,
+        );
+    }
     if args.is_model() {
         return run_model(&args, &reg, &settings);
     }

@@ -9,7 +9,8 @@ use synbal::regularizer::Regularizer;
 /// Arguments of `synbal inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Network JSON file, or a safetensors model file (with --arch or --activation).
+    /// Network JSON file, an ONNX model (`.onnx`), or a safetensors model file (with --arch or
+    /// --activation).
     pub input: PathBuf,
     /// Exponent p of the L_p cost (p > 0).
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
@@ -27,9 +28,13 @@ pub struct InspectArgs {
     /// activation between layers.
     #[arg(long, value_name = "NAME")]
     pub activation: Option<String>,
-    /// Model files: fold each BatchNorm into the layer that produces its input.
+    /// Model files (safetensors, ONNX): fold each BatchNorm into the layer that produces its
+    /// input.
     #[arg(long)]
     pub fold_batchnorm: bool,
+    /// ONNX models: refuse a model with ops synbal does not know.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl InspectArgs {
@@ -80,6 +85,15 @@ pub fn run(args: InspectArgs) -> Result<u8, Failure> {
     let mut reg = Regularizer::lp(args.p).map_err(|e| bad_input(anyhow::anyhow!("--p: {e}")))?;
     if args.no_bias_cost {
         reg = reg.without_biases();
+    }
+    if super::onnx::is_onnx(&args.input) {
+        let options = synbal::io::onnx::OnnxOptions {
+            fold_batchnorm: args.fold_batchnorm,
+            strict: args.strict,
+            overwrite_input: false,
+            ..Default::default()
+        };
+        return super::onnx::run_inspect(&args.input, &reg, &options, args.json);
     }
     if args.is_model() {
         return run_model(&args, &reg);

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod experiment;
 pub mod inspect;
 pub mod maxnorm;
+pub mod onnx;
 pub mod quantize;
 pub mod verify;
 

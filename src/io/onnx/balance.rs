@@ -1,0 +1,317 @@
+//! Balancing and inspecting an ONNX model: its layer graph ([`convert`]) is analysed into a
+//! problem over the model's own tensors, solved, and every rewritten tensor is recomputed from
+//! the stored values (`W[o, c, …]·f_o·λ_o/λ_c`, `b[o]·λ_o`, in f64, rounded once to the tensor's
+//! type) and written in place ([`write_changed`]).
+
+use super::write::{decode, write_changed};
+use super::{convert, Conversion, OnnxError, OnnxFile, UnknownOp};
+use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError, LayerInfo};
+use crate::graph::cost::{imbalances, use_costs};
+use crate::graph::reference::ReferenceError;
+use crate::graph::values::Scales;
+use crate::io::model::{
+    memory_shortfall, solve_spec, structured_route, InspectReport, LayerReport, LayerSummary,
+    ModelReport, SpecSolveError,
+};
+use crate::regularizer::Regularizer;
+use crate::solve::Settings;
+use crate::structured::spec::{TensorSource, FIXED};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Options for ONNX models. Defaults: BatchNorm held fixed, unknown ops held fixed (and listed),
+/// input never overwritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct OnnxOptions {
+    /// Fold each BatchNormalization into the Conv/Gemm/MatMul that produces its input.
+    pub fold_batchnorm: bool,
+    /// Refuse a model with ops synbal does not know ([`OnnxError::UnknownOps`]).
+    pub strict: bool,
+    /// Allow the output path to be the input path.
+    pub overwrite_input: bool,
+    /// Memory the solver may use, bytes; default: `MemAvailable` of `/proc/meminfo`. A model whose
+    /// problem needs more is refused before solving ([`OnnxError::Memory`]).
+    pub memory_limit: Option<u64>,
+}
+
+/// The outcome of [`balance_onnx`]: the same report as for safetensors files, and the ops whose
+/// neighbouring units were held fixed because synbal does not know them.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnnxReport {
+    /// Costs, scales and solver outcome per layer.
+    #[serde(flatten)]
+    pub model: ModelReport,
+    /// Ops synbal does not know (node name and type).
+    pub unknown_ops: Vec<UnknownOp>,
+}
+
+/// What [`inspect_onnx`] finds.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnnxInspectReport {
+    /// Layers, costs and imbalance.
+    #[serde(flatten)]
+    pub inspect: InspectReport,
+    /// Ops synbal does not know.
+    pub unknown_ops: Vec<UnknownOp>,
+}
+
+fn unknown_lines(ops: &[UnknownOp]) -> String {
+    ops.iter()
+        .map(|o| format!("\nunknown op `{}` ({}): the units next to it are held fixed", o.node, o.op_type))
+        .collect()
+}
+
+impl OnnxReport {
+    /// The per-layer table of [`ModelReport::layer_table`], then the unknown ops.
+    pub fn table(&self) -> String {
+        format!("{}{}", self.model.layer_table(), unknown_lines(&self.unknown_ops))
+    }
+}
+
+impl OnnxInspectReport {
+    /// The per-layer table of [`InspectReport::table`], then the unknown ops.
+    pub fn table(&self) -> String {
+        format!("{}{}", self.inspect.table(), unknown_lines(&self.unknown_ops))
+    }
+}
+
+/// An ONNX model read and analysed.
+#[derive(Debug)]
+pub struct OnnxProblem {
+    /// The model (the problem's [`TensorSource`]).
+    pub file: OnnxFile,
+    /// Its layer graph and unknown ops.
+    pub conversion: Conversion,
+    /// The problem, the tensors to rewrite and the layers.
+    pub analysis: Analysis,
+}
+
+/// A graph error as an ONNX error: a tensor error of the model as itself.
+fn graph_error(e: GraphError) -> OnnxError {
+    match e {
+        GraphError::Tensor { source, node, name } => match source.downcast::<OnnxError>() {
+            Ok(e) => *e,
+            Err(source) => OnnxError::Graph(GraphError::Tensor { node, name, source }),
+        },
+        other => OnnxError::Graph(other),
+    }
+}
+
+/// A solver error as an ONNX error: a tensor error of the model as itself.
+fn solve_error(e: ReferenceError) -> OnnxError {
+    match e {
+        ReferenceError::Source(s) => match s.downcast::<OnnxError>() {
+            Ok(e) => *e,
+            Err(s) => OnnxError::Solve(ReferenceError::Source(s)),
+        },
+        other => OnnxError::Solve(other),
+    }
+}
+
+impl OnnxProblem {
+    /// Opens `input`, builds its layer graph and analyses it.
+    pub fn load(input: &Path, options: &OnnxOptions) -> Result<Self, OnnxError> {
+        let mut file = OnnxFile::open(input)?;
+        let conversion = convert(&file)?;
+        for (alias, name, shape) in &conversion.views {
+            file.add_view(alias, name, shape.clone());
+        }
+        if options.strict && !conversion.unknown_ops.is_empty() {
+            return Err(OnnxError::UnknownOps(conversion.unknown_ops.clone()));
+        }
+        let opts = AnalysisOptions {
+            fold_batchnorm: options.fold_batchnorm,
+        };
+        let analysis = analyze(&conversion.graph, &file, &opts).map_err(graph_error)?;
+        Ok(OnnxProblem {
+            file,
+            conversion,
+            analysis,
+        })
+    }
+
+    /// Cost of every layer under `scales`.
+    fn layer_costs(&self, scales: &Scales, reg: &Regularizer) -> Result<Vec<f64>, OnnxError> {
+        let (w, b) = use_costs(&self.analysis.spec, &self.file, scales, reg)?;
+        Ok(self
+            .analysis
+            .layers
+            .iter()
+            .map(|l| {
+                l.weights.iter().map(|&i| w[i]).sum::<f64>()
+                    + l.biases.iter().map(|&i| b[i]).sum::<f64>()
+            })
+            .collect())
+    }
+
+    /// Units, free units and the reasons of the fixed ones (reason, count) of a layer.
+    fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
+        let spec = &self.analysis.spec;
+        let reasons: HashMap<u32, &String> =
+            spec.fixed_reasons.iter().map(|(u, r)| (*u, r)).collect();
+        let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
+        let mut free = 0;
+        for &u in &l.units {
+            if spec.unit_var[u as usize] == FIXED {
+                let r = reasons.get(&u).map_or("fixed".to_string(), |r| r.to_string());
+                *fixed.entry(r).or_default() += 1;
+            } else {
+                free += 1;
+            }
+        }
+        (l.units.len(), free, fixed.into_iter().collect())
+    }
+
+    /// New values of every rewritten tensor under `scales`.
+    fn changes(&self, scales: &Scales) -> Result<HashMap<String, Vec<f64>>, OnnxError> {
+        let mut out = HashMap::new();
+        for w in &self.analysis.writes {
+            let view = self.file.tensor(&w.tensor)?;
+            let old = decode(view.dtype, &view.bytes);
+            out.insert(w.tensor.clone(), self.analysis.new_values(scales, &w.rule, &old));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads an ONNX model and reports its layers, costs and imbalance without writing anything.
+pub fn inspect_onnx(
+    input: &Path,
+    reg: &Regularizer,
+    options: &OnnxOptions,
+) -> Result<OnnxInspectReport, OnnxError> {
+    if reg.edge_classes().is_some() {
+        return Err(OnnxError::Regularizer);
+    }
+    let p = OnnxProblem::load(input, options)?;
+    let scales = Scales::identity(&p.analysis.spec);
+    let costs = p.layer_costs(&scales, reg)?;
+    let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
+    let layers = p
+        .analysis
+        .layers
+        .iter()
+        .zip(&costs)
+        .enumerate()
+        .map(|(index, (l, &cost))| {
+            let (units, free_units, held_fixed) = p.unit_summary(l);
+            LayerSummary {
+                index,
+                name: l.name.clone(),
+                kind: l.kind.clone(),
+                units,
+                free_units,
+                held_fixed,
+                parameters: l.parameters,
+                cost,
+            }
+        })
+        .collect();
+    let n = imb.len().max(1) as f64;
+    Ok(OnnxInspectReport {
+        inspect: InspectReport {
+            input: input.to_path_buf(),
+            layers,
+            groups: p.analysis.spec.num_vars(),
+            total_cost: costs.iter().sum(),
+            max_relative_imbalance: imb.iter().copied().fold(0.0, f64::max),
+            mean_relative_imbalance: imb.iter().sum::<f64>() / n,
+            folded_batchnorm: p.analysis.folded.clone(),
+        },
+        unknown_ops: p.conversion.unknown_ops.clone(),
+    })
+}
+
+/// Balances an ONNX model: reads `input`, builds and analyses its layer graph, solves under
+/// `reg`, and writes `output` as a copy of the input whose rewritten tensors hold their new
+/// values (same nodes, names, opset, metadata, storage fields and external data layout). On any
+/// error nothing is written.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use synbal::io::onnx::{balance_onnx, OnnxOptions};
+/// use synbal::regularizer::Regularizer;
+/// use synbal::solve::Settings;
+/// let report = balance_onnx(
+///     Path::new("resnet18.onnx"),
+///     Path::new("balanced.onnx"),
+///     &Regularizer::lp(2.0).unwrap(),
+///     &Settings::default(),
+///     &OnnxOptions::default(),
+/// ).unwrap();
+/// println!("cost {} -> {}", report.model.cost_before, report.model.cost_after);
+/// ```
+pub fn balance_onnx(
+    input: &Path,
+    output: &Path,
+    reg: &Regularizer,
+    settings: &Settings,
+    options: &OnnxOptions,
+) -> Result<OnnxReport, OnnxError> {
+    if reg.edge_classes().is_some() {
+        return Err(OnnxError::Regularizer);
+    }
+    let p = OnnxProblem::load(input, options)?;
+    let spec = &p.analysis.spec;
+    let structured = structured_route(reg, settings);
+    if let Some((needed, available, weights)) =
+        memory_shortfall(spec, &p.file, structured, options.memory_limit)
+    {
+        return Err(OnnxError::Memory {
+            needed_mb: needed.div_ceil(1 << 20),
+            available_mb: available >> 20,
+            weights,
+        });
+    }
+    let sol = solve_spec(spec, &p.file, reg, settings, structured).map_err(|e| match e {
+        SpecSolveError::Structured(e) => OnnxError::Structured(e),
+        SpecSolveError::Reference(e) => solve_error(e),
+    })?;
+    let (x, seconds) = (&sol.var_log_scales, sol.seconds);
+    let identity = Scales::identity(&p.analysis.spec);
+    let scales = Scales::new(&p.analysis.spec, x);
+    let before = p.layer_costs(&identity, reg)?;
+    let after = p.layer_costs(&scales, reg)?;
+    write_changed(&p.file, output, &p.changes(&scales)?, options.overwrite_input)?;
+    let layers = p
+        .analysis
+        .layers
+        .iter()
+        .zip(before.iter().zip(&after))
+        .enumerate()
+        .map(|(index, (l, (&b, &a)))| {
+            let (_, free_units, held_fixed) = p.unit_summary(l);
+            LayerReport {
+                index,
+                name: l.name.clone(),
+                kind: l.kind.clone(),
+                cost_before: b,
+                cost_after: a,
+                scales: l.units.iter().map(|&u| scales.lambda[u as usize]).collect(),
+                free_units,
+                held_fixed,
+            }
+        })
+        .collect();
+    Ok(OnnxReport {
+        model: ModelReport {
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            method: sol.method.clone(),
+            algorithm: sol.algorithm.clone(),
+            status: sol.status,
+            converged: sol.status.converged(),
+            iterations: sol.iterations,
+            max_relative_imbalance: sol.max_relative_imbalance,
+            cost_before: before.iter().sum(),
+            cost_after: after.iter().sum(),
+            layers,
+            groups: p.analysis.spec.num_vars(),
+            held_fixed: sol.held_fixed,
+            folded_batchnorm: p.analysis.folded.clone(),
+            solve_seconds: seconds,
+        },
+        unknown_ops: p.conversion.unknown_ops.clone(),
+    })
+}
