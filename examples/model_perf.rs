@@ -9,7 +9,9 @@
 //! nice -n 19 cargo run --release --example model_perf -- \
 //!     --binary main=/path/to/old/synbal --binary new=target/release/synbal
 //! ```
-//! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256.
+//! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256. `--billion` adds an
+//! f32 MLP of depth 16 × width 8192 (1.07 B weights, 4.3 GB file), written tensor by tensor
+//! without holding it in memory, and runs only the last binary given on it.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -106,6 +108,54 @@ fn mlp(depth: usize, width: usize) -> Model {
     }
 }
 
+/// Writes an f32 safetensors MLP of `depth` square Linear layers of `width` (weights and biases,
+/// PyTorch's default init) straight to `file`, one row at a time, and its architecture to `arch`.
+fn write_big_mlp(file: &Path, arch: &Path, depth: usize, width: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let (w_bytes, b_bytes) = (4 * width * width, 4 * width);
+    let mut header = String::from("{");
+    let mut offset = 0;
+    for k in 0..depth {
+        let sep = if k == 0 { "" } else { "," };
+        header.push_str(&format!(
+            "{sep}\"layers.{k}.weight\":{{\"dtype\":\"F32\",\"shape\":[{width},{width}],\"data_offsets\":[{offset},{}]}}",
+            offset + w_bytes
+        ));
+        offset += w_bytes;
+        header.push_str(&format!(
+            ",\"layers.{k}.bias\":{{\"dtype\":\"F32\",\"shape\":[{width}],\"data_offsets\":[{offset},{}]}}",
+            offset + b_bytes
+        ));
+        offset += b_bytes;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(file)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header.as_bytes())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(1_000_000_000);
+    let b = 1.0 / (width as f32).sqrt();
+    let mut row = vec![0u8; 4 * width];
+    for _ in 0..depth {
+        for _ in 0..=width {
+            for x in row.chunks_exact_mut(4) {
+                x.copy_from_slice(&rng.random_range(-b..b).to_le_bytes());
+            }
+            out.write_all(&row)?;
+        }
+    }
+    out.flush()?;
+    let layers: Vec<String> = (0..depth)
+        .map(|k| format!(r#"{{"type": "linear", "prefix": "layers.{k}"}}"#))
+        .collect();
+    std::fs::write(
+        arch,
+        format!("{{\"layers\": [\n  {}\n]}}\n", layers.join(",\n  {\"type\": \"relu\"},\n  ")),
+    )
+}
+
 /// Wall seconds and peak RSS (MB) of one run, and its exit status.
 fn measure(binary: &Path, model: &Path, arch: &Path, out: &Path) -> (f64, f64, i32) {
     let o = Command::new("/usr/bin/time")
@@ -138,6 +188,7 @@ fn measure(binary: &Path, model: &Path, arch: &Path, out: &Path) -> (f64, f64, i
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let billion = args.iter().any(|a| a == "--billion");
     let mut binaries: Vec<(String, PathBuf)> = args
         .windows(2)
         .filter(|w| w[0] == "--binary")
@@ -177,5 +228,19 @@ fn main() {
                 rss / mb
             );
         }
+    }
+    if billion {
+        let (depth, width) = (16, 8192);
+        let (file, arch) = (dir.join("big.safetensors"), dir.join("big.json"));
+        write_big_mlp(&file, &arch, depth, width).expect("write the 1 B-weight model");
+        let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
+        let (name, bin) = binaries.last().expect("a binary");
+        let (wall, rss, status) = measure(bin, &file, &arch, &dir.join("out.safetensors"));
+        println!(
+            "| MLP {depth} × {width} | {:.1} M | {mb:.0} | {name} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
+            (depth * width * width) as f64 / 1e6,
+            rss / mb
+        );
+        let _ = std::fs::remove_file(&file);
     }
 }

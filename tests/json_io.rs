@@ -626,6 +626,10 @@ fn check_against_reference(text: &str) -> Result<(), TestCaseError> {
         } else {
             perturbed(&doc.network, seed)
         };
+        // a mutated document may hold weights near f64::MAX that the rescaling overflows
+        if !net.weights().iter().chain(net.biases()).all(|x| x.is_finite()) {
+            continue;
+        }
         let mut reference: Value = serde_json::from_str(text).unwrap();
         reference_patch(&mut reference, &doc.network, &net);
         prop_assert_eq!(

@@ -19,6 +19,7 @@ use crate::solve::{
     Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
 };
 use crate::measure::total_cost;
+use crate::solve::newton::certificate;
 use crate::structure::{analyze, prune};
 
 /// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.
@@ -111,6 +112,8 @@ pub fn balance_network(
     let mut network = net.clone();
     network.apply_log_scales(&u);
     let cost_after = total_cost(&network, reg);
+    // The certificate is measured on the returned network, as the per-edge solvers do.
+    let max_relative_imbalance = certificate(&network, reg, &structure);
     Ok(Solution {
         network,
         log_scales: u,
@@ -121,7 +124,7 @@ pub fn balance_network(
             _ => Algorithm::StructuredNewton,
         },
         iterations: r.iterations,
-        max_relative_imbalance: r.max_rel,
+        max_relative_imbalance,
         cost_before,
         cost_after,
         elapsed: start.elapsed(),

@@ -377,9 +377,10 @@ impl<'s, 'a> Core<'s, 'a> {
             }
         }
         let coarse = self.coarse_operator(&sd, sigma);
-        // forcing: quadratic convergence (η ∝ imbalance), but no more accuracy than the step
-        // needs to bring the imbalance below the tolerance
-        let eta = (0.5 * max).max(0.3 * self.tol / max).clamp(1e-10, 0.1);
+        // forcing: quadratic convergence (η ∝ imbalance), and no more accuracy than the step
+        // needs to bring the imbalance three orders below the tolerance, so that the last step
+        // lands at rounding level as an exact Newton step would
+        let eta = (0.5 * max).max(1e-3 * self.tol / max).clamp(1e-10, 0.1);
         let y = self.pcg(&rhs, &sd, coarse.as_ref(), eta, &active_mask(st, &self.fl));
         let delta: Vec<f64> = (0..n).map(|v| y[v] * isd[v]).collect();
         if delta.iter().any(|d| !d.is_finite()) {
