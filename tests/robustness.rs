@@ -141,17 +141,32 @@ fn the_route_is_observable_and_observed() {
         linear_solver: LinearSolver::Cg,
         ..settings(Method::Newton)
     };
+    let cholesky = Settings {
+        linear_solver: LinearSolver::Cholesky,
+        ..settings(Method::Newton)
+    };
+    let per_edge_cyclic = Settings {
+        linear_solver: LinearSolver::Cholesky,
+        ..settings(Method::Local(Schedule::Cyclic))
+    };
     let cases: Vec<(&str, Network, Settings, Algorithm)> = vec![
         (
             "wide MLP",
             wide_mlp(),
             settings(Method::Newton),
-            Algorithm::NewtonLayered,
+            Algorithm::StructuredNewton,
         ),
+        ("wide MLP, CG", wide_mlp(), cg.clone(), Algorithm::NewtonLayered),
         (
             "small DAG",
             small_dag(),
             settings(Method::Newton),
+            Algorithm::StructuredNewton,
+        ),
+        (
+            "DAG, Cholesky",
+            small_dag(),
+            cholesky,
             Algorithm::NewtonCholesky,
         ),
         ("DAG, CG", small_dag(), cg, Algorithm::NewtonPcg),
@@ -159,19 +174,25 @@ fn the_route_is_observable_and_observed() {
             "small MLP",
             random_mlp(&[5, 9, 9, 2], 1),
             settings(Method::Newton),
-            Algorithm::NewtonCholesky,
+            Algorithm::StructuredNewton,
         ),
         (
             "DAG, cyclic",
             small_dag(),
             settings(Method::Local(Schedule::Cyclic)),
+            Algorithm::StructuredLocal,
+        ),
+        (
+            "DAG, cyclic, per edge",
+            small_dag(),
+            per_edge_cyclic,
             Algorithm::Local,
         ),
         (
             "DAG, parallel",
             small_dag(),
             settings(Method::Local(Schedule::Parallel)),
-            Algorithm::Local,
+            Algorithm::StructuredLocal,
         ),
         (
             // argmin's L-BFGS stalls short of 1e-11 here (docs/cli.md: use 1e-8 with it)
@@ -209,34 +230,63 @@ fn slow_observer() -> impl FnMut(Method, &TraceEntry) {
 #[test]
 fn a_time_limit_mid_run_keeps_the_function() {
     let reg = l2();
-    let cases: Vec<(&str, Network, Method, Algorithm)> = vec![
+    let cases: Vec<(&str, Network, Method, LinearSolver, Algorithm)> = vec![
+        (
+            "structured Newton",
+            prescaled(&small_dag(), 6.0, 1),
+            Method::Newton,
+            LinearSolver::Auto,
+            Algorithm::StructuredNewton,
+        ),
         (
             "sparse Newton",
             prescaled(&small_dag(), 6.0, 1),
             Method::Newton,
+            LinearSolver::Cholesky,
             Algorithm::NewtonCholesky,
         ),
         (
             "layered Newton",
             prescaled(&wide_mlp(), 6.0, 2),
             Method::Newton,
+            LinearSolver::Cg,
             Algorithm::NewtonLayered,
+        ),
+        (
+            "structured local, cyclic",
+            prescaled(&random_mlp(&[6, 16, 16, 16, 16, 3], 4), 6.0, 3),
+            Method::Local(Schedule::Cyclic),
+            LinearSolver::Auto,
+            Algorithm::StructuredLocal,
+        ),
+        (
+            "structured local, parallel",
+            prescaled(&random_mlp(&[6, 16, 16, 16, 16, 3], 4), 6.0, 3),
+            Method::Local(Schedule::Parallel),
+            LinearSolver::Auto,
+            Algorithm::StructuredLocal,
         ),
         (
             "local, cyclic",
             prescaled(&random_mlp(&[6, 16, 16, 16, 16, 3], 4), 6.0, 3),
             Method::Local(Schedule::Cyclic),
+            LinearSolver::Cholesky,
             Algorithm::Local,
         ),
         (
             "local, parallel",
             prescaled(&random_mlp(&[6, 16, 16, 16, 16, 3], 4), 6.0, 3),
             Method::Local(Schedule::Parallel),
+            LinearSolver::Cholesky,
             Algorithm::Local,
         ),
     ];
-    for (name, net, method, algorithm) in cases {
-        let unlimited = balance(&net, &reg, &settings(method)).unwrap();
+    for (name, net, method, linear_solver, algorithm) in cases {
+        let plain = Settings {
+            linear_solver,
+            ..settings(method)
+        };
+        let unlimited = balance(&net, &reg, &plain).unwrap();
         assert!(unlimited.status.converged(), "{name}");
         assert!(
             unlimited.iterations >= 4,
@@ -245,6 +295,7 @@ fn a_time_limit_mid_run_keeps_the_function() {
         );
         let s = Settings::builder()
             .method(method)
+            .linear_solver(linear_solver)
             .tol(1e-11)
             .time_limit(Duration::from_millis(60))
             .build()
