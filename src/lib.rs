@@ -13,16 +13,21 @@
 //! and [`exact`], and the error enums.
 //!
 //! Modules:
+//! - [`structured`]: the problem core every solver and format goes through: the problem
+//!   specification ([`structured::spec`]), blocks of costs over borrowed tensors, Newton-PCG with
+//!   a coarse correction and the local schedules behind one driver.
+//! - [`graph`]: the layer graph of a model file (arch JSON, ONNX) and its analysis into a spec.
 //! - [`network`]: the graph (neurons, edges, biases, activations, scale groups, builders,
 //!   evaluation).
 //! - [`regularizer`]: penalties `g` (`L_p`, elastic net, custom) and per-edge classes.
 //! - [`measure`]: costs, imbalances, deficit.
 //! - [`mod@balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
-//! - [`problem`]: the log-scale convex problem `F(u)` (value, gradient, sparse Hessian).
+//! - [`problem`]: the per-edge log-scale problem `F(u)` (value, gradient, sparse Hessian) of the
+//!   per-edge solvers and the exact reference.
 //! - [`maxnorm`]: max-norm (`p = ∞`) balance and pairwise CLE; [`quant`]: weight quantization.
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
-//! - [`io`]: network JSON, safetensors model files, reports.
+//! - [`io`]: network JSON, safetensors and ONNX model files, reports.
 //! - With the `plot` feature: [`plot`] (PNG/SVG figures), [`verify`] and [`demo`] (many local runs
 //!   against the exact state; the built-in demonstration). With the `experiments` feature:
 //!   [`train`] (MNIST, the trainer and the learning experiments).
@@ -40,7 +45,7 @@
 //! let sol = balance(&net, &Regularizer::lp(2.0)?, &settings)?;
 //! assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
 //! assert!(sol.cost_after < sol.cost_before);
-//! assert_eq!(sol.algorithm, Algorithm::NewtonCholesky); // small network: sparse Cholesky
+//! assert_eq!(sol.algorithm, Algorithm::StructuredNewton); // the default route: the core
 //! let lambda = sol.neuron_scales(); // λ per neuron, 1 for inputs and outputs
 //! assert_eq!(lambda[0], 1.0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
