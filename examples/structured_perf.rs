@@ -14,7 +14,8 @@
 //! imbalance, peak memory and its ratio to the f32 tensors. Routes: `newton`, `parallel` (colour
 //! sweeps, 2 threads), `colour-1t` (the same on one thread), `cyclic` (one variable at a time)
 //! on the structured core; for MLPs also `net-core` (`structured::balance_network` on the
-//! equivalent `Network`) and `old-newton` (`solve::balance`).
+//! equivalent `Network`) and `old-newton` (`solve::balance` with `LinearSolver::Cg`: the per-edge
+//! dense layered Newton).
 
 use std::process::Command;
 use std::time::Instant;
@@ -316,7 +317,12 @@ fn child(case: &str, route: &str, threads: usize) {
             let s = if route == "net-core" {
                 balance_network(&net, &reg, &settings, &mut NoObserver).unwrap()
             } else {
-                synbal::solve::balance(&net, &reg, &settings).unwrap()
+                // the per-edge dense layered Newton (LinearSolver::Cg selects it for dense MLPs)
+                let layered = Settings {
+                    linear_solver: synbal::solve::LinearSolver::Cg,
+                    ..settings.clone()
+                };
+                synbal::solve::balance(&net, &reg, &layered).unwrap()
             };
             (t.elapsed().as_secs_f64(), s.iterations, 0, s.max_relative_imbalance, s.status, 0)
         } else {
