@@ -199,22 +199,7 @@ impl ModelProblem {
 
     /// Per layer: units, free units and the reasons of the fixed ones (reason, count).
     fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
-        let spec = &self.analysis.spec;
-        let reasons: HashMap<u32, &String> =
-            spec.fixed_reasons.iter().map(|(u, r)| (*u, r)).collect();
-        let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
-        let mut free = 0;
-        for &u in &l.units {
-            if spec.unit_var[u as usize] == FIXED {
-                let r = reasons
-                    .get(&u)
-                    .map_or("fixed".to_string(), |r| r.to_string());
-                *fixed.entry(r).or_default() += 1;
-            } else {
-                free += 1;
-            }
-        }
-        (l.units.len(), free, fixed.into_iter().collect())
+        unit_summary(&self.analysis.spec, l)
     }
 }
 
@@ -708,14 +693,55 @@ pub fn balance_file(
         costs.pop().unwrap_or_default(),
     );
     write_output(&p, &scales, output, options.overwrite_input)?;
-    let layers = p
-        .analysis
+    Ok(model_report(
+        input,
+        output,
+        &p.analysis,
+        &sol,
+        &scales,
+        &before,
+        &after,
+        |_, l| p.layer_index_kind(l),
+    ))
+}
+
+/// Units of a layer, its free units and the reasons of the fixed ones (reason, count).
+pub(crate) fn unit_summary(spec: &ProblemSpec, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
+    let reasons: HashMap<u32, &String> = spec.fixed_reasons.iter().map(|(u, r)| (*u, r)).collect();
+    let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut free = 0;
+    for &u in &l.units {
+        if spec.unit_var[u as usize] == FIXED {
+            let r = reasons.get(&u).map_or("fixed".to_string(), |r| r.to_string());
+            *fixed.entry(r).or_default() += 1;
+        } else {
+            free += 1;
+        }
+    }
+    (l.units.len(), free, fixed.into_iter().collect())
+}
+
+/// The report of a balanced model file (safetensors or ONNX): per layer (index and type from
+/// `index_kind`) the costs `before` and `after`, λ per unit and the unit summary.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn model_report(
+    input: &Path,
+    output: &Path,
+    analysis: &Analysis,
+    sol: &SpecSolution,
+    scales: &Scales,
+    before: &[f64],
+    after: &[f64],
+    index_kind: impl Fn(usize, &LayerInfo) -> (usize, String),
+) -> ModelReport {
+    let layers = analysis
         .layers
         .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(l, (&b, &a))| {
-            let (index, kind) = p.layer_index_kind(l);
-            let (_, free_units, held_fixed) = p.unit_summary(l);
+        .zip(before.iter().zip(after))
+        .enumerate()
+        .map(|(k, (l, (&b, &a)))| {
+            let (index, kind) = index_kind(k, l);
+            let (_, free_units, held_fixed) = unit_summary(&analysis.spec, l);
             LayerReport {
                 index,
                 name: l.name.clone(),
@@ -728,11 +754,11 @@ pub fn balance_file(
             }
         })
         .collect();
-    Ok(ModelReport {
+    ModelReport {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
-        method: sol.method,
-        algorithm: sol.algorithm,
+        method: sol.method.clone(),
+        algorithm: sol.algorithm.clone(),
         status: sol.status,
         converged: sol.status.converged(),
         iterations: sol.iterations,
@@ -740,9 +766,9 @@ pub fn balance_file(
         cost_before: before.iter().sum(),
         cost_after: after.iter().sum(),
         layers,
-        groups: p.analysis.spec.num_vars(),
+        groups: analysis.spec.num_vars(),
         held_fixed: sol.held_fixed,
-        folded_batchnorm: p.analysis.folded.clone(),
+        folded_batchnorm: analysis.folded.clone(),
         solve_seconds: sol.seconds,
-    })
+    }
 }

@@ -10,14 +10,14 @@ use crate::graph::cost::{imbalances, use_costs};
 use crate::graph::reference::ReferenceError;
 use crate::graph::values::Scales;
 use crate::io::model::{
-    memory_shortfall, solve_spec, structured_route, InspectReport, LayerReport, LayerSummary,
-    ModelReport, SpecSolveError,
+    memory_shortfall, model_report, solve_spec, structured_route, unit_summary, InspectReport,
+    LayerSummary, ModelReport, SpecSolveError,
 };
 use crate::regularizer::Regularizer;
 use crate::solve::Settings;
-use crate::structured::spec::{TensorSource, FIXED};
+use crate::structured::spec::TensorSource;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Options for ONNX models. Defaults: BatchNorm held fixed, unknown ops held fixed (and listed),
@@ -147,20 +147,7 @@ impl OnnxProblem {
 
     /// Units, free units and the reasons of the fixed ones (reason, count) of a layer.
     fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
-        let spec = &self.analysis.spec;
-        let reasons: HashMap<u32, &String> =
-            spec.fixed_reasons.iter().map(|(u, r)| (*u, r)).collect();
-        let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
-        let mut free = 0;
-        for &u in &l.units {
-            if spec.unit_var[u as usize] == FIXED {
-                let r = reasons.get(&u).map_or("fixed".to_string(), |r| r.to_string());
-                *fixed.entry(r).or_default() += 1;
-            } else {
-                free += 1;
-            }
-        }
-        (l.units.len(), free, fixed.into_iter().collect())
+        unit_summary(&self.analysis.spec, l)
     }
 
     /// New values of every rewritten tensor under `scales`.
@@ -268,50 +255,24 @@ pub fn balance_onnx(
         SpecSolveError::Structured(e) => OnnxError::Structured(e),
         SpecSolveError::Reference(e) => solve_error(e),
     })?;
-    let (x, seconds) = (&sol.var_log_scales, sol.seconds);
+    let x = &sol.var_log_scales;
     let identity = Scales::identity(&p.analysis.spec);
     let scales = Scales::new(&p.analysis.spec, x);
     let before = p.layer_costs(&identity, reg)?;
     let after = p.layer_costs(&scales, reg)?;
     write_changed(&p.file, output, &p.changes(&scales)?, options.overwrite_input)?;
-    let layers = p
-        .analysis
-        .layers
-        .iter()
-        .zip(before.iter().zip(&after))
-        .enumerate()
-        .map(|(index, (l, (&b, &a)))| {
-            let (_, free_units, held_fixed) = p.unit_summary(l);
-            LayerReport {
-                index,
-                name: l.name.clone(),
-                kind: l.kind.clone(),
-                cost_before: b,
-                cost_after: a,
-                scales: l.units.iter().map(|&u| scales.lambda[u as usize]).collect(),
-                free_units,
-                held_fixed,
-            }
-        })
-        .collect();
+    let model = model_report(
+        input,
+        output,
+        &p.analysis,
+        &sol,
+        &scales,
+        &before,
+        &after,
+        |k, l| (k, l.kind.clone()),
+    );
     Ok(OnnxReport {
-        model: ModelReport {
-            input: input.to_path_buf(),
-            output: output.to_path_buf(),
-            method: sol.method.clone(),
-            algorithm: sol.algorithm.clone(),
-            status: sol.status,
-            converged: sol.status.converged(),
-            iterations: sol.iterations,
-            max_relative_imbalance: sol.max_relative_imbalance,
-            cost_before: before.iter().sum(),
-            cost_after: after.iter().sum(),
-            layers,
-            groups: p.analysis.spec.num_vars(),
-            held_fixed: sol.held_fixed,
-            folded_batchnorm: p.analysis.folded.clone(),
-            solve_seconds: seconds,
-        },
+        model,
         unknown_ops: p.conversion.unknown_ops.clone(),
     })
 }
