@@ -152,7 +152,10 @@ fn write_big_mlp(file: &Path, arch: &Path, depth: usize, width: usize) -> std::i
         .collect();
     std::fs::write(
         arch,
-        format!("{{\"layers\": [\n  {}\n]}}\n", layers.join(",\n  {\"type\": \"relu\"},\n  ")),
+        format!(
+            "{{\"layers\": [\n  {}\n]}}\n",
+            layers.join(",\n  {\"type\": \"relu\"},\n  ")
+        ),
     )
 }
 

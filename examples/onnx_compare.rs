@@ -17,7 +17,10 @@ fn main() -> TractResult<()> {
         eprintln!("usage: onnx_compare A.onnx B.onnx N,C,H,W [trials]");
         std::process::exit(2);
     }
-    let shape: Vec<usize> = args[3].split(',').map(|s| s.parse().expect("a dimension")).collect();
+    let shape: Vec<usize> = args[3]
+        .split(',')
+        .map(|s| s.parse().expect("a dimension"))
+        .collect();
     let trials: usize = args.get(4).map_or(3, |s| s.parse().expect("a count"));
     let load = |path: &str| -> TractResult<_> {
         tract_onnx::onnx()
@@ -38,10 +41,19 @@ fn main() -> TractResult<()> {
         let ya = a.run(tvec!(input.clone().into()))?;
         let yb = b.run(tvec!(input.into()))?;
         for (p, q) in ya.iter().zip(yb.iter()) {
-            let (p, q) = (p.to_plain_array_view::<f32>()?, q.to_plain_array_view::<f32>()?);
+            let (p, q) = (
+                p.to_plain_array_view::<f32>()?,
+                q.to_plain_array_view::<f32>()?,
+            );
             let scale = p.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
-            let d = p.iter().zip(q.iter()).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
-            println!("trial {trial}: max |Δ| = {d:.3e}, max |y| = {scale:.3e}, relative {:.3e}", d / scale);
+            let d = p
+                .iter()
+                .zip(q.iter())
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
+            println!(
+                "trial {trial}: max |Δ| = {d:.3e}, max |y| = {scale:.3e}, relative {:.3e}",
+                d / scale
+            );
             worst = worst.max(d / scale);
         }
     }

@@ -113,7 +113,11 @@ impl Model {
     }
 
     fn linear(&mut self, name: &str, inp: &[u32], out: &[u32]) {
-        self.tensor(&format!("{name}.weight"), vec![out.len(), inp.len()], inp.len());
+        self.tensor(
+            &format!("{name}.weight"),
+            vec![out.len(), inp.len()],
+            inp.len(),
+        );
         self.bias(&format!("{name}.bias"), out, inp.len());
         self.spec.weights.push(WeightUse {
             tensor: format!("{name}.weight"),
@@ -203,7 +207,11 @@ fn resnet50() -> Model {
     let stem = m.units("stem", 64, true);
     m.conv("conv1", &input, &stem, 49);
     let mut stream = stem;
-    for (s, (&blocks, &width)) in [3usize, 4, 6, 3].iter().zip(&[64usize, 128, 256, 512]).enumerate() {
+    for (s, (&blocks, &width)) in [3usize, 4, 6, 3]
+        .iter()
+        .zip(&[64usize, 128, 256, 512])
+        .enumerate()
+    {
         let out = m.units(&format!("layer{}", s + 1), 4 * width, true);
         m.conv(&format!("layer{}.0.downsample", s + 1), &stream, &out, 1);
         let mut x = stream.clone();
@@ -303,11 +311,18 @@ fn child(case: &str, route: &str, threads: usize) {
         tol: 1e-10,
         trace: false,
         // local schedules: a fixed number of sweeps, reported per sweep
-        max_iterations: if matches!(method, Method::Local(_)) { Some(SWEEPS) } else { None },
+        max_iterations: if matches!(method, Method::Local(_)) {
+            Some(SWEEPS)
+        } else {
+            None
+        },
         time_limit: Some(std::time::Duration::from_secs(120)),
         ..Settings::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let file = model.src.bytes();
     let cpu0 = cpu_seconds();
     let (secs, iters, passes, imb, status, cg) = pool.install(|| {
@@ -324,7 +339,14 @@ fn child(case: &str, route: &str, threads: usize) {
                 };
                 synbal::solve::balance(&net, &reg, &layered).unwrap()
             };
-            (t.elapsed().as_secs_f64(), s.iterations, 0, s.max_relative_imbalance, s.status, 0)
+            (
+                t.elapsed().as_secs_f64(),
+                s.iterations,
+                0,
+                s.max_relative_imbalance,
+                s.status,
+                0,
+            )
         } else {
             let t = Instant::now();
             let s = solve(&model.spec, &model.src, &reg, &settings, &mut NoObserver).unwrap();
@@ -403,7 +425,13 @@ fn main() {
             .expect("child runs");
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(line) = text.lines().find(|l| l.starts_with("RESULT")) else {
-            println!("| {case} | {route} | {threads} | failed: {} |", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+            println!(
+                "| {case} | {route} | {threads} | failed: {} |",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
             continue;
         };
         let f: Vec<&str> = line.split_whitespace().collect();

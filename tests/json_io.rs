@@ -627,7 +627,12 @@ fn check_against_reference(text: &str) -> Result<(), TestCaseError> {
             perturbed(&doc.network, seed)
         };
         // a mutated document may hold weights near f64::MAX that the rescaling overflows
-        if !net.weights().iter().chain(net.biases()).all(|x| x.is_finite()) {
+        if !net
+            .weights()
+            .iter()
+            .chain(net.biases())
+            .all(|x| x.is_finite())
+        {
             continue;
         }
         let mut reference: Value = serde_json::from_str(text).unwrap();

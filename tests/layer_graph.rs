@@ -812,7 +812,13 @@ fn the_documented_resnet_and_concat_example() {
         ("b1", 3, 6, 3),
         ("b2", 2, 6, 1),
     ] {
-        param(&mut rng, &mut t, &format!("{name}.weight"), &[o, i, k, k], 1.0);
+        param(
+            &mut rng,
+            &mut t,
+            &format!("{name}.weight"),
+            &[o, i, k, k],
+            1.0,
+        );
         param(&mut rng, &mut t, &format!("{name}.bias"), &[o], 0.5);
     }
     for (name, c) in [("stem_bn", 4), ("a1_bn", 5), ("a2_bn", 6), ("down_bn", 6)] {

@@ -42,14 +42,23 @@ fn chain(form: Form, dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn an_unchanged_copy_is_byte_identical_in_every_storage_form() {
-    for form in [Form::Raw, Form::FloatData, Form::ConstantNode, Form::External] {
+    for form in [
+        Form::Raw,
+        Form::FloatData,
+        Form::ConstantNode,
+        Form::External,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
         let f = OnnxFile::open(&p).unwrap();
         let o = out.path().join("copy.onnx");
         write_changed(&f, &o, &HashMap::new(), false).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&o).unwrap(), "{form:?}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(&o).unwrap(),
+            "{form:?}"
+        );
         if form == Form::External {
             assert_eq!(
                 std::fs::read(dir.path().join("weights.bin")).unwrap(),
@@ -61,7 +70,12 @@ fn an_unchanged_copy_is_byte_identical_in_every_storage_form() {
 
 #[test]
 fn changed_values_land_in_the_same_field_and_nothing_else_changes() {
-    for form in [Form::Raw, Form::FloatData, Form::ConstantNode, Form::External] {
+    for form in [
+        Form::Raw,
+        Form::FloatData,
+        Form::ConstantNode,
+        Form::External,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
@@ -70,7 +84,13 @@ fn changed_values_land_in_the_same_field_and_nothing_else_changes() {
         let n: usize = f.stored_tensor(name).unwrap().shape.iter().product();
         let new: Vec<f64> = (0..n).map(|i| i as f64 * 0.25).collect();
         let o = out.path().join("copy.onnx");
-        write_changed(&f, &o, &HashMap::from([(name.to_string(), new.clone())]), false).unwrap();
+        write_changed(
+            &f,
+            &o,
+            &HashMap::from([(name.to_string(), new.clone())]),
+            false,
+        )
+        .unwrap();
         let g = OnnxFile::open(&o).unwrap();
         let got = g.floats(name).unwrap();
         assert_eq!(got, new, "{form:?}");
@@ -85,11 +105,18 @@ fn changed_values_land_in_the_same_field_and_nothing_else_changes() {
             Storage::Model(r) => (p.clone(), o.clone(), r.clone()),
             Storage::External { range, .. } => {
                 assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&o).unwrap());
-                (dir.path().join("weights.bin"), out.path().join("weights.bin"), range.clone())
+                (
+                    dir.path().join("weights.bin"),
+                    out.path().join("weights.bin"),
+                    range.clone(),
+                )
             }
             Storage::Owned(_) => panic!("{form:?}: not located"),
         };
-        let (a, b) = (std::fs::read(file_a).unwrap(), std::fs::read(file_b).unwrap());
+        let (a, b) = (
+            std::fs::read(file_a).unwrap(),
+            std::fs::read(file_b).unwrap(),
+        );
         assert_eq!(a.len(), b.len());
         let differing: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
         assert!(!differing.is_empty());
@@ -108,7 +135,11 @@ fn layer_graph_of_branches_heads_and_permuted_flatten() {
     let c = b.relu(&c);
     let cat = b.node("Concat", &[&a, &c], vec![onnx_support::attr_i("axis", 1)]);
     let head1 = b.conv(&cat, 6, 2, 1, 1, true);
-    let t = b.node("Transpose", &[&cat], vec![onnx_support::attr_ints("perm", &[0, 2, 3, 1])]);
+    let t = b.node(
+        "Transpose",
+        &[&cat],
+        vec![onnx_support::attr_ints("perm", &[0, 2, 3, 1])],
+    );
     let fl = b.node("Flatten", &[&t], vec![onnx_support::attr_i("axis", 1)]);
     let head2 = b.gemm(&fl, 6 * 36, 3, true);
     b.output(&head1, &[1, 2, 6, 6]);
@@ -118,7 +149,12 @@ fn layer_graph_of_branches_heads_and_permuted_flatten() {
     let conv = convert(&f).unwrap();
     let ops: Vec<&Op> = conv.graph.nodes.iter().map(|n| &n.op).collect();
     assert!(ops.iter().any(|o| matches!(o, Op::Concat)));
-    assert!(ops.iter().any(|o| matches!(o, Op::Flatten { channels_last: true })));
+    assert!(ops.iter().any(|o| matches!(
+        o,
+        Op::Flatten {
+            channels_last: true
+        }
+    )));
     assert_eq!(conv.graph.outputs.len(), 2);
 }
 
@@ -188,7 +224,10 @@ fn truncated_and_corrupt_files_are_refused() {
     }
     let q = dir.path().join("text.onnx");
     std::fs::write(&q, b"{\"not\": \"onnx\"}").unwrap();
-    assert!(matches!(OnnxFile::open(&q).unwrap_err(), OnnxError::Corrupt { .. }));
+    assert!(matches!(
+        OnnxFile::open(&q).unwrap_err(),
+        OnnxError::Corrupt { .. }
+    ));
 }
 
 #[test]
@@ -202,7 +241,10 @@ fn opsets_outside_11_to_21_are_refused() {
         b.output(&y, &[1, 2, 8, 8]);
         let p = b.save(dir.path(), "m.onnx");
         let e = OnnxFile::open(&p).unwrap_err();
-        assert!(matches!(e, OnnxError::UnsupportedOpset { opset: o } if o == opset), "{e}");
+        assert!(
+            matches!(e, OnnxError::UnsupportedOpset { opset: o } if o == opset),
+            "{e}"
+        );
         assert!(e.to_string().contains(&opset.to_string()));
     }
 }
@@ -232,7 +274,10 @@ fn missing_initializer_missing_external_file_and_dynamic_channels_name_the_tenso
     b.output(&y, &[1, 2, 8, 8]);
     let p = b.save(dir.path(), "m.onnx");
     let e = convert(&OnnxFile::open(&p).unwrap()).unwrap_err();
-    assert!(matches!(e, OnnxError::DynamicShape { ref tensor, .. } if tensor == "x"), "{e}");
+    assert!(
+        matches!(e, OnnxError::DynamicShape { ref tensor, .. } if tensor == "x"),
+        "{e}"
+    );
 }
 
 // ---------- balancing, checked with tract ----------
@@ -243,7 +288,9 @@ use synbal::regularizer::Regularizer;
 use synbal::solve::Settings;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(name)
 }
 
 fn l2() -> Regularizer {
@@ -262,9 +309,17 @@ fn balance_and_check(
     let out = dir.path().join("balanced.onnx");
     let report = balance_onnx(input, &out, &l2(), &Settings::default(), options).unwrap();
     assert!(report.model.converged, "{}", report.table());
-    assert!(report.model.cost_after < report.model.cost_before, "{}", report.table());
+    assert!(
+        report.model.cost_after < report.model.cost_before,
+        "{}",
+        report.table()
+    );
     let d = onnx_support::max_relative_difference(input, &out, shapes, 3);
-    assert!(d < 1e-4, "{}: outputs differ by {d:e} relative", input.display());
+    assert!(
+        d < 1e-4,
+        "{}: outputs differ by {d:e} relative",
+        input.display()
+    );
     let again = inspect_onnx(&out, &l2(), options).unwrap();
     assert!(
         again.inspect.max_relative_imbalance < 1e-5,
@@ -281,21 +336,32 @@ fn squares(v: &[f64]) -> f64 {
 
 #[test]
 fn a_chain_balances_in_every_storage_form_and_the_l2_condition_holds_on_the_written_weights() {
-    for form in [Form::Raw, Form::FloatData, Form::ConstantNode, Form::External] {
+    for form in [
+        Form::Raw,
+        Form::FloatData,
+        Form::ConstantNode,
+        Form::External,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
         let (report, out, _keep) =
             balance_and_check(&p, &[vec![1, 3, 8, 8]], &OnnxOptions::default());
         assert_eq!(report.model.layers.len(), 2);
         let f = OnnxFile::open(&out).unwrap();
-        let (w1, b1) = (f.floats("conv1.weight").unwrap(), f.floats("conv1.bias").unwrap());
+        let (w1, b1) = (
+            f.floats("conv1.weight").unwrap(),
+            f.floats("conv1.bias").unwrap(),
+        );
         let w2 = f.floats("conv3.weight").unwrap();
         for c in 0..4 {
             let inc = squares(&w1[c * 27..(c + 1) * 27]) + b1[c] * b1[c];
             let outc: f64 = (0..2)
                 .map(|o| squares(&w2[(o * 4 + c) * 9..(o * 4 + c + 1) * 9]))
                 .sum();
-            assert!((inc - outc).abs() / (inc + outc) < 1e-5, "{form:?} channel {c}: {inc} vs {outc}");
+            assert!(
+                (inc - outc).abs() / (inc + outc) < 1e-5,
+                "{form:?} channel {c}: {inc} vs {outc}"
+            );
         }
         if form == Form::External {
             assert_eq!(
@@ -322,7 +388,11 @@ fn torch_exports_balance_concat_downsample_two_heads_prelu_permute_external() {
         let src = dir.path().join(name);
         std::fs::copy(fixture(name), &src).unwrap();
         if name == "external.onnx" {
-            std::fs::copy(fixture("external.onnx.data"), dir.path().join("external.onnx.data")).unwrap();
+            std::fs::copy(
+                fixture("external.onnx.data"),
+                dir.path().join("external.onnx.data"),
+            )
+            .unwrap();
         }
         let (report, _, _keep) = balance_and_check(&src, &[shape], &OnnxOptions::default());
         let free: usize = report.model.layers.iter().map(|l| l.free_units).sum();
@@ -333,10 +403,17 @@ fn torch_exports_balance_concat_downsample_two_heads_prelu_permute_external() {
 
 #[test]
 fn relu6_holds_its_input_units_fixed_and_balances_the_rest() {
-    let (report, _, _keep) =
-        balance_and_check(&fixture("relu6.onnx"), &[vec![1, 3, 8, 8]], &OnnxOptions::default());
+    let (report, _, _keep) = balance_and_check(
+        &fixture("relu6.onnx"),
+        &[vec![1, 3, 8, 8]],
+        &OnnxOptions::default(),
+    );
     let l = &report.model.layers;
-    assert_eq!(l[0].free_units, 0, "c1 feeds the Clip: {:?}", l[0].held_fixed);
+    assert_eq!(
+        l[0].free_units, 0,
+        "c1 feeds the Clip: {:?}",
+        l[0].held_fixed
+    );
     assert!(l[0].scales.iter().all(|&s| s == 1.0));
     assert_eq!(l[1].free_units, 8, "c2 feeds a ReLU");
 }
@@ -370,7 +447,12 @@ fn gemm_trans_b_0_and_1_matmul_depthwise_and_an_unknown_op() {
     let (report, _, _keep) = balance_and_check(&p, &[vec![2, 4, 6, 6]], &OnnxOptions::default());
     assert_eq!(report.unknown_ops.len(), 1);
     assert_eq!(report.unknown_ops[0].op_type, "Sum");
-    let names: Vec<&str> = report.model.layers.iter().map(|l| l.name.as_str()).collect();
+    let names: Vec<&str> = report
+        .model
+        .layers
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
     // conv, depthwise conv, conv, Gemm, Gemm, MatMul, its per-channel Add, Gemm.
     assert_eq!(names.len(), 8, "{names:?}");
     assert!(names[5].starts_with("MatMul") && report.model.layers[6].kind == "add_bias");
@@ -408,8 +490,18 @@ fn an_integer_weight_is_refused_and_nothing_is_written() {
     b.output(&y, &[1, 2, 4, 4]);
     let p = b.save(dir.path(), "m.onnx");
     let out = dir.path().join("out.onnx");
-    let e = balance_onnx(&p, &out, &l2(), &Settings::default(), &OnnxOptions::default()).unwrap_err();
-    assert!(matches!(e, OnnxError::IntegerWeight { ref name, .. } if name == "q.weight"), "{e}");
+    let e = balance_onnx(
+        &p,
+        &out,
+        &l2(),
+        &Settings::default(),
+        &OnnxOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, OnnxError::IntegerWeight { ref name, .. } if name == "q.weight"),
+        "{e}"
+    );
     assert!(!out.exists());
 }
 
@@ -440,8 +532,16 @@ fn cli_balances_and_inspects_an_onnx_model() {
     assert!(stderr.contains("cost before"), "{stderr}");
     let r = synbal_cli(&["inspect".as_ref(), out.as_os_str()]);
     let stdout = String::from_utf8_lossy(&r.stdout);
-    assert_eq!(r.status.code(), Some(0), "{}", String::from_utf8_lossy(&r.stderr));
-    assert!(stdout.contains("/c1/Conv") || stdout.contains("Conv"), "{stdout}");
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        stdout.contains("/c1/Conv") || stdout.contains("Conv"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -478,11 +578,20 @@ fn cli_bad_onnx_input_exits_2_and_writes_nothing() {
         (&dynamic, "`x`"),
     ] {
         let out = dir.path().join("out.onnx");
-        let r = synbal_cli(&["balance".as_ref(), input.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+        let r = synbal_cli(&[
+            "balance".as_ref(),
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{}: {stderr}", input.display());
         assert!(stderr.contains(needle), "{}: {stderr}", input.display());
         assert!(!out.exists(), "{}", input.display());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
     }
 }

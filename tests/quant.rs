@@ -67,14 +67,7 @@ fn tensors_and_channels_of_a_network() {
     // per channel: h1's row has its own Δ = 0.1/3: 0.04/Δ = 1.2 → 1
     let q = quantize_network(&net, 3, Granularity::PerChannel).unwrap();
     let dh1 = 0.1 / 3.0;
-    let expected = [
-        3.0 * d1,
-        -d1,
-        3.0 * dh1,
-        1.0 * dh1,
-        3.0 * d2,
-        -d2,
-    ];
+    let expected = [3.0 * d1, -d1, 3.0 * dh1, 1.0 * dh1, 3.0 * d2, -d2];
     assert_eq!(q.weights(), &expected);
     assert_eq!(
         quantize_network(&net, 20, Granularity::PerTensor).unwrap_err(),

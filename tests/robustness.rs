@@ -156,7 +156,12 @@ fn the_route_is_observable_and_observed() {
             settings(Method::Newton),
             Algorithm::StructuredNewton,
         ),
-        ("wide MLP, CG", wide_mlp(), cg.clone(), Algorithm::NewtonLayered),
+        (
+            "wide MLP, CG",
+            wide_mlp(),
+            cg.clone(),
+            Algorithm::NewtonLayered,
+        ),
         (
             "small DAG",
             small_dag(),

@@ -12,8 +12,7 @@ use synbal::regularizer::{Penalty, Regularizer};
 use synbal::solve::{exact, Method, NoObserver, Schedule, Settings, Status, TraceEntry};
 use synbal::structured::memory::MemorySource;
 use synbal::structured::spec::{
-    BiasUse, BiasValues, ElementType, Layout, ProblemSpec, TensorSource, UnitSet, WeightUse,
-    FIXED,
+    BiasUse, BiasValues, ElementType, Layout, ProblemSpec, TensorSource, UnitSet, WeightUse, FIXED,
 };
 use synbal::structured::{balance_network, solve, StructuredError};
 
@@ -37,7 +36,10 @@ fn check_network(net: &Network, reg: &Regularizer, method: Method, what: &str) {
         sol.max_relative_imbalance
     );
     let d = relative_distance(&sol.network, &reference.network);
-    assert!(d <= 1e-9, "{what} {method}: distance {d} to the exact state");
+    assert!(
+        d <= 1e-9,
+        "{what} {method}: distance {d} to the exact state"
+    );
     assert_eq!(
         sol.diagnostics.held_fixed, reference.diagnostics.held_fixed,
         "{what}: same variables held"
@@ -58,14 +60,29 @@ fn families() -> Vec<(&'static str, Network)> {
             "mixed",
             random_mixed_mlp(
                 &[4, 10, 10, 3],
-                &[Activation::Relu, Activation::Tanh, Activation::LeakyRelu { slope: 0.1 }],
+                &[
+                    Activation::Relu,
+                    Activation::Tanh,
+                    Activation::LeakyRelu { slope: 0.1 },
+                ],
                 4,
             ),
         ),
         ("bipu", random_mlp_with(&[4, 8, 8, 2], bipu, 5)),
         (
             "bipu-dag",
-            random_dag(3, 12, 2, 0.4, Activation::Bipu { degree: 0.5, neg: 0.0, pos: 1.0 }, 6),
+            random_dag(
+                3,
+                12,
+                2,
+                0.4,
+                Activation::Bipu {
+                    degree: 0.5,
+                    neg: 0.0,
+                    pos: 1.0,
+                },
+                6,
+            ),
         ),
     ]
 }
@@ -82,7 +99,12 @@ fn newton_matches_exact_on_every_family_and_lp() {
 #[test]
 fn newton_matches_exact_for_elastic_net_and_per_layer_p() {
     for (what, net) in families() {
-        check_network(&net, &Regularizer::elastic_net(0.7, 0.4).unwrap(), Method::Newton, what);
+        check_network(
+            &net,
+            &Regularizer::elastic_net(0.7, 0.4).unwrap(),
+            Method::Newton,
+            what,
+        );
         check_network(
             &net,
             &Regularizer::lp(2.0).unwrap().without_biases(),
@@ -122,8 +144,10 @@ fn local_schedules_reach_the_exact_state() {
             Schedule::Greedy,
             Schedule::Parallel,
         ] {
-            for reg in [Regularizer::lp(2.0).unwrap(), Regularizer::elastic_net(1.0, 0.5).unwrap()]
-            {
+            for reg in [
+                Regularizer::lp(2.0).unwrap(),
+                Regularizer::elastic_net(1.0, 0.5).unwrap(),
+            ] {
                 check_network(net, &reg, Method::Local(schedule), what);
             }
         }
@@ -154,10 +178,24 @@ fn observer_is_called_and_algorithm_is_reported() {
     let sol = balance_network(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut count).unwrap();
     assert_eq!(seen, sol.iterations + 1);
     let (spec, src, _) = mlp_spec(&[4, 8, 8, 2], 12);
-    let solved = solve(&spec, &src, &Regularizer::lp(2.0).unwrap(), &s, &mut NoObserver).unwrap();
+    let solved = solve(
+        &spec,
+        &src,
+        &Regularizer::lp(2.0).unwrap(),
+        &s,
+        &mut NoObserver,
+    )
+    .unwrap();
     assert_eq!(solved.algorithm, "structured-newton");
     let s = Settings::with_method(Method::Local(Schedule::Parallel));
-    let solved = solve(&spec, &src, &Regularizer::lp(2.0).unwrap(), &s, &mut NoObserver).unwrap();
+    let solved = solve(
+        &spec,
+        &src,
+        &Regularizer::lp(2.0).unwrap(),
+        &s,
+        &mut NoObserver,
+    )
+    .unwrap();
     assert_eq!(solved.algorithm, "structured-local-parallel");
 }
 
@@ -228,7 +266,11 @@ fn mlp_spec(sizes: &[usize], seed: u64) -> (ProblemSpec, MemorySource, Network) 
 #[test]
 fn spec_solve_matches_the_network_state() {
     let (spec, src, net) = mlp_spec(&[6, 16, 12, 16, 4], 14);
-    for reg in [Regularizer::lp(2.0).unwrap(), Regularizer::lp(1.0).unwrap(), Regularizer::elastic_net(0.3, 1.0).unwrap()] {
+    for reg in [
+        Regularizer::lp(2.0).unwrap(),
+        Regularizer::lp(1.0).unwrap(),
+        Regularizer::elastic_net(0.3, 1.0).unwrap(),
+    ] {
         let s = settings(Method::Newton);
         let solved = solve(&spec, &src, &reg, &s, &mut NoObserver).unwrap();
         assert!(solved.status.converged());
@@ -250,11 +292,21 @@ fn spec_solve_matches_the_network_state() {
 fn conv_aggregation_equals_linear_on_aggregated_weights() {
     // one conv (3 → 4 channels, kernel 3) feeding a linear head; inputs and head outputs fixed
     let (cin, cout, k, head) = (3usize, 4usize, 3usize, 2usize);
-    let w: Vec<f64> = (0..cout * cin * k).map(|i| ((i * 37 % 11) as f64 - 5.0) / 7.0 + 0.01).collect();
-    let h: Vec<f64> = (0..head * cout).map(|i| ((i * 13 % 7) as f64 - 3.0) / 3.0 + 0.02).collect();
+    let w: Vec<f64> = (0..cout * cin * k)
+        .map(|i| ((i * 37 % 11) as f64 - 5.0) / 7.0 + 0.01)
+        .collect();
+    let h: Vec<f64> = (0..head * cout)
+        .map(|i| ((i * 13 % 7) as f64 - 3.0) / 3.0 + 0.02)
+        .collect();
     for p in [1.0, 2.0, 3.0] {
         let agg: Vec<f64> = (0..cout * cin)
-            .map(|i| w[i * k..(i + 1) * k].iter().map(|x| x.abs().powf(p)).sum::<f64>().powf(1.0 / p))
+            .map(|i| {
+                w[i * k..(i + 1) * k]
+                    .iter()
+                    .map(|x| x.abs().powf(p))
+                    .sum::<f64>()
+                    .powf(1.0 / p)
+            })
             .collect();
         let mut src = MemorySource::default();
         src.insert_f64("conv", vec![cout, cin, k], &w);
@@ -262,16 +314,30 @@ fn conv_aggregation_equals_linear_on_aggregated_weights() {
         src.insert_f64("head", vec![head, cout], &h);
         let spec_of = |conv: bool| ProblemSpec {
             unit_var: (0..cin + cout + head)
-                .map(|u| if (cin..cin + cout).contains(&u) { (u - cin) as u32 } else { FIXED })
+                .map(|u| {
+                    if (cin..cin + cout).contains(&u) {
+                        (u - cin) as u32
+                    } else {
+                        FIXED
+                    }
+                })
                 .collect(),
             var_degree: vec![1.0; cout],
             weights: vec![
                 WeightUse {
                     tensor: if conv { "conv" } else { "agg" }.into(),
                     layout: if conv {
-                        Layout::Conv { out: cout, in_per_group: cin, groups: 1, kernel: k }
+                        Layout::Conv {
+                            out: cout,
+                            in_per_group: cin,
+                            groups: 1,
+                            kernel: k,
+                        }
                     } else {
-                        Layout::RowMajor { rows: cout, cols: cin }
+                        Layout::RowMajor {
+                            rows: cout,
+                            cols: cin,
+                        }
                     },
                     out_units: (cin as u32..(cin + cout) as u32).collect(),
                     in_units: (0..cin as u32).collect(),
@@ -281,7 +347,10 @@ fn conv_aggregation_equals_linear_on_aggregated_weights() {
                 },
                 WeightUse {
                     tensor: "head".into(),
-                    layout: Layout::RowMajor { rows: head, cols: cout },
+                    layout: Layout::RowMajor {
+                        rows: head,
+                        cols: cout,
+                    },
                     out_units: ((cin + cout) as u32..(cin + cout + head) as u32).collect(),
                     in_units: (cin as u32..(cin + cout) as u32).collect(),
                     row_factor: None,
@@ -320,7 +389,10 @@ fn spec_errors_name_the_tensor() {
     w[7] = f32::NAN;
     src.insert_f32("l0.w", vec![4, 3], &w);
     let e = solve(&spec, &src, &reg, &s, &mut NoObserver).unwrap_err();
-    assert!(matches!(e, StructuredError::NonFinite { index: 7, .. }), "{e}");
+    assert!(
+        matches!(e, StructuredError::NonFinite { index: 7, .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -328,10 +400,21 @@ fn identical_with_one_and_two_threads() {
     let net = random_mlp(&[16, 600, 600, 8], 16);
     let reg = Regularizer::lp(2.0).unwrap();
     let run = |threads: usize, method: Method| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
-            balance_network(&net, &reg, &Settings { tol: 1e-12, ..Settings::with_method(method) }, &mut NoObserver)
-                .unwrap()
+            balance_network(
+                &net,
+                &reg,
+                &Settings {
+                    tol: 1e-12,
+                    ..Settings::with_method(method)
+                },
+                &mut NoObserver,
+            )
+            .unwrap()
         })
     };
     for method in [Method::Newton, Method::Local(Schedule::Parallel)] {
@@ -369,7 +452,10 @@ fn one_layer_spec(t: &str, layout: Layout) -> ProblemSpec {
                 node: "head".into(),
             },
         ],
-        unit_sets: vec![UnitSet { name: "layer".into(), units: (4..8).collect() }],
+        unit_sets: vec![UnitSet {
+            name: "layer".into(),
+            units: (4..8).collect(),
+        }],
         ..ProblemSpec::default()
     }
 }
@@ -377,7 +463,8 @@ fn one_layer_spec(t: &str, layout: Layout) -> ProblemSpec {
 #[test]
 fn grouped_and_transposed_convolutions_match_dense_equivalents() {
     let k = 3;
-    let val = |o: usize, c: usize, j: usize| ((o * 7 + c * 3 + j * 5) % 11) as f64 / 5.0 - 1.0 + 0.05;
+    let val =
+        |o: usize, c: usize, j: usize| ((o * 7 + c * 3 + j * 5) % 11) as f64 / 5.0 - 1.0 + 0.05;
     // groups = 2: output o reads input channels of its group only
     let grouped: Vec<f64> = (0..4)
         .flat_map(|o| (0..2).flat_map(move |c| (0..k).map(move |j| val(o, c, j))))
@@ -385,7 +472,13 @@ fn grouped_and_transposed_convolutions_match_dense_equivalents() {
     let dense_of_grouped: Vec<f64> = (0..4)
         .flat_map(|o| {
             (0..4).flat_map(move |c| {
-                (0..k).map(move |j| if c / 2 == o / 2 { val(o, c % 2, j) } else { 0.0 })
+                (0..k).map(move |j| {
+                    if c / 2 == o / 2 {
+                        val(o, c % 2, j)
+                    } else {
+                        0.0
+                    }
+                })
             })
         })
         .collect();
@@ -403,9 +496,22 @@ fn grouped_and_transposed_convolutions_match_dense_equivalents() {
     src.insert_f64("dense", vec![4, 4, k], &dense);
     src.insert_f64("transposed", vec![4, 4, k], &transposed);
     src.insert_f64("head", vec![2, 4], &head);
-    let conv = |groups| Layout::Conv { out: 4, in_per_group: 4 / groups, groups, kernel: k };
-    let tconv = Layout::ConvTranspose { inp: 4, out_per_group: 4, groups: 1, kernel: k };
-    for reg in [Regularizer::lp(2.0).unwrap(), Regularizer::elastic_net(0.5, 1.0).unwrap()] {
+    let conv = |groups| Layout::Conv {
+        out: 4,
+        in_per_group: 4 / groups,
+        groups,
+        kernel: k,
+    };
+    let tconv = Layout::ConvTranspose {
+        inp: 4,
+        out_per_group: 4,
+        groups: 1,
+        kernel: k,
+    };
+    for reg in [
+        Regularizer::lp(2.0).unwrap(),
+        Regularizer::elastic_net(0.5, 1.0).unwrap(),
+    ] {
         let s = settings(Method::Newton);
         let x = |t: &str, l: Layout| {
             let r = solve(&one_layer_spec(t, l), &src, &reg, &s, &mut NoObserver).unwrap();

@@ -446,7 +446,16 @@ fn quick_experiments_run_and_write_their_files() {
         out_dir: dir.path().to_path_buf(),
         ..Options::default()
     };
-    for name in ["e1", "e2", "e3", "e4", "e4-lr", "e4-momentum", "e6", "e6-rnn"] {
+    for name in [
+        "e1",
+        "e2",
+        "e3",
+        "e4",
+        "e4-lr",
+        "e4-momentum",
+        "e6",
+        "e6-rnn",
+    ] {
         let report = run(name, &options).unwrap();
         assert_eq!(report.name, name);
         assert!(!report.table.is_empty() && !report.metrics.is_empty());
@@ -524,7 +533,10 @@ fn layer_wise_sweep_is_one_cyclic_local_sweep_of_the_library() {
         // The last hidden layer is balanced exactly after the sweep.
         let l = mlp.layers.len() - 1;
         for s in mlp.layer_balance_scales(l, p, true) {
-            assert!((s - 1.0).abs() < 1e-12, "p = {p}: scale {s} after the sweep");
+            assert!(
+                (s - 1.0).abs() < 1e-12,
+                "p = {p}: scale {s} after the sweep"
+            );
         }
     }
 }
@@ -632,8 +644,18 @@ fn learning_grid_is_identical_with_one_and_two_threads() {
         assert_eq!(a.job, b.job);
         assert_eq!(a.curve, b.curve, "{}", a.job.arm.name);
         assert_eq!(
-            (a.test_accuracy.to_bits(), a.test_loss.to_bits(), a.cost_l1.to_bits(), a.cost_l2.to_bits()),
-            (b.test_accuracy.to_bits(), b.test_loss.to_bits(), b.cost_l1.to_bits(), b.cost_l2.to_bits()),
+            (
+                a.test_accuracy.to_bits(),
+                a.test_loss.to_bits(),
+                a.cost_l1.to_bits(),
+                a.cost_l2.to_bits()
+            ),
+            (
+                b.test_accuracy.to_bits(),
+                b.test_loss.to_bits(),
+                b.cost_l1.to_bits(),
+                b.cost_l2.to_bits()
+            ),
             "{}",
             a.job.arm.name
         );
@@ -768,7 +790,11 @@ fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
     // Per seed, the penalised runs end with measurably smaller weights than the plain run
     // (tuned setting): Σ|w| under L1, Σw² under L2.
     let csv = std::fs::read_to_string(dir.path().join("e4.csv")).unwrap();
-    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
     let (opt, arm, seed) = (col("optimiser"), col("arm"), col("seed"));
@@ -783,7 +809,10 @@ fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
     for s in ["100", "101"] {
         let l1 = get("l1pen", s, c1) / get("plain", s, c1);
         let l2 = get("l2pen", s, c2) / get("plain", s, c2);
-        assert!(l1 < 0.99 && l2 < 0.97, "seed {s}: Σ|w| ratio {l1}, Σw² ratio {l2}");
+        assert!(
+            l1 < 0.99 && l2 < 0.97,
+            "seed {s}: Σ|w| ratio {l1}, Σw² ratio {l2}"
+        );
         assert_ne!(get("l2pen", s, acc), get("plain", s, acc), "seed {s}");
     }
 }

@@ -706,13 +706,18 @@ pub fn balance_file(
 }
 
 /// Units of a layer, its free units and the reasons of the fixed ones (reason, count).
-pub(crate) fn unit_summary(spec: &ProblemSpec, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
+pub(crate) fn unit_summary(
+    spec: &ProblemSpec,
+    l: &LayerInfo,
+) -> (usize, usize, Vec<(String, usize)>) {
     let reasons: HashMap<u32, &String> = spec.fixed_reasons.iter().map(|(u, r)| (*u, r)).collect();
     let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
     let mut free = 0;
     for &u in &l.units {
         if spec.unit_var[u as usize] == FIXED {
-            let r = reasons.get(&u).map_or("fixed".to_string(), |r| r.to_string());
+            let r = reasons
+                .get(&u)
+                .map_or("fixed".to_string(), |r| r.to_string());
             *fixed.entry(r).or_default() += 1;
         } else {
             free += 1;

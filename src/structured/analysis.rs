@@ -131,7 +131,10 @@ pub(crate) fn held_variables(st: &Structured<'_>) -> Vec<Option<String>> {
             } else if !has_out[v] {
                 Some("output cost is 0 (no outgoing weight of positive cost)".into())
             } else {
-                Some("on a weight of positive cost that lies on no cycle through the fixed units".into())
+                Some(
+                    "on a weight of positive cost that lies on no cycle through the fixed units"
+                        .into(),
+                )
             }
         })
         .collect()
@@ -462,8 +465,20 @@ mod tests {
                 colour[v as usize] = k;
             }
         }
-        assert!(colour.iter().all(|&c| c != usize::MAX), "every variable coloured");
-        for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3), (2, 4), (3, 5), (2, 5), (0, 4)] {
+        assert!(
+            colour.iter().all(|&c| c != usize::MAX),
+            "every variable coloured"
+        );
+        for (a, b) in [
+            (0, 2),
+            (0, 3),
+            (1, 2),
+            (1, 3),
+            (2, 4),
+            (3, 5),
+            (2, 5),
+            (0, 4),
+        ] {
             assert_ne!(colour[a], colour[b], "{a} and {b} share a term");
         }
         // the skip forbids the red-black pattern for 0 and 4 only: three classes

@@ -67,7 +67,12 @@ pub(crate) fn from_spec<'s, S: TensorSource>(
                 tensor: wu.tensor.clone(),
                 node: wu.node.clone(),
                 expected: format!("{:?} ({} elements)", wu.layout, wu.layout.numel()),
-                found: format!("{:?} {:?} ({} bytes)", view.dtype, view.shape, view.bytes.len()),
+                found: format!(
+                    "{:?} {:?} ({} bytes)",
+                    view.dtype,
+                    view.shape,
+                    view.bytes.len()
+                ),
             });
         }
         let elems = elems_from_bytes(view.dtype, view.bytes);
@@ -244,10 +249,7 @@ fn add_weight_use<'s>(
                 kernel: 1,
                 ..
             } => {
-                let rows_major = matches!(
-                    wu.layout,
-                    Layout::RowMajor { .. } | Layout::Conv { .. }
-                );
+                let rows_major = matches!(wu.layout, Layout::RowMajor { .. } | Layout::Conv { .. });
                 let d = Dense::new(
                     elems.clone(),
                     rows_major,

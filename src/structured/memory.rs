@@ -41,7 +41,13 @@ impl MemorySource {
     }
 
     /// Adds (or replaces) a tensor from raw little-endian bytes.
-    pub fn insert_bytes(&mut self, name: &str, dtype: ElementType, shape: Vec<usize>, bytes: Vec<u8>) {
+    pub fn insert_bytes(
+        &mut self,
+        name: &str,
+        dtype: ElementType,
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    ) {
         self.tensors.insert(name.to_string(), (dtype, shape, bytes));
     }
 

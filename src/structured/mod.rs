@@ -22,10 +22,10 @@
 
 mod analysis;
 mod build;
+pub mod memory;
 mod network;
 mod ops;
 mod solver;
-pub mod memory;
 pub mod spec;
 mod store;
 
@@ -37,7 +37,7 @@ use crate::solve::{Method, Observer, Settings, SettingsError, Status, TraceEntry
 use solver::{drive, Core, LocalRun, NewtonRun};
 use spec::{ProblemSpec, TensorSource, FIXED};
 use std::time::{Duration, Instant};
-use store::{Structured};
+use store::Structured;
 use thiserror::Error;
 
 /// Bad input to [`solve`]: each names the tensor or node at fault.
@@ -61,7 +61,9 @@ pub enum StructuredError {
         message: String,
     },
     /// The tensor's shape or size does not match the layout of its use.
-    #[error("{node}: tensor `{tensor}` does not match its layout: expected {expected}, found {found}")]
+    #[error(
+        "{node}: tensor `{tensor}` does not match its layout: expected {expected}, found {found}"
+    )]
     ShapeMismatch {
         /// Tensor name.
         tensor: String,
@@ -265,7 +267,10 @@ pub(crate) fn run(
         Method::Local(schedule) => {
             let mut it = LocalRun::new(&mut core, schedule, settings.seed);
             let name = local_name(schedule);
-            (drive(&mut it, settings, settings.method, observer, start), name)
+            (
+                drive(&mut it, settings, settings.method, observer, start),
+                name,
+            )
         }
         _ => {
             let mut it = NewtonRun(&mut core);

@@ -13,13 +13,13 @@ use super::build::{finish_powers, lp_parts};
 use super::spec::FIXED;
 use super::store::{Block, Dense, Elems, Sparse, Structured, Unary};
 use super::{analysis, run, StructuredError};
+use crate::measure::total_cost;
 use crate::network::{Network, NO_GROUP};
 use crate::regularizer::{Penalty, Regularizer, RegularizerError};
+use crate::solve::newton::certificate;
 use crate::solve::{
     Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
 };
-use crate::measure::total_cost;
-use crate::solve::newton::certificate;
 use crate::structure::{analyze, prune};
 
 /// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.

@@ -23,8 +23,8 @@
 // arrays), hence index loops.
 #![allow(clippy::needless_range_loop)]
 
-use super::store::{Block, Dense, Sparse, Structured};
 use super::spec::FIXED;
+use super::store::{Block, Dense, Sparse, Structured};
 use rayon::prelude::*;
 
 /// Runs `$body` with `$s` bound to the block's magnitudes as a typed slice.
@@ -276,7 +276,10 @@ impl<'s, 'a> Engine<'s, 'a> {
         if self.sequential {
             self.tasks.iter().zip(self.tw.iter_mut()).for_each(body);
         } else {
-            self.tasks.par_iter().zip(self.tw.par_iter_mut()).for_each(body);
+            self.tasks
+                .par_iter()
+                .zip(self.tw.par_iter_mut())
+                .for_each(body);
         }
     }
 
@@ -494,7 +497,11 @@ impl<'s, 'a> Engine<'s, 'a> {
             }
         }
         for (i, u) in st.unary.iter().enumerate() {
-            let xv = if u.var == FIXED { 0.0 } else { x[u.var as usize] };
+            let xv = if u.var == FIXED {
+                0.0
+            } else {
+                x[u.var as usize]
+            };
             let s = u.ln_k + u.s * xv;
             match self.unary_power[i] {
                 Some(qi) => f(Side::Row, qi, u.var, s),
@@ -634,12 +641,7 @@ impl<'s, 'a> Engine<'s, 'a> {
 
     /// For the coarse operator: calls `f(var_a, var_b, Ŝ_ab·u_a·u_b summed)` per block for the
     /// pairs of modes it couples. Uses the last [`Engine::apply_s`] outputs computed with `y = u`.
-    pub(crate) fn coarse_pairs(
-        &self,
-        u: &[f64],
-        mode: &[u32],
-        mut f: impl FnMut(u32, u32, f64),
-    ) {
+    pub(crate) fn coarse_pairs(&self, u: &[f64], mode: &[u32], mut f: impl FnMut(u32, u32, f64)) {
         let st = self.st;
         for (bi, (b, w)) in st.blocks.iter().zip(&self.bw).enumerate() {
             match b {
@@ -754,7 +756,9 @@ impl<'s, 'a> Engine<'s, 'a> {
         for ((b, w), p) in st.blocks.iter().zip(&self.bw).zip(plan) {
             match b {
                 Block::Dense(d) => {
-                    let Some((by_major, (m_other, c_other))) = p else { continue };
+                    let Some((by_major, (m_other, c_other))) = p else {
+                        continue;
+                    };
                     let lp2 = 2.0 * d.p.ln();
                     // the column side's degree
                     let (lines, sums, other_is_col) = if by_major {
@@ -766,7 +770,11 @@ impl<'s, 'a> Engine<'s, 'a> {
                         if !free(v) || sums[k] == f64::NEG_INFINITY {
                             continue;
                         }
-                        let c = if other_is_col { c_other } else { st.degree[v as usize] };
+                        let c = if other_is_col {
+                            c_other
+                        } else {
+                            st.degree[v as usize]
+                        };
                         let val = (sums[k] + lp2 + c.ln() - 2.0 * sigma).exp();
                         f(mode[v as usize], m_other, val);
                     }
@@ -777,8 +785,8 @@ impl<'s, 'a> Engine<'s, 'a> {
                     for e in 0..s.len() {
                         let (r, c) = (s.row[e], s.col[e]);
                         if r != c && free(r) && free(c) {
-                            let val = (terms[e] + lp2 + st.degree[c as usize].ln() - 2.0 * sigma)
-                                .exp();
+                            let val =
+                                (terms[e] + lp2 + st.degree[c as usize].ln() - 2.0 * sigma).exp();
                             f(mode[r as usize], mode[c as usize], val);
                         }
                     }
@@ -943,14 +951,7 @@ fn sums_kernel<E: Mag>(
 
 /// Hessian-vector product on the major lines `a0..a1`: `major[k] = Σ_b k̂·fb_b·y_b` and
 /// `minor[b] = Σ_a k̂·fa_a·y_a` (partial).
-fn dense_product(
-    d: &Dense<'_>,
-    a0: usize,
-    a1: usize,
-    w: &BlockWork,
-    y: &[f64],
-    tw: &mut TaskWork,
-) {
+fn dense_product(d: &Dense<'_>, a0: usize, a1: usize, w: &BlockWork, y: &[f64], tw: &mut TaskWork) {
     tw.minor.iter_mut().for_each(|v| *v = 0.0);
     let xb = &w.xb;
     let mv = d.major_vars();
@@ -1052,8 +1053,11 @@ fn sparse_terms(s: &Sparse, deg: &[f64], x: &[f64], tw: &mut TaskWork) {
 /// a safeguarded Newton on `ψ'` scaled by its largest term. Returns 0 when `ψ` has no finite
 /// minimiser (all slopes of one sign).
 pub(crate) fn minimize_1d(terms: &[(f64, f64)]) -> f64 {
-    let live = terms.iter().filter(|t| t.1 > f64::NEG_INFINITY && t.0 != 0.0);
-    let (has_pos, has_neg) = live.fold((false, false), |(p, n), t| (p || t.0 > 0.0, n || t.0 < 0.0));
+    let live = terms
+        .iter()
+        .filter(|t| t.1 > f64::NEG_INFINITY && t.0 != 0.0);
+    let (has_pos, has_neg) =
+        live.fold((false, false), |(p, n), t| (p || t.0 > 0.0, n || t.0 < 0.0));
     if !(has_pos && has_neg) {
         return 0.0;
     }
@@ -1147,12 +1151,21 @@ mod tests {
             "d".into(),
         )
         .unwrap();
-        let s = Sparse::new(vec![(1, 2, 0.3f64.ln()), (2, FIXED, 0.7f64.ln())], 1.0, "s".into());
+        let s = Sparse::new(
+            vec![(1, 2, 0.3f64.ln()), (2, FIXED, 0.7f64.ln())],
+            1.0,
+            "s".into(),
+        );
         let mut st = Structured {
             degree: vec![1.0, 1.0, 2.0],
             free: vec![true; 3],
             blocks: vec![Block::Dense(d), Block::Sparse(s)],
-            unary: vec![Unary { var: 0, ln_k: 0.2f64.ln(), s: 2.0, bias: true }],
+            unary: vec![Unary {
+                var: 0,
+                ln_k: 0.2f64.ln(),
+                s: 2.0,
+                bias: true,
+            }],
             ln_const: f64::NEG_INFINITY,
             powers: Vec::new(),
         };
@@ -1205,7 +1218,11 @@ mod tests {
         assert!((fl.ln_f.exp() - f).abs() < 1e-13 * f);
         for v in 0..3 {
             let gv = fl.ln_gp[v].exp() - fl.ln_gm[v].exp();
-            assert!((gv - g[v]).abs() < 1e-13 * f, "gradient {v}: {gv} vs {}", g[v]);
+            assert!(
+                (gv - g[v]).abs() < 1e-13 * f,
+                "gradient {v}: {gv} vs {}",
+                g[v]
+            );
         }
         // (I − Ŝ) = D^{−1/2} H D^{−1/2} with D = exp(ln_hd)
         eng.prepare_hessian(&fl, &x);

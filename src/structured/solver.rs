@@ -28,8 +28,8 @@ use super::ops::{minimize_1d, Engine, Flows};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
 use crate::solve::{Method, Observer, Schedule, Settings, Status, TraceEntry};
-use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
@@ -312,11 +312,20 @@ impl<'s, 'a> Core<'s, 'a> {
                 Block::Sparse(s) => {
                     let e = line as usize;
                     let (r, c) = (s.row[e], s.col[e]);
-                    let t = xv(r) - if c == FIXED { 0.0 } else { deg[c as usize] * xv(c) };
+                    let t = xv(r)
+                        - if c == FIXED {
+                            0.0
+                        } else {
+                            deg[c as usize] * xv(c)
+                        };
                     (s.ln_k[e] + s.p * t, major)
                 }
             };
-            let slot = if row_side { &mut ln_in[qi] } else { &mut ln_out[qi] };
+            let slot = if row_side {
+                &mut ln_in[qi]
+            } else {
+                &mut ln_out[qi]
+            };
             *slot = super::ops::lse(*slot, val);
             // a sparse term with both ends at v also counts on the column side
             if let Block::Sparse(s) = blk {

@@ -117,7 +117,11 @@ impl Layout {
         match *self {
             Layout::RowMajor { rows, .. } | Layout::ColMajor { rows, .. } => rows,
             Layout::Conv { out, .. } => out,
-            Layout::ConvTranspose { out_per_group, groups, .. } => out_per_group * groups,
+            Layout::ConvTranspose {
+                out_per_group,
+                groups,
+                ..
+            } => out_per_group * groups,
         }
     }
 
@@ -125,7 +129,11 @@ impl Layout {
     pub fn cols(&self) -> usize {
         match *self {
             Layout::RowMajor { cols, .. } | Layout::ColMajor { cols, .. } => cols,
-            Layout::Conv { in_per_group, groups, .. } => in_per_group * groups,
+            Layout::Conv {
+                in_per_group,
+                groups,
+                ..
+            } => in_per_group * groups,
             Layout::ConvTranspose { inp, .. } => inp,
         }
     }
@@ -134,10 +142,18 @@ impl Layout {
     pub fn numel(&self) -> usize {
         match *self {
             Layout::RowMajor { rows, cols } | Layout::ColMajor { rows, cols } => rows * cols,
-            Layout::Conv { out, in_per_group, kernel, .. } => out * in_per_group * kernel,
-            Layout::ConvTranspose { inp, out_per_group, kernel, .. } => {
-                inp * out_per_group * kernel
-            }
+            Layout::Conv {
+                out,
+                in_per_group,
+                kernel,
+                ..
+            } => out * in_per_group * kernel,
+            Layout::ConvTranspose {
+                inp,
+                out_per_group,
+                kernel,
+                ..
+            } => inp * out_per_group * kernel,
         }
     }
 }

@@ -104,16 +104,10 @@ pub(crate) fn elems_from_bytes<'a>(dtype: ElementType, bytes: Cow<'a, [u8]>) -> 
             |c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
             8,
         )),
-        ElementType::F16 => Elems::F16(cast(
-            bytes,
-            |c| half::f16::from_le_bytes([c[0], c[1]]),
-            2,
-        )),
-        ElementType::BF16 => Elems::BF16(cast(
-            bytes,
-            |c| half::bf16::from_le_bytes([c[0], c[1]]),
-            2,
-        )),
+        ElementType::F16 => Elems::F16(cast(bytes, |c| half::f16::from_le_bytes([c[0], c[1]]), 2)),
+        ElementType::BF16 => {
+            Elems::BF16(cast(bytes, |c| half::bf16::from_le_bytes([c[0], c[1]]), 2))
+        }
     }
 }
 
@@ -327,7 +321,6 @@ impl Block<'_> {
             }
         }
     }
-
 }
 
 /// The structured problem: variables with degrees, blocks, unary terms and a constant.
@@ -408,7 +401,17 @@ mod tests {
     fn dense_line_maxima() {
         // 2 rows × 3 cols, row-major
         let q = Elems::F64(Cow::Owned(vec![1.0, -4.0, 2.0, 0.0, 3.0, -8.0]));
-        let d = Dense::new(q, true, vec![0, 1], vec![FIXED; 3], None, 1.0, 2.0, "l".into()).unwrap();
+        let d = Dense::new(
+            q,
+            true,
+            vec![0, 1],
+            vec![FIXED; 3],
+            None,
+            1.0,
+            2.0,
+            "l".into(),
+        )
+        .unwrap();
         assert_eq!(d.inv_major_max, vec![0.25, 0.125]);
         assert_eq!(d.inv_minor_max, vec![1.0, 0.25, 0.125]);
         assert_eq!(d.ln_major_max[0], 4f64.ln());

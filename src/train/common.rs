@@ -81,7 +81,9 @@ pub fn parse_sizes(s: &str) -> Result<Vec<Vec<usize>>, ExperimentError> {
 #[derive(Debug, Error)]
 pub enum ExperimentError {
     /// Unknown experiment name.
-    #[error("unknown experiment `{0}` (expected e1, e2, e3, e4, e4-lr, e4-momentum, e6, e6-rnn or all)")]
+    #[error(
+        "unknown experiment `{0}` (expected e1, e2, e3, e4, e4-lr, e4-momentum, e6, e6-rnn or all)"
+    )]
     UnknownExperiment(String),
     /// An option is invalid.
     #[error("{0}")]
@@ -200,7 +202,11 @@ pub(crate) fn setup(options: &Options) -> Result<Setup, ExperimentError> {
 }
 
 /// Checks that an architecture fits the data (inputs = pixels; outputs = classes or pixels).
-pub(crate) fn check_arch(sizes: &[usize], split: &Split, task: Task) -> Result<(), ExperimentError> {
+pub(crate) fn check_arch(
+    sizes: &[usize],
+    split: &Split,
+    task: Task,
+) -> Result<(), ExperimentError> {
     let f = split.train.features;
     let out = match task {
         Task::Classify => split.train.classes,

@@ -23,12 +23,12 @@
 //! `--penalty μ`, `--out DIR`, `--quick`, `--arms`, `--setting`, `--train-sizes`, `--patience`,
 //! `--eval-every`, `--lrs`, `--velocity`.
 
-pub use super::common::{parse_sizes, ExperimentError, Options, Report};
 use super::common::{adapt, check_arch, join, setup, write_atomic, Setup};
+pub use super::common::{parse_sizes, ExperimentError, Options, Report};
 use super::data::Split;
 use super::mlp::{
-    exact_state, measure_balance, measure_regularizer, BalanceRecord, Loss, Mlp,
-    Penalty, Sgd, Task, TrainConfig,
+    exact_state, measure_balance, measure_regularizer, BalanceRecord, Loss, Mlp, Penalty, Sgd,
+    Task, TrainConfig,
 };
 use crate::network::Activation;
 use crate::plot::{Histogram, LinePlot, Series};

@@ -162,8 +162,8 @@ impl Arm {
 
     /// The eleven arms of E4 and E6, in table order.
     pub const ALL: [&'static str; 11] = [
-        "plain", "l1pen", "l2pen", "l1full", "l2full", "l1step", "l1k", "l1epoch", "l2step",
-        "l2k", "l2epoch",
+        "plain", "l1pen", "l2pen", "l1full", "l2full", "l1step", "l1k", "l1epoch", "l2step", "l2k",
+        "l2epoch",
     ];
 }
 
@@ -606,7 +606,12 @@ pub fn train_job(
         stop,
         target,
     )?;
-    Ok(RunResult::from_loop(job, train.len(), r, t0.elapsed().as_secs_f64()))
+    Ok(RunResult::from_loop(
+        job,
+        train.len(),
+        r,
+        t0.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Runs every job in parallel over rayon's current pool (results in job order, identical for
@@ -622,9 +627,7 @@ pub fn run_grid(
         .map(|j| {
             let r = match j.model {
                 ModelKind::Mlp => train_job(j, data, stop, target)?,
-                ModelKind::Rnn { clip } => {
-                    train_rnn_job(j, data, stop, target, clip)?
-                }
+                ModelKind::Rnn { clip } => train_rnn_job(j, data, stop, target, clip)?,
             };
             progress(&r);
             Ok(r)
@@ -652,7 +655,12 @@ pub(crate) struct Grid {
     pub(crate) target: f64,
 }
 
-fn default_archs(options: &Options, f: usize, quick: Vec<Vec<usize>>, full: &[&[usize]]) -> Vec<Vec<usize>> {
+fn default_archs(
+    options: &Options,
+    f: usize,
+    quick: Vec<Vec<usize>>,
+    full: &[&[usize]],
+) -> Vec<Vec<usize>> {
     match &options.sizes {
         Some(s) => s.clone(),
         None if options.quick => quick,
@@ -775,7 +783,11 @@ pub fn e4_learning(options: &Options) -> Result<Report, ExperimentError> {
         options,
         f,
         vec![vec![f, 32, 10]],
-        &[&[784, 256, 10], &[784, 256, 128, 10], &[784, 512, 256, 128, 64, 10]],
+        &[
+            &[784, 256, 10],
+            &[784, 256, 128, 10],
+            &[784, 512, 256, 128, 64, 10],
+        ],
     );
     let sizes: Vec<Option<usize>> = match &options.train_sizes {
         Some(s) => s.iter().map(|&n| Some(n)).collect(),
@@ -877,7 +889,9 @@ pub fn e4_lr_sweep(options: &Options) -> Result<Report, ExperimentError> {
         })
         .collect();
     if let Some(bad) = lrs.iter().find(|l| !(l.is_finite() && **l > 0.0)) {
-        return Err(ExperimentError::BadOption(format!("--lrs {bad}: must be > 0")));
+        return Err(ExperimentError::BadOption(format!(
+            "--lrs {bad}: must be > 0"
+        )));
     }
     let sizes: Vec<Option<usize>> = match &options.train_sizes {
         Some(s) => s.iter().map(|&n| Some(n)).collect(),
@@ -958,7 +972,11 @@ pub fn e4_momentum(options: &Options) -> Result<Report, ExperimentError> {
     )
 }
 
-pub(crate) fn run_and_report(grid: Grid, split: &Split, options: &Options) -> Result<Report, ExperimentError> {
+pub(crate) fn run_and_report(
+    grid: Grid,
+    split: &Split,
+    options: &Options,
+) -> Result<Report, ExperimentError> {
     let t0 = Instant::now();
     for j in &grid.jobs {
         if j.model == ModelKind::Mlp {
@@ -1008,7 +1026,10 @@ pub(crate) fn run_and_report(grid: Grid, split: &Split, options: &Options) -> Re
         100.0 * grid.target
     );
     let md = format!("{header}{table}");
-    files.insert(0, write_atomic(&out.join(format!("{}.md", grid.name)), &md)?);
+    files.insert(
+        0,
+        write_atomic(&out.join(format!("{}.md", grid.name)), &md)?,
+    );
     Ok(Report {
         name: grid.name.into(),
         data: data.name,
@@ -1152,7 +1173,9 @@ fn write_outputs(
     out: &Path,
 ) -> Result<Vec<std::path::PathBuf>, ExperimentError> {
     let mut runs = String::from("train_images,optimiser,lr,momentum,batch,l1,l2,arch,arm,velocity_rule,seed,best_epoch,epochs,steps,best_validation,test_accuracy,test_loss,epoch_to_target,diverged,cost_l1,cost_l2,largest_log_scale,seconds\n");
-    let mut curves = String::from("train_images,optimiser,arch,arm,velocity_rule,seed,epoch,train_loss,validation_accuracy\n");
+    let mut curves = String::from(
+        "train_images,optimiser,arch,arm,velocity_rule,seed,epoch,train_loss,validation_accuracy\n",
+    );
     for r in results {
         let j = &r.job;
         runs.push_str(&format!(
@@ -1274,7 +1297,13 @@ fn plots(
             .filter_map(|e| {
                 let vals: Vec<f64> = runs
                     .iter()
-                    .filter_map(|r| r.curve.iter().rev().find(|c| c.epoch <= e).map(|c| c.validation))
+                    .filter_map(|r| {
+                        r.curve
+                            .iter()
+                            .rev()
+                            .find(|c| c.epoch <= e)
+                            .map(|c| c.validation)
+                    })
                     .collect();
                 let on_grid = runs.iter().any(|r| r.curve.iter().any(|c| c.epoch == e));
                 (on_grid && !vals.is_empty())
@@ -1323,7 +1352,11 @@ impl Trainee for RnnTrainer {
     }
 
     fn balance(&mut self, p: f64, full: bool) -> Result<f64, TrainError> {
-        Ok(if full { self.full(p) } else { self.sweep_units(p) })
+        Ok(if full {
+            self.full(p)
+        } else {
+            self.sweep_units(p)
+        })
     }
 
     fn evaluate(&self, data: &Dataset) -> Result<(f64, f64), TrainError> {
@@ -1381,7 +1414,12 @@ pub fn train_rnn_job(
         stop,
         target,
     )?;
-    Ok(RunResult::from_loop(job, train.len(), r, t0.elapsed().as_secs_f64()))
+    Ok(RunResult::from_loop(
+        job,
+        train.len(),
+        r,
+        t0.elapsed().as_secs_f64(),
+    ))
 }
 
 /// **E6-rnn.** A ReLU Elman RNN reading the images row by row (MNIST: 28 steps of 28 pixels,

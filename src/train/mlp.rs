@@ -864,8 +864,20 @@ impl Mlp {
     /// side by `1/λ_k`, `In_k = Out_k` (the minimiser of `λ^p·In_k + λ^{−p}·Out_k`). Units with
     /// `In_k = 0` or `Out_k = 0` (no finite minimiser) keep `λ_k = 1`.
     pub fn layer_balance_scales(&self, l: usize, p: f64, biases: bool) -> Vec<f64> {
-        let (w_in, b_in, w_out) = (&self.layers[l - 1].w, &self.layers[l - 1].b, &self.layers[l].w);
-        let pow = |x: f64| if p == 1.0 { x.abs() } else if p == 2.0 { x * x } else { x.abs().powf(p) };
+        let (w_in, b_in, w_out) = (
+            &self.layers[l - 1].w,
+            &self.layers[l - 1].b,
+            &self.layers[l].w,
+        );
+        let pow = |x: f64| {
+            if p == 1.0 {
+                x.abs()
+            } else if p == 2.0 {
+                x * x
+            } else {
+                x.abs().powf(p)
+            }
+        };
         let mut cost_in: Vec<f64> = if biases {
             b_in.iter().map(|&b| pow(b)).collect()
         } else {

@@ -160,7 +160,14 @@ impl Rnn {
         for t in 0..steps {
             let x = Rnn::step_input(data, idx, t, d);
             let mut z = Mat::<f64>::zeros(h, b);
-            matmul(z.as_mut(), Accum::Replace, self.w_in.as_ref(), x.as_ref(), 1.0, Par::Seq);
+            matmul(
+                z.as_mut(),
+                Accum::Replace,
+                self.w_in.as_ref(),
+                x.as_ref(),
+                1.0,
+                Par::Seq,
+            );
             matmul(
                 z.as_mut(),
                 Accum::Add,
@@ -261,7 +268,11 @@ impl Rnn {
         for t in (0..steps).rev() {
             // dz = dh ⊙ relu'(z_t)
             for j in 0..dh.ncols() {
-                for (d, &z) in dh.col_as_slice_mut(j).iter_mut().zip(f.zs[t].col_as_slice(j)) {
+                for (d, &z) in dh
+                    .col_as_slice_mut(j)
+                    .iter_mut()
+                    .zip(f.zs[t].col_as_slice(j))
+                {
                     if z <= 0.0 {
                         *d = 0.0;
                     }

@@ -8,8 +8,8 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use synbal::io::onnx::proto::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use tract_onnx::prelude::*;
 
@@ -179,7 +179,13 @@ impl ModelBuilder {
             name: Some(name.into()),
             dims: vec![values.len() as i64],
             data_type: Some(7),
-            raw_data: Some(values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()),
+            raw_data: Some(
+                values
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             ..Default::default()
         });
         name.to_string()
@@ -191,7 +197,9 @@ impl ModelBuilder {
         let n: usize = dims.iter().product();
         let rows = dims.first().copied().unwrap_or(1).max(1);
         let per = n / rows;
-        let scales: Vec<f32> = (0..rows).map(|_| self.rng.random_range(-2.0f32..2.0).exp()).collect();
+        let scales: Vec<f32> = (0..rows)
+            .map(|_| self.rng.random_range(-2.0f32..2.0).exp())
+            .collect();
         let v: Vec<f32> = (0..n)
             .map(|i| scales[i / per.max(1)] * self.rng.random_range(-1.0f32..1.0))
             .collect();
@@ -212,7 +220,15 @@ impl ModelBuilder {
         out
     }
 
-    pub fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, groups: usize, bias: bool) -> String {
+    pub fn conv(
+        &mut self,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        groups: usize,
+        bias: bool,
+    ) -> String {
         let id = self.count + 1;
         let w = self.random(&format!("conv{id}.weight"), &[cout, cin / groups, k, k]);
         let mut inputs = vec![x.to_string(), w];
@@ -224,7 +240,10 @@ impl ModelBuilder {
         self.node(
             "Conv",
             &refs,
-            vec![attr_i("group", groups as i64), attr_ints("pads", &[pad, pad, pad, pad])],
+            vec![
+                attr_i("group", groups as i64),
+                attr_ints("pads", &[pad, pad, pad, pad]),
+            ],
         )
     }
 
@@ -293,7 +312,13 @@ pub fn run(path: &Path, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<Vec<f32>> {
     plan.run(tv)
         .unwrap()
         .iter()
-        .map(|t| t.to_plain_array_view::<f32>().unwrap().iter().copied().collect())
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect()
 }
 
@@ -307,7 +332,10 @@ pub fn max_relative_difference(a: &Path, b: &Path, shapes: &[Vec<usize>], trials
             .iter()
             .map(|s| {
                 let n = s.iter().product();
-                (s.clone(), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+                (
+                    s.clone(),
+                    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+                )
             })
             .collect();
         let ya = run(a, &inputs);
@@ -315,7 +343,10 @@ pub fn max_relative_difference(a: &Path, b: &Path, shapes: &[Vec<usize>], trials
         assert_eq!(ya.len(), yb.len());
         for (p, q) in ya.iter().zip(&yb) {
             let scale = p.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30) as f64;
-            let d = p.iter().zip(q).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
+            let d = p
+                .iter()
+                .zip(q)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
             worst = worst.max(d / scale);
         }
     }

@@ -255,7 +255,13 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
         };
         let report = args.report.as_deref();
         return super::onnx::run_balance(
-            &args.input, &args.output, report, &reg, &settings, &options, args.quiet,
+            &args.input,
+            &args.output,
+            report,
+            &reg,
+            &settings,
+            &options,
+            args.quiet,
         );
     }
     if args.is_model() {

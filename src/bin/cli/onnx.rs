@@ -65,7 +65,11 @@ pub fn run_balance(
             }
         );
     }
-    Ok(if report.model.converged { 0 } else { NOT_CONVERGED })
+    Ok(if report.model.converged {
+        0
+    } else {
+        NOT_CONVERGED
+    })
 }
 
 /// `synbal inspect MODEL.onnx`.
@@ -77,7 +81,10 @@ pub fn run_inspect(
 ) -> Result<u8, Failure> {
     let report = inspect_onnx(input, reg, options).map_err(bad_input)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(internal)?
+        );
     } else {
         println!("{}", report.table());
     }

@@ -58,21 +58,34 @@ pub struct OnnxInspectReport {
 
 fn unknown_lines(ops: &[UnknownOp]) -> String {
     ops.iter()
-        .map(|o| format!("\nunknown op `{}` ({}): the units next to it are held fixed", o.node, o.op_type))
+        .map(|o| {
+            format!(
+                "\nunknown op `{}` ({}): the units next to it are held fixed",
+                o.node, o.op_type
+            )
+        })
         .collect()
 }
 
 impl OnnxReport {
     /// The per-layer table of [`ModelReport::layer_table`], then the unknown ops.
     pub fn table(&self) -> String {
-        format!("{}{}", self.model.layer_table(), unknown_lines(&self.unknown_ops))
+        format!(
+            "{}{}",
+            self.model.layer_table(),
+            unknown_lines(&self.unknown_ops)
+        )
     }
 }
 
 impl OnnxInspectReport {
     /// The per-layer table of [`InspectReport::table`], then the unknown ops.
     pub fn table(&self) -> String {
-        format!("{}{}", self.inspect.table(), unknown_lines(&self.unknown_ops))
+        format!(
+            "{}{}",
+            self.inspect.table(),
+            unknown_lines(&self.unknown_ops)
+        )
     }
 }
 
@@ -156,7 +169,10 @@ impl OnnxProblem {
         for w in &self.analysis.writes {
             let view = self.file.tensor(&w.tensor)?;
             let old = decode(view.dtype, &view.bytes);
-            out.insert(w.tensor.clone(), self.analysis.new_values(scales, &w.rule, &old));
+            out.insert(
+                w.tensor.clone(),
+                self.analysis.new_values(scales, &w.rule, &old),
+            );
         }
         Ok(out)
     }
@@ -260,7 +276,12 @@ pub fn balance_onnx(
     let scales = Scales::new(&p.analysis.spec, x);
     let before = p.layer_costs(&identity, reg)?;
     let after = p.layer_costs(&scales, reg)?;
-    write_changed(&p.file, output, &p.changes(&scales)?, options.overwrite_input)?;
+    write_changed(
+        &p.file,
+        output,
+        &p.changes(&scales)?,
+        options.overwrite_input,
+    )?;
     let model = model_report(
         input,
         output,

@@ -67,29 +67,115 @@ struct Act {
 
 /// Ops that are not positively homogeneous of degree 1: their inputs are held fixed.
 const FIXED_OPS: &[&str] = &[
-    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax", "Gelu", "Erf", "Exp",
-    "Log", "Sqrt", "Reciprocal", "Pow", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish",
-    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LRN",
-    "MeanVarianceNormalization", "Sin", "Cos", "Sign", "Round", "Floor", "Ceil", "ThresholdedRelu",
-    "Shrink", "Hardmax", "ArgMax", "ArgMin", "TopK", "Cast", "Einsum",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Softmax",
+    "LogSoftmax",
+    "Gelu",
+    "Erf",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Pow",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "LRN",
+    "MeanVarianceNormalization",
+    "Sin",
+    "Cos",
+    "Sign",
+    "Round",
+    "Floor",
+    "Ceil",
+    "ThresholdedRelu",
+    "Shrink",
+    "Hardmax",
+    "ArgMax",
+    "ArgMin",
+    "TopK",
+    "Cast",
+    "Einsum",
 ];
 
 /// Ops of [`FIXED_OPS`] (and Clip) whose output has the shape of their first input.
 const SHAPE_KEEPING: &[&str] = &[
-    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax", "Gelu", "Erf", "Exp",
-    "Log", "Sqrt", "Reciprocal", "Pow", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish",
-    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LRN",
-    "MeanVarianceNormalization", "Sin", "Cos", "Sign", "Round", "Floor", "Ceil", "ThresholdedRelu",
-    "Shrink", "Hardmax", "Cast", "Clip", "Mul", "Div", "BatchNormalization", "Add", "Sub",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Softmax",
+    "LogSoftmax",
+    "Gelu",
+    "Erf",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Pow",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "LRN",
+    "MeanVarianceNormalization",
+    "Sin",
+    "Cos",
+    "Sign",
+    "Round",
+    "Floor",
+    "Ceil",
+    "ThresholdedRelu",
+    "Shrink",
+    "Hardmax",
+    "Cast",
+    "Clip",
+    "Mul",
+    "Div",
+    "BatchNormalization",
+    "Add",
+    "Sub",
 ];
 
 /// Quantized ops: their weights are integers.
-const QUANTIZED_OPS: &[&str] = &["QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"];
+const QUANTIZED_OPS: &[&str] = &[
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+];
 
 /// Ops that commute with a positive per-channel scale and keep the channels where they are.
 const PASS_OPS: &[&str] = &[
-    "Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "LpPool", "GlobalLpPool", "Resize", "Upsample", "Neg", "Abs", "MaxRoiPool", "SpaceToDepth",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "Resize",
+    "Upsample",
+    "Neg",
+    "Abs",
+    "MaxRoiPool",
+    "SpaceToDepth",
 ];
 
 struct Converter<'a> {
@@ -180,17 +266,17 @@ pub fn convert(file: &OnnxFile) -> Result<Conversion, OnnxError> {
         }
         let shape = c.shapes.get(name).cloned();
         let rank = shape.as_ref().map(|s| s.len());
-        let channels = match shape.as_ref().map(|s| s.get(1).copied().flatten()) {
-            Some(Some(ch)) if ch > 0 => ch as usize,
-            Some(None) if rank == Some(1) => 1,
-            _ => {
-                return Err(OnnxError::DynamicShape {
+        let channels =
+            match shape.as_ref().map(|s| s.get(1).copied().flatten()) {
+                Some(Some(ch)) if ch > 0 => ch as usize,
+                Some(None) if rank == Some(1) => 1,
+                _ => return Err(OnnxError::DynamicShape {
                     tensor: name.to_string(),
-                    message: "the channel dimension (axis 1) of this graph input is not a fixed number"
-                        .into(),
-                })
-            }
-        };
+                    message:
+                        "the channel dimension (axis 1) of this graph input is not a fixed number"
+                            .into(),
+                }),
+            };
         let node = c.push(name.to_string(), Op::Input { channels }, vec![]);
         c.values.insert(
             name.to_string(),
@@ -300,7 +386,9 @@ impl Converter<'_> {
         let data_type = self
             .file
             .stored_tensor(t)
-            .map_or("an integer type".to_string(), |s| super::file::data_type_name(s.data_type));
+            .map_or("an integer type".to_string(), |s| {
+                super::file::data_type_name(s.data_type)
+            });
         OnnxError::IntegerWeight {
             name: t.to_string(),
             data_type,
@@ -490,8 +578,17 @@ impl Converter<'_> {
                 let axis = perm
                     .iter()
                     .position(|&p| p as usize == a.axis)
-                    .ok_or_else(|| self.err(node, format!("perm {perm:?} does not move axis {}", a.axis)))?;
-                self.alias(node, Act { axis, rank: Some(perm.len()), ..a });
+                    .ok_or_else(|| {
+                        self.err(node, format!("perm {perm:?} does not move axis {}", a.axis))
+                    })?;
+                self.alias(
+                    node,
+                    Act {
+                        axis,
+                        rank: Some(perm.len()),
+                        ..a
+                    },
+                );
                 Ok(())
             }
             "Squeeze" | "Unsqueeze" => self.squeeze(node, a, op == "Unsqueeze"),
@@ -511,10 +608,16 @@ impl Converter<'_> {
     fn conv(&mut self, node: &onnx::NodeProto, a: Act, x_only: bool) -> Result<(), OnnxError> {
         let transposed = node.op_type() == "ConvTranspose";
         let Some(weight) = self.stored(node, 1)?.filter(|_| x_only) else {
-            return self.fixed(node, format!("{} whose weight is not a stored tensor", node.op_type()));
+            return self.fixed(
+                node,
+                format!("{} whose weight is not a stored tensor", node.op_type()),
+            );
         };
         if a.axis != 1 {
-            return Err(self.err(node, format!("its input has the channels on axis {}, not 1", a.axis)));
+            return Err(self.err(
+                node,
+                format!("its input has the channels on axis {}, not 1", a.axis),
+            ));
         }
         let st = self.file.stored_tensor(&weight).expect("stored");
         let shape = st.shape.clone();
@@ -552,7 +655,15 @@ impl Converter<'_> {
         );
         if let Some(o) = node.output.first() {
             let rank = Some(a.rank.unwrap_or(shape.len()));
-            self.set(o, Act { node: id, rank, axis: 1, channels: Some(out) });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    rank,
+                    axis: 1,
+                    channels: Some(out),
+                },
+            );
         }
         Ok(())
     }
@@ -565,11 +676,23 @@ impl Converter<'_> {
         in_major: bool,
         bias: Option<String>,
     ) -> Result<(), OnnxError> {
-        let shape = self.file.stored_tensor(&weight).expect("stored").shape.clone();
+        let shape = self
+            .file
+            .stored_tensor(&weight)
+            .expect("stored")
+            .shape
+            .clone();
         if shape.len() != 2 {
-            return Err(self.err(node, format!("weight `{weight}` has shape {shape:?}, expected 2-D")));
+            return Err(self.err(
+                node,
+                format!("weight `{weight}` has shape {shape:?}, expected 2-D"),
+            ));
         }
-        let (inp, out) = if in_major { (shape[0], shape[1]) } else { (shape[1], shape[0]) };
+        let (inp, out) = if in_major {
+            (shape[0], shape[1])
+        } else {
+            (shape[1], shape[0])
+        };
         if let Some(ch) = a.channels {
             if ch != inp && a.rank == Some(2) {
                 return Err(self.err(
@@ -578,9 +701,25 @@ impl Converter<'_> {
                 ));
             }
         }
-        let id = self.push(node_name(node), Op::Linear { weight, in_major, bias }, vec![a.node]);
+        let id = self.push(
+            node_name(node),
+            Op::Linear {
+                weight,
+                in_major,
+                bias,
+            },
+            vec![a.node],
+        );
         if let Some(o) = node.output.first() {
-            self.set(o, Act { node: id, rank: a.rank, axis: a.axis, channels: Some(out) });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    rank: a.rank,
+                    axis: a.axis,
+                    channels: Some(out),
+                },
+            );
         }
         Ok(())
     }
@@ -588,20 +727,42 @@ impl Converter<'_> {
     fn gemm(&mut self, node: &onnx::NodeProto, a: Act, x_only: bool) -> Result<(), OnnxError> {
         let weight = self.stored(node, 1)?.filter(|_| x_only);
         let Some(weight) = weight.filter(|_| attr_i(node, "transA", 0) == 0) else {
-            return self.fixed(node, "Gemm with transA or a weight that is not a stored tensor".into());
+            return self.fixed(
+                node,
+                "Gemm with transA or a weight that is not a stored tensor".into(),
+            );
         };
         if a.axis != 1 {
-            return self.fixed(node, format!("Gemm on an input with the features on axis {}", a.axis));
+            return self.fixed(
+                node,
+                format!("Gemm on an input with the features on axis {}", a.axis),
+            );
         }
         let trans_b = attr_i(node, "transB", 0) != 0;
-        let shape = self.file.stored_tensor(&weight).expect("stored").shape.clone();
-        let out = if trans_b { shape.first() } else { shape.get(1) }.copied().unwrap_or(0);
+        let shape = self
+            .file
+            .stored_tensor(&weight)
+            .expect("stored")
+            .shape
+            .clone();
+        let out = if trans_b { shape.first() } else { shape.get(1) }
+            .copied()
+            .unwrap_or(0);
         let bias = match self.input(node, 2)? {
             None => None,
             Some(Value::Stored(c)) => {
-                let n: usize = self.file.stored_tensor(&c).expect("stored").shape.iter().product();
+                let n: usize = self
+                    .file
+                    .stored_tensor(&c)
+                    .expect("stored")
+                    .shape
+                    .iter()
+                    .product();
                 if n != out {
-                    return self.fixed(node, format!("Gemm whose C `{c}` is not one value per output"));
+                    return self.fixed(
+                        node,
+                        format!("Gemm whose C `{c}` is not one value per output"),
+                    );
                 }
                 Some(self.as_vector(c, out))
             }
@@ -612,10 +773,16 @@ impl Converter<'_> {
 
     fn matmul(&mut self, node: &onnx::NodeProto, a: Act, x_only: bool) -> Result<(), OnnxError> {
         let Some(weight) = self.stored(node, 1)?.filter(|_| x_only) else {
-            return self.fixed(node, "MatMul whose second factor is not a stored tensor".into());
+            return self.fixed(
+                node,
+                "MatMul whose second factor is not a stored tensor".into(),
+            );
         };
         if a.rank.is_none_or(|r| r != a.axis + 1) {
-            return self.fixed(node, "MatMul over an axis that is not the channel axis".into());
+            return self.fixed(
+                node,
+                "MatMul over an axis that is not the channel axis".into(),
+            );
         }
         self.linear(node, a, weight, true, None)
     }
@@ -631,7 +798,10 @@ impl Converter<'_> {
         let off = rank - shape.len();
         let n = shape[a.axis - off];
         a.channels.is_none_or(|ch| ch == n)
-            && shape.iter().enumerate().all(|(i, &d)| i + off == a.axis || d == 1)
+            && shape
+                .iter()
+                .enumerate()
+                .all(|(i, &d)| i + off == a.axis || d == 1)
     }
 
     fn add(&mut self, node: &onnx::NodeProto, acts: &[(usize, Act)]) -> Result<(), OnnxError> {
@@ -648,7 +818,14 @@ impl Converter<'_> {
             }
             let id = self.push(node_name(node), Op::Add, vec![x.node, y.node]);
             if let Some(o) = node.output.first() {
-                self.set(o, Act { node: id, channels: x.channels.or(y.channels), ..x });
+                self.set(
+                    o,
+                    Act {
+                        node: id,
+                        channels: x.channels.or(y.channels),
+                        ..x
+                    },
+                );
             }
             return Ok(());
         }
@@ -659,7 +836,13 @@ impl Converter<'_> {
         let other = self.input(node, 1 - i)?;
         match other {
             Some(Value::Stored(c)) if self.per_channel(&c, &a) => {
-                let n: usize = self.file.stored_tensor(&c).expect("stored").shape.iter().product();
+                let n: usize = self
+                    .file
+                    .stored_tensor(&c)
+                    .expect("stored")
+                    .shape
+                    .iter()
+                    .product();
                 let c = self.as_vector(c, n);
                 let id = self.push(node_name(node), Op::AddBias { bias: c }, vec![a.node]);
                 if let Some(o) = node.output.first() {
@@ -667,7 +850,10 @@ impl Converter<'_> {
                 }
                 Ok(())
             }
-            _ => self.fixed(node, format!("{op} of a constant that is not one value per channel")),
+            _ => self.fixed(
+                node,
+                format!("{op} of a constant that is not one value per channel"),
+            ),
         }
     }
 
@@ -679,7 +865,10 @@ impl Converter<'_> {
         let (lo, hi) = if self.file.opset >= 11 {
             (scalar(1), scalar(2))
         } else {
-            (attr(node, "min").map(|m| m.f() as f64), attr(node, "max").map(|m| m.f() as f64))
+            (
+                attr(node, "min").map(|m| m.f() as f64),
+                attr(node, "max").map(|m| m.f() as f64),
+            )
         };
         let hi_absent = node.input.get(2).is_none_or(|s| s.is_empty());
         if lo == Some(0.0) && hi_absent {
@@ -690,8 +879,15 @@ impl Converter<'_> {
         self.fixed(node, "Clip".into())
     }
 
-    fn batchnorm(&mut self, node: &onnx::NodeProto, a: Act, n_acts: usize) -> Result<(), OnnxError> {
-        let t: Vec<Option<String>> = (1..5).map(|i| self.stored(node, i)).collect::<Result<_, _>>()?;
+    fn batchnorm(
+        &mut self,
+        node: &onnx::NodeProto,
+        a: Act,
+        n_acts: usize,
+    ) -> Result<(), OnnxError> {
+        let t: Vec<Option<String>> = (1..5)
+            .map(|i| self.stored(node, i))
+            .collect::<Result<_, _>>()?;
         let (Some(w), Some(b), Some(mean), Some(var)) = (&t[0], &t[1], &t[2], &t[3]) else {
             return self.fixed(node, "BatchNormalization with computed statistics".into());
         };
@@ -719,14 +915,25 @@ impl Converter<'_> {
         let a = acts[0].1;
         let axis = norm_axis(attr_i(node, "axis", 1), a.rank);
         let all_acts = acts.len() == node.input.iter().filter(|s| !s.is_empty()).count();
-        if !all_acts || acts.iter().any(|(_, x)| Some(x.axis) != axis || x.rank != a.rank) {
+        if !all_acts
+            || acts
+                .iter()
+                .any(|(_, x)| Some(x.axis) != axis || x.rank != a.rank)
+        {
             return self.fixed(node, "Concat not on the channel axis".into());
         }
         let channels = acts.iter().map(|(_, x)| x.channels).sum::<Option<usize>>();
         let inputs = acts.iter().map(|(_, x)| x.node).collect();
         let id = self.push(node_name(node), Op::Concat, inputs);
         if let Some(o) = node.output.first() {
-            self.set(o, Act { node: id, channels, ..a });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    channels,
+                    ..a
+                },
+            );
         }
         Ok(())
     }
@@ -736,7 +943,13 @@ impl Converter<'_> {
         let outs: Vec<&String> = node.output.iter().collect();
         if axis != Some(a.axis) {
             for o in outs.iter().filter(|o| !o.is_empty()) {
-                let id = self.push(node_name(node), Op::PassThrough { kind: "Split".into() }, vec![a.node]);
+                let id = self.push(
+                    node_name(node),
+                    Op::PassThrough {
+                        kind: "Split".into(),
+                    },
+                    vec![a.node],
+                );
                 self.set(o, Act { node: id, ..a });
             }
             return Ok(());
@@ -749,23 +962,38 @@ impl Converter<'_> {
         let sizes = match sizes {
             Some(s) => s.into_iter().map(|x| x.max(0) as usize).collect::<Vec<_>>(),
             None => {
-                let c = a.channels.ok_or_else(|| self.dynamic(node, "channel count"))?;
+                let c = a
+                    .channels
+                    .ok_or_else(|| self.dynamic(node, "channel count"))?;
                 let n = outs.len().max(1);
                 let per = c.div_ceil(n);
                 (0..n).map(|i| per.min(c.saturating_sub(i * per))).collect()
             }
         };
         if sizes.len() != outs.len() {
-            return Err(self.err(node, format!("{} split sizes for {} outputs", sizes.len(), outs.len())));
+            return Err(self.err(
+                node,
+                format!("{} split sizes for {} outputs", sizes.len(), outs.len()),
+            ));
         }
         let mut start = 0;
         for (o, n) in outs.iter().zip(sizes) {
             let id = self.push(
                 format!("{}:{o}", node_name(node)),
-                Op::Slice { start, end: start + n },
+                Op::Slice {
+                    start,
+                    end: start + n,
+                },
                 vec![a.node],
             );
-            self.set(o, Act { node: id, channels: Some(n), ..a });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    channels: Some(n),
+                    ..a
+                },
+            );
             start += n;
         }
         Ok(())
@@ -779,7 +1007,9 @@ impl Converter<'_> {
         let axes = self
             .ints_input(node, 3)
             .unwrap_or_else(|| (0..starts.len() as i64).collect());
-        let steps = self.ints_input(node, 4).unwrap_or_else(|| vec![1; starts.len()]);
+        let steps = self
+            .ints_input(node, 4)
+            .unwrap_or_else(|| vec![1; starts.len()]);
         let mut channel = None;
         for (k, &ax) in axes.iter().enumerate() {
             if norm_axis(ax, a.rank) == Some(a.axis) {
@@ -802,7 +1032,14 @@ impl Converter<'_> {
         let (start, end) = (clamp(s), clamp(e).max(clamp(s)));
         let id = self.push(node_name(node), Op::Slice { start, end }, vec![a.node]);
         if let Some(o) = node.output.first() {
-            self.set(o, Act { node: id, channels: Some(end - start), ..a });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    channels: Some(end - start),
+                    ..a
+                },
+            );
         }
         Ok(())
     }
@@ -810,7 +1047,10 @@ impl Converter<'_> {
     /// `[N, …] → [N, features]` with the channels on axis `a.axis`.
     fn flatten_to_2d(&mut self, node: &onnx::NodeProto, a: Act) -> Result<(), OnnxError> {
         let Some(rank) = a.rank else {
-            return self.fixed(node, format!("{} of a tensor of unknown rank", node.op_type()));
+            return self.fixed(
+                node,
+                format!("{} of a tensor of unknown rank", node.op_type()),
+            );
         };
         if rank == 2 {
             self.alias(node, Act { axis: 1, ..a });
@@ -821,11 +1061,22 @@ impl Converter<'_> {
         } else if a.axis + 1 == rank {
             true
         } else {
-            return self.fixed(node, format!("{} with the channels on axis {}", node.op_type(), a.axis));
+            return self.fixed(
+                node,
+                format!("{} with the channels on axis {}", node.op_type(), a.axis),
+            );
         };
         let id = self.push(node_name(node), Op::Flatten { channels_last }, vec![a.node]);
         if let Some(o) = node.output.first() {
-            self.set(o, Act { node: id, rank: Some(2), axis: 1, channels: None });
+            self.set(
+                o,
+                Act {
+                    node: id,
+                    rank: Some(2),
+                    axis: 1,
+                    channels: None,
+                },
+            );
         }
         Ok(())
     }
@@ -839,9 +1090,10 @@ impl Converter<'_> {
 
     fn reshape(&mut self, node: &onnx::NodeProto, a: Act) -> Result<(), OnnxError> {
         let out = node.output.first().cloned().unwrap_or_default();
-        let target: Option<Vec<i64>> = self
-            .ints_input(node, 1)
-            .or_else(|| self.info_shape(&out).map(|s| s.iter().map(|d| d.unwrap_or(-1)).collect()));
+        let target: Option<Vec<i64>> = self.ints_input(node, 1).or_else(|| {
+            self.info_shape(&out)
+                .map(|s| s.iter().map(|d| d.unwrap_or(-1)).collect())
+        });
         let Some(t) = target else {
             return self.fixed(node, "Reshape to a computed shape".into());
         };
@@ -853,13 +1105,24 @@ impl Converter<'_> {
             && t.len() >= 2
             && (t[1] == 0 || a.channels.is_some_and(|c| t[1] == c as i64));
         if keeps {
-            self.alias(node, Act { rank: Some(t.len()), ..a });
+            self.alias(
+                node,
+                Act {
+                    rank: Some(t.len()),
+                    ..a
+                },
+            );
             return Ok(());
         }
         self.fixed(node, "Reshape that moves the channels".into())
     }
 
-    fn squeeze(&mut self, node: &onnx::NodeProto, a: Act, unsqueeze: bool) -> Result<(), OnnxError> {
+    fn squeeze(
+        &mut self,
+        node: &onnx::NodeProto,
+        a: Act,
+        unsqueeze: bool,
+    ) -> Result<(), OnnxError> {
         let axes = if self.file.opset >= 13 {
             self.ints_input(node, 1)
         } else {
@@ -869,9 +1132,16 @@ impl Converter<'_> {
             return self.fixed(node, format!("{} with computed axes", node.op_type()));
         };
         let Some(rank) = a.rank else {
-            return self.fixed(node, format!("{} of a tensor of unknown rank", node.op_type()));
+            return self.fixed(
+                node,
+                format!("{} of a tensor of unknown rank", node.op_type()),
+            );
         };
-        let new_rank = if unsqueeze { rank + axes.len() } else { rank - axes.len().min(rank) };
+        let new_rank = if unsqueeze {
+            rank + axes.len()
+        } else {
+            rank - axes.len().min(rank)
+        };
         let mut axes: Vec<usize> = axes
             .iter()
             .map(|&x| norm_axis(x, Some(if unsqueeze { new_rank } else { rank })))
@@ -888,7 +1158,14 @@ impl Converter<'_> {
         };
         match axis {
             Some(axis) => {
-                self.alias(node, Act { axis, rank: Some(new_rank), ..a });
+                self.alias(
+                    node,
+                    Act {
+                        axis,
+                        rank: Some(new_rank),
+                        ..a
+                    },
+                );
                 Ok(())
             }
             None => self.fixed(node, "Squeeze of the channel axis".into()),
@@ -910,7 +1187,11 @@ impl Converter<'_> {
         let rank = pads.len() / 2;
         let axes = self
             .ints_input(node, 3)
-            .map(|ax| ax.iter().filter_map(|&x| norm_axis(x, a.rank)).collect::<Vec<_>>())
+            .map(|ax| {
+                ax.iter()
+                    .filter_map(|&x| norm_axis(x, a.rank))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_else(|| (0..rank).collect());
         let on_channels = axes
             .iter()
@@ -918,7 +1199,10 @@ impl Converter<'_> {
             .any(|(k, &ax)| ax == a.axis && (pads[k] != 0 || pads[k + axes.len()] != 0));
         let zero = value == Some(0.0);
         if on_channels || (!zero && (mode.is_empty() || mode == "constant")) {
-            return self.fixed(node, "Pad with a non-zero value or on the channel axis".into());
+            return self.fixed(
+                node,
+                "Pad with a non-zero value or on the channel axis".into(),
+            );
         }
         self.pass(node, a, "Pad");
         Ok(())

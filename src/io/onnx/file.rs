@@ -128,14 +128,19 @@ impl OnnxFile {
             return Err(corrupt("the file is empty".into()));
         }
         let bytes = Bytes::from_owner(map);
-        let model = onnx::ModelProto::decode(bytes.clone())
-            .map_err(|e| corrupt(format!("protobuf decoding failed: {e} (truncated or not an ONNX model)")))?;
-        let graph = model
-            .graph
-            .as_ref()
-            .ok_or_else(|| corrupt("the model has no graph (truncated or not an ONNX model)".into()))?;
+        let model = onnx::ModelProto::decode(bytes.clone()).map_err(|e| {
+            corrupt(format!(
+                "protobuf decoding failed: {e} (truncated or not an ONNX model)"
+            ))
+        })?;
+        let graph = model.graph.as_ref().ok_or_else(|| {
+            corrupt("the model has no graph (truncated or not an ONNX model)".into())
+        })?;
         let opset = default_opset(&model).ok_or_else(|| {
-            corrupt("no opset_import for the default ONNX domain (truncated or not an ONNX model)".into())
+            corrupt(
+                "no opset_import for the default ONNX domain (truncated or not an ONNX model)"
+                    .into(),
+            )
         })?;
         if !OPSETS.contains(&opset) {
             return Err(OnnxError::UnsupportedOpset { opset });
@@ -161,7 +166,9 @@ impl OnnxFile {
         }
         for (n, node) in graph.node.iter().enumerate() {
             if node.op_type() == "Constant" && is_default_domain(node.domain()) {
-                let Some(out) = node.output.first() else { continue };
+                let Some(out) = node.output.first() else {
+                    continue;
+                };
                 if let Some((a, st)) = this.constant(node, n, lg)? {
                     let _ = a;
                     this.tensors.insert(out.clone(), st);
@@ -238,7 +245,9 @@ impl OnnxFile {
         let st = self.stored_tensor(name)?;
         let raw = match &st.storage {
             Storage::Model(r) => &self.bytes[r.clone()],
-            Storage::External { location, range } => &self.externals.get(location)?.1[range.clone()],
+            Storage::External { location, range } => {
+                &self.externals.get(location)?.1[range.clone()]
+            }
             Storage::Owned(v) => v.as_slice(),
         };
         match st.data_type {
@@ -373,10 +382,18 @@ impl OnnxFile {
                 {
                     Storage::Model(self.range_of(p).expect("checked"))
                 }
-                (FLOAT, _) => Storage::Owned(t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                (DOUBLE, _) => Storage::Owned(t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                (INT64, _) => Storage::Owned(t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                (INT32, _) => Storage::Owned(t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                (FLOAT, _) => {
+                    Storage::Owned(t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                (DOUBLE, _) => {
+                    Storage::Owned(t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                (INT64, _) => {
+                    Storage::Owned(t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                (INT32, _) => {
+                    Storage::Owned(t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
                 _ => Storage::Owned(vec![]),
             }
         };
@@ -425,8 +442,12 @@ impl OnnxFile {
         let (mut offset, mut length) = (0usize, None);
         for kv in &t.external_data {
             let parse = |v: &str| {
-                v.parse::<usize>()
-                    .map_err(|_| bad(format!("external data `{}` = `{v}` is not a number", kv.key())))
+                v.parse::<usize>().map_err(|_| {
+                    bad(format!(
+                        "external data `{}` = `{v}` is not a number",
+                        kv.key()
+                    ))
+                })
             };
             match kv.key() {
                 "location" => location = Some(kv.value().to_string()),
@@ -435,10 +456,13 @@ impl OnnxFile {
                 _ => {}
             }
         }
-        let location =
-            location.ok_or_else(|| bad("external data without a `location`".into()))?;
+        let location = location.ok_or_else(|| bad("external data without a `location`".into()))?;
         let rel = Path::new(&location);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(bad(format!(
                 "external data location `{location}` must be a relative path inside the model's directory"
             )));

@@ -69,7 +69,9 @@ impl Staged {
             target: target.to_path_buf(),
             done: false,
         };
-        f.write_all(contents).and_then(|()| f.sync_all()).map_err(io)?;
+        f.write_all(contents)
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
         Ok(staged)
     }
 
@@ -193,7 +195,10 @@ pub fn write_changed(
         }
         staged.push(Staged::create(&target, &patched(map, &patches))?);
     }
-    staged.push(Staged::create(output, &patched(file.bytes(), &model_patches))?);
+    staged.push(Staged::create(
+        output,
+        &patched(file.bytes(), &model_patches),
+    )?);
     for s in staged {
         s.commit()?;
     }
