@@ -48,8 +48,13 @@ pub fn balance_network(
         .iter()
         .any(|c| matches!(c, Penalty::Custom(f) if f.lp_exponent().is_none()));
     match settings.method {
+        #[cfg(feature = "argmin")]
         Method::Lbfgs | Method::NewtonCg => {
             return crate::solve::argmin::solve_observed(net, reg, settings, observer)
+        }
+        #[cfg(not(feature = "argmin"))]
+        Method::Lbfgs | Method::NewtonCg => {
+            return Err(BalanceError::Unavailable(settings.method))
         }
         Method::Newton if custom => {
             return crate::solve::newton::solve_observed(net, reg, settings, observer)
