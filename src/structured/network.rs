@@ -53,9 +53,7 @@ pub fn balance_network(
             return crate::solve::argmin::solve_observed(net, reg, settings, observer)
         }
         #[cfg(not(feature = "argmin"))]
-        Method::Lbfgs | Method::NewtonCg => {
-            return Err(BalanceError::Unavailable(settings.method))
-        }
+        Method::Lbfgs | Method::NewtonCg => return Err(BalanceError::Unavailable(settings.method)),
         Method::Newton if custom => {
             return crate::solve::newton::solve_observed(net, reg, settings, observer)
         }
