@@ -71,7 +71,7 @@ pub fn bias_has_cost(net: &Network, reg: &Regularizer, i: usize) -> bool {
 
 /// Strongly connected components of a graph given by CSR adjacency (iterative Tarjan).
 /// Returns the component of every vertex.
-fn scc(n: usize, ptr: &[usize], adj: &[u32]) -> Vec<u32> {
+pub(crate) fn scc(n: usize, ptr: &[usize], adj: &[u32]) -> Vec<u32> {
     const NONE: u32 = u32::MAX;
     let mut index = vec![NONE; n];
     let mut low = vec![0u32; n];

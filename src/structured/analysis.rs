@@ -9,6 +9,7 @@
 
 use super::spec::FIXED;
 use super::store::{Block, Structured};
+use crate::structure::scc;
 
 /// Per variable: why it is held at 0 (no finite optimum or no cost at all), or `None`.
 pub(crate) fn held_variables(st: &Structured<'_>) -> Vec<Option<String>> {
@@ -138,64 +139,6 @@ pub(crate) fn held_variables(st: &Structured<'_>) -> Vec<Option<String>> {
             }
         })
         .collect()
-}
-
-/// Strongly connected components (iterative Tarjan) of a graph in CSR form.
-pub(crate) fn scc(n: usize, ptr: &[usize], adj: &[u32]) -> Vec<u32> {
-    const NONE: u32 = u32::MAX;
-    let mut index = vec![NONE; n];
-    let mut low = vec![0u32; n];
-    let mut on_stack = vec![false; n];
-    let mut comp = vec![NONE; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let mut call: Vec<(u32, usize)> = Vec::new();
-    let (mut next, mut ncomp) = (0u32, 0u32);
-    for root in 0..n {
-        if index[root] != NONE {
-            continue;
-        }
-        call.push((root as u32, ptr[root]));
-        index[root] = next;
-        low[root] = next;
-        next += 1;
-        stack.push(root as u32);
-        on_stack[root] = true;
-        while let Some(&mut (v, ref mut pos)) = call.last_mut() {
-            let v = v as usize;
-            if *pos < ptr[v + 1] {
-                let w = adj[*pos] as usize;
-                *pos += 1;
-                if index[w] == NONE {
-                    index[w] = next;
-                    low[w] = next;
-                    next += 1;
-                    stack.push(w as u32);
-                    on_stack[w] = true;
-                    call.push((w as u32, ptr[w]));
-                } else if on_stack[w] {
-                    low[v] = low[v].min(index[w]);
-                }
-            } else {
-                call.pop();
-                if let Some(&(parent, _)) = call.last() {
-                    let parent = parent as usize;
-                    low[parent] = low[parent].min(low[v]);
-                }
-                if low[v] == index[v] {
-                    loop {
-                        let w = stack.pop().expect("Tarjan stack holds v") as usize;
-                        on_stack[w] = false;
-                        comp[w] = ncomp;
-                        if w == v {
-                            break;
-                        }
-                    }
-                    ncomp += 1;
-                }
-            }
-        }
-    }
-    comp
 }
 
 /// Coarse modes from sets of variables: sets sharing a variable are merged (ties); variables
