@@ -69,6 +69,74 @@ pub fn bias_has_cost(net: &Network, reg: &Regularizer, i: usize) -> bool {
     b > 0.0 && reg.bias_penalty().is_some_and(|p| p.value(b) > 0.0)
 }
 
+/// The arc of one positive-cost edge `vj → vi` of the merged graph (none inside a vertex; a
+/// tied group of degree `c ≠ 1` then still has a term, `K·e^{p(1−c)u}`).
+fn edge_arc(
+    vj: usize,
+    vi: usize,
+    ground: usize,
+    arcs: &mut Vec<(u32, u32)>,
+    has_term: &mut [bool],
+    net: &Network,
+) {
+    if vj == vi {
+        if vi != ground && net.groups().degree(vi) != 1.0 {
+            has_term[vi] = true;
+        }
+        return;
+    }
+    for v in [vj, vi] {
+        if v != ground {
+            has_term[v] = true;
+        }
+    }
+    arcs.push((vj as u32, vi as u32));
+}
+
+/// Smallest run of edges [`dense_run`] reports.
+pub(crate) const MIN_DENSE: usize = 16;
+
+/// A complete bipartite run of edges starting at `e`: `(length, major lines, rows_major)`.
+/// Row-major: `rows` consecutive groups of `n` edges, each with one target and the same source
+/// sequence; column-major: the same with sources and targets exchanged. At least
+/// [`MIN_DENSE`] edges and two lines.
+pub(crate) fn dense_run(
+    src: &[u32],
+    dst: &[u32],
+    e: usize,
+    m: usize,
+) -> Option<(usize, usize, bool)> {
+    for (key, other, rows_major) in [(dst, src, true), (src, dst, false)] {
+        let k0 = key[e];
+        let mut n = 1;
+        while e + n < m && key[e + n] == k0 {
+            n += 1;
+        }
+        if n < 2 {
+            continue;
+        }
+        let seq = &other[e..e + n];
+        let mut lines = 1;
+        loop {
+            let s = e + lines * n;
+            if s + n > m {
+                break;
+            }
+            let k = key[s];
+            if k == key[s - 1] || !key[s..s + n].iter().all(|&x| x == k) || &other[s..s + n] != seq
+            {
+                break;
+            }
+            lines += 1;
+        }
+        if lines >= 2 && lines * n >= MIN_DENSE {
+            // (length, major lines: rows for row-major, columns for column-major)
+            return Some((lines * n, lines, rows_major));
+        }
+    }
+    None
+}
+
 /// Strongly connected components of a graph given by CSR adjacency (iterative Tarjan).
 /// Returns the component of every vertex.
 pub(crate) fn scc(n: usize, ptr: &[usize], adj: &[u32]) -> Vec<u32> {
@@ -161,29 +229,93 @@ pub fn analyze(net: &Network, reg: &Regularizer) -> Structure {
             g as usize
         }
     };
-    // Positive-cost arcs between different vertices of the merged graph.
+    // Positive-cost arcs between different vertices of the merged graph. A complete bipartite
+    // run of edges (a dense layer pair, see [`dense_run`]) whose edges all have positive cost,
+    // between disjoint vertex sets A and B, goes through one extra *hub* vertex h instead:
+    // arcs A → h → B. That keeps reachability between the vertices of the graph, hence their
+    // SCCs, which SCCs touch positive cost outside themselves and which groups have an arc in
+    // and out, with |A| + |B| arcs instead of |A|·|B|.
     let mut arcs: Vec<(u32, u32)> = Vec::new();
     let mut has_term = vec![false; k];
     let mut zero_cost_edges = 0;
-    for e in 0..net.num_edges() {
-        if !edge_has_cost(net, reg, e) {
-            zero_cost_edges += 1;
-            continue;
-        }
-        let (j, i) = net.edge(e);
-        let (vj, vi) = (vertex(j), vertex(i));
-        if vj == vi {
-            if vi != ground && groups.degree(vi) != 1.0 {
-                has_term[vi] = true;
+    let (src, dst) = (net.sources(), net.targets());
+    let m = net.num_edges();
+    let mut hubs = 0usize;
+    let mut mark = vec![0usize; k + 1];
+    let mut stamp = 0usize;
+    let (mut side_a, mut side_b) = (Vec::new(), Vec::new());
+    let mut e = 0;
+    while e < m {
+        let Some((len, lines, rows_major)) = dense_run(src, dst, e, m) else {
+            if !edge_has_cost(net, reg, e) {
+                zero_cost_edges += 1;
+            } else {
+                let (j, i) = net.edge(e);
+                edge_arc(vertex(j), vertex(i), ground, &mut arcs, &mut has_term, net);
             }
+            e += 1;
             continue;
-        }
-        for v in [vj, vi] {
-            if v != ground {
-                has_term[v] = true;
+        };
+        let end = e + len;
+        let costly = (e..end).filter(|&f| edge_has_cost(net, reg, f)).count();
+        let n = len / lines;
+        // the sources and targets of the run: one line per major index
+        let (sources, targets): (Vec<usize>, Vec<usize>) = if rows_major {
+            (
+                (e..e + n).map(|f| src[f] as usize).collect(),
+                (0..lines).map(|o| dst[e + o * n] as usize).collect(),
+            )
+        } else {
+            (
+                (0..lines).map(|j| src[e + j * n] as usize).collect(),
+                (e..e + n).map(|f| dst[f] as usize).collect(),
+            )
+        };
+        stamp += 2;
+        side_a.clear();
+        side_b.clear();
+        let mut disjoint = costly == len;
+        for &j in &sources {
+            let v = vertex(j);
+            if mark[v] != stamp {
+                mark[v] = stamp;
+                side_a.push(v);
             }
         }
-        arcs.push((vj as u32, vi as u32));
+        for &i in &targets {
+            let v = vertex(i);
+            if mark[v] == stamp {
+                disjoint = false;
+            } else if mark[v] != stamp + 1 {
+                mark[v] = stamp + 1;
+                side_b.push(v);
+            }
+        }
+        if disjoint {
+            let hub = (k + 1 + hubs) as u32;
+            hubs += 1;
+            for &v in &side_a {
+                if v != ground {
+                    has_term[v] = true;
+                }
+                arcs.push((v as u32, hub));
+            }
+            for &v in &side_b {
+                if v != ground {
+                    has_term[v] = true;
+                }
+                arcs.push((hub, v as u32));
+            }
+        } else {
+            zero_cost_edges += len - costly;
+            for f in e..end {
+                if edge_has_cost(net, reg, f) {
+                    let (j, i) = net.edge(f);
+                    edge_arc(vertex(j), vertex(i), ground, &mut arcs, &mut has_term, net);
+                }
+            }
+        }
+        e = end;
     }
     for i in 0..net.num_neurons() {
         let v = vertex(i);
@@ -192,7 +324,7 @@ pub fn analyze(net: &Network, reg: &Regularizer) -> Structure {
             arcs.push((ground as u32, v as u32));
         }
     }
-    let nv = k + 1;
+    let nv = k + 1 + hubs;
     let mut ptr = vec![0usize; nv + 1];
     for &(a, _) in &arcs {
         ptr[a as usize + 1] += 1;

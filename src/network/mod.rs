@@ -15,6 +15,7 @@ pub use activation::Activation;
 pub use eval::{Simulation, SimulationError};
 pub use groups::{ScaleGroups, NO_GROUP};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -302,6 +303,23 @@ impl NetworkBuilder {
 }
 
 /// Builds CSR adjacency: for each key `k`, the ids of edges with `key[e] == k`, in edge order.
+/// From this many edges [`Network::apply_log_scales`] runs on the rayon pool.
+const PARALLEL_SCALE_EDGES: usize = 1 << 16;
+
+/// `u_{g(i)} − c_{g(j)}·u_{g(j)}` for the edge `j → i` (`u = 0` on fixed neurons).
+#[inline]
+fn log_multiplier(groups: &ScaleGroups, j: usize, i: usize, u: &[f64]) -> f64 {
+    let gi = groups.group_of(i);
+    let gj = groups.group_of(j);
+    let ui = if gi == NO_GROUP { 0.0 } else { u[gi as usize] };
+    let uj = if gj == NO_GROUP {
+        0.0
+    } else {
+        groups.degree(gj as usize) * u[gj as usize]
+    };
+    ui - uj
+}
+
 fn csr(n: usize, key: &[u32]) -> (Vec<usize>, Vec<u32>) {
     let mut ptr = vec![0usize; n + 1];
     for &k in key {
@@ -515,15 +533,7 @@ impl Network {
     #[inline]
     pub fn edge_log_multiplier(&self, e: usize, u: &[f64]) -> f64 {
         let (j, i) = self.edge(e);
-        let gi = self.groups.group_of(i);
-        let gj = self.groups.group_of(j);
-        let ui = if gi == NO_GROUP { 0.0 } else { u[gi as usize] };
-        let uj = if gj == NO_GROUP {
-            0.0
-        } else {
-            self.groups.degree(gj as usize) * u[gj as usize]
-        };
-        ui - uj
+        log_multiplier(&self.groups, j, i, u)
     }
 
     /// Scales neuron `i` by `λ > 0`: incoming weights and bias times `λ`, outgoing weights divided
@@ -597,11 +607,18 @@ impl Network {
     /// ```
     pub fn apply_log_scales(&mut self, u: &[f64]) {
         assert_eq!(u.len(), self.groups.len(), "one log-scale per scale group");
-        for e in 0..self.num_edges() {
-            let t = self.edge_log_multiplier(e, u);
+        let (src, dst, groups) = (&self.src, &self.dst, &self.groups);
+        let scale = |(e, w): (usize, &mut f64)| {
+            let t = log_multiplier(groups, src[e] as usize, dst[e] as usize, u);
             if t != 0.0 {
-                self.weight[e] *= t.exp();
+                *w *= t.exp();
             }
+        };
+        // every edge on its own: the same result on any number of threads
+        if self.weight.len() >= PARALLEL_SCALE_EDGES {
+            self.weight.par_iter_mut().enumerate().for_each(scale);
+        } else {
+            self.weight.iter_mut().enumerate().for_each(scale);
         }
         for i in 0..self.num_neurons() {
             let g = self.groups.group_of(i);

@@ -13,22 +13,19 @@ use super::build::{finish_powers, lp_parts};
 use super::spec::FIXED;
 use super::store::{Block, Dense, Elems, Sparse, Structured, Unary};
 use super::{analysis, run, StructuredError};
-use crate::measure::total_cost;
+use crate::measure::{group_flows, total_cost, Flows};
 use crate::network::{Network, NO_GROUP};
-use crate::regularizer::{Penalty, Regularizer, RegularizerError};
+use crate::regularizer::{lp_pow, Penalty, Regularizer, RegularizerError};
 use crate::solve::newton::certificate;
 use crate::solve::{
     Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
 };
-use crate::structure::{analyze, prune};
+use crate::structure::{analyze, dense_run, prune, Structure};
 
 /// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.
 const NO_COST: &str = "no edge or bias of positive cost";
 use std::borrow::Cow;
 use std::time::Instant;
-
-/// Smallest run of edges stored as a dense block.
-const MIN_DENSE: usize = 16;
 
 /// Balances `net` under `reg` through the structured core and returns the same [`Solution`] as
 /// [`crate::solve::balance`] (the same balanced state; `diagnostics` from the same structure
@@ -114,9 +111,8 @@ pub fn balance_network(
     }
     let mut network = net.clone();
     network.apply_log_scales(&u);
-    let cost_after = total_cost(&network, reg);
     // The certificate is measured on the returned network, as the per-edge solvers do.
-    let max_relative_imbalance = certificate(&network, reg, &structure);
+    let (max_relative_imbalance, cost_after) = certificate_and_cost(&network, reg, &structure);
     Ok(Solution {
         network,
         log_scales: u,
@@ -270,37 +266,69 @@ fn structured_of<'n>(
     Ok(st)
 }
 
-/// A complete bipartite run of edges starting at `e`: `(length, major lines, rows_major)`.
-/// Row-major: `rows` consecutive groups of `n` edges, each with one target and the same source
-/// sequence; column-major: the same with sources and targets exchanged.
-fn dense_run(src: &[u32], dst: &[u32], e: usize, m: usize) -> Option<(usize, usize, bool)> {
-    for (key, other, rows_major) in [(dst, src, true), (src, dst, false)] {
-        let k0 = key[e];
-        let mut n = 1;
-        while e + n < m && key[e + n] == k0 {
-            n += 1;
-        }
-        if n < 2 {
-            continue;
-        }
-        let seq = &other[e..e + n];
-        let mut lines = 1;
-        loop {
-            let s = e + lines * n;
-            if s + n > m {
-                break;
+/// The certificate ([`certificate`]: the maximum relative imbalance over the groups not held
+/// fixed, each as [`group_flows`] measures it) and the total cost ([`total_cost`]) of `net`, with
+/// the same values bit for bit. Under one `L_p`, the groups of one neuron of degree 1 are
+/// measured in one streaming pass over the edges for the input sides and one for the output
+/// sides (run in parallel), adding each neuron's terms in edge order as [`group_flows`] does;
+/// the other groups, and sums too small to take the logarithm directly, by [`group_flows`].
+fn certificate_and_cost(net: &Network, reg: &Regularizer, structure: &Structure) -> (f64, f64) {
+    let Some(p) = reg.uniform_lp() else {
+        return (certificate(net, reg, structure), total_cost(net, reg));
+    };
+    let (src, dst, w, a) = (net.sources(), net.targets(), net.weights(), net.alphas());
+    let n = net.num_neurons();
+    let term = |e: usize| a[e] * lp_pow(w[e].abs(), p);
+    let ((mut sum_in, edge_cost), sum_out) = rayon::join(
+        || {
+            let mut sum_in = vec![0.0f64; n];
+            // the same sum, in the same order, as `total_cost`
+            let edge_cost: f64 = (0..src.len())
+                .map(|e| {
+                    let t = term(e);
+                    if src[e] != dst[e] {
+                        sum_in[dst[e] as usize] += t;
+                    }
+                    t
+                })
+                .sum();
+            (sum_in, edge_cost)
+        },
+        || {
+            let mut sum_out = vec![0.0f64; n];
+            for e in 0..src.len() {
+                if src[e] != dst[e] {
+                    sum_out[src[e] as usize] += term(e);
+                }
             }
-            let k = key[s];
-            if k == key[s - 1] || !key[s..s + n].iter().all(|&x| x == k) || &other[s..s + n] != seq
-            {
-                break;
-            }
-            lines += 1;
-        }
-        if lines >= 2 && lines * n >= MIN_DENSE {
-            // (length, major lines: rows for row-major, columns for column-major)
-            return Some((lines * n, lines, rows_major));
+            sum_out
+        },
+    );
+    let bias_cost: f64 = match reg.bias_penalty() {
+        Some(bp) => net.biases().iter().map(|b| bp.value(b.abs())).sum(),
+        None => 0.0,
+    };
+    if reg.counts_biases() {
+        // a bias is the last term of its neuron's input side
+        for (s, b) in sum_in.iter_mut().zip(net.biases()) {
+            *s += lp_pow(b.abs(), p);
         }
     }
-    None
+    let groups = net.groups();
+    let ln = |s: f64| (s.is_finite() && s > 1e-250).then(|| s.ln());
+    let certificate = (0..groups.len())
+        .filter(|&g| structure.held[g].is_none())
+        .map(|g| {
+            let members = groups.members(g);
+            let single = members.len() == 1 && groups.degree(g) == 1.0;
+            let i = members[0] as usize;
+            let flows = match (single, ln(sum_in[i]), ln(sum_out[i])) {
+                // the degree is 1: `ln c = 0` on the output side
+                (true, Some(ln_in), Some(ln_out)) => Flows { ln_in, ln_out },
+                _ => group_flows(net, reg, g),
+            };
+            flows.relative_imbalance()
+        })
+        .fold(0.0, f64::max);
+    (certificate, edge_cost + bias_cost)
 }
