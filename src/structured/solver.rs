@@ -39,6 +39,12 @@ const SWEEP_ABOVE: f64 = 0.5;
 /// Below this many terms every pass (flows, products, colour sweeps) runs on one thread.
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
 
+/// The last Newton step aims at a predicted imbalance this factor below the tolerance.
+const FINAL_MARGIN: f64 = 0.01;
+
+/// CG stops at this relative residual whatever the target (rounding level of the recurrence).
+const MIN_FORCING: f64 = 1e-10;
+
 /// Largest number of coarse modes solved densely (beyond: no coarse correction).
 const MAX_MODES: usize = 2048;
 
@@ -385,12 +391,26 @@ impl<'s, 'a> Core<'s, 'a> {
                 rhs[v] = -ratio * sd[v];
             }
         }
+        // Predicted imbalance after the step: with residual r of the scaled system the
+        // linearised gradient is g'_v = −r_v·√h_v·e^σ, so the relative imbalance
+        // |g'_v|/(g⁺_v + g⁻_v) is |r_v|·κ_v/sd_v with κ_v = h_v/(g⁺_v + g⁻_v).
+        let weight: Vec<f64> = (0..n)
+            .map(|v| {
+                if active(v) {
+                    let sides = super::ops::lse(self.fl.ln_gp[v], self.fl.ln_gm[v]);
+                    (self.fl.ln_hd[v] - sides).exp() * isd[v]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = active_mask(st, &self.fl);
         let coarse = self.coarse_operator(&sd, sigma);
-        // forcing: quadratic convergence (η ∝ imbalance), and no more accuracy than the step
-        // needs to bring the imbalance three orders below the tolerance, so that the last step
-        // lands at rounding level as an exact Newton step would
-        let eta = (0.5 * max).max(1e-3 * self.tol / max).clamp(1e-10, 0.1);
-        let y = self.pcg(&rhs, &sd, coarse.as_ref(), eta, &active_mask(st, &self.fl));
+        // Forcing: quadratic convergence (the predicted imbalance a factor min(max/2, 0.1) below
+        // the current one), and no more accuracy than the tolerance needs (a factor
+        // `FINAL_MARGIN` below it), so the last step is not solved to rounding level.
+        let target = (max * (0.5 * max).min(0.1)).max(FINAL_MARGIN * self.tol);
+        let y = self.pcg(&rhs, &sd, coarse.as_ref(), &mask, &weight, target);
         let delta: Vec<f64> = (0..n).map(|v| y[v] * isd[v]).collect();
         if delta.iter().any(|d| !d.is_finite()) {
             return None;
@@ -429,14 +449,17 @@ impl<'s, 'a> Core<'s, 'a> {
         Coarse::factor(e, m)
     }
 
-    /// Preconditioned CG on `(I − Ŝ) y = b` to relative residual `eta`.
+    /// Preconditioned CG on `(I − Ŝ) y = b` until the predicted imbalance
+    /// `max_v |r_v|·weight_v` of the residual `r` is at most `target` (`active`: the variables
+    /// in the system).
     fn pcg(
         &mut self,
         b: &[f64],
         sd: &[f64],
         coarse: Option<&Coarse>,
-        eta: f64,
         active: &[bool],
+        weight: &[f64],
+        target: f64,
     ) -> Vec<f64> {
         let n = b.len();
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
@@ -477,7 +500,11 @@ impl<'s, 'a> Core<'s, 'a> {
                 y[v] += a * d[v];
                 r[v] -= a * q[v];
             }
-            if dot(&r, &r).sqrt() <= eta * bnorm {
+            let predicted = r
+                .iter()
+                .zip(weight)
+                .fold(0.0f64, |m, (r, w)| m.max(r.abs() * w));
+            if predicted <= target || dot(&r, &r).sqrt() <= MIN_FORCING * bnorm {
                 break;
             }
             precondition(&r, &mut z);
