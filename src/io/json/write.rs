@@ -4,6 +4,7 @@
 
 use super::{activation_to_json, edge_form, Field, JsonNetwork, NeuronForm};
 use crate::network::Network;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter};
 use serde_json::Value;
@@ -11,6 +12,9 @@ use std::io::{self, Write};
 
 /// Output is collected in memory and handed to the writer in chunks of about this size.
 const CHUNK: usize = 1 << 16;
+
+/// Edges formatted by one thread at a time.
+const PAR_ITEMS: usize = 1 << 14;
 
 /// A chunked output buffer in front of a writer.
 struct Out<'a> {
@@ -55,6 +59,51 @@ impl Out<'_> {
         self.sink.flush()
     }
 
+    /// [`Out::list`] with the items formatted in parallel: batches of [`PAR_ITEMS`] items per
+    /// thread, each into a buffer of its own, written in order (the same bytes).
+    fn list_par(
+        &mut self,
+        len: usize,
+        item: impl Fn(&mut Out, usize) -> io::Result<()> + Sync,
+    ) -> io::Result<()> {
+        if len < 2 * PAR_ITEMS {
+            return self.list(len, item);
+        }
+        self.put(b"[\n");
+        let batch = PAR_ITEMS * rayon::current_num_threads().max(1);
+        let mut start = 0;
+        while start < len {
+            let end = (start + batch).min(len);
+            let chunks: Vec<io::Result<Vec<u8>>> = (start..end)
+                .step_by(PAR_ITEMS)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|a| {
+                    let mut sink = io::sink();
+                    let mut out = Out {
+                        buf: Vec::with_capacity(PAR_ITEMS * 32),
+                        sink: &mut sink,
+                    };
+                    for j in a..(a + PAR_ITEMS).min(len) {
+                        out.put(b"    ");
+                        item(&mut out, j)?;
+                        out.put(if j + 1 < len { b",\n" } else { b"\n" });
+                    }
+                    Ok(out.buf)
+                })
+                .collect();
+            for chunk in chunks {
+                let chunk = chunk?;
+                self.sink.write_all(&self.buf)?;
+                self.buf.clear();
+                self.sink.write_all(&chunk)?;
+            }
+            start = end;
+        }
+        self.put(b"  ]");
+        Ok(())
+    }
+
     /// A JSON array of `len` items written by `item`: `[]`, or one item per line.
     fn list(
         &mut self,
@@ -94,7 +143,7 @@ impl JsonNetwork {
             out.put(b": ");
             match (key.as_str(), value) {
                 ("neurons", _) => out.list(net.num_neurons(), |o, i| self.neuron(o, net, i))?,
-                ("edges", _) => out.list(net.num_edges(), |o, e| self.edge(o, net, e))?,
+                ("edges", _) => out.list_par(net.num_edges(), |o, e| self.edge(o, net, e))?,
                 (_, Value::Array(items)) => out.list(items.len(), |o, j| o.json(&items[j]))?,
                 (_, v) => out.json(v)?,
             }

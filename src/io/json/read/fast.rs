@@ -10,11 +10,21 @@
 
 use super::{Edges, Expect, Found, NeuronsBody, Row, Top, EXACT_INT};
 use crate::io::json::edge_form;
+use rayon::prelude::*;
 use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
 
 /// Deeper values are left to the general reader, whose recursion limit counts from the document.
 const MAX_DEPTH: usize = 100;
+
+/// Bytes of the `edges` array read at once (split between the threads).
+const SEGMENT: usize = 1 << 20;
+
+/// Most parts a segment is split into.
+const MAX_PARTS: usize = 8;
+
+/// Fewest bytes per part (smaller windows are read in one part).
+const MIN_PART: usize = 1 << 16;
 
 /// Reads the top-level object, or `None` if anything is unexpected.
 pub(super) fn parse(text: &str) -> Option<Top> {
@@ -150,6 +160,14 @@ impl<'a> Scan<'a> {
     }
 
     /// The `edges` array, every row of the form `[index, index, number(, number)]`.
+    ///
+    /// The array is read in windows of about [`SEGMENT`] bytes, each cut at row ends into one
+    /// part per thread; the parts are scanned in parallel and their rows added in order, so the
+    /// result is that of one scan from the start. A window ends at the array's end if a `]`
+    /// followed by `]` (white space between) is in it, and every cut is a comma after a `]`
+    /// before that end. Each part must be a list of complete rows separated by commas, ending
+    /// exactly at its cut, so anything else (a nested value, a string) fails a part and the whole
+    /// fast path.
     fn edges(&mut self) -> Option<Edges> {
         let mut edges = Edges::new(self.text.len() / 24);
         self.eat(b'[')?;
@@ -158,17 +176,93 @@ impl<'a> Scan<'a> {
             self.pos += 1;
             return Some(edges);
         }
-        for e in 0.. {
-            self.ws();
-            edges.add(e, self.row()?);
-            self.ws();
-            match self.next()? {
-                b',' => continue,
-                b']' => break,
-                _ => return None,
+        let threads = rayon::current_num_threads().clamp(1, MAX_PARTS);
+        let text = self.text;
+        let mut e = 0;
+        loop {
+            let window = (self.pos + SEGMENT).min(text.len());
+            let end = self.array_end(window);
+            let limit = end.unwrap_or(window);
+            let parts = if limit - self.pos < MIN_PART * threads {
+                1
+            } else {
+                threads
+            };
+            let mut cuts = Vec::with_capacity(parts);
+            let mut at = self.pos;
+            for k in 1..parts {
+                let from = self.pos + (limit - self.pos) * k / parts;
+                if from <= at {
+                    continue;
+                }
+                match self.cut(from) {
+                    Some((c, false)) if c < limit => {
+                        cuts.push((at, c));
+                        at = c + 1;
+                    }
+                    _ => break,
+                }
+            }
+            let (last, closes) = match end {
+                Some(end) => (end, true),
+                None => self.cut(limit)?,
+            };
+            cuts.push((at, last));
+            let rows: Vec<Vec<Row>> = cuts
+                .par_iter()
+                .map(|&(a, b)| Scan { text, pos: a }.rows(b))
+                .collect::<Option<_>>()?;
+            for r in rows.into_iter().flatten() {
+                edges.add(e, r);
+                e += 1;
+            }
+            self.pos = last + 1;
+            if closes {
+                return Some(edges);
             }
         }
-        Some(edges)
+    }
+
+    /// The position of the second `]` of the first `]` + white space + `]` starting before
+    /// `window`, if any (the end of an array of flat rows).
+    fn array_end(&self, window: usize) -> Option<usize> {
+        let b = self.text.as_bytes();
+        memchr::memchr_iter(b']', &b[self.pos..window]).find_map(|k| {
+            let mut i = self.pos + k + 1;
+            while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                i += 1;
+            }
+            (b.get(i) == Some(&b']')).then_some(i)
+        })
+    }
+
+    /// The first `]` at or after `from` and what follows it (white space skipped): the position
+    /// of a comma and `false`, or of a `]` and `true`; `None` for anything else.
+    fn cut(&self, from: usize) -> Option<(usize, bool)> {
+        let b = self.text.as_bytes();
+        let mut i = from + memchr::memchr(b']', b.get(from..)?)? + 1;
+        while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        match b.get(i)? {
+            b',' => Some((i, false)),
+            b']' => Some((i, true)),
+            _ => None,
+        }
+    }
+
+    /// Rows separated by commas from here up to exactly `end` (a comma or the array's `]`).
+    fn rows(mut self, end: usize) -> Option<Vec<Row>> {
+        let mut rows = Vec::with_capacity((end - self.pos) / 24 + 1);
+        loop {
+            self.ws();
+            rows.push(self.row()?);
+            self.ws();
+            if self.pos >= end {
+                return (self.pos == end).then_some(rows);
+            }
+            self.eat(b',')?;
+        }
     }
 
     /// One row `[from, to, weight]` or `[from, to, weight, alpha]` that [`super::typed_row`]
