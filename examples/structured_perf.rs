@@ -4,7 +4,14 @@
 //! ```text
 //! cargo run --release --example structured_perf            # every case, one child per run
 //! cargo run --release --example structured_perf -- --quick # smaller cases
+//! cargo run --release --example structured_perf -- --cases mlp:64:64,mlp:64:256 \
+//!     --routes newton --compare /path/to/older/structured_perf  # chosen rows, two builds
 //! ```
+//!
+//! `--cases` keeps only the listed cases (a case not in the default list runs Newton, and for an
+//! MLP also the two network routes), `--routes` only the listed routes, and every `--compare
+//! EXE` runs each row a second time with EXE (this example built from another commit) as the
+//! child, in the row after, labelled with its path.
 //!
 //! Every row runs in a child process of its own, so the peak resident memory (VmHWM) is that
 //! of the one run: the in-memory f32 tensors (the "file") plus what the solver adds. Columns:
@@ -387,6 +394,19 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--cases A,B`: only these cases; `--routes R,S`: only these routes; `--compare EXE`: every
+    // row also run by EXE (this example built from another commit), side by side
+    let list = |flag: &str| -> Option<Vec<String>> {
+        let k = args.iter().position(|a| a == flag)?;
+        Some(args.get(k + 1)?.split(',').map(String::from).collect())
+    };
+    let (only_cases, only_routes) = (list("--cases"), list("--routes"));
+    let compare: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--compare")
+        .filter_map(|(k, _)| args.get(k + 1).cloned())
+        .collect();
     let mut runs: Vec<(String, &str, usize)> = Vec::new();
     let big: Vec<&str> = if quick {
         vec!["mlp:8:512", "mlp:64:64", "conv:8:64"]
@@ -413,13 +433,41 @@ fn main() {
         runs.push((format!("conv:{d}:64"), "newton", 2));
         runs.push((format!("res:{d}:64"), "newton", 2));
     }
-    let exe = std::env::current_exe().unwrap();
+    if let Some(cases) = &only_cases {
+        runs.retain(|(c, ..)| cases.contains(c));
+        // cases not in the default list (e.g. `mlp:64:64`): Newton and the network route
+        for c in cases {
+            if !runs.iter().any(|(r, ..)| r == c) {
+                runs.push((c.clone(), "newton", 2));
+                if c.starts_with("mlp") {
+                    runs.push((c.clone(), "net-core", 2));
+                    runs.push((c.clone(), "old-newton", 2));
+                }
+            }
+        }
+    }
+    if let Some(routes) = &only_routes {
+        runs.retain(|(_, r, _)| routes.iter().any(|x| x == r));
+    }
+    let own = std::env::current_exe().unwrap().display().to_string();
+    let exes: Vec<String> = std::iter::once(own.clone()).chain(compare).collect();
+    let label = if exes.len() > 1 { "| binary " } else { "" };
     println!(
-        "| case | route | threads | weights | solve s | CPU s | s per sweep | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |"
+        "{label}| case | route | threads | weights | solve s | CPU s | s per sweep | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (case, route, threads) in runs {
-        let out = Command::new(&exe)
+    println!(
+        "{}|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        if exes.len() > 1 { "|---" } else { "" }
+    );
+    let runs: Vec<(String, &str, usize, &String)> = runs
+        .into_iter()
+        .flat_map(|(c, r, t)| exes.iter().map(move |x| (c.clone(), r, t, x)))
+        .collect();
+    for (case, route, threads, exe) in runs {
+        if exes.len() > 1 {
+            print!("| {} ", if *exe == own { "this" } else { exe.as_str() });
+        }
+        let out = Command::new(exe)
             .args(["--case", &case, route, "--threads", &threads.to_string()])
             .output()
             .expect("child runs");
