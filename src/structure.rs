@@ -522,3 +522,88 @@ pub fn prune(net: &Network) -> Pruned {
         biases,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{Activation, NetworkBuilder};
+
+    /// `net` with its edges added in the order `order` (the same graph, other edge indices).
+    fn reordered(net: &Network, order: &[usize]) -> Network {
+        let mut b = NetworkBuilder::new();
+        for i in 0..net.num_neurons() {
+            b.add_neuron(net.role(i), net.activation(i), net.biases()[i]);
+        }
+        for &e in order {
+            let (j, i) = net.edge(e);
+            b.add_edge(j, i, net.weights()[e]);
+        }
+        b.build().unwrap()
+    }
+
+    /// Dense layer pairs 8 → 6 → 6 → 2 (inputs, two hidden layers, outputs) and two hidden sets
+    /// of 4 feeding each other (an isolated free component); neuron 8 has no input cost, neuron
+    /// 14 no output cost.
+    fn layered_with_holds() -> Network {
+        let mut b = NetworkBuilder::new();
+        let layer = |role, n: usize, b: &mut NetworkBuilder| -> Vec<usize> {
+            (0..n)
+                .map(|_| b.add_neuron(role, Activation::Relu, 0.0))
+                .collect()
+        };
+        let sizes = [(Role::Input, 8), (Role::Hidden, 6), (Role::Hidden, 6)];
+        let mut layers: Vec<Vec<usize>> = sizes.iter().map(|&(r, n)| layer(r, n, &mut b)).collect();
+        layers.push(layer(Role::Output, 2, &mut b));
+        let ring = [
+            layer(Role::Hidden, 4, &mut b),
+            layer(Role::Hidden, 4, &mut b),
+        ];
+        let mut w = 0.3;
+        let mut next = || {
+            w = (w * 7.3f64).fract() + 0.1;
+            w
+        };
+        for k in 1..layers.len() {
+            for &o in &layers[k] {
+                for &j in &layers[k - 1] {
+                    let x = if o == 8 || (j == 14 && k == 3) {
+                        0.0
+                    } else {
+                        next()
+                    };
+                    b.add_edge(j, o, x);
+                }
+            }
+        }
+        for (to, from) in [(1, 0), (0, 1)] {
+            for &o in &ring[to] {
+                for &j in &ring[from] {
+                    b.add_edge(j, o, next());
+                }
+            }
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn hub_vertices_leave_the_analysis_unchanged() {
+        let reg = Regularizer::lp(2.0).unwrap();
+        for net in [
+            layered_with_holds(),
+            crate::network::builders::random_mlp(&[9, 7, 5, 3], 4),
+        ] {
+            let dense = analyze(&net, &reg);
+            // edges in a strided order (7919 is prime to the edge counts): no dense run
+            let m = net.num_edges();
+            let order: Vec<usize> = (0..m).map(|k| k * 7919 % m).collect();
+            let per_edge = reordered(&net, &order);
+            let (src, dst) = (per_edge.sources(), per_edge.targets());
+            assert!((0..m).all(|e| dense_run(src, dst, e, m).is_none()));
+            assert_eq!(analyze(&per_edge, &reg), dense);
+            assert!(dense_run(net.sources(), net.targets(), 0, net.num_edges()).is_some());
+        }
+        let s = analyze(&layered_with_holds(), &reg);
+        assert!(s.held[0].as_deref().unwrap().starts_with("input cost is 0"));
+        assert_eq!(s.floating_components, 1);
+    }
+}

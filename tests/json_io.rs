@@ -770,3 +770,28 @@ fn fast_and_general_readers_agree_on_number_edge_cases() {
         }
     }
 }
+
+#[test]
+fn large_documents_read_in_parallel_parts_and_written_in_batches_exactly() {
+    // 82,030 edges, about 2.7 MB: several windows of the reader, several parts each, and
+    // several batches of the writer
+    let net = random_mlp(&[200, 200, 200, 10], 3);
+    let doc = JsonNetwork::from_network(&net).unwrap();
+    let text = doc.to_string_with(&net).unwrap();
+    assert!(text.len() > 2 << 20);
+    let fast = JsonNetwork::from_str(&text).unwrap();
+    assert_eq!(fast.network, net);
+    let general = JsonNetwork::from_str(&with_repeated_edges(&text).unwrap()).unwrap();
+    assert_eq!(general.network, net);
+    check_against_reference(&text).unwrap();
+    // a bad row far into the array: the same error as the general reader's
+    let k = text.len() * 3 / 4;
+    let row = k + text[k..].find("\n    [").unwrap() + 5;
+    let bad = format!("{}\"x\", {}", &text[..row + 1], &text[row + 1..]);
+    let (a, b) = (
+        JsonNetwork::from_str(&bad).unwrap_err(),
+        JsonNetwork::from_str(&with_repeated_edges(&bad).unwrap_or(bad.clone())).unwrap_err(),
+    );
+    assert_eq!(a.to_string(), b.to_string());
+    assert!(a.to_string().contains("edges["), "{a}");
+}
