@@ -6,7 +6,10 @@
 //! on one mode per unit set (the space of set-wise constant log-scales: the smooth-in-depth
 //! modes that make local balancing need `O(L²)` sweeps). The coarse operator
 //! `E = Vᵀ(I − Ŝ)V`, `V = √D` on each mode, is assembled from block sums in one extra product
-//! and factorised densely (Cholesky). Steps are damped by a backtracking search on `ln F`. Far
+//! and factorised densely (Cholesky). CG stops when the imbalance predicted after the step
+//! (the linearised gradient `−r_v·√h_v·e^σ` of the residual `r`, relative to `g⁺_v + g⁻_v`,
+//! maximised over `v`) is at most `max(min(m/2, 0.1)·m, 0.01·tol)`, `m` the current maximum
+//! relative imbalance. Steps are damped by a backtracking search on `ln F`. Far
 //! from balance (relative imbalance above 0.5) an iteration is a colour-class sweep instead:
 //! every variable of a class is balanced exactly at once (they share no term), class after
 //! class.
