@@ -162,6 +162,7 @@ impl Flows {
     }
 
     /// Maximum relative imbalance over the free variables (NaN if one is NaN).
+    #[cfg_attr(not(feature = "argmin"), allow(dead_code))]
     pub(crate) fn max_rel(&self, free: &[bool]) -> f64 {
         let mut m = 0.0f64;
         for v in (0..free.len()).filter(|&v| free[v]) {
@@ -858,6 +859,7 @@ impl<'s, 'a> Engine<'s, 'a> {
     }
 
     /// The terms at `x_r` for [`Engine::cost_change`] (one flows pass, left in `fl`).
+    #[cfg_attr(not(feature = "argmin"), allow(dead_code))]
     pub(crate) fn reference(&mut self, x_r: &[f64], fl: &mut Flows) -> Reference {
         self.flows(x_r, fl);
         let st = self.st;
@@ -903,6 +905,7 @@ impl<'s, 'a> Engine<'s, 'a> {
     /// contributes `Σ_{ab} K_ab·expm1(Δ_a + Δ_b) = Σ_a expm1(Δ_a)·R_a + Σ_b expm1(Δ_b)·C_b +
     /// Σ_{ab} K_ab·expm1(Δ_a)·expm1(Δ_b)` (`R`, `C` its line sums at `x_r`; the last sum is one
     /// product pass); sparse and unary terms contribute `V(x_r)·expm1(Δ)` each.
+    #[cfg_attr(not(feature = "argmin"), allow(dead_code))]
     pub(crate) fn cost_change(&mut self, r: &Reference, x: &[f64], shift: f64) -> f64 {
         self.passes += 1;
         let st = self.st;
@@ -1003,6 +1006,7 @@ impl<'s, 'a> Engine<'s, 'a> {
 }
 
 /// The terms of a problem at a reference point (see [`Engine::reference`]).
+#[cfg_attr(not(feature = "argmin"), allow(dead_code))]
 #[derive(Debug, Clone)]
 pub(crate) struct Reference {
     x: Vec<f64>,
@@ -1012,6 +1016,7 @@ pub(crate) struct Reference {
     pub ln_f: f64,
 }
 
+#[cfg_attr(not(feature = "argmin"), allow(dead_code))]
 #[derive(Debug, Clone)]
 enum RefBlock {
     /// Line sums (logs), the log factor of each major line in the bilinear part, and
@@ -1027,6 +1032,7 @@ enum RefBlock {
 }
 
 /// `major[k] = Σ_b (q[a][b]/M_a)^p·xb_b` for the major lines `a0..a1`.
+#[cfg_attr(not(feature = "argmin"), allow(dead_code))]
 #[inline(always)]
 fn bilinear_kernel<E: Mag>(
     q: &[E],
