@@ -1,5 +1,6 @@
 //! Kernels worth measuring separately: one sequential local sweep, one streaming pass over the
-//! cost array, and the layered Hessian-vector product (one dense block, fused `K·x` and `Kᵀ·y`).
+//! cost array, and the structured core's Hessian-vector product on one dense block (fused `K·x`
+//! and `Kᵀ·y`, one thread) against faer's two `f64` matrix-vector products.
 //! The sparse structure analysis and Hessian assembly are measured by `benches/newton.rs`.
 //!
 //! `cargo bench --bench kernels`
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use synbal::balance::balance_group;
 use synbal::network::builders::random_mlp;
 use synbal::regularizer::Regularizer;
-use synbal::solve::bench_api::block_product;
+use synbal::structured::bench_api::time_dense_products;
 
 fn kernels(c: &mut Criterion) {
     let reg = Regularizer::lp(2.0).unwrap();
@@ -45,8 +46,8 @@ fn kernels(c: &mut Criterion) {
             .collect();
         let x: Vec<f64> = (0..n).map(|i| (i as f64).sin()).collect();
         let y: Vec<f64> = (0..n).map(|i| (i as f64).cos()).collect();
-        c.bench_function(&format!("layered Hessian-vector block {n}x{n}"), |b| {
-            b.iter(|| block_product(black_box(&k), n, black_box(&x), black_box(&y)))
+        c.bench_function(&format!("core Hessian-vector block {n}x{n}"), |b| {
+            b.iter_custom(|iters| time_dense_products(black_box(&k), n, n, iters))
         });
         // the same product with faer's f64 matrix-vector products (two passes, f64 storage)
         let kf = faer::Mat::<f64>::from_fn(n, n, |o, i| k[o * n + i] as f64);

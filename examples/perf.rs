@@ -2,7 +2,7 @@
 //! skips, recurrent nets and a CNN channel graph, for `p ∈ {1, 2, 4}`, to tolerance 1e-10.
 //!
 //! ```text
-//! cargo run --release --example perf -- [--quick] [--out docs/figures] [--big]
+//! cargo run --release --example perf -- [--quick] [--out docs/figures]
 //! ```
 //!
 //! Every case runs in a child process (this executable with `--case ...`) so that its peak
@@ -10,8 +10,9 @@
 //! iterations or sweeps, *edge passes* (wall time divided by the time of one streaming pass
 //! `Σ α|w|^p` over the weights, measured in the same child), peak memory and its ratio to the
 //! `f64` weights. Local methods run under a time budget and are reported as "not converged after
-//! N sweeps (imbalance x)" when they hit it. `--big` adds a 100-million-weight MLP (layered Newton
-//! only). `--out DIR` writes the convergence plot at depth 64 (`DIR/convergence_depth64.{png,svg}`).
+//! N sweeps (imbalance x)" when they hit it. Model-sized MLPs (25 M to 1 B weights) are measured
+//! by `examples/structured_perf.rs` and `examples/model_perf.rs`. `--out DIR` writes the
+//! convergence plot at depth 64 (`DIR/convergence_depth64.{png,svg}`).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -21,11 +22,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use synbal::network::builders::{random_dag, random_layers, random_recurrent};
-use synbal::network::layered::LayeredMlp;
 use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::plot::{LinePlot, Series};
 use synbal::regularizer::Regularizer;
-use synbal::solve::layered::balance_layered_in_place;
 use synbal::solve::{balance, LinearSolver, Method, Settings};
 
 const TOL: f64 = 1e-10;
@@ -205,46 +204,11 @@ fn run_case(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
         res.peak_bytes = peak_bytes();
         return res;
     }
-    if method == "layered" {
-        let f: Vec<&str> = spec.split(':').collect();
-        if f[0] != "mlp" {
-            res.status = "n/a".into();
-            return res;
-        }
-        let (w, d) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-        let mut mlp = LayeredMlp::random(&mlp_sizes(w, d), 1);
-        res.edges = mlp.num_weights();
-        let ws: Vec<&[f64]> = mlp.layers().iter().map(|l| l.weight.as_slice()).collect();
-        res.pass_seconds = pass_time(&ws, 1.0, p);
-        let s = Settings {
-            tol: TOL,
-            time_limit: Some(Duration::from_secs_f64(budget)),
-            ..Settings::default()
-        };
-        let t = Instant::now();
-        let r = balance_layered_in_place(&mut mlp, &reg, &s).expect("valid input");
-        res.seconds = t.elapsed().as_secs_f64();
-        res.status = format!("{:?}", r.status);
-        res.iterations = r.iterations;
-        res.imbalance = Some(r.max_relative_imbalance);
-        res.trace = r
-            .trace
-            .iter()
-            .map(|e| (e.seconds, e.max_relative_imbalance))
-            .collect();
-        res.note = format!(
-            "{} CG its, {} gradient evals",
-            r.cg_iterations, r.gradient_evaluations
-        );
-        res.peak_bytes = peak_bytes();
-        return res;
-    }
     let net = build(spec);
     res.edges = net.num_edges();
     res.pass_seconds = pass_time(&[net.weights()], 1.0, p);
     let (m, linear_solver) = match method {
         "newton-cholesky" => (Method::Newton, LinearSolver::Cholesky),
-        "newton-pcg" => (Method::Newton, LinearSolver::Cg),
         other => (other.parse().expect("method name"), LinearSolver::Auto),
     };
     let s = Settings {
@@ -341,19 +305,16 @@ fn child(spec: &str, p: f64, method: &str, budget: f64) -> CaseResult {
     }
 }
 
-/// Every method of `Method::ALL`, Newton twice (Cholesky and PCG linear solver), and the
-/// layered Newton.
+/// Every method of `Method::ALL` (on the structured core), and Newton with the per-edge sparse
+/// Cholesky (`newton-cholesky`).
 fn methods() -> Vec<String> {
     let mut v = Vec::new();
     for m in Method::ALL {
+        v.push(m.name().to_string());
         if m == Method::Newton {
             v.push("newton-cholesky".to_string());
-            v.push("newton-pcg".to_string());
-        } else {
-            v.push(m.name().to_string());
         }
     }
-    v.push("layered".into());
     v
 }
 
@@ -383,7 +344,7 @@ fn row(r: &CaseResult) -> String {
         "TimeLimit" | "MaxIterations" => format!(
             "not converged after {} {} (imbalance {:.1e})",
             r.iterations,
-            if r.method == "layered" || r.method.starts_with("newton") || r.method == "lbfgs" {
+            if r.method.starts_with("newton") || r.method == "lbfgs" {
                 "iterations"
             } else {
                 "sweeps"
@@ -422,7 +383,6 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let big = args.iter().any(|a| a == "--big");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -475,8 +435,7 @@ fn main() {
                 }
             };
             for m in methods() {
-                let general = m != "layered";
-                if general && edges_est > max_general_edges {
+                if edges_est > max_general_edges {
                     println!(
                         "| {spec} | {p} | {m} | skipped: {edges_est} edges > {max_general_edges} for the edge-list network | | | | | | |"
                     );
@@ -484,8 +443,6 @@ fn main() {
                 }
                 let budget = if m == "lbfgs" || m == "newton-cg" {
                     argmin_budget
-                } else if m == "layered" {
-                    newton_budget.max(if quick { 5.0 } else { 600.0 })
                 } else if m.starts_with("newton") {
                     newton_budget
                 } else {
@@ -526,21 +483,9 @@ fn main() {
             .collect(),
         &mut all,
     );
-    if big {
-        println!("## 100-million-weight MLP (layered Newton, in place)\n\n{HEADER}");
-        for (w, d) in [(1024, 96), (4096, 6)] {
-            let r = child(&format!("mlp:{w}:{d}"), 2.0, "layered", 900.0);
-            println!("{}", row(&r));
-            all.push(r);
-        }
-        println!();
-    }
-
     println!("## Reading network JSON (synbal::io::json::read_network)\n\n{HEADER}");
     let json_specs: &[&str] = if quick {
         &["mlp:256:4"]
-    } else if big {
-        &["mlp:1000:2", "mlp:1000:10"]
     } else {
         &["mlp:1000:2"]
     };

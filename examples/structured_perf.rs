@@ -21,8 +21,7 @@
 //! imbalance, peak memory and its ratio to the f32 tensors. Routes: `newton`, `parallel` (colour
 //! sweeps, 2 threads), `colour-1t` (the same on one thread), `cyclic` (one variable at a time)
 //! on the structured core; for MLPs also `net-core` (`structured::balance_network` on the
-//! equivalent `Network`) and `old-newton` (`solve::balance` with `LinearSolver::Cg`: the per-edge
-//! dense layered Newton).
+//! equivalent `Network`: the default route of `solve::balance`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -305,10 +304,10 @@ fn vm_hwm_kib() -> u64 {
 
 /// The child: one case, one route; prints one `RESULT` line.
 fn child(case: &str, route: &str, threads: usize) {
-    let model = build(case, route == "old-newton" || route == "net-core");
+    let model = build(case, route == "net-core");
     let reg = Regularizer::lp(2.0).unwrap();
     let method = match route {
-        "newton" | "old-newton" | "net-core" => Method::Newton,
+        "newton" | "net-core" => Method::Newton,
         "parallel" | "colour-1t" => Method::Local(Schedule::Parallel),
         "cyclic" => Method::Local(Schedule::Cyclic),
         _ => panic!("unknown route {route}"),
@@ -333,19 +332,10 @@ fn child(case: &str, route: &str, threads: usize) {
     let file = model.src.bytes();
     let cpu0 = cpu_seconds();
     let (secs, iters, passes, imb, status, cg) = pool.install(|| {
-        if route == "old-newton" || route == "net-core" {
+        if route == "net-core" {
             let net: Network = from_layers(&model.layers).unwrap();
             let t = Instant::now();
-            let s = if route == "net-core" {
-                balance_network(&net, &reg, &settings, &mut NoObserver).unwrap()
-            } else {
-                // the per-edge dense layered Newton (LinearSolver::Cg selects it for dense MLPs)
-                let layered = Settings {
-                    linear_solver: synbal::solve::LinearSolver::Cg,
-                    ..settings.clone()
-                };
-                synbal::solve::balance(&net, &reg, &layered).unwrap()
-            };
+            let s = balance_network(&net, &reg, &settings, &mut NoObserver).unwrap();
             (
                 t.elapsed().as_secs_f64(),
                 s.iterations,
@@ -420,7 +410,6 @@ fn main() {
         runs.push((case.to_string(), "cyclic", 1));
         if case.starts_with("mlp") {
             runs.push((case.to_string(), "net-core", 2));
-            runs.push((case.to_string(), "old-newton", 2));
         }
     }
     // where threads start to pay: colour sweeps on 1 and 2 threads at growing sizes
@@ -495,7 +484,7 @@ fn main() {
             if local { format!("{:.4}", f[3].parse::<f64>().unwrap() / f[4].parse::<f64>().unwrap().max(1.0)) } else { "—".into() },
             f[4],
             f[10],
-            if route.ends_with("newton") && route != "newton" || route == "net-core" { "—".to_string() } else { f[5].to_string() },
+            if route == "net-core" { "—".to_string() } else { f[5].to_string() },
             f[6],
             f[7],
             hwm_kib / 1024.0,

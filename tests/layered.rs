@@ -1,15 +1,17 @@
-//! The dense layered fast path: conversion to and from the general network, and the layered
-//! Newton solver against local cyclic balancing (the balanced state is unique), function
-//! preservation, extreme weight ranges, degenerate units, and depth-independent iteration counts.
+//! Dense layered MLPs on the structured core (dense blocks over the network's own weights,
+//! Newton-PCG with the unit-set coarse correction): the same balanced state as cyclic local
+//! balancing and the general sparse Newton, function preservation, extreme weight ranges,
+//! degenerate units, and depth-independent Newton iteration counts. `LinearSolver::Cg` and the
+//! default `LinearSolver::Auto` both take this route.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use synbal::network::builders::{random_dag, random_layers, DenseLayer};
-use synbal::network::layered::{LayeredError, LayeredMlp};
+use synbal::network::builders::{from_layers, random_layers};
 use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
-use synbal::solve::layered::{balance_layered, LayeredSolution};
-use synbal::solve::{balance, Method, Schedule, Settings, Status};
+use synbal::solve::{
+    balance, Algorithm, LinearSolver, Method, Schedule, Settings, Solution, Status,
+};
 
 fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
     let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
@@ -19,11 +21,30 @@ fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
         / scale
 }
 
-fn tight() -> Settings {
-    Settings {
-        tol: 1e-12,
-        ..Settings::default()
-    }
+fn mlp(sizes: &[usize], seed: u64) -> Network {
+    from_layers(&random_layers(sizes, Activation::Relu, seed)).unwrap()
+}
+
+/// Newton on the core through `LinearSolver::Cg`, to `1e-12`.
+fn core_newton(net: &Network, reg: &Regularizer) -> Solution {
+    let s = Settings::builder()
+        .tol(1e-12)
+        .linear_solver(LinearSolver::Cg)
+        .build()
+        .unwrap();
+    let sol = balance(net, reg, &s).unwrap();
+    assert_eq!(sol.algorithm, Algorithm::StructuredNewton);
+    sol
+}
+
+fn cyclic(net: &Network, reg: &Regularizer) -> Solution {
+    let s = Settings {
+        tol: 1e-13,
+        ..Settings::with_method(Method::Local(Schedule::Cyclic))
+    };
+    let sol = balance(net, reg, &s).unwrap();
+    assert!(sol.status.converged());
+    sol
 }
 
 fn reg(p: f64, biases: bool) -> Regularizer {
@@ -42,37 +63,25 @@ fn inputs(net: &Network, batch: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Layered Newton and cyclic local balancing reach the same weights.
+/// Core Newton and cyclic local balancing reach the same weights.
 fn agree_with_cyclic(sizes: &[usize], seed: u64, p: f64, biases: bool) {
-    let mlp = LayeredMlp::random(sizes, seed);
-    let net = mlp.to_network().unwrap();
+    let net = mlp(sizes, seed);
     let r = reg(p, biases);
-    let sol = balance_layered(&mlp, &r, &tight()).unwrap();
-    assert_eq!(sol.report.status, Status::Converged, "{sizes:?} p={p}");
-    assert!(sol.report.max_relative_imbalance < 1e-12);
-    assert!(sol.report.cost_after <= sol.report.cost_before);
-    let local = balance(
-        &net,
-        &r,
-        &Settings {
-            tol: 1e-13,
-            ..Settings::with_method(Method::Local(Schedule::Cyclic))
-        },
-    )
-    .unwrap();
-    assert!(local.status.converged());
-    let ours = sol.clone().into_solution(&net);
-    let d = max_rel_diff(local.network.weights(), ours.network.weights());
+    let sol = core_newton(&net, &r);
+    assert_eq!(sol.status, Status::Converged, "{sizes:?} p={p}");
+    assert!(sol.max_relative_imbalance < 1e-12);
+    assert!(sol.cost_after <= sol.cost_before);
+    let local = cyclic(&net, &r);
+    let d = max_rel_diff(local.network.weights(), sol.network.weights());
     assert!(
         d < 1e-9,
         "{sizes:?} p={p} biases={biases}: weights differ by {d:e}"
     );
-    let db = max_rel_diff(local.network.biases(), ours.network.biases());
+    let db = max_rel_diff(local.network.biases(), sol.network.biases());
     assert!(db < 1e-9, "biases differ by {db:e}");
-    let du = max_rel_diff(&local.log_scales, &ours.log_scales);
+    let du = max_rel_diff(&local.log_scales, &sol.log_scales);
     assert!(du < 1e-8, "log-scales differ by {du:e}");
-    // the converted solution is certified by the general measure too
-    let s = synbal::measure::summarize(&ours.network, &r);
+    let s = synbal::measure::summarize(&sol.network, &r);
     assert!(
         s.max_relative_imbalance < 1e-11,
         "{}",
@@ -95,84 +104,41 @@ fn agrees_with_cyclic_local_balancing_for_p_1_2_4_with_and_without_biases() {
 #[test]
 fn keeps_the_function() {
     for p in [1.0, 2.0, 4.0] {
-        let mlp = LayeredMlp::random(&[4, 12, 9, 12, 3], 3);
-        let net = mlp.to_network().unwrap();
-        let sol = balance_layered(&mlp, &reg(p, true), &tight()).unwrap();
-        let bal = sol.mlp.to_network().unwrap();
+        let net = mlp(&[4, 12, 9, 12, 3], 3);
+        let sol = core_newton(&net, &reg(p, true));
         let steps = net.depth().unwrap() + 1;
         let x = inputs(&net, 6);
         let a = net.simulate_constant(&x, 6, steps).unwrap();
-        let b = bal.simulate_constant(&x, 6, steps).unwrap();
+        let b = sol.network.simulate_constant(&x, 6, steps).unwrap();
         let d = a.max_relative_difference(&b);
         assert!(d < 1e-12, "p={p}: outputs changed by {d:e}");
     }
 }
 
-#[test]
-fn conversion_round_trips_and_rejects_non_layered_networks() {
-    let layers = random_layers(&[3, 5, 4, 2], Activation::LeakyRelu { slope: 0.1 }, 4);
-    let mlp = LayeredMlp::with_alphas(layers, vec![1.0, 0.5, 2.0]).unwrap();
-    let net = mlp.to_network().unwrap();
-    assert_eq!(net.num_edges(), mlp.num_weights());
-    assert_eq!(net.alphas()[3 * 5], 0.5);
-    assert_eq!(LayeredMlp::from_network(&net).unwrap(), mlp);
-    assert_eq!(mlp.neuron_index(2, 1), 3 + 5 + 1);
-    let dag = random_dag(3, 10, 2, 0.3, Activation::Relu, 1);
-    assert!(matches!(
-        LayeredMlp::from_network(&dag),
-        Err(LayeredError::NotLayered(_))
-    ));
-    let bad = DenseLayer {
-        inputs: 2,
-        outputs: 1,
-        weight: vec![1.0, f64::NAN],
-        bias: vec![0.0],
-        activation: Activation::Linear,
-    };
-    let e = LayeredMlp::new(vec![bad]).unwrap_err();
-    assert!(e.to_string().contains("weight 1"), "{e}");
-}
-
 /// Balancing is unique: a network whose hidden units were rescaled by up to `10^±decades`
 /// balances to the same weights as the original.
 fn extreme(p: f64, decades: f64) {
-    let mlp = LayeredMlp::random(&[3, 8, 8, 8, 2], 9);
+    let net = mlp(&[3, 8, 8, 8, 2], 9);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let sizes = mlp.sizes();
-    let u: Vec<Vec<f64>> = sizes
-        .iter()
-        .enumerate()
-        .map(|(l, &n)| {
-            (0..n)
-                .map(|_| {
-                    if l == 0 || l + 1 == sizes.len() {
-                        0.0
-                    } else {
-                        rng.random_range(-decades..decades) * std::f64::consts::LN_10
-                    }
-                })
-                .collect()
-        })
+    let u: Vec<f64> = (0..net.groups().len())
+        .map(|_| rng.random_range(-decades..decades) * std::f64::consts::LN_10)
         .collect();
-    let mut wild = mlp.clone();
+    let mut wild = net.clone();
     wild.apply_log_scales(&u);
     let big = wild
-        .layers()
+        .weights()
         .iter()
-        .flat_map(|l| l.weight.iter())
         .fold(0.0f64, |m, w| m.max(w.abs().log10()));
     assert!(
         big > 1.5 * decades,
         "the test should really be extreme ({big})"
     );
     let r = reg(p, true);
-    let a = balance_layered(&mlp, &r, &tight()).unwrap();
-    let b = balance_layered(&wild, &r, &tight()).unwrap();
-    assert!(b.report.status.converged(), "p={p}: {:?}", b.report.status);
-    for (la, lb) in a.mlp.layers().iter().zip(b.mlp.layers()) {
-        let d = max_rel_diff(&la.weight, &lb.weight);
-        assert!(d < 1e-9, "p={p}, 1e±{decades}: weights differ by {d:e}");
-    }
+    let a = core_newton(&net, &r);
+    let b = core_newton(&wild, &r);
+    assert!(b.status.converged(), "p={p}: {:?}", b.status);
+    let d = max_rel_diff(a.network.weights(), b.network.weights());
+    assert!(d < 1e-9, "p={p}, 1e±{decades}: weights differ by {d:e}");
 }
 
 #[test]
@@ -189,14 +155,15 @@ fn newton_iterations_do_not_grow_with_depth() {
         let mut sizes = vec![8];
         sizes.extend(std::iter::repeat_n(16, depth - 1));
         sizes.push(4);
-        let mlp = LayeredMlp::random(&sizes, depth as u64);
-        let s = Settings {
-            tol: 1e-10,
-            ..Settings::default()
-        };
-        let sol = balance_layered(&mlp, &reg(2.0, true), &s).unwrap();
-        assert!(sol.report.status.converged());
-        sol.report.iterations
+        let net = mlp(&sizes, depth as u64);
+        let s = Settings::builder()
+            .tol(1e-10)
+            .linear_solver(LinearSolver::Cg)
+            .build()
+            .unwrap();
+        let sol = balance(&net, &reg(2.0, true), &s).unwrap();
+        assert!(sol.status.converged());
+        sol.iterations
     };
     let (shallow, deep) = (its(4), its(128));
     assert!(
@@ -207,51 +174,32 @@ fn newton_iterations_do_not_grow_with_depth() {
 
 #[test]
 fn dead_units_are_held_fixed_and_the_rest_balanced() {
-    let mut mlp = LayeredMlp::random(&[3, 6, 6, 2], 8);
+    let mut layers = random_layers(&[3, 6, 6, 2], Activation::Relu, 8);
     // unit 2 of the first hidden layer receives nothing: no finite balanced scale
-    {
-        let l0 = &mut mlp.layers_mut()[0];
-        for i in 0..3 {
-            l0.weight[2 * 3 + i] = 0.0;
-        }
-        l0.bias[2] = 0.0;
+    for i in 0..3 {
+        layers[0].weight[2 * 3 + i] = 0.0;
     }
-    let net = mlp.to_network().unwrap();
-    let sol: LayeredSolution = balance_layered(&mlp, &reg(2.0, true), &tight()).unwrap();
-    assert!(sol.report.status.converged());
-    assert_eq!(sol.report.held_fixed.len(), 1);
-    assert_eq!(sol.report.held_fixed[0].0, 1);
-    assert_eq!(sol.report.held_fixed[0].1, 2);
-    let general = sol.into_solution(&net);
-    assert_eq!(general.diagnostics.held_fixed[0].0, 3 + 2);
-    let local = balance(
-        &net,
-        &reg(2.0, true),
-        &Settings {
-            tol: 1e-13,
-            ..Settings::with_method(Method::Local(Schedule::Cyclic))
-        },
-    )
-    .unwrap();
-    let d = max_rel_diff(local.network.weights(), general.network.weights());
+    layers[0].bias[2] = 0.0;
+    let net = from_layers(&layers).unwrap();
+    let sol = core_newton(&net, &reg(2.0, true));
+    assert!(sol.status.converged());
+    let held: Vec<usize> = sol.diagnostics.held_fixed.iter().map(|h| h.0).collect();
+    assert_eq!(held, vec![3 + 2]);
+    assert_eq!(sol.neuron_scales()[3 + 2], 1.0);
+    let local = cyclic(&net, &reg(2.0, true));
+    let d = max_rel_diff(local.network.weights(), sol.network.weights());
     assert!(d < 1e-9, "{d:e}");
 }
 
 #[test]
-fn refuses_regularizers_it_cannot_handle() {
-    let mlp = LayeredMlp::random(&[2, 3, 2], 1);
+fn elastic_net_agrees_with_the_general_sparse_newton() {
+    let net = mlp(&[2, 5, 5, 2], 1);
     let r = Regularizer::elastic_net(1.0, 1.0).unwrap();
-    let e = balance_layered(&mlp, &r, &tight()).unwrap_err();
-    assert!(e.to_string().contains("L_p"), "{e}");
-    assert!(balance_layered(
-        &mlp,
-        &reg(2.0, true),
-        &Settings {
-            tol: 0.0,
-            ..tight()
-        }
-    )
-    .is_err());
+    let sol = core_newton(&net, &r);
+    assert!(sol.status.converged());
+    let general = synbal::solve::exact(&net, &r).unwrap();
+    let d = max_rel_diff(general.network.weights(), sol.network.weights());
+    assert!(d < 1e-9, "{d:e}");
 }
 
 #[test]
@@ -262,22 +210,12 @@ fn higher_degree_units_agree_with_local_balancing() {
         neg: 0.0,
         pos: 1.0,
     };
-    let mlp = LayeredMlp::new(layers).unwrap();
-    let net = mlp.to_network().unwrap();
+    let net = from_layers(&layers).unwrap();
     let r = reg(2.0, true);
-    let sol = balance_layered(&mlp, &r, &tight()).unwrap();
-    assert!(sol.report.status.converged(), "{:?}", sol.report.status);
-    let local = balance(
-        &net,
-        &r,
-        &Settings {
-            tol: 1e-13,
-            ..Settings::with_method(Method::Local(Schedule::Cyclic))
-        },
-    )
-    .unwrap();
-    let ours = sol.into_solution(&net);
-    let d = max_rel_diff(local.network.weights(), ours.network.weights());
+    let sol = core_newton(&net, &r);
+    assert!(sol.status.converged(), "{:?}", sol.status);
+    let local = cyclic(&net, &r);
+    let d = max_rel_diff(local.network.weights(), sol.network.weights());
     assert!(d < 1e-9, "{d:e}");
 }
 
@@ -285,14 +223,11 @@ fn higher_degree_units_agree_with_local_balancing() {
 fn agrees_with_the_general_sparse_newton() {
     for (k, p) in [1.0, 2.0, 4.0].into_iter().enumerate() {
         for biases in [true, false] {
-            let mlp = LayeredMlp::random(&[5, 12, 10, 12, 12, 3], 40 + k as u64);
-            let net = mlp.to_network().unwrap();
+            let net = mlp(&[5, 12, 10, 12, 12, 3], 40 + k as u64);
             let r = reg(p, biases);
             let general = synbal::solve::exact(&net, &r).unwrap();
             assert!(general.status.converged());
-            let ours = balance_layered(&mlp, &r, &tight())
-                .unwrap()
-                .into_solution(&net);
+            let ours = core_newton(&net, &r);
             let d = max_rel_diff(general.network.weights(), ours.network.weights());
             assert!(d < 1e-9, "p={p} biases={biases}: {d:e}");
             let du = max_rel_diff(&general.log_scales, &ours.log_scales);
@@ -301,28 +236,31 @@ fn agrees_with_the_general_sparse_newton() {
     }
 }
 
-/// `solve::balance` routes large dense MLPs to the layered Newton path by default; the result must
-/// be the exact state of the general sparse Newton (`solve::exact` never routes) to 1e-9 and meet
-/// the default tolerance.
+/// A large dense MLP: the default route and `LinearSolver::Cg` both run the core's Newton and
+/// reach the exact state of the general sparse Newton (`solve::exact`) to 1e-9.
 #[test]
-fn balance_routes_large_dense_mlps_to_the_layered_path() {
+fn large_dense_mlps_run_on_the_core_and_reach_the_exact_state() {
     use synbal::measure::relative_distance;
-    use synbal::solve::{balance, exact, Settings};
+    use synbal::solve::exact;
     let net = synbal::network::builders::random_mlp(&[300, 200, 200, 100, 10], 5);
     assert!(net.num_edges() >= 100_000);
-    let reg = synbal::regularizer::Regularizer::lp(2.0).unwrap();
-    let routed = balance(&net, &reg, &Settings::default()).unwrap();
-    assert!(
-        routed.status.converged(),
-        "{:?} at {}",
-        routed.status,
-        routed.max_relative_imbalance
-    );
-    assert!(routed.max_relative_imbalance < Settings::default().tol);
+    let reg = Regularizer::lp(2.0).unwrap();
     let reference = exact(&net, &reg).unwrap();
-    let d = relative_distance(&routed.network, &reference.network);
-    assert!(
-        d < 1e-9,
-        "layered path differs from the sparse Newton state by {d}"
-    );
+    for solver in [LinearSolver::Auto, LinearSolver::Cg] {
+        let s = Settings::builder().linear_solver(solver).build().unwrap();
+        let routed = balance(&net, &reg, &s).unwrap();
+        assert_eq!(routed.algorithm, Algorithm::StructuredNewton);
+        assert!(
+            routed.status.converged(),
+            "{:?} at {}",
+            routed.status,
+            routed.max_relative_imbalance
+        );
+        assert!(routed.max_relative_imbalance < Settings::default().tol);
+        let d = relative_distance(&routed.network, &reference.network);
+        assert!(
+            d < 1e-9,
+            "{solver:?}: differs from the sparse Newton state by {d}"
+        );
+    }
 }

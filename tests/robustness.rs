@@ -160,7 +160,7 @@ fn the_route_is_observable_and_observed() {
             "wide MLP, CG",
             wide_mlp(),
             cg.clone(),
-            Algorithm::NewtonLayered,
+            Algorithm::StructuredNewton,
         ),
         (
             "small DAG",
@@ -174,7 +174,7 @@ fn the_route_is_observable_and_observed() {
             cholesky,
             Algorithm::NewtonCholesky,
         ),
-        ("DAG, CG", small_dag(), cg, Algorithm::NewtonPcg),
+        ("DAG, CG", small_dag(), cg, Algorithm::StructuredNewton),
         (
             "small MLP",
             random_mlp(&[5, 9, 9, 2], 1),
@@ -251,11 +251,11 @@ fn a_time_limit_mid_run_keeps_the_function() {
             Algorithm::NewtonCholesky,
         ),
         (
-            "layered Newton",
+            "structured Newton, CG, dense MLP",
             prescaled(&wide_mlp(), 6.0, 2),
             Method::Newton,
             LinearSolver::Cg,
-            Algorithm::NewtonLayered,
+            Algorithm::StructuredNewton,
         ),
         (
             "structured local, cyclic",

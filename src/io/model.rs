@@ -270,10 +270,12 @@ fn structured_bytes<S: TensorSource>(spec: &ProblemSpec, source: &S) -> u64 {
     blocks + lines + BYTES_PER_UNIT * spec.num_units() as u64 + (64 << 20)
 }
 
-/// Which solver runs: the structured core (Newton and the local schedules, `L_p` and elastic
-/// net), or the per-weight reference network (L-BFGS, Newton-CG, custom penalties).
+/// Which solver runs: the structured core (every method; `L_p` and elastic net), or the
+/// per-weight reference network (custom penalties, and L-BFGS and Newton-CG in a build without
+/// the `argmin` feature, which the reference route then refuses).
 pub(crate) fn structured_route(reg: &Regularizer, settings: &Settings) -> bool {
-    let method = !matches!(settings.method, Method::Lbfgs | Method::NewtonCg);
+    let method =
+        cfg!(feature = "argmin") || !matches!(settings.method, Method::Lbfgs | Method::NewtonCg);
     let penalty = match reg.edge_penalty(0) {
         Penalty::Custom(f) => f.lp_exponent().is_some(),
         _ => true,

@@ -123,7 +123,7 @@ pub struct BalanceReport {
     /// Method name (`newton`, `cyclic`, ...).
     pub method: String,
     /// The algorithm that ran ([`crate::solve::Algorithm::name`]: `newton-cholesky`,
-    /// `newton-pcg`, `newton-layered`, `local`, `argmin`).
+    /// `newton-pcg`, `local`, `argmin`).
     pub algorithm: &'static str,
     /// The `L_p` exponent, `None` (`null`) for other penalties.
     pub p: Option<f64>,

@@ -9,7 +9,6 @@ mod activation;
 pub mod builders;
 mod eval;
 mod groups;
-pub mod layered;
 
 pub use activation::Activation;
 pub use eval::{Simulation, SimulationError};

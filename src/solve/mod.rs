@@ -1,12 +1,15 @@
 //! Solvers for the balanced state, all behind one entry point, [`balance`].
 //!
 //! The problem (see [`crate::problem`]) is the convex function `F(u)` of the log-scales `u`, one
-//! per scale group. Solvers:
-//! - [`Method::Newton`]: damped Newton on `F` with a sparse Cholesky factorisation of the grounded
-//!   Laplacian Hessian (or matrix-free preconditioned CG on very wide dense layers).
-//! - [`Method::Lbfgs`], [`Method::NewtonCg`]: argmin 0.11's solvers on the same problem.
+//! per scale group. Every method runs by default on the structured core
+//! ([`crate::structured`]) under one driver:
+//! - [`Method::Newton`]: damped Newton, each step by PCG with the unit-set coarse correction.
+//! - [`Method::Lbfgs`], [`Method::NewtonCg`]: argmin 0.11's solvers on the core's operator.
 //! - [`Method::Local`]: local balancing (exact coordinate descent, Osborne's iteration) with a
 //!   [`Schedule`]: stochastic, cyclic, greedy or parallel.
+//!
+//! [`LinearSolver::Cholesky`] selects the per-edge solvers instead ([`newton`] with a sparse
+//! Cholesky factorisation, [`local`] sweeps), which also serve custom penalties.
 //!
 //! Outcomes are data ([`Status`] inside [`Solution`]); errors ([`BalanceError`]) are for bad input.
 
@@ -17,8 +20,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 use thiserror::Error;
-
-pub mod layered;
 
 /// Order in which local balancing visits scale groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -117,11 +118,10 @@ pub enum Algorithm {
     /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`],
     /// [`cg`]).
     NewtonPcg,
-    /// Newton on a dense layered MLP: PCG with the layer-wise coarse space ([`layered`]).
-    NewtonLayered,
     /// Local balancing with the schedule of [`Method::Local`] ([`local`], [`parallel`]).
     Local,
-    /// An argmin solver, L-BFGS or Newton-CG ([`argmin`](mod@argmin)).
+    /// An argmin solver, L-BFGS or Newton-CG, on the structured core's operator
+    /// ([`argmin`](mod@argmin); on the per-edge problem for custom penalties).
     Argmin,
     /// Newton on the structured core: PCG with the unit-set coarse correction
     /// ([`crate::structured`]).
@@ -132,13 +132,12 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// The name used in reports: `newton-cholesky`, `newton-pcg`, `newton-layered`, `local`,
-    /// `argmin`, `structured-newton`, `structured-local`.
+    /// The name used in reports: `newton-cholesky`, `newton-pcg`, `local`, `argmin`,
+    /// `structured-newton`, `structured-local`.
     pub fn name(&self) -> &'static str {
         match self {
             Algorithm::NewtonCholesky => "newton-cholesky",
             Algorithm::NewtonPcg => "newton-pcg",
-            Algorithm::NewtonLayered => "newton-layered",
             Algorithm::Local => "local",
             Algorithm::Argmin => "argmin",
             Algorithm::StructuredNewton => "structured-newton",
@@ -157,14 +156,15 @@ impl fmt::Display for Algorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum LinearSolver {
     /// The structured core: Newton steps by PCG with the unit-set coarse correction, local
-    /// schedules on the same blocks ([`crate::structured`]).
+    /// schedules and the argmin methods on the same blocks ([`crate::structured`]).
     #[default]
     Auto,
     /// The per-edge sparse Newton with a sparse Cholesky factorisation (faer; symbolic analysis
     /// once, numeric refactorisation each step); per-edge sweeps for local schedules.
     Cholesky,
-    /// The per-edge Newton with matrix-free preconditioned conjugate gradients (the dense
-    /// layered solver on dense layered MLPs).
+    /// Newton steps by preconditioned conjugate gradients: the structured core's Newton-PCG with
+    /// the unit-set coarse correction (the route of [`LinearSolver::Auto`]); for a custom
+    /// penalty, the per-edge Newton with PCG.
     Cg,
 }
 
@@ -403,7 +403,7 @@ pub struct Solution {
     pub status: Status,
     /// Method used.
     pub method: Method,
-    /// The algorithm that ran (for [`Method::Newton`]: sparse Cholesky, sparse PCG or layered).
+    /// The algorithm that ran (the structured core, or a per-edge solver; see [`balance_observed`]).
     pub algorithm: Algorithm,
     /// Iterations (Newton, argmin) or sweeps (local).
     pub iterations: usize,
@@ -466,16 +466,6 @@ pub mod local;
 pub mod newton;
 pub mod parallel;
 
-/// Kernels reached by the benchmarks (`benches/kernels.rs`); not part of the API.
-#[doc(hidden)]
-pub mod bench_api {
-    /// The layered Hessian-vector kernel on one block (see `solve/layered.rs`):
-    /// `row[o] = Σ_i K[o][i]·xg[i]`, `col[i] = Σ_o K[o][i]·yf[o]`, one pass over `K`.
-    pub fn block_product(k: &[f32], inputs: usize, xg: &[f64], yf: &[f64]) -> (Vec<f64>, Vec<f64>) {
-        super::layered::block_product(k, inputs, xg, yf)
-    }
-}
-
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
 pub trait Observer {
     /// Called after the start and after every iteration or sweep.
@@ -533,40 +523,16 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
     newton::solve(net, reg, &settings)
 }
 
-/// The dense layered Newton path ([`layered::balance_layered`], [`Algorithm::NewtonLayered`]) is
-/// used for `Method::Newton` when
-/// the network is a dense layered MLP (`LayeredMlp::from_network` succeeds), the cost is one `L_p`
-/// for every edge, degenerate neurons are held fixed, and either CG is requested or the network
-/// has at least 100,000 edges with `LinearSolver::Auto`. It needs about 1.5x the f64 weights of
-/// memory and a depth-independent number of Newton steps (docs/performance.md).
-fn layered_route(
-    net: &Network,
-    reg: &Regularizer,
-    settings: &Settings,
-) -> Option<crate::network::layered::LayeredMlp> {
-    let wanted = settings.degenerate == Degenerate::HoldFixed
-        && reg.uniform_lp().is_some()
-        && reg.edge_classes().is_none()
-        && (settings.linear_solver == LinearSolver::Cg
-            || (settings.linear_solver == LinearSolver::Auto && net.num_edges() >= 100_000));
-    if !wanted {
-        return None;
-    }
-    crate::network::layered::LayeredMlp::from_network(net).ok()
-}
-
 /// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
 /// (progress bars, logs), on every route.
 ///
-/// Routes ([`Solution::algorithm`]): with [`LinearSolver::Auto`] (the default), [`Method::Newton`]
-/// and every [`Method::Local`] schedule run on the structured core
+/// Routes ([`Solution::algorithm`]): every method runs on the structured core
 /// ([`crate::structured::balance_network`]: dense blocks over the network's own weights where a
-/// layer pair is complete, sparse blocks elsewhere; a custom penalty is handed to the per-edge
-/// solvers). [`LinearSolver::Cholesky`] asks for the per-edge sparse Newton with a sparse
-/// Cholesky factorisation ([`newton`]), and for local schedules the per-edge sweeps ([`local`]);
-/// [`LinearSolver::Cg`] asks for the per-edge Newton with CG: the dense layered Newton solver
-/// ([`layered`]) on a dense layered MLP under one `L_p`, otherwise sparse Newton with PCG.
-/// [`Method::Lbfgs`] and [`Method::NewtonCg`] run [`argmin`](mod@argmin).
+/// layer pair is complete, sparse blocks elsewhere) under its one driver: Newton-PCG with the
+/// unit-set coarse correction, the local schedules, and argmin's L-BFGS and Newton-CG on the
+/// same operator. [`LinearSolver::Cholesky`] asks instead for the per-edge sparse Newton with a
+/// sparse Cholesky factorisation ([`newton`]), and for local schedules the per-edge sweeps
+/// ([`local`]). A custom penalty (not `L_p` or elastic net) is handed to the per-edge solvers.
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
@@ -588,20 +554,12 @@ pub fn balance_observed(
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
     match (settings.method, settings.linear_solver) {
-        (Method::Newton | Method::Local(_), LinearSolver::Auto) => {
-            crate::structured::balance_network(net, reg, settings, observer)
+        (Method::Newton, LinearSolver::Cholesky) => {
+            newton::solve_observed(net, reg, settings, observer)
         }
-        (Method::Local(_), _) => local::solve_observed(net, reg, settings, observer),
-        (Method::Newton, _) => match layered_route(net, reg, settings) {
-            Some(mut mlp) => layered::balance_layered_observed(&mut mlp, reg, settings, observer)
-                .map(|report| layered::LayeredSolution { mlp, report }.into_solution(net)),
-            None => newton::solve_observed(net, reg, settings, observer),
-        },
-        #[cfg(feature = "argmin")]
-        (Method::Lbfgs | Method::NewtonCg, _) => {
-            argmin::solve_observed(net, reg, settings, observer)
+        (Method::Local(_), LinearSolver::Cholesky) => {
+            local::solve_observed(net, reg, settings, observer)
         }
-        #[cfg(not(feature = "argmin"))]
-        (Method::Lbfgs | Method::NewtonCg, _) => Err(BalanceError::Unavailable(settings.method)),
+        _ => crate::structured::balance_network(net, reg, settings, observer),
     }
 }

@@ -21,6 +21,8 @@
 //! ```
 
 mod analysis;
+#[cfg(feature = "argmin")]
+pub(crate) mod argmin;
 mod build;
 pub mod memory;
 mod network;
@@ -101,7 +103,8 @@ pub struct Solved {
     pub status: Status,
     /// Method used.
     pub method: Method,
-    /// Which route ran: `"structured-newton"` or `"structured-local-<schedule>"`.
+    /// Which route ran: `"structured-newton"`, `"structured-local-<schedule>"`,
+    /// `"structured-lbfgs"` or `"structured-newton-cg"`.
     pub algorithm: &'static str,
     /// Newton iterations or local sweeps.
     pub iterations: usize,
@@ -137,8 +140,8 @@ impl Solved {
 }
 
 /// Balances `spec` with the tensors of `source` under `reg` (one penalty for every weight:
-/// `L_p` or elastic net; biases counted as `reg` says). Methods: Newton and every local
-/// schedule; L-BFGS and Newton-CG are refused.
+/// `L_p` or elastic net; biases counted as `reg` says). Methods: Newton, every local
+/// schedule, and (with the `argmin` feature) L-BFGS and Newton-CG on the same operator.
 pub fn solve<S: TensorSource>(
     spec: &ProblemSpec,
     source: &S,
@@ -147,9 +150,10 @@ pub fn solve<S: TensorSource>(
     observer: &mut dyn Observer,
 ) -> Result<Solved, StructuredError> {
     settings.validate()?;
-    if matches!(settings.method, Method::Lbfgs | Method::NewtonCg) {
+    if cfg!(not(feature = "argmin")) && matches!(settings.method, Method::Lbfgs | Method::NewtonCg)
+    {
         return Err(StructuredError::Unsupported(format!(
-            "method {} (the structured core runs newton and the local schedules)",
+            "method {} (it needs the `argmin` Cargo feature)",
             settings.method
         )));
     }
@@ -259,6 +263,10 @@ pub(crate) fn run(
     observer: &mut dyn Observer,
     start: Instant,
 ) -> Run {
+    #[cfg(feature = "argmin")]
+    if let Method::Lbfgs | Method::NewtonCg = settings.method {
+        return run_argmin(st, settings, observer, start);
+    }
     let mut core = Core::new(st, mode, modes);
     core.tol = settings.tol;
     core.deadline = settings.time_limit.map(|t| start + t);
@@ -299,6 +307,37 @@ pub(crate) fn run(
     }
 }
 
+/// L-BFGS or Newton-CG on the core's operator ([`argmin`](mod@argmin)).
+#[cfg(feature = "argmin")]
+fn run_argmin(
+    st: &Structured<'_>,
+    settings: &Settings,
+    observer: &mut dyn Observer,
+    start: Instant,
+) -> Run {
+    let newton_cg = settings.method == Method::NewtonCg;
+    let op = argmin::CoreOperator::new(st);
+    let x0 = vec![0.0; st.num_vars()];
+    let r = argmin::run(op, x0, newton_cg, settings, observer, start);
+    Run {
+        x: r.x,
+        status: r.outcome.status,
+        iterations: r.outcome.iterations,
+        trace: r.outcome.trace,
+        max_rel: r.outcome.max_rel,
+        cost_before: r.op.cost_at_start(),
+        cost_after: r.ln_f.exp(),
+        algorithm: if newton_cg {
+            "structured-newton-cg"
+        } else {
+            "structured-lbfgs"
+        },
+        passes: r.op.passes(),
+        cg_iterations: 0,
+        owned_bytes: st.owned_bytes(),
+    }
+}
+
 fn local_name(s: crate::solve::Schedule) -> &'static str {
     use crate::solve::Schedule::*;
     match s {
@@ -308,5 +347,55 @@ fn local_name(s: crate::solve::Schedule) -> &'static str {
         CyclicBackward => "structured-local-cyclic-backward",
         Greedy => "structured-local-greedy",
         Parallel => "structured-local-parallel",
+    }
+}
+
+/// Kernels reached by the benchmarks (`benches/kernels.rs`); not part of the API.
+#[doc(hidden)]
+pub mod bench_api {
+    use super::ops::{Engine, Flows};
+    use super::store::{Block, Dense, Elems, Structured};
+    use std::borrow::Cow;
+    use std::time::{Duration, Instant};
+
+    /// Times `iters` Jacobi-scaled Hessian-vector products `Ŝ·y` of the core (one thread) on one
+    /// dense `rows × cols` block of magnitudes `k` (row-major `f32`, `L_2`, every row and column
+    /// its own free variable): one fused pass computing `K·x` and `Kᵀ·y`.
+    pub fn time_dense_products(k: &[f32], rows: usize, cols: usize, iters: u64) -> Duration {
+        let d = Dense::new(
+            Elems::F32(Cow::Borrowed(k)),
+            true,
+            (0..rows as u32).collect(),
+            (rows as u32..(rows + cols) as u32).collect(),
+            None,
+            1.0,
+            2.0,
+            "bench".into(),
+        )
+        .expect("finite magnitudes");
+        let n = rows + cols;
+        let mut st = Structured {
+            degree: vec![1.0; n],
+            free: vec![true; n],
+            blocks: vec![Block::Dense(d)],
+            unary: Vec::new(),
+            ln_const: f64::NEG_INFINITY,
+            powers: Vec::new(),
+        };
+        super::build::finish_powers(&mut st);
+        let mut eng = Engine::new(&st);
+        eng.sequential = true;
+        let x = vec![0.0; n];
+        let mut fl = Flows::default();
+        eng.flows(&x, &mut fl);
+        eng.prepare_hessian(&fl, &x);
+        let y: Vec<f64> = (0..n).map(|i| (i as f64).sin()).collect();
+        let mut out = vec![0.0; n];
+        let t = Instant::now();
+        for _ in 0..iters {
+            eng.apply_s(std::hint::black_box(&y), &mut out);
+            std::hint::black_box(&out);
+        }
+        t.elapsed()
     }
 }

@@ -29,9 +29,8 @@ use std::time::Instant;
 
 /// Balances `net` under `reg` through the structured core and returns the same [`Solution`] as
 /// [`crate::solve::balance`] (the same balanced state; `diagnostics` from the same structure
-/// analysis). Methods: Newton and every local schedule. Penalties that are not `L_p` or
-/// elastic net, and the argmin methods, are handed to the per-term solvers of
-/// [`crate::solve`].
+/// analysis). Methods: Newton, every local schedule, L-BFGS and Newton-CG. Penalties that are
+/// not `L_p` or elastic net are handed to the per-term solvers of [`crate::solve`].
 pub fn balance_network(
     net: &Network,
     reg: &Regularizer,
@@ -46,8 +45,8 @@ pub fn balance_network(
         .any(|c| matches!(c, Penalty::Custom(f) if f.lp_exponent().is_none()));
     match settings.method {
         #[cfg(feature = "argmin")]
-        Method::Lbfgs | Method::NewtonCg => {
-            return crate::solve::argmin::solve_observed(net, reg, settings, observer)
+        Method::Lbfgs | Method::NewtonCg if custom => {
+            return crate::solve::argmin::per_edge_observed(net, reg, settings, observer)
         }
         #[cfg(not(feature = "argmin"))]
         Method::Lbfgs | Method::NewtonCg => return Err(BalanceError::Unavailable(settings.method)),
@@ -120,6 +119,7 @@ pub fn balance_network(
         method: settings.method,
         algorithm: match settings.method {
             Method::Local(_) => Algorithm::StructuredLocal,
+            Method::Lbfgs | Method::NewtonCg => Algorithm::Argmin,
             _ => Algorithm::StructuredNewton,
         },
         iterations: r.iterations,
