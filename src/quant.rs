@@ -15,6 +15,8 @@
 //! [`Network::simulate_constant`], as many steps as the depth for a feed-forward network); the
 //! outputs of the last step are compared as `SQNR = 10·log10(Σ y² / Σ (y − ŷ)²)` dB.
 
+pub mod model;
+
 use crate::maxnorm::{max_balance, pairwise_cle, CleSettings, MaxNormError, MaxSettings};
 use crate::network::{Network, Role, SimulationError};
 use crate::regularizer::Regularizer;

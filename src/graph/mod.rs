@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod cost;
+pub mod eval;
 pub mod reference;
 pub mod values;
 

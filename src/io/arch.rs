@@ -11,6 +11,7 @@
 //! names and shapes alone.
 
 use super::safetensors::SafetensorsFile;
+use crate::graph::eval::{ForwardAttrs, Padding};
 use crate::graph::{LayerGraph, Node, NodeId, Op};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -203,6 +204,8 @@ pub struct Layer {
     pub inputs: Option<Vec<String>>,
     /// Its tensors may already be used by an earlier layer (weight tying).
     pub tied: bool,
+    /// What a forward pass needs beyond balancing (stride, padding, kernel size, slope, …).
+    pub forward: ForwardAttrs,
 }
 
 impl Default for LayerKind {
@@ -264,6 +267,124 @@ struct RawLayer {
     index: Option<usize>,
     value: Option<f64>,
     op: Option<String>,
+    // Forward-pass fields (PyTorch names), read leniently: they never affect balancing.
+    kernel_size: Option<serde_json::Value>,
+    stride: Option<serde_json::Value>,
+    padding: Option<serde_json::Value>,
+    dilation: Option<serde_json::Value>,
+    output_padding: Option<serde_json::Value>,
+    output_size: Option<serde_json::Value>,
+    scale_factor: Option<serde_json::Value>,
+    negative_slope: Option<serde_json::Value>,
+    min_val: Option<serde_json::Value>,
+    max_val: Option<serde_json::Value>,
+    min: Option<serde_json::Value>,
+    max: Option<serde_json::Value>,
+    ceil_mode: Option<serde_json::Value>,
+    count_include_pad: Option<serde_json::Value>,
+    dim: Option<serde_json::Value>,
+}
+
+/// A non-negative integer or a list of them (`2`, `[2, 2]`).
+fn ints(v: &serde_json::Value) -> Option<Vec<usize>> {
+    match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_u64().map(|x| x as usize))
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| !v.is_empty()),
+        x => x.as_u64().map(|x| vec![x as usize]),
+    }
+}
+
+impl RawLayer {
+    /// The forward-pass attributes; a field present with a value that is not understood is kept
+    /// as [`ForwardAttrs::invalid`] (balancing ignores it, a forward pass reports it).
+    fn forward(&self, n: &str) -> ForwardAttrs {
+        let mut bad: Vec<String> = vec![];
+        let mut list = |v: &Option<serde_json::Value>, what: &str| -> Option<Vec<usize>> {
+            let v = v.as_ref()?;
+            let r = ints(v);
+            if r.is_none() {
+                bad.push(format!(
+                    "`{what}`: {v} is not a non-negative integer or a list of them"
+                ));
+            }
+            r
+        };
+        let kernel_size = list(&self.kernel_size, "kernel_size");
+        let stride = list(&self.stride, "stride");
+        let dilation = list(&self.dilation, "dilation");
+        let output_padding = list(&self.output_padding, "output_padding");
+        let output_size = list(&self.output_size, "output_size");
+        let padding = match &self.padding {
+            None => Padding::Zero,
+            Some(serde_json::Value::String(s)) if s == "same" => Padding::Same,
+            Some(serde_json::Value::String(s)) if s == "valid" => Padding::Zero,
+            Some(v) => match ints(v) {
+                Some(p) => Padding::Explicit(p),
+                None => {
+                    bad.push(format!(
+                        "`padding`: {v} is not an integer, a list of them, \"same\" or \"valid\""
+                    ));
+                    Padding::Zero
+                }
+            },
+        };
+        let mut num = |v: &Option<serde_json::Value>, what: &str| -> Option<f64> {
+            let v = v.as_ref()?;
+            let x = match v {
+                serde_json::Value::Array(a) if !a.is_empty() => {
+                    let xs: Option<Vec<f64>> = a.iter().map(|x| x.as_f64()).collect();
+                    xs.filter(|xs| xs.iter().all(|x| *x == xs[0]))
+                        .map(|xs| xs[0])
+                }
+                x => x.as_f64(),
+            };
+            if x.is_none() {
+                bad.push(format!("`{what}`: {v} is not a number"));
+            }
+            x
+        };
+        let scale_factor = num(&self.scale_factor, "scale_factor");
+        let negative_slope = num(&self.negative_slope, "negative_slope");
+        let min = num(&self.min_val, "min_val").or(num(&self.min, "min"));
+        let max = num(&self.max_val, "max_val").or(num(&self.max, "max"));
+        let dim = num(&self.dim, "dim").map(|d| d as i64);
+        let flag = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_bool());
+        let slope = (n == "prelu")
+            .then(|| {
+                self.weight
+                    .clone()
+                    .or_else(|| self.prefix.as_ref().map(|p| format!("{p}.weight")))
+            })
+            .flatten();
+        let dims = self.dims.as_ref().and_then(|d| {
+            d.iter()
+                .map(|&x| usize::try_from(x).ok())
+                .collect::<Option<Vec<_>>>()
+        });
+        ForwardAttrs {
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            output_padding,
+            output_size,
+            scale_factor,
+            negative_slope,
+            value: self.value,
+            dims,
+            slope,
+            ceil_mode: flag(&self.ceil_mode).unwrap_or(false),
+            count_include_pad: flag(&self.count_include_pad),
+            min,
+            max,
+            dim,
+            channels_last: self.channels_last.unwrap_or(false),
+            invalid: (!bad.is_empty()).then(|| bad.join("; ")),
+        }
+    }
 }
 
 /// Normalises a type name: lower case, `_` and `-` removed.
@@ -418,6 +539,7 @@ impl Architecture {
                     name: r.name.clone(),
                     inputs: r.inputs.clone(),
                     tied: r.tied.unwrap_or(false),
+                    forward: r.forward(&n),
                 });
             };
             let conv_dims = |n: &str| -> Option<(usize, bool)> {
@@ -957,6 +1079,19 @@ impl LayerKind {
 }
 
 impl Architecture {
+    /// The forward-pass attributes of every node of `graph` (this description's layer graph):
+    /// node 0, the input, has none.
+    pub fn forward_attrs(&self, graph: &ArchGraph) -> Vec<ForwardAttrs> {
+        graph
+            .layer_of_node
+            .iter()
+            .map(|l| {
+                l.and_then(|i| self.layers.get(i))
+                    .map_or_else(ForwardAttrs::default, |l| l.forward.clone())
+            })
+            .collect()
+    }
+
     /// The layer graph of this description. `shape` gives a tensor's shape (`None` when absent):
     /// it resolves biases named through a `prefix` that the file does not have, and the input size
     /// when `input_size` is not given. Node 0 is the model input (`input`); each layer is one node

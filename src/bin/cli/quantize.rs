@@ -1,22 +1,19 @@
 //! `synbal quantize-check MODEL`: output SQNR of weight-quantized copies of a model, before and
-//! after each balancing (see `synbal::quant`).
+//! after each balancing (see `synbal::quant` and `synbal::quant::model`).
 
 use super::{bad_input, read_input, Failure};
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::Args;
-use std::path::{Path, PathBuf};
-use synbal::io::arch::{infer_mlp, LayerKind};
-use synbal::io::json::parse_activation;
-use synbal::io::safetensors::SafetensorsFile;
-use synbal::network::builders::{from_layers, DenseLayer};
-use synbal::network::{Activation, Network};
+use std::path::PathBuf;
+use synbal::io::model::ArchSource;
+use synbal::quant::model::{check_model, read_samples, ModelCheckOptions, ModelFile, Samples};
 use synbal::quant::{check, q_max, random_inputs, settle_steps, table, Balancing, Granularity};
 
 /// Arguments of `synbal quantize-check`.
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// Network JSON, or a `.safetensors` model that is a plain sequence of Linear layers (with
-    /// --activation).
+    /// Network JSON, an ONNX model (`.onnx`), or a `.safetensors` state dict (with --arch, or
+    /// --activation for a plain sequence of Linear layers).
     pub model: PathBuf,
     /// Bit widths, comma-separated, each in 2..16.
     #[arg(long, default_value = "8,6,4")]
@@ -28,7 +25,8 @@ pub struct QuantizeArgs {
     #[arg(long, default_value = "none,cle,p1,p2,inf")]
     pub balance: String,
     /// Inputs: a text file with one sample per line, numbers separated by commas or spaces
-    /// (`#` starts a comment). Default: seeded standard normal samples.
+    /// (`#` starts a comment); a model sample is its input tensor flattened in C order. Default:
+    /// seeded standard normal samples.
     #[arg(long, value_name = "FILE")]
     pub inputs: Option<PathBuf>,
     /// Seed of the random inputs.
@@ -37,12 +35,24 @@ pub struct QuantizeArgs {
     /// Number of random input samples.
     #[arg(long, default_value_t = 256)]
     pub samples: usize,
-    /// Steps to run a recurrent network (feed-forward networks run as many steps as their depth).
+    /// Network JSON: steps to run a recurrent network (feed-forward networks run as many steps as
+    /// their depth).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Safetensors models: the activation between Linear layers (relu, leaky_relu, linear, ...).
+    /// Safetensors models: the architecture description (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub arch: Option<PathBuf>,
+    /// Safetensors models without --arch: a plain sequence of Linear layers with this activation
+    /// between them (relu, leaky_relu, linear, ...).
     #[arg(long, value_name = "NAME")]
     pub activation: Option<String>,
+    /// Model files: the shape of one input sample without the batch axis, e.g. 3,32,32 (default:
+    /// the ONNX graph input, or the architecture's input size).
+    #[arg(long, value_name = "DIMS")]
+    pub input_shape: Option<String>,
+    /// Model files: keep BatchNorm as a float op instead of folding it into the layer before it.
+    #[arg(long)]
+    pub no_fold_batchnorm: bool,
     /// Do not count biases in the L_p and max-norm balance.
     #[arg(long)]
     pub no_bias_cost: bool,
@@ -77,87 +87,21 @@ fn parse_balancings(s: &str) -> Result<Vec<Balancing>, Failure> {
         .collect()
 }
 
-/// Loads a plain Linear-layer MLP from safetensors.
-fn load_mlp(path: &Path, activation: &str) -> anyhow::Result<Network> {
-    let file = SafetensorsFile::open(path)?;
-    let arch = infer_mlp(&file, activation)?;
-    let act: Activation = parse_activation(&serde_json::Value::String(activation.to_string()))
-        .map_err(|e| anyhow!("--activation: {e}"))?;
-    let linears: Vec<(&String, &Option<String>)> = arch
-        .layers
-        .iter()
-        .filter_map(|l| match &l.kind {
-            LayerKind::Linear { weight, bias, .. } => Some((weight, bias)),
-            _ => None,
+fn parse_shape(s: &str) -> Result<Vec<usize>, Failure> {
+    s.split(',')
+        .map(str::trim)
+        .map(|t| {
+            t.parse::<usize>().ok().filter(|&d| d > 0).ok_or_else(|| {
+                bad_input(anyhow!(
+                    "--input-shape: `{t}` is not a positive whole number (give e.g. 3,32,32)"
+                ))
+            })
         })
-        .collect();
-    let mut layers = Vec::with_capacity(linears.len());
-    for (k, (w, b)) in linears.iter().enumerate() {
-        let shape = &file.entry(w)?.shape;
-        let (outputs, inputs) = (shape[0], shape[1]);
-        let weight = file.read_f64(w)?;
-        let bias = match b {
-            Some(b) => file.read_f64(b)?,
-            None => vec![0.0; outputs],
-        };
-        layers.push(DenseLayer {
-            inputs,
-            outputs,
-            weight,
-            bias,
-            activation: if k + 1 == linears.len() {
-                Activation::Linear
-            } else {
-                act
-            },
-        });
-    }
-    Ok(from_layers(&layers)?)
+        .collect()
 }
 
-/// Reads inputs: one sample per line; returns `x[k·batch + b]` and the batch size.
-fn read_inputs(path: &Path, n_in: usize) -> anyhow::Result<(Vec<f64>, usize)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let mut samples: Vec<Vec<f64>> = Vec::new();
-    for (k, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let vals: Result<Vec<f64>, _> = line
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|t| !t.is_empty())
-            .map(|t| t.parse::<f64>())
-            .collect();
-        let vals = vals.map_err(|e| anyhow!("{} line {}: {e}", path.display(), k + 1))?;
-        if vals.len() != n_in {
-            return Err(anyhow!(
-                "{} line {}: {} values, the model has {n_in} inputs",
-                path.display(),
-                k + 1,
-                vals.len()
-            ));
-        }
-        if let Some(v) = vals.iter().find(|v| !v.is_finite()) {
-            return Err(anyhow!(
-                "{} line {}: value {v} is not finite",
-                path.display(),
-                k + 1
-            ));
-        }
-        samples.push(vals);
-    }
-    if samples.is_empty() {
-        return Err(anyhow!("{}: no input samples", path.display()));
-    }
-    let batch = samples.len();
-    let mut x = vec![0.0; n_in * batch];
-    for (b, s) in samples.iter().enumerate() {
-        for (k, v) in s.iter().enumerate() {
-            x[k * batch + b] = *v;
-        }
-    }
-    Ok((x, batch))
+fn has_ext(p: &std::path::Path, ext: &str) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
 /// Runs `synbal quantize-check`.
@@ -169,32 +113,126 @@ pub fn run(args: QuantizeArgs) -> Result<u8, Failure> {
             "--samples and --steps must be at least 1"
         )));
     }
-    let is_model = args
-        .model
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let net = if is_model {
-        let act = args.activation.as_deref().ok_or_else(|| {
-            bad_input(anyhow!(
-                "{}: a safetensors model needs --activation NAME (plain Linear layers); ONNX and \
-                 architecture files are not read by quantize-check yet",
-                args.model.display()
-            ))
-        })?;
-        load_mlp(&args.model, act)
-            .map_err(|e| bad_input(e.context(args.model.display().to_string())))?
-    } else {
-        read_input(&args.model)?.network
-    };
-    let n_in = net.input_neurons().len();
-    let (x, batch) = match &args.inputs {
-        Some(p) => read_inputs(p, n_in).map_err(bad_input)?,
-        None => (random_inputs(n_in, args.samples, args.seed), args.samples),
-    };
     let mut granularities = vec![Granularity::PerTensor];
     if args.per_channel {
         granularities.push(Granularity::PerChannel);
     }
+    let model = if has_ext(&args.model, "onnx") {
+        Some(ModelFile::Onnx(args.model.clone()))
+    } else if has_ext(&args.model, "safetensors") {
+        let arch = match (&args.arch, &args.activation) {
+            (Some(a), _) => ArchSource::File(a.clone()),
+            (None, Some(act)) => ArchSource::InferMlp {
+                activation: act.clone(),
+            },
+            (None, None) => {
+                return Err(bad_input(anyhow!(
+                    "{}: a safetensors model needs its architecture: --arch FILE (see \
+                     docs/model-files.md), or --activation NAME for a plain sequence of Linear \
+                     layers",
+                    args.model.display()
+                )))
+            }
+        };
+        Some(ModelFile::Safetensors {
+            path: args.model.clone(),
+            arch,
+        })
+    } else {
+        None
+    };
+    match model {
+        Some(m) => run_model(&args, m, bits, granularities, balancings),
+        None => run_network(&args, bits, granularities, balancings),
+    }
+}
+
+fn run_model(
+    args: &QuantizeArgs,
+    model: ModelFile,
+    bits: Vec<u32>,
+    granularities: Vec<Granularity>,
+    balancings: Vec<Balancing>,
+) -> Result<u8, Failure> {
+    let input_shape = args.input_shape.as_deref().map(parse_shape).transpose()?;
+    let samples = match &args.inputs {
+        None => Samples::Random {
+            count: args.samples,
+            seed: args.seed,
+        },
+        Some(p) => {
+            let shape = input_shape.clone().ok_or_else(|| {
+                bad_input(anyhow!(
+                    "--inputs with a model file needs --input-shape (the shape of one sample)"
+                ))
+            })?;
+            let numel = shape.iter().product();
+            let rows = read_samples(p, numel).map_err(bad_input)?;
+            Samples::Given(
+                rows.into_iter()
+                    .map(|r| r.into_iter().map(|v| v as f32).collect())
+                    .collect(),
+            )
+        }
+    };
+    let options = ModelCheckOptions {
+        bits: bits.clone(),
+        granularities,
+        balancings,
+        count_biases: !args.no_bias_cost,
+        fold_batchnorm: !args.no_fold_batchnorm,
+        input_shape,
+    };
+    let c = check_model(&model, &options, &samples)
+        .map_err(|e| bad_input(anyhow::Error::new(e).context(args.model.display().to_string())))?;
+    println!(
+        "{}: {} weight tensors ({} weights) quantized; biases and other constants kept in float; \
+         {} BatchNorm folded; {} samples of shape {:?} ({})",
+        args.model.display(),
+        c.tensors,
+        c.weights,
+        c.folded_batchnorm.len(),
+        c.samples,
+        c.input_shape,
+        if args.inputs.is_some() {
+            "given".to_string()
+        } else {
+            format!("standard normal, seed {}", args.seed)
+        }
+    );
+    println!("{}", c.table(&bits));
+    println!("wall time {:.1} s", c.seconds);
+    Ok(0)
+}
+
+fn run_network(
+    args: &QuantizeArgs,
+    bits: Vec<u32>,
+    granularities: Vec<Granularity>,
+    balancings: Vec<Balancing>,
+) -> Result<u8, Failure> {
+    if args.arch.is_some() || args.input_shape.is_some() {
+        return Err(bad_input(anyhow!(
+            "{}: --arch and --input-shape are for .safetensors and .onnx models",
+            args.model.display()
+        )));
+    }
+    let net = read_input(&args.model)?.network;
+    let n_in = net.input_neurons().len();
+    let (x, batch) = match &args.inputs {
+        Some(p) => {
+            let rows = read_samples(p, n_in).map_err(bad_input)?;
+            let batch = rows.len();
+            let mut x = vec![0.0; n_in * batch];
+            for (b, s) in rows.iter().enumerate() {
+                for (k, v) in s.iter().enumerate() {
+                    x[k * batch + b] = *v;
+                }
+            }
+            (x, batch)
+        }
+        None => (random_inputs(n_in, args.samples, args.seed), args.samples),
+    };
     let steps = settle_steps(&net, args.steps);
     let rows = check(
         &net,
