@@ -9,7 +9,9 @@
 //! nice -n 19 cargo run --release --example model_perf -- \
 //!     --binary main=/path/to/old/synbal --binary new=target/release/synbal
 //! ```
-//! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256. `--billion` adds an
+//! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256. `--p 2,inf` runs each
+//! model for each exponent (default `2`; `inf` is exact max-norm balance). `--onnx FILE` (repeatable)
+//! adds an ONNX model, run the same way without `--arch`. `--billion` adds an
 //! f32 MLP of depth 16 × width 8192 (1.07 B weights, 4.3 GB file), written tensor by tensor
 //! without holding it in memory, and runs only the last binary given on it.
 
@@ -159,13 +161,23 @@ fn write_big_mlp(file: &Path, arch: &Path, depth: usize, width: usize) -> std::i
     )
 }
 
-/// Wall seconds and peak RSS (MB) of one run, and its exit status.
-fn measure(binary: &Path, model: &Path, arch: &Path, out: &Path) -> (f64, f64, i32) {
-    let o = Command::new("/usr/bin/time")
-        .arg("-v")
+/// Wall seconds and peak RSS (MB) of one run of `balance --p P --tol 1e-10` (with `--arch` for
+/// safetensors), and its exit status.
+fn measure(
+    binary: &Path,
+    model: &Path,
+    arch: Option<&Path>,
+    out: &Path,
+    p: &str,
+) -> (f64, f64, i32) {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-v")
         .arg(binary)
-        .args(["balance", "--p", "2", "--tol", "1e-10", "--quiet", "--arch"])
-        .arg(arch)
+        .args(["balance", "--p", p, "--tol", "1e-10", "--quiet"]);
+    if let Some(arch) = arch {
+        cmd.arg("--arch").arg(arch);
+    }
+    let o = cmd
         .arg("-o")
         .arg(out)
         .arg(model)
@@ -200,6 +212,18 @@ fn main() {
             (name.to_string(), PathBuf::from(path))
         })
         .collect();
+    let ps: Vec<String> = args
+        .windows(2)
+        .find(|w| w[0] == "--p")
+        .map_or("2".to_string(), |w| w[1].clone())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let onnx: Vec<PathBuf> = args
+        .windows(2)
+        .filter(|w| w[0] == "--onnx")
+        .map(|w| PathBuf::from(&w[1]))
+        .collect();
     if binaries.is_empty() {
         binaries.push(("synbal".into(), PathBuf::from("target/release/synbal")));
     }
@@ -211,7 +235,7 @@ fn main() {
         vec![vgg11(32, 4096), mlp(24, 1024)]
     };
     println!(
-        "| model | weights | file MB | binary | wall s | peak RSS MB | RSS / file | exit |\n|---|---|---|---|---|---|---|---|"
+        "| model | weights | file MB | binary | p | wall s | peak RSS MB | RSS / file | exit |\n|---|---|---|---|---|---|---|---|---|"
     );
     for (k, m) in models.into_iter().enumerate() {
         let (file, arch) = (
@@ -222,14 +246,32 @@ fn main() {
         std::fs::write(&arch, &m.arch).expect("write architecture");
         let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
         drop(m.tensors);
-        for (name, bin) in &binaries {
-            let (wall, rss, status) = measure(bin, &file, &arch, &dir.join("out.safetensors"));
-            println!(
-                "| {} | {:.1} M | {mb:.0} | {name} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
-                m.name,
-                m.weights as f64 / 1e6,
-                rss / mb
-            );
+        for p in &ps {
+            for (name, bin) in &binaries {
+                let (wall, rss, status) =
+                    measure(bin, &file, Some(&arch), &dir.join("out.safetensors"), p);
+                println!(
+                    "| {} | {:.1} M | {mb:.0} | {name} | {p} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
+                    m.name,
+                    m.weights as f64 / 1e6,
+                    rss / mb
+                );
+            }
+        }
+    }
+    for file in &onnx {
+        let mb = std::fs::metadata(file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
+        let model = file
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        for p in &ps {
+            for (name, bin) in &binaries {
+                let (wall, rss, status) = measure(bin, file, None, &dir.join("out.onnx"), p);
+                println!(
+                    "| {model} (ONNX) | — | {mb:.0} | {name} | {p} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
+                    rss / mb
+                );
+            }
         }
     }
     if billion {
@@ -238,9 +280,10 @@ fn main() {
         write_big_mlp(&file, &arch, depth, width).expect("write the 1 B-weight model");
         let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
         let (name, bin) = binaries.last().expect("a binary");
-        let (wall, rss, status) = measure(bin, &file, &arch, &dir.join("out.safetensors"));
+        let (wall, rss, status) =
+            measure(bin, &file, Some(&arch), &dir.join("out.safetensors"), "2");
         println!(
-            "| MLP {depth} × {width} | {:.1} M | {mb:.0} | {name} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
+            "| MLP {depth} × {width} | {:.1} M | {mb:.0} | {name} | 2 | {wall:.2} | {rss:.0} | {:.2} | {status} |",
             (depth * width * width) as f64 / 1e6,
             rss / mb
         );

@@ -96,24 +96,44 @@ impl Case {
     }
 
     fn balance(&self, input: &Path, arch: &Path, output: &Path) -> Output {
+        self.balance_with(input, arch, output, &[])
+    }
+
+    fn balance_with(&self, input: &Path, arch: &Path, output: &Path, extra: &[&str]) -> Output {
         Command::new(BIN)
             .args(["balance", "--quiet", "--arch"])
             .arg(arch)
             .arg(input)
             .arg("-o")
             .arg(output)
+            .args(extra)
             .output()
             .expect("run synbal")
     }
 
-    /// Runs the CLI on `input` and `arch` with an existing output file, and checks exit status 2,
+    /// Runs the CLI on `input` and `arch` with an existing output file, for L2 (default), exact
+    /// max-norm balance (`--p inf`) and pairwise CLE (`--method cle`), and checks exit status 2,
     /// the message and that no file changed or appeared.
     fn refuses(&self, what: &str, input: &Path, arch: &Path, needles: &[&str]) {
+        for extra in [&[][..], &["--p", "inf"], &["--method", "cle"]] {
+            self.refuses_with(what, input, arch, needles, extra);
+        }
+    }
+
+    fn refuses_with(
+        &self,
+        what: &str,
+        input: &Path,
+        arch: &Path,
+        needles: &[&str],
+        extra: &[&str],
+    ) {
+        let what = format!("{what} {extra:?}");
         let output = self.path("out.safetensors");
         std::fs::write(&output, b"previous contents").unwrap();
         let input_before = std::fs::read(input).ok();
         let names_before = self.names();
-        let o = self.balance(input, arch, &output);
+        let o = self.balance_with(input, arch, &output, extra);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{what}: {err}");
         for n in needles {
@@ -153,6 +173,45 @@ fn the_valid_file_balances() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(output.exists());
+}
+
+#[test]
+fn the_valid_file_balances_to_max_norm_and_by_cle() {
+    let c = Case::new();
+    let input = c.path("m.safetensors");
+    write_safetensors(&input, &mlp());
+    for extra in [
+        &["--p", "inf"][..],
+        &["--p", "inf", "--no-bias-cost"],
+        &["--method", "cle"],
+    ] {
+        let output = c.path("balanced.safetensors");
+        let o = c.balance_with(&input, &c.arch(MLP_ARCH), &output, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {err}");
+        assert!(output.exists());
+        std::fs::remove_file(&output).unwrap();
+    }
+    // a safetensors file without --arch or --activation, and a bad tolerance: exit 2
+    let output = c.path("x.safetensors");
+    let o = Command::new(BIN)
+        .args(["balance", "--p", "inf"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--arch"));
+    let o = c.balance_with(
+        &input,
+        &c.arch(MLP_ARCH),
+        &output,
+        &["--p", "inf", "--tol", "0"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tolerance"));
+    assert!(!output.exists());
 }
 
 #[test]
@@ -265,10 +324,15 @@ fn output_is_the_input() {
     let arch = c.arch(MLP_ARCH);
     let before = std::fs::read(&input).unwrap();
     let names = c.names();
-    let o = c.balance(&input, &arch, &input);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("refusing to overwrite the input"), "{err}");
-    assert_eq!(std::fs::read(&input).unwrap(), before);
-    assert_eq!(c.names(), names);
+    for extra in [&[][..], &["--p", "inf"], &["--method", "cle"]] {
+        let o = c.balance_with(&input, &arch, &input, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("refusing to overwrite the input"),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+        assert_eq!(c.names(), names);
+    }
 }

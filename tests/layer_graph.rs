@@ -15,12 +15,17 @@ use synbal::graph::reference::to_network;
 use synbal::graph::{LayerGraph, Op};
 use synbal::io::arch::Architecture;
 use synbal::io::model::{
-    balance_file, inspect_file, ArchSource, ModelError, ModelOptions, ModelReport,
+    balance_file, balance_file_max, inspect_file, ArchSource, MaxCriterion, ModelError,
+    ModelOptions, ModelReport,
 };
 use synbal::io::safetensors::{write_new, FloatDtype, SafetensorsFile, Tensor};
+use synbal::maxnorm::spec::cle_spec;
+use synbal::maxnorm::{max_balance, max_flows, CleSettings, MaxSettings};
 use synbal::measure::summarize;
+use synbal::network::Network;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, Settings};
+use synbal::structured::spec::{ProblemSpec, FIXED};
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f64>)>;
 
@@ -404,7 +409,170 @@ fn check(json: &str, t: &Tensors, input: [usize; 3], options: ModelOptions) -> M
         s.max_relative_imbalance
     );
     assert_eq!(s.groups, r.groups);
+    for count_biases in [true, false] {
+        check_max(&arch, t, input, options, count_biases);
+    }
+    check_cle(&arch, t, input, options);
     r
+}
+
+/// Largest `|a − b|` over two files' common tensors, relative to the largest `|b|`.
+fn distance(a: &HashMap<String, Vec<f64>>, b: &HashMap<String, Vec<f64>>) -> f64 {
+    let (mut d, mut m) = (0.0f64, 0.0f64);
+    for (name, vb) in b {
+        for (x, y) in a[name].iter().zip(vb) {
+            d = d.max((x - y).abs());
+            m = m.max(y.abs());
+        }
+    }
+    d / m
+}
+
+/// The same outputs from `i` and `o` on random inputs of `[c, h, w]`.
+fn same_function(arch: &Architecture, t: &Tensors, input: [usize; 3], i: &Path, o: &Path) {
+    let shapes: HashMap<String, Vec<usize>> =
+        t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let g = arch.to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
+    let (p, q) = (load(i), load(o));
+    let mut rng = ChaCha8Rng::seed_from_u64(98);
+    let [c, h, w] = input;
+    for _ in 0..8 {
+        let x = Map::spatial(c, h, w, |_, _, _| rng.random_range(-2.0..2.0));
+        let (ya, yb) = (forward(&g, &p, &shapes, &x), forward(&g, &q, &shapes, &x));
+        let scale = ya.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = ya
+            .iter()
+            .zip(&yb)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-10 * scale,
+            "outputs differ by {diff:e} (scale {scale:e})"
+        );
+    }
+}
+
+/// The analysed problem of a model file and the file.
+fn problem(
+    arch: &Architecture,
+    t: &Tensors,
+    path: &Path,
+    options: ModelOptions,
+) -> (ProblemSpec, SafetensorsFile) {
+    let shapes: HashMap<String, Vec<usize>> =
+        t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let graph = arch.to_graph(&|n| shapes.get(n).cloned()).unwrap().graph;
+    let f = SafetensorsFile::open(path).unwrap();
+    let an = analyze(
+        &graph,
+        &f,
+        &AnalysisOptions {
+            fold_batchnorm: options.fold_batchnorm,
+        },
+    )
+    .unwrap();
+    (an.spec, f)
+}
+
+/// The per-weight network of a model file (one edge per weight element; neuron `u` is unit `u`).
+fn weight_network(arch: &Architecture, t: &Tensors, path: &Path, options: ModelOptions) -> Network {
+    let (spec, f) = problem(arch, t, path, options);
+    to_network(&spec, &f).unwrap()
+}
+
+/// Max-norm balance of a model file (`--p inf`): converged to 1e-12, the same function, and on
+/// the WRITTEN weights, read back as a per-weight network (no aggregation), every group that has
+/// a max-balanced scale has `max_in = max_out` to 1e-12; the written weights are the ones the
+/// per-weight max-balance of `synbal::maxnorm::max_balance` gives for the original file (they
+/// are unique).
+fn check_max(
+    arch: &Architecture,
+    t: &Tensors,
+    input: [usize; 3],
+    options: ModelOptions,
+    count_biases: bool,
+) -> ModelReport {
+    let d = Dir::new();
+    let (i, o) = (d.p("m.safetensors"), d.p("m.max.safetensors"));
+    write(&i, t);
+    let settings = MaxSettings {
+        tol: 1e-12,
+        count_biases,
+    };
+    let a = ArchSource::Given(arch.clone());
+    let r = balance_file_max(&i, &a, &o, &MaxCriterion::MaxBalance(settings), &options).unwrap();
+    assert!(r.converged, "{:?}\n{}", r.status, r.layer_table());
+    assert!(r.max_relative_imbalance <= 1e-12);
+    assert_eq!(r.cost_measure, "max_abs");
+    assert!(r.cost_after <= r.cost_before * (1.0 + 1e-12));
+    same_function(arch, t, input, &i, &o);
+    let reference = max_balance(&weight_network(arch, t, &i, options), &settings).unwrap();
+    let written = weight_network(arch, t, &o, options);
+    let held: Vec<u32> = reference
+        .diagnostics
+        .held_fixed
+        .iter()
+        .map(|&(n, _)| written.groups().group_of(n))
+        .collect();
+    let mut checked = 0;
+    for (g, &(max_in, max_out)) in max_flows(&written, count_biases).iter().enumerate() {
+        if held.contains(&(g as u32)) {
+            continue;
+        }
+        checked += 1;
+        assert!(
+            (max_in / max_out - 1.0).abs() < 1e-12,
+            "group {g}: max_in {max_in} max_out {max_out}"
+        );
+    }
+    assert_eq!(checked + held.len(), r.groups);
+    let scale = reference
+        .network
+        .weights()
+        .iter()
+        .fold(0.0f64, |m, w| m.max(w.abs()));
+    for (x, y) in written.weights().iter().zip(reference.network.weights()) {
+        assert!((x - y).abs() <= 1e-10 * scale, "{x} vs {y}");
+    }
+    for (x, y) in written.biases().iter().zip(reference.network.biases()) {
+        assert!((x - y).abs() <= 1e-10 * scale, "bias {x} vs {y}");
+    }
+    r
+}
+
+/// Pairwise CLE of a model file (`--method cle`): converged, the same function, and in the
+/// WRITTEN weights every unit it equalized has the largest `|w|` of its row equal to the largest
+/// of its column (biases not counted).
+fn check_cle(arch: &Architecture, t: &Tensors, input: [usize; 3], options: ModelOptions) {
+    let d = Dir::new();
+    let (i, o) = (d.p("m.safetensors"), d.p("m.cle.safetensors"));
+    write(&i, t);
+    let settings = CleSettings {
+        threshold: 1e-13,
+        max_sweeps: 10_000,
+    };
+    let a = ArchSource::Given(arch.clone());
+    let r = balance_file_max(&i, &a, &o, &MaxCriterion::Cle(settings), &options).unwrap();
+    assert!(r.converged, "{:?}\n{}", r.status, r.layer_table());
+    same_function(arch, t, input, &i, &o);
+    let (spec, f) = problem(arch, t, &i, options);
+    let sol = cle_spec(&spec, &f, &settings).unwrap();
+    let skipped: Vec<u32> = sol.skipped.iter().map(|s| s.0).collect();
+    let written = weight_network(arch, t, &o, options);
+    let mut equalized = 0;
+    for (u, &v) in spec.unit_var.iter().enumerate() {
+        if v == FIXED || skipped.contains(&v) {
+            continue;
+        }
+        equalized += 1;
+        let range = |edges: &[u32]| {
+            edges
+                .iter()
+                .fold(0.0f64, |m, &e| m.max(written.weights()[e as usize].abs()))
+        };
+        let (r1, r2) = (range(written.in_edges(u)), range(written.out_edges(u)));
+        assert!((r1 / r2 - 1.0).abs() < 1e-10, "unit {u}: {r1} vs {r2}");
+    }
+    assert_eq!(equalized, sol.equalized);
 }
 
 fn fold() -> ModelOptions {
@@ -829,4 +997,99 @@ fn the_documented_resnet_and_concat_example() {
     assert_eq!(r.groups, 4 + 5 + 6 + 3 + 2);
     let r = check(json, &t, [3, 4, 4], ModelOptions::default());
     assert_eq!(r.groups, 3 + 2, "only b1 and b2 are free without folding");
+}
+
+/// Two identity residual blocks: the adds tie the stem's channels to both blocks' outputs, so the
+/// aggregated max-norm graph has cycles that avoid the fixed units (Howard's search).
+const IDENTITY_RESIDUAL: &str = r#"{"input_size": 2, "layers": [
+    {"type": "conv2d", "prefix": "stem"}, {"type": "relu", "name": "x"},
+    {"type": "conv2d", "prefix": "a1"}, {"type": "relu"},
+    {"type": "conv2d", "prefix": "a2", "name": "a2"},
+    {"type": "add", "inputs": ["a2", "x"]}, {"type": "relu", "name": "y"},
+    {"type": "conv2d", "prefix": "b1"}, {"type": "relu"},
+    {"type": "conv2d", "prefix": "b2", "name": "b2"},
+    {"type": "add", "inputs": ["b2", "y"]}, {"type": "relu"},
+    {"type": "adaptive_avg_pool2d"}, {"type": "flatten"}, {"type": "linear", "prefix": "fc"}]}"#;
+
+fn identity_residual_tensors() -> Tensors {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut t = Tensors::new();
+    for (name, o, i, s) in [
+        ("stem", 4, 2, 0.5),
+        ("a1", 5, 4, 3.0),
+        ("a2", 4, 5, 0.2),
+        ("b1", 3, 4, 2.0),
+        ("b2", 4, 3, 0.4),
+    ] {
+        param(
+            &mut rng,
+            &mut t,
+            &format!("{name}.weight"),
+            &[o, i, 3, 3],
+            s,
+        );
+        param(&mut rng, &mut t, &format!("{name}.bias"), &[o], s);
+    }
+    param(&mut rng, &mut t, "fc.weight", &[2, 4], 2.0);
+    param(&mut rng, &mut t, "fc.bias", &[2], 0.5);
+    t
+}
+
+#[test]
+fn identity_residual_blocks_max_balance_through_tied_cycles() {
+    let t = identity_residual_tensors();
+    let arch = Architecture::from_json(IDENTITY_RESIDUAL).unwrap();
+    let r = check(IDENTITY_RESIDUAL, &t, [2, 4, 4], ModelOptions::default());
+    assert_eq!(r.groups, 4 + 5 + 3);
+    for count_biases in [true, false] {
+        let m = check_max(&arch, &t, [2, 4, 4], ModelOptions::default(), count_biases);
+        assert!(m.algorithm.contains("Howard"), "{}", m.algorithm);
+        // stem, a2 and b2 share one scale per channel
+        assert_eq!(m.layers[0].scales, m.layers[2].scales);
+        assert_eq!(m.layers[0].scales, m.layers[4].scales);
+    }
+}
+
+#[test]
+fn lp_balanced_weights_approach_the_max_balanced_ones_as_p_grows() {
+    // Distance max|w_p − w_∞| / max|w_∞| over every written tensor, on the tied residual convnet.
+    let t = identity_residual_tensors();
+    let d = Dir::new();
+    let i = d.p("m.safetensors");
+    write(&i, &t);
+    let a = ArchSource::Given(Architecture::from_json(IDENTITY_RESIDUAL).unwrap());
+    let inf = d.p("inf.safetensors");
+    let crit = MaxCriterion::MaxBalance(MaxSettings {
+        tol: 1e-12,
+        count_biases: true,
+    });
+    balance_file_max(&i, &a, &inf, &crit, &ModelOptions::default()).unwrap();
+    let w_inf = load(&inf);
+    let mut last = f64::INFINITY;
+    let mut seen = vec![];
+    for p in [8.0, 32.0, 128.0] {
+        let o = d.p(&format!("p{p}.safetensors"));
+        let s = Settings {
+            tol: 1e-10,
+            ..Settings::with_method(Method::Newton)
+        };
+        let r = balance_file(
+            &i,
+            &a,
+            &o,
+            &Regularizer::lp(p).unwrap(),
+            &s,
+            &ModelOptions::default(),
+        )
+        .unwrap();
+        assert!(r.converged, "p = {p}: {:?}", r.status);
+        let dist = distance(&load(&o), &w_inf);
+        println!("p = {p}: max|w_p - w_inf| / max|w_inf| = {dist:.2e}");
+        assert!(dist < last, "p = {p}: {dist} !< {last}");
+        last = dist;
+        seen.push(dist);
+    }
+    let first = distance(&load(&i), &w_inf);
+    println!("unbalanced: {first:.2e}");
+    assert!(seen[0] < first);
 }

@@ -715,6 +715,59 @@ fn rnn_relu_one_scale_per_hidden_unit() {
 }
 
 #[test]
+fn rnn_relu_max_balance_ties_every_step_and_holds_on_the_written_weights() {
+    // Exact max-norm balance (`--p inf`) of the ReLU RNN: W_ih, W_hh (a cycle through the hidden
+    // units: Howard's search) and both biases; the condition is recomputed from the written file
+    // per hidden unit: max(|W_ih[i, ·]|, |W_hh[i, j≠i]|, |b_ih[i]|, |b_hh[i]|) =
+    // max(|W_hh[k≠i, i]|, |head[·, i]|).
+    use synbal::io::model::{balance_file_max, MaxCriterion};
+    use synbal::maxnorm::MaxSettings;
+    let d = Dir::new();
+    let a = arch(
+        r#"{"layers": [{"type": "rnn", "prefix": "rnn", "nonlinearity": "relu"},
+        {"type": "linear", "prefix": "head"}]}"#,
+    );
+    let (i, o) = (d.p("rnn.safetensors"), d.p("rnn.inf.safetensors"));
+    write(&i, FloatDtype::F64, &rnn_tensors(7));
+    for count_biases in [true, false] {
+        let crit = MaxCriterion::MaxBalance(MaxSettings {
+            tol: 1e-12,
+            count_biases,
+        });
+        let r = balance_file_max(&i, &a, &o, &crit, &ModelOptions::default()).unwrap();
+        assert!(r.converged, "{}", r.layer_table());
+        assert!(r.algorithm.contains("Howard"), "{}", r.algorithm);
+        assert_eq!(r.groups, 5);
+        assert_same_function(&i, &o, 12, 1e-12, rnn_forward(false));
+        let q = load(&o);
+        let at = |t: &str, k: usize| q[t][k].abs();
+        for h in 0..5 {
+            let mut max_in = (0..3)
+                .map(|j| at("rnn.weight_ih_l0", h * 3 + j))
+                .fold(0.0, f64::max);
+            for j in (0..5).filter(|&j| j != h) {
+                max_in = max_in.max(at("rnn.weight_hh_l0", h * 5 + j));
+            }
+            if count_biases {
+                max_in = max_in
+                    .max(at("rnn.bias_ih_l0", h))
+                    .max(at("rnn.bias_hh_l0", h));
+            }
+            let mut max_out = (0..2)
+                .map(|k| at("head.weight", k * 5 + h))
+                .fold(0.0, f64::max);
+            for k in (0..5).filter(|&k| k != h) {
+                max_out = max_out.max(at("rnn.weight_hh_l0", k * 5 + h));
+            }
+            assert!(
+                (max_in / max_out - 1.0).abs() < 1e-12,
+                "unit {h}: {max_in} vs {max_out}"
+            );
+        }
+    }
+}
+
+#[test]
 fn rnn_tanh_is_fixed() {
     let d = Dir::new();
     let a = arch(

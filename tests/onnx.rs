@@ -595,3 +595,235 @@ fn cli_bad_onnx_input_exits_2_and_writes_nothing() {
         );
     }
 }
+
+// ---------- max-norm balance and CLE (`--p inf`, `--method cle`) ----------
+
+use synbal::graph::reference::to_network;
+use synbal::io::model::MaxCriterion;
+use synbal::io::onnx::{balance_onnx_max, OnnxProblem};
+use synbal::maxnorm::{max_balance, max_flows, CleSettings, MaxSettings};
+
+/// The per-weight network of an ONNX model's problem (one edge per weight element).
+fn onnx_network(path: &Path, options: &OnnxOptions) -> synbal::network::Network {
+    let p = OnnxProblem::load(path, options).unwrap();
+    to_network(&p.analysis.spec, &p.file).unwrap()
+}
+
+/// Max-balances `input` (biases counted or not): the outputs through tract agree with the
+/// original's, and on the WRITTEN f32 weights, read back as a per-weight network, every group
+/// with a max-balanced scale has `max_in = max_out` up to the f32 rounding; the written weights
+/// are the unique max-balanced ones of the per-weight solver on the original.
+fn max_balance_and_check(input: &Path, shapes: &[Vec<usize>], count_biases: bool) -> OnnxReport {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("max.onnx");
+    let options = OnnxOptions::default();
+    let settings = MaxSettings {
+        tol: 1e-12,
+        count_biases,
+    };
+    let report =
+        balance_onnx_max(input, &out, &MaxCriterion::MaxBalance(settings), &options).unwrap();
+    assert!(report.model.converged, "{}", report.table());
+    assert!(report.model.cost_after <= report.model.cost_before * (1.0 + 1e-12));
+    let d = onnx_support::max_relative_difference(input, &out, shapes, 3);
+    assert!(d < 1e-4, "{}: outputs differ by {d:e}", input.display());
+    let reference = max_balance(&onnx_network(input, &options), &settings).unwrap();
+    let written = onnx_network(&out, &options);
+    let held: Vec<u32> = reference
+        .diagnostics
+        .held_fixed
+        .iter()
+        .map(|&(n, _)| written.groups().group_of(n))
+        .collect();
+    for (g, &(max_in, max_out)) in max_flows(&written, count_biases).iter().enumerate() {
+        if !held.contains(&(g as u32)) {
+            assert!(
+                (max_in / max_out - 1.0).abs() < 1e-6,
+                "{} group {g}: max_in {max_in} max_out {max_out}",
+                input.display()
+            );
+        }
+    }
+    let scale = reference
+        .network
+        .weights()
+        .iter()
+        .fold(0.0f64, |m, w| m.max(w.abs()));
+    for (x, y) in written.weights().iter().zip(reference.network.weights()) {
+        assert!((x - y).abs() <= 1e-6 * scale, "{x} vs {y}");
+    }
+    report
+}
+
+/// stem conv → ReLU → [conv → ReLU → conv] + identity → ReLU → depthwise conv → ReLU → pool →
+/// Gemm: the add ties the stem's channels to the block's output (a cycle avoiding the fixed
+/// units), the depthwise conv has one input channel per output.
+fn residual_depthwise(dir: &Path) -> PathBuf {
+    let mut b = ModelBuilder::new(21, Form::Raw);
+    let x = b.input("x", &[1, 3, 8, 8]);
+    let h = b.conv(&x, 3, 4, 3, 1, true);
+    let s = b.relu(&h);
+    let h = b.conv(&s, 4, 6, 3, 1, true);
+    let h = b.relu(&h);
+    let h = b.conv(&h, 6, 4, 3, 1, true);
+    let h = b.node("Add", &[&h, &s], vec![]);
+    let h = b.relu(&h);
+    let h = b.conv(&h, 4, 4, 3, 4, true);
+    let h = b.relu(&h);
+    let h = b.node("GlobalAveragePool", &[&h], vec![]);
+    let h = b.node("Flatten", &[&h], vec![onnx_support::attr_i("axis", 1)]);
+    let y = b.gemm(&h, 4, 3, true);
+    b.output(&y, &[1, 3]);
+    b.save(dir, "residual.onnx")
+}
+
+#[test]
+fn max_balance_of_onnx_models_holds_on_the_written_weights_and_keeps_the_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = residual_depthwise(dir.path());
+    for count_biases in [true, false] {
+        let r = max_balance_and_check(&p, &[vec![1, 3, 8, 8]], count_biases);
+        assert!(
+            r.model.algorithm.contains("Howard"),
+            "{}",
+            r.model.algorithm
+        );
+        assert_eq!(r.model.groups, 4 + 6 + 4);
+        // the first conv and the block's last conv share one scale per channel
+        assert_eq!(r.model.layers[0].scales, r.model.layers[2].scales);
+    }
+    for (name, shape) in [
+        ("concat.onnx", vec![1, 3, 8, 8]),
+        ("downsample.onnx", vec![1, 3, 8, 8]),
+        ("two_heads.onnx", vec![1, 3, 8, 8]),
+        ("prelu.onnx", vec![1, 3, 8, 8]),
+        ("permute_flatten.onnx", vec![1, 3, 6, 6]),
+    ] {
+        let r = max_balance_and_check(&fixture(name), &[shape], true);
+        assert!(r.model.groups > 0, "{name}");
+        assert!(r.model.table().contains("max|w| old"), "{}", r.table());
+    }
+}
+
+#[test]
+fn pairwise_cle_of_an_onnx_chain_equalizes_ranges_and_skips_tied_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = CleSettings {
+        threshold: 1e-12,
+        max_sweeps: 10_000,
+    };
+    // The plain chain: conv1's channels are equalized against conv3's columns.
+    let p = chain(Form::Raw, dir.path());
+    let out = dir.path().join("cle.onnx");
+    let r = balance_onnx_max(
+        &p,
+        &out,
+        &MaxCriterion::Cle(settings),
+        &OnnxOptions::default(),
+    )
+    .unwrap();
+    assert!(r.model.converged, "{}", r.table());
+    assert!(
+        r.model.algorithm.contains("4 units equalized"),
+        "{}",
+        r.model.algorithm
+    );
+    let d = onnx_support::max_relative_difference(&p, &out, &[vec![1, 3, 8, 8]], 3);
+    assert!(d < 1e-4, "{d:e}");
+    let f = OnnxFile::open(&out).unwrap();
+    let (w1, w2) = (
+        f.floats("conv1.weight").unwrap(),
+        f.floats("conv3.weight").unwrap(),
+    );
+    let amax = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for c in 0..4 {
+        let r1 = amax(&w1[c * 27..(c + 1) * 27]);
+        let r2 = (0..2)
+            .map(|o| amax(&w2[(o * 4 + c) * 9..(o * 4 + c + 1) * 9]))
+            .fold(0.0, f64::max);
+        assert!((r1 / r2 - 1.0).abs() < 1e-6, "channel {c}: {r1} vs {r2}");
+    }
+    // The residual model: the tied stem/block channels are skipped, the rest equalized.
+    let p = residual_depthwise(dir.path());
+    let out = dir.path().join("cle2.onnx");
+    let r = balance_onnx_max(
+        &p,
+        &out,
+        &MaxCriterion::Cle(settings),
+        &OnnxOptions::default(),
+    )
+    .unwrap();
+    assert!(r.model.converged);
+    assert!(
+        r.model.algorithm.contains("4 skipped"),
+        "{}",
+        r.model.algorithm
+    );
+    let d = onnx_support::max_relative_difference(&p, &out, &[vec![1, 3, 8, 8]], 3);
+    assert!(d < 1e-4, "{d:e}");
+}
+
+#[test]
+fn cli_max_norm_balance_of_onnx_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = residual_depthwise(dir.path());
+    let out = dir.path().join("out.onnx");
+    let report = dir.path().join("report.json");
+    let o = synbal_cli(&[
+        "balance".as_ref(),
+        p.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--p".as_ref(),
+        "inf".as_ref(),
+        "--report".as_ref(),
+        report.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("max-balance") && err.contains("max|w| old"),
+        "{err}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["method"], "max-balance");
+    assert_eq!(json["cost_measure"], "max_abs");
+    assert!(json["max_relative_imbalance"].as_f64().unwrap() <= 1e-12);
+    // a tolerance outside (0, 1): exit 2, nothing written
+    let bad = dir.path().join("bad.onnx");
+    let o = synbal_cli(&[
+        "balance".as_ref(),
+        p.as_os_str(),
+        "-o".as_ref(),
+        bad.as_os_str(),
+        "--p".as_ref(),
+        "inf".as_ref(),
+        "--tol".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tolerance"));
+    assert!(!bad.exists());
+    // a NaN weight: exit 2 naming the tensor, nothing written
+    let mut m = ModelBuilder::new(3, Form::Raw);
+    let x = m.input("x", &[1, 3, 8, 8]);
+    let w = m.tensor("nan.weight", &[4, 3, 1, 1], &[f32::NAN; 12]);
+    let h = m.node("Conv", &[&x, &w], vec![]);
+    let h = m.relu(&h);
+    let y = m.conv(&h, 4, 2, 1, 1, true);
+    m.output(&y, &[1, 2, 8, 8]);
+    let nan = m.save(dir.path(), "nan.onnx");
+    let o = synbal_cli(&[
+        "balance".as_ref(),
+        nan.as_os_str(),
+        "-o".as_ref(),
+        bad.as_os_str(),
+        "--p".as_ref(),
+        "inf".as_ref(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("nan.weight"), "{err}");
+    assert!(!bad.exists());
+}

@@ -16,6 +16,11 @@ use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError, Lay
 use crate::graph::cost::{imbalances, use_costs_many, UseCosts};
 use crate::graph::reference::{self, ReferenceError};
 use crate::graph::values::Scales;
+use crate::maxnorm::spec::use_max_abs_many;
+pub use crate::maxnorm::spec::{
+    cle_spec, max_balance_spec, SpecCleSolution, SpecMaxError, SpecMaxSolution,
+};
+use crate::maxnorm::{CleSettings, MaxSettings};
 use crate::network::NetworkError;
 use crate::regularizer::{Penalty, Regularizer};
 use crate::solve::{BalanceError, Method, NoObserver, Settings, Status};
@@ -71,6 +76,23 @@ pub enum ModelError {
     /// The regularizer does not apply to model files.
     #[error("model files need one penalty for every weight (per-edge penalty classes are for network JSON)")]
     Regularizer,
+    /// Max-norm balance or CLE refused the problem (settings, non-finite values).
+    #[error(transparent)]
+    MaxNorm(SpecMaxError),
+}
+
+impl From<SpecMaxError> for ModelError {
+    fn from(e: SpecMaxError) -> Self {
+        match e {
+            SpecMaxError::Source { tensor, source } => {
+                match source.downcast::<SafetensorsError>() {
+                    Ok(s) => ModelError::Safetensors(*s),
+                    Err(source) => ModelError::MaxNorm(SpecMaxError::Source { tensor, source }),
+                }
+            }
+            other => ModelError::MaxNorm(other),
+        }
+    }
 }
 
 impl From<ReferenceError> for ModelError {
@@ -557,6 +579,10 @@ pub struct ModelReport {
     pub folded_batchnorm: Vec<String>,
     /// Wall time of the solver, seconds.
     pub solve_seconds: f64,
+    /// What the cost columns measure: `regularizer` (the sum of the penalty over the layer's
+    /// parameters, `L_p` and elastic net) or `max_abs` (the layer's largest counted `|f·w|` and
+    /// `|b|`, max-norm balance and CLE; the total is then the largest over the layers).
+    pub cost_measure: String,
 }
 
 impl ModelReport {
@@ -571,9 +597,14 @@ impl ModelReport {
             .max()
             .unwrap_or(0)
             .max(5);
+        let (before, after) = if self.cost_measure == MAX_ABS {
+            ("max|w| old", "max|w| new")
+        } else {
+            ("cost before", "cost after")
+        };
         let mut t = format!(
             "{:<width$} {:>7} {:>7} {:>7} {:>12} {:>12} {:>10} {:>10}\n",
-            "layer", "units", "free", "fixed", "cost before", "cost after", "min λ", "max λ"
+            "layer", "units", "free", "fixed", before, after, "min λ", "max λ"
         );
         for l in &self.layers {
             let lo = l.scales.iter().copied().fold(f64::INFINITY, f64::min);
@@ -777,5 +808,192 @@ pub(crate) fn model_report(
         held_fixed: sol.held_fixed,
         folded_batchnorm: analysis.folded.clone(),
         solve_seconds: sol.seconds,
+        cost_measure: "regularizer".to_string(),
     }
+}
+
+/// `ModelReport::cost_measure` of max-norm balance and CLE.
+pub(crate) const MAX_ABS: &str = "max_abs";
+
+/// A max-norm criterion for model files: exact max-norm balance (`--p inf`) or pairwise CLE
+/// (`--method cle`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum MaxCriterion {
+    /// Exact max-norm balance ([`max_balance_spec`]).
+    MaxBalance(MaxSettings),
+    /// Pairwise cross-layer equalization ([`cle_spec`]).
+    Cle(CleSettings),
+}
+
+impl MaxCriterion {
+    /// Whether biases count in the criterion (never for CLE).
+    pub fn counts_biases(&self) -> bool {
+        match self {
+            MaxCriterion::MaxBalance(s) => s.count_biases,
+            MaxCriterion::Cle(_) => false,
+        }
+    }
+}
+
+/// Bytes per edge of the aggregated max-norm graph at peak: the edge (16), its copy without the
+/// ground edges (16), two CSR indices (8) and the sort's and the `F`/`B` tables' share.
+const MAX_BYTES_PER_PAIR: u64 = 48;
+
+/// Memory the max-norm path needs beyond the mapped tensors: one aggregated edge per (output
+/// row, input column) pair and bias element at most, per-unit vectors and the decode buffers.
+pub(crate) fn max_shortfall(spec: &ProblemSpec, limit: Option<u64>) -> Option<(u64, u64, usize)> {
+    let weights: usize = spec.weights.iter().map(|w| w.layout.numel()).sum();
+    let pairs: u64 = spec
+        .weights
+        .iter()
+        .map(|w| match w.layout {
+            Layout::Conv { kernel, .. } | Layout::ConvTranspose { kernel, .. } => {
+                (w.layout.numel() / kernel.max(1)) as u64
+            }
+            _ => w.layout.numel() as u64,
+        })
+        .sum::<u64>()
+        + spec
+            .biases
+            .iter()
+            .map(|b| b.units.len() as u64)
+            .sum::<u64>();
+    let needed = MAX_BYTES_PER_PAIR * pairs + BYTES_PER_UNIT * spec.num_units() as u64 + (64 << 20);
+    let available = limit.or_else(available_memory)?;
+    (needed > available).then_some((needed, available, weights))
+}
+
+/// Solves a model's problem for a max-norm criterion; the solution in the form of the `L_p`
+/// path's, for the writers and the report.
+pub(crate) fn solve_max<S: TensorSource>(
+    spec: &ProblemSpec,
+    source: &S,
+    criterion: &MaxCriterion,
+) -> Result<SpecSolution, SpecMaxError> {
+    Ok(match criterion {
+        MaxCriterion::MaxBalance(settings) => {
+            let s = max_balance_spec(spec, source, settings)?;
+            SpecSolution {
+                var_log_scales: s.var_log_scales,
+                status: s.status,
+                method: "max-balance".to_string(),
+                algorithm: format!(
+                    "maximum-mean-cycle contraction ({:?}, {} passes) on {} aggregated edges",
+                    s.search, s.passes, s.pairs
+                ),
+                iterations: s.iterations,
+                max_relative_imbalance: s.max_ratio_deviation,
+                held_fixed: s.held_fixed.len(),
+                seconds: s.elapsed.as_secs_f64(),
+            }
+        }
+        MaxCriterion::Cle(settings) => {
+            let s = cle_spec(spec, source, settings)?;
+            SpecSolution {
+                var_log_scales: s.var_log_scales,
+                status: s.status,
+                method: "cle".to_string(),
+                algorithm: format!(
+                    "pairwise CLE: {} units equalized, {} skipped (ties, branches, recurrence)",
+                    s.equalized,
+                    s.skipped.len()
+                ),
+                iterations: s.sweeps,
+                max_relative_imbalance: s.last_change,
+                held_fixed: 0,
+                seconds: s.elapsed.as_secs_f64(),
+            }
+        }
+    })
+}
+
+/// Largest counted `|f·w|` (and `|b|` when `biases`) of every layer under `identity` and under
+/// `scales`.
+pub(crate) fn layer_max_abs<S: TensorSource>(
+    analysis: &Analysis,
+    source: &S,
+    scales: &Scales,
+    biases: bool,
+) -> Result<(Vec<f64>, Vec<f64>), SpecMaxError> {
+    let identity = Scales::identity(&analysis.spec);
+    let m = use_max_abs_many(&analysis.spec, source, &[&identity, scales])?;
+    let per_layer = |(w, b): &(Vec<f64>, Vec<f64>)| -> Vec<f64> {
+        analysis
+            .layers
+            .iter()
+            .map(|l| {
+                let mw = l.weights.iter().map(|&i| w[i]).fold(0.0, f64::max);
+                if biases {
+                    l.biases.iter().map(|&i| b[i]).fold(mw, f64::max)
+                } else {
+                    mw
+                }
+            })
+            .collect()
+    };
+    Ok((per_layer(&m[0]), per_layer(&m[1])))
+}
+
+/// The report of a model balanced for a max-norm criterion: per layer its largest `|w|` before
+/// and after; the totals are the largest over the layers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn max_report(
+    input: &Path,
+    output: &Path,
+    analysis: &Analysis,
+    sol: &SpecSolution,
+    scales: &Scales,
+    before: &[f64],
+    after: &[f64],
+    index_kind: impl Fn(usize, &LayerInfo) -> (usize, String),
+) -> ModelReport {
+    let mut r = model_report(
+        input, output, analysis, sol, scales, before, after, index_kind,
+    );
+    r.cost_before = before.iter().copied().fold(0.0, f64::max);
+    r.cost_after = after.iter().copied().fold(0.0, f64::max);
+    r.cost_measure = MAX_ABS.to_string();
+    r
+}
+
+/// Balances a model file for a max-norm criterion: exact max-norm balance
+/// ([`MaxCriterion::MaxBalance`], `synbal balance --p inf`) or pairwise CLE
+/// ([`MaxCriterion::Cle`], `--method cle`). Reads `input` and its architecture as
+/// [`balance_file`] does, aggregates the tensors to one edge per pair of scale variables
+/// ([`max_balance_spec`]), and writes `output` in the same single streaming pass
+/// (`W[o, c, …] ← f_o·W[o, c, …]·λ_o/λ_c`, `b[o] ← b[o]·λ_o`, rounded once to the dtype). The
+/// report's cost columns are each layer's largest `|w|` (`cost_measure = "max_abs"`) and
+/// `max_relative_imbalance` is the certificate `max |max_in/max_out − 1|` (for CLE: the last
+/// sweep's `max |s − 1|`). On any error nothing is written.
+pub fn balance_file_max(
+    input: &Path,
+    arch: &ArchSource,
+    output: &Path,
+    criterion: &MaxCriterion,
+    options: &ModelOptions,
+) -> Result<ModelReport, ModelError> {
+    let p = ModelProblem::load(input, arch, options)?;
+    if let Some((needed, available, weights)) =
+        max_shortfall(&p.analysis.spec, options.memory_limit)
+    {
+        return Err(ModelError::Memory {
+            needed_mb: needed.div_ceil(1 << 20),
+            available_mb: available >> 20,
+            weights,
+        });
+    }
+    let sol = solve_max(&p.analysis.spec, &p.file, criterion)?;
+    let scales = Scales::new(&p.analysis.spec, &sol.var_log_scales);
+    let (before, after) = layer_max_abs(&p.analysis, &p.file, &scales, criterion.counts_biases())?;
+    write_output(&p, &scales, output, options.overwrite_input)?;
+    Ok(max_report(
+        input,
+        output,
+        &p.analysis,
+        &sol,
+        &scales,
+        &before,
+        &after,
+        |_, l| p.layer_index_kind(l),
+    ))
 }

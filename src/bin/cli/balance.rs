@@ -91,7 +91,7 @@ pub struct BalanceArgs {
 
 impl BalanceArgs {
     /// Whether the input is a safetensors model file rather than a network JSON.
-    fn is_model(&self) -> bool {
+    pub fn is_model(&self) -> bool {
         self.arch.is_some()
             || self.activation.is_some()
             || self
@@ -297,20 +297,8 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
 
 /// `synbal balance MODEL.safetensors (--arch ARCH.json | --activation NAME) --output OUT`.
 fn run_model(args: &BalanceArgs, reg: &Regularizer, settings: &Settings) -> Result<u8, Failure> {
-    use synbal::io::model::{balance_file, ArchSource, ModelOptions};
-    let arch = match (&args.arch, &args.activation) {
-        (Some(path), _) => ArchSource::File(path.clone()),
-        (None, Some(name)) => ArchSource::InferMlp {
-            activation: name.clone(),
-        },
-        (None, None) => {
-            return Err(bad_input(anyhow!(
-                "{}: a model file needs --arch ARCH.json or --activation NAME (for a plain \
-                 sequence of Linear layers)",
-                args.input.display()
-            )))
-        }
-    };
+    use synbal::io::model::{balance_file, ModelOptions};
+    let arch = super::maxnorm::model_arch(args)?;
     let options = ModelOptions {
         fold_batchnorm: args.fold_batchnorm,
         overwrite_input: args.in_place,

@@ -10,9 +10,11 @@ use crate::graph::cost::{imbalances, use_costs};
 use crate::graph::reference::ReferenceError;
 use crate::graph::values::Scales;
 use crate::io::model::{
-    memory_shortfall, model_report, solve_spec, structured_route, unit_summary, InspectReport,
-    LayerSummary, ModelReport, SpecSolveError,
+    layer_max_abs, max_report, max_shortfall, memory_shortfall, model_report, solve_max,
+    solve_spec, structured_route, unit_summary, InspectReport, LayerSummary, MaxCriterion,
+    ModelReport, SpecSolveError,
 };
+use crate::maxnorm::spec::SpecMaxError;
 use crate::regularizer::Regularizer;
 use crate::solve::Settings;
 use crate::structured::spec::TensorSource;
@@ -108,6 +110,17 @@ fn graph_error(e: GraphError) -> OnnxError {
             Err(source) => OnnxError::Graph(GraphError::Tensor { node, name, source }),
         },
         other => OnnxError::Graph(other),
+    }
+}
+
+/// A max-norm error as an ONNX error: a tensor error of the model as itself.
+fn max_error(e: SpecMaxError) -> OnnxError {
+    match e {
+        SpecMaxError::Source { tensor, source } => match source.downcast::<OnnxError>() {
+            Ok(e) => *e,
+            Err(source) => OnnxError::MaxNorm(SpecMaxError::Source { tensor, source }),
+        },
+        other => OnnxError::MaxNorm(other),
     }
 }
 
@@ -283,6 +296,53 @@ pub fn balance_onnx(
         options.overwrite_input,
     )?;
     let model = model_report(
+        input,
+        output,
+        &p.analysis,
+        &sol,
+        &scales,
+        &before,
+        &after,
+        |k, l| (k, l.kind.clone()),
+    );
+    Ok(OnnxReport {
+        model,
+        unknown_ops: p.conversion.unknown_ops.clone(),
+    })
+}
+
+/// Balances an ONNX model for a max-norm criterion: exact max-norm balance
+/// ([`MaxCriterion::MaxBalance`], `synbal balance --p inf`) or pairwise CLE
+/// ([`MaxCriterion::Cle`], `--method cle`), on the problem [`balance_onnx`] builds, written the
+/// same way (a copy of the input with the rewritten tensors' new values). The report's cost
+/// columns are each layer's largest `|w|` (see [`crate::io::model::balance_file_max`]). On any
+/// error nothing is written.
+pub fn balance_onnx_max(
+    input: &Path,
+    output: &Path,
+    criterion: &MaxCriterion,
+    options: &OnnxOptions,
+) -> Result<OnnxReport, OnnxError> {
+    let p = OnnxProblem::load(input, options)?;
+    let spec = &p.analysis.spec;
+    if let Some((needed, available, weights)) = max_shortfall(spec, options.memory_limit) {
+        return Err(OnnxError::Memory {
+            needed_mb: needed.div_ceil(1 << 20),
+            available_mb: available >> 20,
+            weights,
+        });
+    }
+    let sol = solve_max(spec, &p.file, criterion).map_err(max_error)?;
+    let scales = Scales::new(spec, &sol.var_log_scales);
+    let (before, after) = layer_max_abs(&p.analysis, &p.file, &scales, criterion.counts_biases())
+        .map_err(max_error)?;
+    write_changed(
+        &p.file,
+        output,
+        &p.changes(&scales)?,
+        options.overwrite_input,
+    )?;
+    let model = max_report(
         input,
         output,
         &p.analysis,

@@ -17,7 +17,8 @@ pub mod proto;
 pub mod write;
 
 pub use balance::{
-    balance_onnx, inspect_onnx, OnnxInspectReport, OnnxOptions, OnnxProblem, OnnxReport,
+    balance_onnx, balance_onnx_max, inspect_onnx, OnnxInspectReport, OnnxOptions, OnnxProblem,
+    OnnxReport,
 };
 pub use convert::{convert, Conversion, UnknownOp};
 pub use file::OnnxFile;
@@ -113,6 +114,9 @@ pub enum OnnxError {
     /// The structured solver refused the problem (names the tensor or node).
     #[error(transparent)]
     Structured(crate::structured::StructuredError),
+    /// Max-norm balance or CLE refused the problem (settings, non-finite values).
+    #[error(transparent)]
+    MaxNorm(crate::maxnorm::spec::SpecMaxError),
     /// The problem would not fit in memory.
     #[error("the problem needs about {needed_mb} MB of memory ({weights} weights in balanced layers) but only {available_mb} MB are available")]
     Memory {

@@ -1,0 +1,1174 @@
+//! Max-norm balance (`p = ∞`, the criterion of cross-layer equalization): exact max-balancing of
+//! the whole graph, and pairwise CLE as the published tools do it.
+//!
+//! **Criterion.** With log-scales `u` (one per scale group of degree 1) an edge `j → i` becomes
+//! `w_ij·e^{u_i − u_j}` and a bias `b_i·e^{u_i}`. A free group `g` is *max-balanced* when
+//!
+//! ```text
+//!   max_in(g) = max{|w_e| : e enters g} ∪ {|b_i| : i ∈ g}   =   max_out(g) = max{|w_e| : e leaves g}
+//! ```
+//!
+//! over edges with `α_e > 0` (the limit of `(Σ α|w|^p)^{1/p}` as `p → ∞`), edges inside a group
+//! excluded (they do not change), biases only when counted. The certificate is
+//! `max_g |max_in(g)/max_out(g) − 1|`.
+//!
+//! **Algorithm** ([`max_balance`]; Schneider & Schneider 1991). Merge every fixed neuron (and the
+//! bias source) into one ground vertex and take the graph of `ℓ_e = ln|w_e|` between groups.
+//! Repeat: find a cycle of maximum mean `μ` (the maximum cycle mean cannot be lowered by any
+//! scaling, so in every max-balanced state each edge of such a cycle equals `e^μ`); set the
+//! potentials along it so that each of its edges has log-weight exactly `μ`; contract it into one
+//! vertex (into the ground when it passes through the ground). Every round removes at least one
+//! vertex, so there are at most `#groups` rounds and the result is exact up to rounding. The state
+//! reached satisfies the *cut* condition (for every vertex set `S`, the largest weight leaving `S`
+//! equals the largest entering it), which implies the per-group condition above.
+//!
+//! Maximum mean cycles: when the graph without the ground is acyclic (feed-forward networks, DAGs,
+//! residual ties that create no cycle) every cycle passes through the ground once, and the best
+//! cycle of each length `k ≤ depth + 1` comes from one dynamic programme over paths from the
+//! ground, and one pass of it serves many contractions (see `contract_ground_dag`). Otherwise
+//! (recurrent networks, ties that close a cycle) Howard's policy iteration, `O(m)` per iteration
+//! and a few iterations per round, warm-started from the previous round's policy.
+//!
+//! **Unique and not.** The max-balanced *weights* are unique (Schneider & Schneider 1991); the L_p
+//! balanced states converge to them as `p → ∞` (tests/maxnorm.rs measures it). The *log-scales*
+//! are unique for the groups on a cycle through the ground; a group that is not (zero input or
+//! output, or only reachable through zero weights) has no finite max-balanced scale and is held at
+//! scale 1 and listed in the diagnostics, as `Degenerate::HoldFixed` does for `L_p`. Groups of
+//! degree `c ≠ 1` are held fixed too (the max-balancing theory is for degree 1).
+//!
+//! **Pairwise CLE** ([`pairwise_cle`]; Nagel et al. 2019): for each free unit `i` between a
+//! producing layer (rows, range `r1_i = max_j |W1[i,j]|`) and a consuming layer (columns, range
+//! `r2_i = max_k |W2[k,i]|`), `s_i = √(r1_i/r2_i)`, `W1[i,·] /= s_i`, `b1_i /= s_i`,
+//! `W2[·,i] *= s_i`; pairs are visited along the chain, layer by layer, and the sweep is repeated
+//! until `max |s_i − 1| ≤ threshold`. Biases never enter the ranges. Units the published tools
+//! skip are skipped: tied units (residual adds, shared channels), units whose inputs come from
+//! more than one layer or whose outputs feed more than one layer (branches, concatenations), and
+//! every unit of a recurrent network.
+
+pub mod spec;
+
+use crate::network::{Network, NO_GROUP};
+use crate::solve::{Diagnostics, Status};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Settings of [`max_balance`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MaxSettings {
+    /// Tolerance on the certificate `max_g |max_in/max_out − 1|`. Default `1e-9`.
+    pub tol: f64,
+    /// Whether biases count on the input side. Default true.
+    pub count_biases: bool,
+}
+
+impl Default for MaxSettings {
+    fn default() -> Self {
+        MaxSettings {
+            tol: 1e-9,
+            count_biases: true,
+        }
+    }
+}
+
+/// Bad settings for [`max_balance`] or [`pairwise_cle`].
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum MaxNormError {
+    /// The tolerance or threshold is not in (0, 1).
+    #[error("{what} must be finite and in (0, 1), got {value}")]
+    BadTolerance {
+        /// Which setting.
+        what: &'static str,
+        /// The value.
+        value: f64,
+    },
+}
+
+fn check_tol(what: &'static str, value: f64) -> Result<(), MaxNormError> {
+    if value.is_finite() && value > 0.0 && value < 1.0 {
+        Ok(())
+    } else {
+        Err(MaxNormError::BadTolerance { what, value })
+    }
+}
+
+/// Which maximum-cycle-mean routine the contraction used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CycleSearch {
+    /// Paths from the ground in a graph that is acyclic without the ground.
+    GroundDag,
+    /// Howard's policy iteration on a general graph.
+    Howard,
+}
+
+/// The result of [`max_balance`], with the fields of [`crate::solve::Solution`] that apply.
+#[derive(Debug, Clone)]
+pub struct MaxSolution {
+    /// The max-balanced network (same structure, new weights and biases).
+    pub network: Network,
+    /// Log-scale `u_g` per scale group, relative to the input network (0 for held groups).
+    pub log_scales: Vec<f64>,
+    /// `Converged` when the certificate is within the tolerance, `NumericalTrouble` otherwise.
+    pub status: Status,
+    /// Contraction rounds (maximum-mean cycles found).
+    pub iterations: usize,
+    /// The certificate `max_g |max_in(g)/max_out(g) − 1|` over balanced groups.
+    pub max_ratio_deviation: f64,
+    /// Largest counted `|w|` (and `|b|`) before.
+    pub max_abs_before: f64,
+    /// Largest counted `|w|` (and `|b|`) after (the maximum cycle mean, `e^μ`).
+    pub max_abs_after: f64,
+    /// The cycle search used.
+    pub search: CycleSearch,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Groups held at scale 1, with the reason.
+    pub diagnostics: Diagnostics,
+}
+
+impl MaxSolution {
+    /// Scale `λ_i` per neuron (1 for fixed neurons).
+    pub fn neuron_scales(&self) -> Vec<f64> {
+        self.network.neuron_scales(&self.log_scales)
+    }
+}
+
+/// An edge of the quotient graph: `a → b` with log-weight `l`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QEdge {
+    pub(crate) a: u32,
+    pub(crate) b: u32,
+    pub(crate) l: f64,
+}
+
+/// Counted edges `(src, dst, ln|w|)` between distinct vertices (groups, or `ground`) under a
+/// vertex map `node`.
+fn quotient_edges(net: &Network, node: &[u32], count_biases: bool) -> Vec<QEdge> {
+    let ground = node.len() as u32;
+    let at = |i: usize| {
+        let g = net.groups().group_of(i);
+        if g == NO_GROUP {
+            ground
+        } else {
+            node[g as usize]
+        }
+    };
+    let mut edges = Vec::with_capacity(net.num_edges());
+    for e in 0..net.num_edges() {
+        let w = net.weights()[e];
+        if w == 0.0 || net.alphas()[e] <= 0.0 {
+            continue;
+        }
+        let (j, i) = net.edge(e);
+        let (a, b) = (at(j), at(i));
+        if a != b {
+            edges.push(QEdge {
+                a,
+                b,
+                l: w.abs().ln(),
+            });
+        }
+    }
+    if count_biases {
+        for (i, &b) in net.biases().iter().enumerate() {
+            let v = at(i);
+            if b != 0.0 && v != ground {
+                edges.push(QEdge {
+                    a: ground,
+                    b: v,
+                    l: b.abs().ln(),
+                });
+            }
+        }
+    }
+    edges
+}
+
+/// Replaces parallel edges `a → b` by the one of largest log-weight (only it can be a maximum).
+/// A counting sort by target and one stamp per source: `O(m + n)`.
+fn keep_largest_parallel(edges: &mut Vec<QEdge>) {
+    let n = edges
+        .iter()
+        .map(|e| e.a.max(e.b) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let (ptr, idx) = adjacency(n, edges, false);
+    let mut slot = vec![usize::MAX; n];
+    let mut out: Vec<QEdge> = Vec::with_capacity(edges.len());
+    for b in 0..n {
+        let start = out.len();
+        for &k in &idx[ptr[b]..ptr[b + 1]] {
+            let e = edges[k as usize];
+            let s = slot[e.a as usize];
+            if s != usize::MAX && s >= start {
+                out[s].l = out[s].l.max(e.l);
+            } else {
+                slot[e.a as usize] = out.len();
+                out.push(e);
+            }
+        }
+    }
+    *edges = out;
+}
+
+/// Vertices reachable from `root` along `edges` (forward when `forward`, else backward).
+fn reach(n: usize, edges: &[QEdge], root: u32, forward: bool) -> Vec<bool> {
+    let (ptr, idx) = adjacency(n, edges, forward);
+    let mut seen = vec![false; n];
+    seen[root as usize] = true;
+    let mut stack = vec![root as usize];
+    while let Some(v) = stack.pop() {
+        for &k in &idx[ptr[v]..ptr[v + 1]] {
+            let e = edges[k as usize];
+            let w = if forward { e.b } else { e.a } as usize;
+            if !seen[w] {
+                seen[w] = true;
+                stack.push(w);
+            }
+        }
+    }
+    seen
+}
+
+/// CSR of edge ids keyed by source (`forward`) or target.
+fn adjacency(n: usize, edges: &[QEdge], by_source: bool) -> (Vec<usize>, Vec<u32>) {
+    let key = |e: &QEdge| if by_source { e.a } else { e.b } as usize;
+    let mut ptr = vec![0usize; n + 1];
+    for e in edges {
+        ptr[key(e) + 1] += 1;
+    }
+    for i in 0..n {
+        ptr[i + 1] += ptr[i];
+    }
+    let mut fill = ptr.clone();
+    let mut idx = vec![0u32; edges.len()];
+    for (k, e) in edges.iter().enumerate() {
+        idx[fill[key(e)]] = k as u32;
+        fill[key(e)] += 1;
+    }
+    (ptr, idx)
+}
+
+/// Topological order of the vertices other than `ground` along edges that avoid `ground`, or
+/// `None` if those edges contain a cycle.
+fn topo_without_ground(n: usize, edges: &[QEdge], ground: u32) -> Option<Vec<u32>> {
+    let inner: Vec<QEdge> = edges
+        .iter()
+        .copied()
+        .filter(|e| e.a != ground && e.b != ground)
+        .collect();
+    let (ptr, idx) = adjacency(n, &inner, true);
+    let mut indeg = vec![0usize; n];
+    for e in &inner {
+        indeg[e.b as usize] += 1;
+    }
+    let mut stack: Vec<u32> = (0..n as u32)
+        .filter(|&v| v != ground && indeg[v as usize] == 0)
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(v) = stack.pop() {
+        order.push(v);
+        for &k in &idx[ptr[v as usize]..ptr[v as usize + 1]] {
+            let b = inner[k as usize].b as usize;
+            indeg[b] -= 1;
+            if indeg[b] == 0 {
+                stack.push(b as u32);
+            }
+        }
+    }
+    (order.len() + 1 == n).then_some(order)
+}
+
+/// Contraction when the graph without the ground is acyclic: every cycle passes through the
+/// ground once, and each contraction merges one maximum-mean cycle into the ground. Edges between
+/// live vertices are fixed (CSR by target and by source); edges to and from the ground are kept as
+/// the largest `gin[v]` (ground → v) and `gout[v]` (v → ground), raised when a neighbour merges.
+///
+/// One pass computes `F_s(v)`, the largest log-weight of a path of `s` edges from the ground to
+/// `v`, and `B_s(v)`, of a path of `s` edges from `v` to the ground; the best cycle through `v`
+/// has mean `c(v) = max_{s,t} (F_s(v) + B_t(v))/(s + t)` (the two paths share only `v`: the graph
+/// without the ground is acyclic). Contracting a maximum-mean cycle never raises `c(w)` of a
+/// remaining vertex `w`: a cycle of the contracted graph through `w` enters and leaves the merged
+/// cycle `C` (mean `μ`) at two of its vertices, and the cycle of the old graph that follows `C`
+/// between them has a mean that is a weighted average of the new cycle's mean and `μ ≥` it. So
+/// the `c(v)` of one pass are upper bounds for every later round, and the recorded best cycle of
+/// the vertex with the largest bound, while all its vertices are still live, is a maximum-mean
+/// cycle of the current graph (its mean can only have grown through `gin`/`gout`, and no cycle
+/// exceeds that bound). Each pass contracts the recorded cycles in decreasing order of `c` until
+/// one of them has lost a vertex, then recomputes. Returns `u` per vertex, the contractions and the
+/// largest cycle mean.
+fn contract_ground_dag(
+    n: usize,
+    edges: &[QEdge],
+    ground: u32,
+    order: &[u32],
+    level: &[usize],
+) -> (Vec<f64>, usize, f64, usize) {
+    const NONE: u32 = u32::MAX;
+    let mut level = level.to_vec();
+    let mut gin = vec![f64::NEG_INFINITY; n];
+    let mut gout = vec![f64::NEG_INFINITY; n];
+    let mut inner = Vec::with_capacity(edges.len());
+    for &e in edges {
+        if e.a == ground {
+            gin[e.b as usize] = gin[e.b as usize].max(e.l);
+        } else if e.b == ground {
+            gout[e.a as usize] = gout[e.a as usize].max(e.l);
+        } else {
+            inner.push(e);
+        }
+    }
+    let (mut iptr, mut iidx) = adjacency(n, &inner, false);
+    let (mut optr, mut oidx) = adjacency(n, &inner, true);
+    // height[v]: vertices on the longest path from v that avoids the ground
+    let mut height = vec![0usize; n];
+    for &v in order.iter().rev() {
+        let v = v as usize;
+        height[v] = 1 + oidx[optr[v]..optr[v + 1]]
+            .iter()
+            .map(|&k| height[inner[k as usize].b as usize])
+            .max()
+            .unwrap_or(0);
+    }
+    let kmax = level.iter().copied().max().unwrap_or(1).max(1);
+    let hmax = height.iter().copied().max().unwrap_or(1).max(1);
+    let mut f = vec![f64::NEG_INFINITY; (kmax + 1) * n];
+    let mut pred = vec![NONE; (kmax + 1) * n];
+    let mut bk = vec![f64::NEG_INFINITY; (hmax + 1) * n];
+    let mut succ = vec![NONE; (hmax + 1) * n];
+    let mut live = vec![false; n];
+    let mut live_order: Vec<u32> = Vec::with_capacity(order.len());
+    for &v in order {
+        // vertices with no edge at all (held groups merged into the ground) take no part
+        let v_ = v as usize;
+        if gin[v_] > f64::NEG_INFINITY || iptr[v_ + 1] > iptr[v_] {
+            live[v_] = true;
+            live_order.push(v);
+        }
+    }
+    let mut u = vec![0.0f64; n];
+    let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
+    let mut cand: Vec<(f64, u32, u32, u32)> = Vec::new();
+    let mut cycle: Vec<(usize, f64)> = Vec::new();
+    let mut passes = 0usize;
+    let mut compacted_at = live_order.len();
+    while !live_order.is_empty() {
+        if 2 * live_order.len() < compacted_at {
+            // drop the edges of merged vertices and shorten the levels and heights to the live
+            // graph: later passes cost what is left
+            inner.retain(|e| live[e.a as usize] && live[e.b as usize]);
+            (iptr, iidx) = adjacency(n, &inner, false);
+            (optr, oidx) = adjacency(n, &inner, true);
+            for &v in &live_order {
+                let v = v as usize;
+                level[v] = 1 + iidx[iptr[v]..iptr[v + 1]]
+                    .iter()
+                    .map(|&k| level[inner[k as usize].a as usize])
+                    .max()
+                    .unwrap_or(0);
+            }
+            for &v in live_order.iter().rev() {
+                let v = v as usize;
+                height[v] = 1 + oidx[optr[v]..optr[v + 1]]
+                    .iter()
+                    .map(|&k| height[inner[k as usize].b as usize])
+                    .max()
+                    .unwrap_or(0);
+            }
+            compacted_at = live_order.len();
+        }
+        passes += 1;
+        // forward: paths of s edges from the ground reach v only for s <= level[v]
+        for &v in &live_order {
+            let v = v as usize;
+            f[n + v] = gin[v];
+            for s in 2..=level[v] {
+                f[s * n + v] = f64::NEG_INFINITY;
+            }
+            for &k in &iidx[iptr[v]..iptr[v + 1]] {
+                let e = inner[k as usize];
+                let a = e.a as usize;
+                if !live[a] {
+                    continue;
+                }
+                for s in 2..=level[a] + 1 {
+                    let c = f[(s - 1) * n + a] + e.l;
+                    if c > f[s * n + v] {
+                        f[s * n + v] = c;
+                        pred[s * n + v] = k;
+                    }
+                }
+            }
+        }
+        // backward: paths of t edges from v to the ground, t <= height[v]
+        for &v in live_order.iter().rev() {
+            let v = v as usize;
+            bk[n + v] = gout[v];
+            for t in 2..=height[v] {
+                bk[t * n + v] = f64::NEG_INFINITY;
+            }
+            for &k in &oidx[optr[v]..optr[v + 1]] {
+                let e = inner[k as usize];
+                let b = e.b as usize;
+                if !live[b] {
+                    continue;
+                }
+                for t in 2..=height[b] + 1 {
+                    let c = bk[(t - 1) * n + b] + e.l;
+                    if c > bk[t * n + v] {
+                        bk[t * n + v] = c;
+                        succ[t * n + v] = k;
+                    }
+                }
+            }
+        }
+        cand.clear();
+        for &v in &live_order {
+            let v_ = v as usize;
+            let mut best: Option<(f64, u32, u32)> = None;
+            for s in 1..=level[v_] {
+                let fs = f[s * n + v_];
+                if fs == f64::NEG_INFINITY {
+                    continue;
+                }
+                for t in 1..=height[v_] {
+                    let total = fs + bk[t * n + v_];
+                    if total > f64::NEG_INFINITY {
+                        let mean = total / (s + t) as f64;
+                        if best.is_none_or(|b| mean > b.0) {
+                            best = Some((mean, s as u32, t as u32));
+                        }
+                    }
+                }
+            }
+            if let Some((mean, s, t)) = best {
+                cand.push((mean, v, s, t));
+            }
+        }
+        if cand.is_empty() {
+            break;
+        }
+        cand.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
+        for &(_, v, s, t) in &cand {
+            let v = v as usize;
+            if !live[v] {
+                continue;
+            }
+            // the recorded cycle: ground → p_1 → … → p_s = v → q_2 → … → q_t → ground, with the
+            // log-weight of the edge into each vertex
+            cycle.clear();
+            cycle.resize(s as usize, (0, 0.0));
+            let mut cur = v;
+            let mut intact = true;
+            for step in (1..=s as usize).rev() {
+                intact &= live[cur];
+                if step == 1 {
+                    cycle[0] = (cur, gin[cur]);
+                } else {
+                    let e = inner[pred[step * n + cur] as usize];
+                    cycle[step - 1] = (cur, e.l);
+                    cur = e.a as usize;
+                }
+            }
+            let mut cur = v;
+            for step in (2..=t as usize).rev() {
+                let e = inner[succ[step * n + cur] as usize];
+                cur = e.b as usize;
+                intact &= live[cur];
+                cycle.push((cur, e.l));
+            }
+            if !intact {
+                break;
+            }
+            let total = cycle.iter().map(|p| p.1).sum::<f64>() + gout[cur];
+            let mu = total / (s + t) as f64;
+            top = top.max(mu);
+            rounds += 1;
+            let mut acc = 0.0;
+            for &(p, l) in &cycle {
+                acc += mu - l;
+                u[p] = acc;
+                live[p] = false;
+            }
+            for &(p, _) in &cycle {
+                for &k in &oidx[optr[p]..optr[p + 1]] {
+                    let e = inner[k as usize];
+                    if live[e.b as usize] {
+                        let g = &mut gin[e.b as usize];
+                        *g = g.max(e.l - u[p]);
+                    }
+                }
+                for &k in &iidx[iptr[p]..iptr[p + 1]] {
+                    let e = inner[k as usize];
+                    if live[e.a as usize] {
+                        let g = &mut gout[e.a as usize];
+                        *g = g.max(e.l + u[p]);
+                    }
+                }
+            }
+        }
+        live_order.retain(|&w| live[w as usize]);
+    }
+    (u, rounds, top, passes)
+}
+
+/// Why a group keeps scale 1 in the max-balanced state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeldReason {
+    /// Degree `c ≠ 1`.
+    Degree,
+    /// No nonzero path from an input or bias.
+    NoInput,
+    /// No nonzero path to an output.
+    NoOutput,
+}
+
+impl HeldReason {
+    /// The reason in words (reports).
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            HeldReason::Degree => "degree c != 1: max-norm balance is defined here for degree 1",
+            HeldReason::NoInput => "no nonzero path from an input or bias (zero input side)",
+            HeldReason::NoOutput => "no nonzero path to an output (zero output side)",
+        }
+    }
+}
+
+/// The contraction's outcome on a quotient graph (see [`solve_quotient`]).
+pub(crate) struct QuotientSolution {
+    /// `u` per group (0 for held groups).
+    pub(crate) u: Vec<f64>,
+    /// Held groups and why.
+    pub(crate) held: Vec<Option<HeldReason>>,
+    /// Contractions.
+    pub(crate) rounds: usize,
+    /// Largest cycle mean (log), `−∞` when there is no cycle.
+    pub(crate) top: f64,
+    /// Largest edge log-weight before.
+    pub(crate) max_log_before: f64,
+    /// The cycle search used.
+    pub(crate) search: CycleSearch,
+    /// Passes of the path programmes (ground-DAG) or policy iterations (Howard).
+    pub(crate) passes: usize,
+    /// `max_g |max_in(g)/max_out(g) − 1|` over the groups not held, from the quotient edges.
+    pub(crate) certificate: f64,
+}
+
+/// Max-balances the quotient graph of `groups` vertices and the ground (vertex `groups`) with
+/// edges `a → b` of log-weight `l` (parallel edges and edges of held groups allowed). Groups in
+/// `degree_held` are merged into the ground first; then every group that is not on a cycle
+/// through the ground (no path from it, or none to it) is held too; the rest is contracted.
+pub(crate) fn solve_quotient(
+    groups: usize,
+    degree_held: &[bool],
+    mut edges: Vec<QEdge>,
+) -> QuotientSolution {
+    let ground = groups as u32;
+    let n = groups + 1;
+    let mut held: Vec<Option<HeldReason>> = degree_held
+        .iter()
+        .map(|&h| h.then_some(HeldReason::Degree))
+        .collect();
+    let remap = |edges: &mut Vec<QEdge>, held: &[Option<HeldReason>]| {
+        let at = |v: u32| {
+            if v != ground && held[v as usize].is_some() {
+                ground
+            } else {
+                v
+            }
+        };
+        edges.retain_mut(|e| {
+            e.a = at(e.a);
+            e.b = at(e.b);
+            e.a != e.b
+        });
+    };
+    remap(&mut edges, &held);
+    let fwd = reach(n, &edges, ground, true);
+    let bwd = reach(n, &edges, ground, false);
+    for g in 0..groups {
+        if held[g].is_none() && !(fwd[g] && bwd[g]) {
+            held[g] = Some(if fwd[g] {
+                HeldReason::NoOutput
+            } else {
+                HeldReason::NoInput
+            });
+        }
+    }
+    remap(&mut edges, &held);
+    keep_largest_parallel(&mut edges);
+    let max_log_before = edges.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.l));
+    let order = topo_without_ground(n, &edges, ground);
+    let search = if order.is_some() {
+        CycleSearch::GroundDag
+    } else {
+        CycleSearch::Howard
+    };
+    let is_held: Vec<bool> = held.iter().map(Option::is_some).collect();
+    let (u, rounds, top, passes) = match &order {
+        Some(o) => {
+            let level = dag_levels(n, &edges, ground, o);
+            let (uv, rounds, top, passes) = contract_ground_dag(n, &edges, ground, o, &level);
+            let u = (0..groups)
+                .map(|g| if is_held[g] { 0.0 } else { uv[g] })
+                .collect();
+            (u, rounds, top, passes)
+        }
+        None => contract_howard(n, &edges, ground, &is_held),
+    };
+    // certificate from the quotient edges: max_in and max_out of each group under u
+    let mut flows = vec![(f64::NEG_INFINITY, f64::NEG_INFINITY); n];
+    let uu = |v: u32| if v == ground { 0.0 } else { u[v as usize] };
+    for e in &edges {
+        let l = e.l + uu(e.b) - uu(e.a);
+        flows[e.b as usize].0 = flows[e.b as usize].0.max(l);
+        flows[e.a as usize].1 = flows[e.a as usize].1.max(l);
+    }
+    let certificate = (0..groups)
+        .filter(|&g| !is_held[g])
+        .map(|g| ((flows[g].0 - flows[g].1).exp() - 1.0).abs())
+        .fold(0.0, f64::max);
+    QuotientSolution {
+        u,
+        held,
+        rounds,
+        top,
+        max_log_before,
+        search,
+        passes,
+        certificate,
+    }
+}
+
+/// Computes the exact max-balanced state of `net` (see the module documentation).
+///
+/// ```
+/// use synbal::maxnorm::{max_balance, MaxSettings};
+/// use synbal::network::builders::chain;
+/// // x -> h -> y with weights 1 and 4: balanced at 2 and 2
+/// let sol = max_balance(&chain(&[1.0, 4.0], 0.0), &MaxSettings::default()).unwrap();
+/// assert!((sol.network.weights()[0] - 2.0).abs() < 1e-15);
+/// assert!((sol.network.weights()[1] - 2.0).abs() < 1e-15);
+/// assert!(sol.status.converged());
+/// ```
+pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution, MaxNormError> {
+    check_tol("the tolerance", settings.tol)?;
+    let start = Instant::now();
+    let groups = net.groups().len();
+    let degree_held: Vec<bool> = (0..groups).map(|g| net.groups().degree(g) != 1.0).collect();
+    let identity: Vec<u32> = (0..groups as u32).collect();
+    let edges = quotient_edges(net, &identity, settings.count_biases);
+    let q = solve_quotient(groups, &degree_held, edges);
+    let mut diagnostics = Diagnostics::default();
+    for (g, h) in q.held.iter().enumerate() {
+        if let Some(h) = h {
+            let first = net.groups().members(g)[0] as usize;
+            diagnostics.held_fixed.push((first, h.text().to_string()));
+        }
+    }
+    let is_held: Vec<bool> = q.held.iter().map(Option::is_some).collect();
+    let mut balanced = net.clone();
+    balanced.apply_log_scales(&q.u);
+    let max_ratio_deviation = certificate(&balanced, &is_held, settings.count_biases);
+    let status = if max_ratio_deviation <= settings.tol {
+        Status::Converged
+    } else {
+        Status::NumericalTrouble
+    };
+    let max_abs_before = q.max_log_before.exp();
+    let max_abs_after = if q.top > f64::NEG_INFINITY {
+        q.top.exp()
+    } else {
+        max_abs_before
+    };
+    Ok(MaxSolution {
+        network: balanced,
+        log_scales: q.u,
+        status,
+        iterations: q.rounds,
+        max_ratio_deviation,
+        max_abs_before,
+        max_abs_after,
+        search: q.search,
+        elapsed: start.elapsed(),
+        diagnostics,
+    })
+}
+
+/// Weighted union-find over the quotient vertices: `parent` and the potential `off` of a vertex
+/// relative to its parent. `find` returns the root and the potential relative to it.
+struct Merged {
+    parent: Vec<u32>,
+    off: Vec<f64>,
+}
+
+impl Merged {
+    fn find(&mut self, v: u32) -> (u32, f64) {
+        let mut path = Vec::new();
+        let mut r = v;
+        while self.parent[r as usize] != r {
+            path.push(r);
+            r = self.parent[r as usize];
+        }
+        // compress: potentials relative to the root, from the top of the path down
+        let mut acc = 0.0;
+        for &p in path.iter().rev() {
+            acc += self.off[p as usize];
+            self.off[p as usize] = acc;
+            self.parent[p as usize] = r;
+        }
+        let rel = if v == r { 0.0 } else { self.off[v as usize] };
+        (r, rel)
+    }
+}
+
+/// An edge of the contracted graph: endpoints as current roots, its log-weight relative to them,
+/// and the edge of the quotient graph it comes from.
+#[derive(Clone, Copy)]
+struct CEdge {
+    a: u32,
+    b: u32,
+    l: f64,
+    orig: u32,
+}
+
+/// Contraction on a general graph (cycles that avoid the ground): each round Howard's policy
+/// iteration finds a maximum-mean cycle of the contracted graph (Cochet-Terrasson et al. 1998),
+/// which is merged into one vertex (the ground when it passes through it). The policy of the
+/// vertices that were not merged is kept for the next round (warm start). Returns `u` per group,
+/// the contractions and the largest mean.
+fn contract_howard(
+    n: usize,
+    edges: &[QEdge],
+    ground: u32,
+    held: &[bool],
+) -> (Vec<f64>, usize, f64, usize) {
+    const NONE: u32 = u32::MAX;
+    let groups = n - 1;
+    let mut passes = 0usize;
+    let mut m = Merged {
+        parent: (0..n as u32).collect(),
+        off: vec![0.0; n],
+    };
+    let mut live: Vec<bool> = (0..n).map(|v| v == groups || !held[v]).collect();
+    let mut cur: Vec<CEdge> = edges
+        .iter()
+        .enumerate()
+        .map(|(k, e)| CEdge {
+            a: e.a,
+            b: e.b,
+            l: e.l,
+            orig: k as u32,
+        })
+        .collect();
+    // policy: one out-edge (index into `edges`) per live vertex
+    let mut pi = vec![NONE; n];
+    let mut best = vec![f64::NEG_INFINITY; n];
+    for e in &cur {
+        if e.l > best[e.a as usize] {
+            best[e.a as usize] = e.l;
+            pi[e.a as usize] = e.orig;
+        }
+    }
+    let mut eta = vec![0.0f64; n];
+    let mut x = vec![0.0f64; n];
+    let mut state = vec![0u8; n];
+    let mut stack: Vec<u32> = Vec::new();
+    let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
+    let mut verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
+    // the current form (head, log-weight) of a policy edge of root `v`
+    let head = |m: &mut Merged, k: u32| -> (u32, f64) {
+        let e = edges[k as usize];
+        let (ra, pa) = m.find(e.a);
+        let (rb, pb) = m.find(e.b);
+        debug_assert_ne!(ra, rb);
+        (rb, e.l + pb - pa)
+    };
+    while !cur.is_empty() {
+        // Howard's policy iteration on the live roots
+        let mut best_cycle: (f64, u32);
+        loop {
+            passes += 1;
+            for &v in &verts {
+                state[v as usize] = 0;
+            }
+            best_cycle = (f64::NEG_INFINITY, NONE);
+            for &s in &verts {
+                if state[s as usize] != 0 {
+                    continue;
+                }
+                stack.clear();
+                let mut v = s;
+                while state[v as usize] == 0 {
+                    state[v as usize] = 1;
+                    stack.push(v);
+                    v = head(&mut m, pi[v as usize]).0;
+                }
+                if state[v as usize] == 1 {
+                    // a new cycle starting at v: its mean, then x around it with x[v] = 0
+                    let pos = stack
+                        .iter()
+                        .position(|&w| w == v)
+                        .expect("v is on the path");
+                    let cyc = &stack[pos..];
+                    let mut total = 0.0;
+                    for &w in cyc {
+                        total += head(&mut m, pi[w as usize]).1;
+                    }
+                    let mu = total / cyc.len() as f64;
+                    x[v as usize] = 0.0;
+                    eta[v as usize] = mu;
+                    for &w in cyc[1..].iter().rev() {
+                        let (h, l) = head(&mut m, pi[w as usize]);
+                        x[w as usize] = l - mu + x[h as usize];
+                        eta[w as usize] = mu;
+                    }
+                    for &w in cyc {
+                        state[w as usize] = 2;
+                    }
+                    if mu > best_cycle.0 {
+                        best_cycle = (mu, v);
+                    }
+                    stack.truncate(pos);
+                }
+                // the rest of the path leads into finished vertices
+                while let Some(w) = stack.pop() {
+                    let (h, l) = head(&mut m, pi[w as usize]);
+                    eta[w as usize] = eta[h as usize];
+                    x[w as usize] = l - eta[h as usize] + x[h as usize];
+                    state[w as usize] = 2;
+                }
+            }
+            // improvement (from the values of this policy): first the cycle means, then the
+            // potentials among the edges that keep the mean
+            let mut changed = false;
+            let (mut eta2, mut x2) = (eta.clone(), x.clone());
+            for e in &cur {
+                let (a, b) = (e.a as usize, e.b as usize);
+                if eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
+                    eta2[a] = eta[b];
+                    pi[a] = e.orig;
+                    changed = true;
+                }
+            }
+            if !changed {
+                for e in &cur {
+                    let (a, b) = (e.a as usize, e.b as usize);
+                    if (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
+                        let val = e.l - eta[a] + x[b];
+                        if val > x2[a] + 1e-13 * (1.0 + x2[a].abs()) {
+                            x2[a] = val;
+                            pi[a] = e.orig;
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            std::mem::swap(&mut eta, &mut eta2);
+            std::mem::swap(&mut x, &mut x2);
+            if !changed {
+                break;
+            }
+        }
+        let (mu, start) = best_cycle;
+        if start == NONE {
+            break;
+        }
+        // the cycle start → … → start, merged into the ground if on it, else into `start`
+        let mut cyc = vec![start];
+        let mut v = head(&mut m, pi[start as usize]).0;
+        while v != start {
+            cyc.push(v);
+            v = head(&mut m, pi[v as usize]).0;
+        }
+        let r = cyc.iter().position(|&w| w == ground).unwrap_or(0);
+        let k = cyc.len();
+        let rep = cyc[r];
+        let mut acc = 0.0;
+        let mut pots = Vec::with_capacity(k);
+        for t in 0..k {
+            let w = cyc[(r + t) % k];
+            pots.push((w, acc));
+            let l = head(&mut m, pi[w as usize]).1;
+            acc += mu - l;
+        }
+        for &(w, u) in &pots[1..] {
+            m.parent[w as usize] = rep;
+            m.off[w as usize] = u;
+            live[w as usize] = false;
+        }
+        rounds += 1;
+        top = top.max(mu);
+        // the contracted graph: edges between distinct roots, log-weights relative to them
+        best[rep as usize] = f64::NEG_INFINITY;
+        let mut next = Vec::with_capacity(cur.len());
+        for e in &cur {
+            let (ma, mb) = (!live[e.a as usize], !live[e.b as usize]);
+            let mut e = *e;
+            if ma || mb {
+                let o = edges[e.orig as usize];
+                let (ra, pa) = m.find(o.a);
+                let (rb, pb) = m.find(o.b);
+                e = CEdge {
+                    a: ra,
+                    b: rb,
+                    l: o.l + pb - pa,
+                    orig: e.orig,
+                };
+            }
+            if e.a == e.b {
+                continue;
+            }
+            if e.a == rep && e.l > best[rep as usize] {
+                best[rep as usize] = e.l;
+                pi[rep as usize] = e.orig;
+            }
+            next.push(e);
+        }
+        cur = next;
+        verts.retain(|&w| live[w as usize]);
+    }
+    let mut u = vec![0.0f64; groups];
+    for (g, ug) in u.iter_mut().enumerate() {
+        if !held[g] {
+            // every group ends in the ground (all of them lie on cycles through it)
+            *ug = m.find(g as u32).1;
+        }
+    }
+    (u, rounds, top, passes)
+}
+
+/// Level of each vertex other than the ground: the number of vertices on the longest path to it
+/// that avoids the ground (1 for a vertex whose in-edges all come from the ground).
+fn dag_levels(n: usize, edges: &[QEdge], ground: u32, order: &[u32]) -> Vec<usize> {
+    let (ptr, idx) = adjacency(n, edges, false);
+    let mut level = vec![0usize; n];
+    for &v in order {
+        let v = v as usize;
+        let mut l = 1;
+        for &k in &idx[ptr[v]..ptr[v + 1]] {
+            let e = edges[k as usize];
+            if e.a != ground {
+                l = l.max(level[e.a as usize] + 1);
+            }
+        }
+        level[v] = l;
+    }
+    level
+}
+
+/// Per-group `(max_in, max_out)` of counted `|w|` (and `|b|` when `count_biases`), edges inside a
+/// group excluded.
+pub fn max_flows(net: &Network, count_biases: bool) -> Vec<(f64, f64)> {
+    let groups = net.groups();
+    let mut flows = vec![(0.0f64, 0.0f64); groups.len()];
+    for e in 0..net.num_edges() {
+        if net.alphas()[e] <= 0.0 {
+            continue;
+        }
+        let (j, i) = net.edge(e);
+        let (gj, gi) = (groups.group_of(j), groups.group_of(i));
+        if gj == gi && gj != NO_GROUP {
+            continue;
+        }
+        let w = net.weights()[e].abs();
+        if gi != NO_GROUP {
+            let f = &mut flows[gi as usize].0;
+            *f = f.max(w);
+        }
+        if gj != NO_GROUP {
+            let f = &mut flows[gj as usize].1;
+            *f = f.max(w);
+        }
+    }
+    if count_biases {
+        for (i, b) in net.biases().iter().enumerate() {
+            let g = groups.group_of(i);
+            if g != NO_GROUP {
+                let f = &mut flows[g as usize].0;
+                *f = f.max(b.abs());
+            }
+        }
+    }
+    flows
+}
+
+/// `max_g |max_in(g)/max_out(g) − 1|` over the groups not `held`.
+fn certificate(net: &Network, held: &[bool], count_biases: bool) -> f64 {
+    max_flows(net, count_biases)
+        .iter()
+        .zip(held)
+        .filter(|(_, &h)| !h)
+        .map(|(&(a, b), _)| (a / b - 1.0).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Settings of [`pairwise_cle`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CleSettings {
+    /// Stop when a sweep changes no range by more than this: `max |s_i − 1| ≤ threshold`.
+    /// Default `1e-8`.
+    pub threshold: f64,
+    /// Sweep cap. Default 1,000.
+    pub max_sweeps: usize,
+}
+
+impl Default for CleSettings {
+    fn default() -> Self {
+        CleSettings {
+            threshold: 1e-8,
+            max_sweeps: 1000,
+        }
+    }
+}
+
+/// The result of [`pairwise_cle`].
+#[derive(Debug, Clone)]
+pub struct CleSolution {
+    /// The equalized network.
+    pub network: Network,
+    /// Log-scale `u_g` per scale group (0 for skipped groups).
+    pub log_scales: Vec<f64>,
+    /// `Converged` when the last sweep met the threshold, else `MaxIterations`.
+    pub status: Status,
+    /// Sweeps over all pairs.
+    pub sweeps: usize,
+    /// `max |s_i − 1|` of the last sweep.
+    pub last_change: f64,
+    /// Units equalized.
+    pub equalized: usize,
+    /// Units skipped, with the reason (first neuron of the group).
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Layer index of each neuron: longest path from a source, `None` for a cyclic network.
+fn levels(net: &Network) -> Option<Vec<usize>> {
+    net.depth()?;
+    let n = net.num_neurons();
+    let mut indeg: Vec<usize> = (0..n).map(|i| net.in_edges(i).len()).collect();
+    let mut level = vec![0usize; n];
+    let mut stack: Vec<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    while let Some(j) = stack.pop() {
+        for &e in net.out_edges(j) {
+            let i = net.targets()[e as usize] as usize;
+            level[i] = level[i].max(level[j] + 1);
+            indeg[i] -= 1;
+            if indeg[i] == 0 {
+                stack.push(i);
+            }
+        }
+    }
+    Some(level)
+}
+
+/// Why a group is not equalized by pairwise CLE, or `None` if it is.
+fn cle_skip(net: &Network, level: &[usize], g: usize) -> Option<String> {
+    let members = net.groups().members(g);
+    if members.len() > 1 {
+        return Some("tied to other units (residual add or shared channel)".into());
+    }
+    if net.groups().degree(g) != 1.0 {
+        return Some("degree c != 1".into());
+    }
+    let i = members[0] as usize;
+    let mut outs: Vec<usize> = net
+        .out_edges(i)
+        .iter()
+        .map(|&e| level[net.targets()[e as usize] as usize])
+        .collect();
+    outs.sort_unstable();
+    outs.dedup();
+    let mut ins: Vec<usize> = net
+        .in_edges(i)
+        .iter()
+        .map(|&e| level[net.sources()[e as usize] as usize])
+        .collect();
+    ins.sort_unstable();
+    ins.dedup();
+    if outs.len() > 1 {
+        return Some("outputs feed more than one layer (branch)".into());
+    }
+    if ins.len() > 1 {
+        return Some("inputs come from more than one layer (add or concatenation)".into());
+    }
+    if outs.is_empty() || ins.is_empty() {
+        return Some("no producing or no consuming layer".into());
+    }
+    None
+}
+
+/// Pairwise cross-layer equalization as published (see the module documentation).
+///
+/// ```
+/// use synbal::maxnorm::{pairwise_cle, CleSettings};
+/// use synbal::network::builders::chain;
+/// let sol = pairwise_cle(&chain(&[1.0, 4.0], 0.5), &CleSettings::default()).unwrap();
+/// assert!((sol.network.weights()[0] - 2.0).abs() < 1e-12);
+/// assert!((sol.network.biases()[1] - 1.0).abs() < 1e-12); // the bias follows, uncounted
+/// ```
+pub fn pairwise_cle(net: &Network, settings: &CleSettings) -> Result<CleSolution, MaxNormError> {
+    check_tol("the CLE threshold", settings.threshold)?;
+    let groups = net.groups().len();
+    let mut skipped = Vec::new();
+    let mut eligible: Vec<(usize, usize)> = Vec::new(); // (level, group)
+    match levels(net) {
+        None => {
+            for g in 0..groups {
+                let first = net.groups().members(g)[0] as usize;
+                skipped.push((first, "recurrent network: CLE applies to chains".into()));
+            }
+        }
+        Some(level) => {
+            for g in 0..groups {
+                let first = net.groups().members(g)[0] as usize;
+                match cle_skip(net, &level, g) {
+                    Some(why) => skipped.push((first, why)),
+                    None => eligible.push((level[first], g)),
+                }
+            }
+        }
+    }
+    eligible.sort_unstable();
+    let mut out = net.clone();
+    let mut u = vec![0.0f64; groups];
+    let (mut sweeps, mut last_change) = (0usize, 0.0f64);
+    let mut status = Status::MaxIterations;
+    while sweeps < settings.max_sweeps {
+        sweeps += 1;
+        last_change = 0.0;
+        for &(_, g) in &eligible {
+            let i = out.groups().members(g)[0] as usize;
+            let r1 = out
+                .in_edges(i)
+                .iter()
+                .fold(0.0f64, |m, &e| m.max(out.weights()[e as usize].abs()));
+            let r2 = out
+                .out_edges(i)
+                .iter()
+                .fold(0.0f64, |m, &e| m.max(out.weights()[e as usize].abs()));
+            if !(r1 > 0.0 && r2 > 0.0) {
+                continue;
+            }
+            let s = (r1 / r2).sqrt();
+            if s != 1.0 {
+                out.scale_group(g, 1.0 / s)
+                    .expect("a free group and a finite scale");
+                u[g] -= s.ln();
+            }
+            last_change = last_change.max((s - 1.0).abs());
+        }
+        if last_change <= settings.threshold {
+            status = Status::Converged;
+            break;
+        }
+    }
+    Ok(CleSolution {
+        network: out,
+        log_scales: u,
+        status,
+        sweeps,
+        last_change,
+        equalized: eligible.len(),
+        skipped,
+    })
+}
