@@ -204,7 +204,7 @@ fn quantize_check_refuses_bad_input_with_exit_status_2() {
     std::fs::write(&bad, "1,2,3,4\n1,2,3\n").unwrap();
     expect_2(
         &["quantize-check", s(&json), "--inputs", s(&bad)],
-        "line 2: 3 values, the model has 4 inputs",
+        "line 2: 3 values, but one sample of the model has 4",
     );
     // integer weights
     let ints = Tensor {
