@@ -128,6 +128,59 @@ struct BlockWork {
     xb: Vec<f64>,
     /// The task of a sparse block.
     sparse_task: usize,
+    /// Dense: the flows form `|q|^p` directly, without the line maxima (see [`raw_form`]).
+    raw: bool,
+    /// Dense: which line sums the next [`Engine::flows`] computes (major, minor).
+    sides: Sides,
+}
+
+/// Which line sums of a dense block a flows pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Sides {
+    /// Major and minor line sums.
+    #[default]
+    Both,
+    /// Major line sums only.
+    Major,
+    /// Minor line sums only.
+    Minor,
+    /// Neither (the block touches no variable whose flows are wanted).
+    None,
+}
+
+impl Sides {
+    /// The sides asked for by `(major, minor)`.
+    pub(crate) fn of(major: bool, minor: bool) -> Sides {
+        match (major, minor) {
+            (true, true) => Sides::Both,
+            (true, false) => Sides::Major,
+            (false, true) => Sides::Minor,
+            (false, false) => Sides::None,
+        }
+    }
+    fn major(self) -> bool {
+        matches!(self, Sides::Both | Sides::Major)
+    }
+    fn minor(self) -> bool {
+        matches!(self, Sides::Both | Sides::Minor)
+    }
+}
+
+/// Range of the line maxima for which a dense block with `p ∈ {1, 2}` forms `|q|^p` directly:
+/// every non-empty line's maximum `M` has `1/RAW_RANGE ≤ M ≤ RAW_RANGE`, so its largest term
+/// `M^p` lies within `[1e-100, 1e100]`, far from the `f64` range limits even after the factors.
+const RAW_RANGE: f64 = 1e50;
+
+/// Whether the flows of `d` use the direct form `Σ |q|^p·e` (no division by the line maxima,
+/// one multiplication less per term and per side): `p` is 1 or 2 and every non-empty line has
+/// its maximum within `[1/RAW_RANGE, RAW_RANGE]`. Otherwise the terms are formed as
+/// `(q/M_a)^p ≤ 1` and `(q/N_b)^p ≤ 1`, safe for any magnitude and power.
+fn raw_form(d: &Dense<'_>) -> bool {
+    let lim = RAW_RANGE.ln();
+    let ok = |m: &f64| *m == f64::NEG_INFINITY || m.abs() <= lim;
+    matches!(Pow::of(d.p), Pow::One | Pow::Two)
+        && d.ln_major_max.iter().all(ok)
+        && d.ln_minor_max.iter().all(ok)
 }
 
 /// Per-variable flows at one point.
@@ -238,6 +291,7 @@ impl<'s, 'a> Engine<'s, 'a> {
                         out_major: vec![0.0; d.major],
                         out_minor: vec![0.0; d.minor],
                         xb: vec![0.0; d.minor],
+                        raw: raw_form(d),
                         ..BlockWork::default()
                     });
                 }
@@ -299,6 +353,22 @@ impl<'s, 'a> Engine<'s, 'a> {
 
     /// Computes the flows at `x` into `fl` (one pass over every block).
     pub(crate) fn flows(&mut self, x: &[f64], fl: &mut Flows) {
+        self.bw.iter_mut().for_each(|w| w.sides = Sides::Both);
+        self.flows_pass(x, fl);
+    }
+
+    /// Like [`Engine::flows`], but a dense block `b` computes only the line sums `sides[b]`:
+    /// the flows of a variable are exact when every line of it is on a computed side (the
+    /// others are left stale, and `ln F` with them). The computed sums are bit for bit those of
+    /// a full pass.
+    pub(crate) fn flows_for(&mut self, x: &[f64], fl: &mut Flows, sides: &[Sides]) {
+        for (w, &s) in self.bw.iter_mut().zip(sides) {
+            w.sides = s;
+        }
+        self.flows_pass(x, fl);
+    }
+
+    fn flows_pass(&mut self, x: &[f64], fl: &mut Flows) {
         self.passes += 1;
         let st = self.st;
         let deg = &st.degree;
@@ -349,31 +419,40 @@ impl<'s, 'a> Engine<'s, 'a> {
                 continue;
             }
         }
+        // `p·ln M` of a line in the scaled form, 0 in the direct form
+        let scale = |w: &BlockWork, p: f64, ln_max: f64| if w.raw { 0.0 } else { p * ln_max };
         for (t, tw) in self.tasks.iter().zip(&self.tw) {
             if let Block::Dense(d) = &st.blocks[t.block] {
                 let w = &mut self.bw[t.block];
-                for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
-                    *o += s;
+                if w.sides.minor() {
+                    for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
+                        *o += s;
+                    }
+                }
+                if !w.sides.major() {
+                    continue;
                 }
                 let la = d.ln_alpha + w.lb_max;
                 for (k, a) in (t.a0..t.a1).enumerate() {
                     let s = tw.major[k];
                     w.ln_major[a] = if s > 0.0 {
-                        la + d.p * d.ln_major_max[a] + w.la[a] + s.ln()
+                        la + scale(w, d.p, d.ln_major_max[a]) + w.la[a] + s.ln()
                     } else {
                         f64::NEG_INFINITY
                     };
                 }
-                let _ = d;
             }
         }
         for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
             if let Block::Dense(d) = b {
+                if !w.sides.minor() {
+                    continue;
+                }
                 let lb = d.ln_alpha + w.la_max;
                 for bb in 0..d.minor {
                     let s = w.out_minor[bb];
                     w.ln_minor[bb] = if s > 0.0 {
-                        lb + d.p * d.ln_minor_max[bb] + w.lb[bb] + s.ln()
+                        lb + scale(w, d.p, d.ln_minor_max[bb]) + w.lb[bb] + s.ln()
                     } else {
                         f64::NEG_INFINITY
                     };
@@ -1112,15 +1191,189 @@ impl Mag for half::bf16 {
     }
 }
 
-/// Flows of the major lines `a0..a1`: `major[k] = Σ_b (q/M_a)^p·eb_b` and
-/// `minor[b] = Σ_a (q/N_b)^p·ea_a` over the task's lines.
+/// Flows of the major lines `a0..a1` (the sides `w.sides` of them): scaled form
+/// `major[k] = Σ_b (q/M_a)^p·eb_b`, `minor[b] = Σ_a (q/N_b)^p·ea_a` over the task's lines;
+/// direct form (`w.raw`) `major[k] = Σ_b |q|^p·eb_b`, `minor[b] = Σ_a |q|^p·ea_a`.
 fn dense_sums(d: &Dense<'_>, a0: usize, a1: usize, w: &BlockWork, tw: &mut TaskWork) {
-    tw.minor.iter_mut().for_each(|v| *v = 0.0);
-    with_elems!(d, q => match Pow::of(d.p) {
-        Pow::One => sums_kernel(q, d, a0, a1, w, tw, |x| x),
-        Pow::Two => sums_kernel(q, d, a0, a1, w, tw, |x| x * x),
-        Pow::Other(p) => sums_kernel(q, d, a0, a1, w, tw, |x| x.powf(p)),
+    if w.sides.minor() || !w.raw {
+        tw.minor.iter_mut().for_each(|v| *v = 0.0);
+    }
+    if !w.raw {
+        return with_elems!(d, q => match Pow::of(d.p) {
+            Pow::One => sums_kernel(q, d, a0, a1, w, tw, |x| x),
+            Pow::Two => sums_kernel(q, d, a0, a1, w, tw, |x| x * x),
+            Pow::Other(p) => sums_kernel(q, d, a0, a1, w, tw, |x| x.powf(p)),
+        });
+    }
+    let two = matches!(Pow::of(d.p), Pow::Two);
+    let lines = Lines {
+        n: d.minor,
+        a0,
+        a1,
+        ea: &w.ea,
+        eb: &w.eb,
+    };
+    let (major, minor) = (&mut tw.major[..], &mut tw.minor[..]);
+    with_elems!(d, q => match (two, w.sides) {
+        (_, Sides::None) => {}
+        (false, Sides::Both) => direct::<_, 1, true, true>(q, &lines, major, minor),
+        (false, Sides::Major) => direct::<_, 1, true, false>(q, &lines, major, minor),
+        (false, Sides::Minor) => direct::<_, 1, false, true>(q, &lines, major, minor),
+        (true, Sides::Both) => direct::<_, 2, true, true>(q, &lines, major, minor),
+        (true, Sides::Major) => direct::<_, 2, true, false>(q, &lines, major, minor),
+        (true, Sides::Minor) => direct::<_, 2, false, true>(q, &lines, major, minor),
     })
+}
+
+/// The lines of one task of a dense block and their factors.
+struct Lines<'w> {
+    /// Length of a major line.
+    n: usize,
+    a0: usize,
+    a1: usize,
+    ea: &'w [f64],
+    eb: &'w [f64],
+}
+
+/// The direct-form sums with the widest vector instructions the processor has (AVX2 with FMA
+/// when present, detected once at run time; the same choice for every thread count).
+fn direct<E: Mag, const P: u8, const MAJ: bool, const MIN: bool>(
+    q: &[E],
+    l: &Lines<'_>,
+    major: &mut [f64],
+    minor: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the processor has AVX2 and FMA (checked just above).
+        unsafe { direct_avx2::<E, P, MAJ, MIN>(q, l, major, minor) };
+        return;
+    }
+    direct_body::<E, P, MAJ, MIN>(q, l, major, minor, |a, b, c| a * b + c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_avx2<E: Mag, const P: u8, const MAJ: bool, const MIN: bool>(
+    q: &[E],
+    l: &Lines<'_>,
+    major: &mut [f64],
+    minor: &mut [f64],
+) {
+    direct_body::<E, P, MAJ, MIN>(q, l, major, minor, f64::mul_add)
+}
+
+/// Rows handled together: the minor partial sums are read and written once per `ROWS` rows.
+const ROWS: usize = 4;
+/// Independent accumulator lanes per row (vectorised by the compiler).
+const LANES: usize = 8;
+
+/// `|v|^P` for `P ∈ {1, 2}`.
+#[inline(always)]
+fn pow_p<E: Mag, const P: u8>(v: E) -> f64 {
+    let m = v.mag();
+    if P == 2 {
+        m * m
+    } else {
+        m
+    }
+}
+
+/// `major[a − a0] = Σ_b |q[a][b]|^P·eb_b` (if `MAJ`) and `minor[b] += Σ_a |q[a][b]|^P·ea_a` (if
+/// `MIN`), [`ROWS`] rows at a time, each row's sum over [`LANES`] lanes added in a fixed tree.
+/// `fma(a, b, c) = a·b + c`. The order of every sum depends only on the task's lines.
+#[inline(always)]
+fn direct_body<E: Mag, const P: u8, const MAJ: bool, const MIN: bool>(
+    q: &[E],
+    l: &Lines<'_>,
+    major: &mut [f64],
+    minor: &mut [f64],
+    fma: impl Fn(f64, f64, f64) -> f64 + Copy,
+) {
+    let n = l.n;
+    let full = n - n % LANES;
+    let eb = &l.eb[..n];
+    let minor = &mut minor[..n];
+    let fold = |acc: &[f64; LANES]| {
+        ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    };
+    let mut a = l.a0;
+    while a + ROWS <= l.a1 {
+        let rows: [&[E]; ROWS] = std::array::from_fn(|r| &q[(a + r) * n..(a + r + 1) * n]);
+        let ea: [f64; ROWS] = std::array::from_fn(|r| l.ea[a + r]);
+        let mut acc = [[0.0f64; LANES]; ROWS];
+        for c in (0..full).step_by(LANES) {
+            let e = &eb[c..c + LANES];
+            let m = &mut minor[c..c + LANES];
+            let rc: [&[E]; ROWS] = std::array::from_fn(|r| &rows[r][c..c + LANES]);
+            for k in 0..LANES {
+                let u: [f64; ROWS] = std::array::from_fn(|r| pow_p::<E, P>(rc[r][k]));
+                if MAJ {
+                    for r in 0..ROWS {
+                        acc[r][k] = fma(u[r], e[k], acc[r][k]);
+                    }
+                }
+                if MIN {
+                    let mut s = m[k];
+                    for r in 0..ROWS {
+                        s = fma(u[r], ea[r], s);
+                    }
+                    m[k] = s;
+                }
+            }
+        }
+        for j in full..n {
+            let u: [f64; ROWS] = std::array::from_fn(|r| pow_p::<E, P>(rows[r][j]));
+            if MAJ {
+                for r in 0..ROWS {
+                    acc[r][0] = fma(u[r], eb[j], acc[r][0]);
+                }
+            }
+            if MIN {
+                let mut s = minor[j];
+                for r in 0..ROWS {
+                    s = fma(u[r], ea[r], s);
+                }
+                minor[j] = s;
+            }
+        }
+        if MAJ {
+            for r in 0..ROWS {
+                major[a + r - l.a0] = fold(&acc[r]);
+            }
+        }
+        a += ROWS;
+    }
+    for a in a..l.a1 {
+        let row = &q[a * n..(a + 1) * n];
+        let ea = l.ea[a];
+        let mut acc = [0.0f64; LANES];
+        for c in (0..full).step_by(LANES) {
+            let (rc, e) = (&row[c..c + LANES], &eb[c..c + LANES]);
+            let m = &mut minor[c..c + LANES];
+            for k in 0..LANES {
+                let u = pow_p::<E, P>(rc[k]);
+                if MAJ {
+                    acc[k] = fma(u, e[k], acc[k]);
+                }
+                if MIN {
+                    m[k] = fma(u, ea, m[k]);
+                }
+            }
+        }
+        for j in full..n {
+            let u = pow_p::<E, P>(row[j]);
+            if MAJ {
+                acc[0] = fma(u, eb[j], acc[0]);
+            }
+            if MIN {
+                minor[j] = fma(u, ea, minor[j]);
+            }
+        }
+        if MAJ {
+            major[a - l.a0] = fold(&acc);
+        }
+    }
 }
 
 #[inline(always)]
@@ -1512,6 +1765,109 @@ mod tests {
         assert!(d.is_finite() && d < 0.0);
         // one-sided: no minimiser
         assert_eq!(minimize_1d(&[(1.0, 0.0), (2.0, 0.0)]), 0.0);
+    }
+
+    /// A row-major f32 block of `rows × cols` (neither a multiple of the kernel's row group nor
+    /// of its lanes) between free variables, with a second block behind it.
+    fn chain(p: f64, rows: usize, cols: usize) -> Structured<'static> {
+        let mut seed = 12345u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                })
+                .collect()
+        };
+        let vars = |a: u32, n: usize| (a..a + n as u32).collect::<Vec<u32>>();
+        let d1 = Dense::new(
+            Elems::F32(Cow::Owned(rnd(rows * cols))),
+            true,
+            vars(0, rows),
+            vec![FIXED; cols],
+            None,
+            1.0,
+            p,
+            "a".into(),
+        )
+        .unwrap();
+        let d2 = Dense::new(
+            Elems::F32(Cow::Owned(rnd(cols * rows))),
+            true,
+            vars(rows as u32, cols),
+            vars(0, rows),
+            None,
+            1.0,
+            p,
+            "b".into(),
+        )
+        .unwrap();
+        let n = rows + cols;
+        let mut st = Structured {
+            degree: vec![1.0; n],
+            free: vec![true; n],
+            blocks: vec![Block::Dense(d1), Block::Dense(d2)],
+            unary: Vec::new(),
+            ln_const: f64::NEG_INFINITY,
+            powers: Vec::new(),
+        };
+        crate::structured::build::finish_powers(&mut st);
+        st
+    }
+
+    #[test]
+    fn direct_form_matches_scaled_form_and_partial_passes_match_full_ones() {
+        for p in [1.0, 2.0] {
+            let st = chain(p, 23, 37);
+            let n = st.num_vars();
+            let x: Vec<f64> = (0..n).map(|v| 0.3 * ((v * 7 % 11) as f64 - 5.0)).collect();
+            let mut eng = Engine::new(&st);
+            assert!(
+                eng.bw.iter().all(|w| w.raw),
+                "f32 blocks with p = {p} use the direct form"
+            );
+            let mut direct = Flows::default();
+            eng.flows(&x, &mut direct);
+            let lines = |e: &Engine| -> Vec<Vec<f64>> {
+                e.bw.iter()
+                    .flat_map(|w| [w.ln_major.clone(), w.ln_minor.clone()])
+                    .collect()
+            };
+            let full = lines(&eng);
+            for w in eng.bw.iter_mut() {
+                w.raw = false;
+            }
+            let mut scaled = Flows::default();
+            eng.flows(&x, &mut scaled);
+            let close = |a: f64, b: f64| a == b || (a - b).abs() < 1e-13;
+            for (a, b) in direct.ln_in.iter().zip(&scaled.ln_in) {
+                assert!(close(*a, *b), "p = {p}: ln In {a} vs {b}");
+            }
+            for (a, b) in direct.ln_out.iter().zip(&scaled.ln_out) {
+                assert!(close(*a, *b), "p = {p}: ln Out {a} vs {b}");
+            }
+            assert!(direct.ln_in.iter().all(|v| v.is_finite()));
+            assert!((direct.ln_f - scaled.ln_f).abs() < 1e-13);
+            for w in eng.bw.iter_mut() {
+                w.raw = true;
+            }
+            // each side alone gives bit for bit the sums of the full pass
+            for (side, k) in [(Sides::Major, 0), (Sides::Minor, 1)] {
+                eng.flows_for(&x, &mut Flows::default(), &[Sides::None, Sides::None]);
+                for w in eng.bw.iter_mut() {
+                    w.ln_major.iter_mut().for_each(|v| *v = f64::NAN);
+                    w.ln_minor.iter_mut().for_each(|v| *v = f64::NAN);
+                }
+                eng.flows_for(&x, &mut Flows::default(), &[side, side]);
+                let part = lines(&eng);
+                for b in 0..2 {
+                    assert_eq!(part[2 * b + k], full[2 * b + k], "p = {p}, {side:?}");
+                    assert!(part[2 * b + 1 - k].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
     }
 
     #[test]

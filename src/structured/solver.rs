@@ -27,7 +27,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::analysis::{colour_classes, Occurrences};
-use super::ops::{minimize_1d, Engine, Flows};
+use super::ops::{minimize_1d, Engine, Flows, Sides};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
 use crate::solve::{Method, Observer, Schedule, Settings, Status, TraceEntry};
@@ -149,6 +149,8 @@ pub(crate) struct Core<'s, 'a> {
     pub mode: Vec<u32>,
     pub modes: usize,
     pub classes: Vec<Vec<u32>>,
+    /// Per colour class: the line sums of each block its variables' flows need.
+    class_sides: Vec<Vec<Sides>>,
     pub occ: Occurrences,
     /// Unary terms per variable (all of them), for the per-variable flows.
     unary_ptr: Vec<usize>,
@@ -170,6 +172,7 @@ impl<'s, 'a> Core<'s, 'a> {
         let n = st.num_vars();
         let occ = Occurrences::new(st);
         let classes = colour_classes(st, &occ, &mode);
+        let class_sides = classes.iter().map(|c| sides_of(st, &occ, c)).collect();
         let mut eng = Engine::new(st);
         eng.sequential = st.num_terms() < PARALLEL_MIN_TERMS;
         let mut unary_ptr = vec![0usize; n + 1];
@@ -200,6 +203,7 @@ impl<'s, 'a> Core<'s, 'a> {
             mode,
             modes,
             classes,
+            class_sides,
             occ,
             unary_ptr,
             unary_idx,
@@ -283,10 +287,12 @@ impl<'s, 'a> Core<'s, 'a> {
         self.local_delta(v, &ln_in, &ln_out, &generic)
     }
 
-    /// Balances every colour class exactly, one class after the other (one pass each).
+    /// Balances every colour class exactly, one class after the other (one pass each). The
+    /// pass after a class computes only the line sums the next class needs (bit for bit what a
+    /// full pass gives them); the pass after the last class computes every flow.
     pub(crate) fn colour_sweep(&mut self) {
         let classes = std::mem::take(&mut self.classes);
-        for class in &classes {
+        for (k, class) in classes.iter().enumerate() {
             let deltas: Vec<f64> = class
                 .iter()
                 .map(|&v| self.delta_from_flows(v as usize))
@@ -296,7 +302,10 @@ impl<'s, 'a> Core<'s, 'a> {
                     self.x[v as usize] += d;
                 }
             }
-            self.eng.flows(&self.x, &mut self.fl);
+            match self.class_sides.get(k + 1) {
+                Some(sides) => self.eng.flows_for(&self.x, &mut self.fl, sides),
+                None => self.eng.flows(&self.x, &mut self.fl),
+            }
         }
         self.classes = classes;
     }
@@ -595,6 +604,22 @@ impl<'s, 'a> Core<'s, 'a> {
         }
         self.eng.flows(&self.x, &mut self.fl);
     }
+}
+
+/// The line sums of each block that the flows of the variables of `class` read.
+fn sides_of(st: &Structured<'_>, occ: &Occurrences, class: &[u32]) -> Vec<Sides> {
+    let mut need = vec![(false, false); st.blocks.len()];
+    for &v in class {
+        for &(b, major, _) in occ.of(v as usize) {
+            let n = &mut need[b as usize];
+            if major {
+                n.0 = true;
+            } else {
+                n.1 = true;
+            }
+        }
+    }
+    need.into_iter().map(|(a, b)| Sides::of(a, b)).collect()
 }
 
 fn active_mask(st: &Structured<'_>, fl: &Flows) -> Vec<bool> {
