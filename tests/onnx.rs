@@ -701,7 +701,11 @@ fn max_balance_of_onnx_models_holds_on_the_written_weights_and_keeps_the_functio
     ] {
         let r = max_balance_and_check(&fixture(name), &[shape], true);
         assert!(r.model.groups > 0, "{name}");
-        assert!(r.model.layer_table().contains("max|w| old"), "{}", r.table());
+        assert!(
+            r.model.layer_table().contains("max|w| old"),
+            "{}",
+            r.table()
+        );
     }
 }
 

@@ -39,11 +39,11 @@ use crate::io::model::{solve_spec, structured_route, ArchSource, ModelError, Mod
 use crate::io::model::{ModelOptions, SpecSolveError};
 use crate::io::onnx::{OnnxError, OnnxOptions, OnnxProblem};
 use crate::io::safetensors::SafetensorsError;
-use crate::maxnorm::{max_balance, pairwise_cle, CleSettings, MaxNormError, MaxSettings};
-use crate::network::{Activation, NetworkBuilder, NetworkError, Role};
+use crate::maxnorm::spec::{cle_spec, max_balance_spec, SpecMaxError};
+use crate::maxnorm::{CleSettings, MaxNormError, MaxSettings};
 use crate::regularizer::Regularizer;
 use crate::solve::{BalanceError, Settings};
-use crate::structured::spec::{BiasValues, Layout, ProblemSpec, TensorSource, FIXED};
+use crate::structured::spec::{ProblemSpec, TensorSource};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -91,6 +91,9 @@ pub enum ModelCheckError {
     /// No samples to run.
     #[error("no input samples (give at least one)")]
     NoSamples,
+    /// The max-norm or CLE solve could not read or use a tensor (names it).
+    #[error("max-norm balance: {0}")]
+    MaxNorm(String),
     /// The model's outputs are not finite.
     #[error("the float model's outputs are not finite on these inputs ({0})")]
     NotFinite(String),
@@ -99,6 +102,15 @@ pub enum ModelCheckError {
 impl From<MaxNormError> for ModelCheckError {
     fn from(e: MaxNormError) -> Self {
         ModelCheckError::Quant(e.into())
+    }
+}
+
+impl From<SpecMaxError> for ModelCheckError {
+    fn from(e: SpecMaxError) -> Self {
+        match e {
+            SpecMaxError::Settings(e) => e.into(),
+            e => ModelCheckError::MaxNorm(e.to_string()),
+        }
     }
 }
 
@@ -303,108 +315,29 @@ pub fn read_samples(path: &Path, numel: usize) -> Result<Vec<Vec<f64>>, ModelChe
     parse_samples(&text, path, numel)
 }
 
-/// The log-scale of every variable of `spec` for pairwise CLE (`cle = true`) or the exact
-/// max-norm balance, with the state they reached.
-///
-/// Both criteria depend on each weight only through `max |w|` over the elements that join the
-/// same two units (a convolution kernel's taps), and on a unit's biases only through their largest
-/// `|b|`; so the problem is solved on a network with one edge per (input unit, output unit) pair
-/// of weight `max |f_o·w|` over the taps, one neuron per unit, tied neurons for a shared variable,
-/// by [`max_balance`] or [`pairwise_cle`], and the neuron scales are read back as `x_v = ln λ_u`.
+/// The log-scale of every variable of `spec` for pairwise CLE (`cle = true`, [`cle_spec`]) or the
+/// exact max-norm balance ([`max_balance_spec`]), with the state they reached. Both depend on
+/// each weight only through `max |f_o·w|` over the taps that join the same two units, so both run
+/// on the aggregated per-variable-pair graph of [`crate::maxnorm::spec`].
 pub fn max_norm_log_scales<S: TensorSource>(
     spec: &ProblemSpec,
     source: &S,
     cle: bool,
     count_biases: bool,
-) -> Result<(Vec<f64>, String), ModelCheckError>
-where
-    S::Error: Into<ModelCheckError>,
-{
-    let n = spec.num_units();
-    let mut bias = vec![0.0f64; n];
-    for b in &spec.biases {
-        let values = match &b.values {
-            BiasValues::Tensor(t) => {
-                decode(&source.tensor(t).map_err(Into::<ModelCheckError>::into)?)
-            }
-            BiasValues::Owned(v) => v.clone(),
-        };
-        for (&u, x) in b.units.iter().zip(values) {
-            bias[u as usize] = bias[u as usize].max(x.abs());
-        }
-    }
-    let mut fed = vec![false; n];
-    for w in &spec.weights {
-        w.out_units.iter().for_each(|&u| fed[u as usize] = true);
-    }
-    let mut nb = NetworkBuilder::with_capacity(n, 0);
-    for (u, &b) in bias.iter().enumerate() {
-        let role = match (spec.unit_var[u] == FIXED, fed[u]) {
-            (true, false) => Role::Input,
-            (true, true) => Role::Output,
-            (false, _) => Role::Hidden,
-        };
-        nb.add_neuron(role, Activation::Linear, b);
-    }
-    for w in &spec.weights {
-        let values = decode(
-            &source
-                .tensor(&w.tensor)
-                .map_err(Into::<ModelCheckError>::into)?,
-        );
-        let kernel = match w.layout {
-            Layout::Conv { kernel, .. } | Layout::ConvTranspose { kernel, .. } => kernel.max(1),
-            Layout::RowMajor { .. } | Layout::ColMajor { .. } => 1,
-        };
-        let mut pairs: Vec<(usize, usize, f64)> = Vec::with_capacity(values.len() / kernel);
-        for (p, taps) in values.chunks(kernel).enumerate() {
-            let (o, col) = element_coords(&w.layout, p * kernel);
-            let f = w.row_factor.as_ref().map_or(1.0, |f| f[o]);
-            let m = taps.iter().fold(0.0f64, |m, x| m.max((f * x).abs()));
-            pairs.push((w.in_units[col] as usize, w.out_units[o] as usize, m));
-        }
-        for (from, to, m) in pairs {
-            nb.add_edge_with_alpha(from, to, m, w.alpha);
-        }
-    }
-    let mut members: Vec<Vec<usize>> = vec![vec![]; spec.num_vars()];
-    for (u, &v) in spec.unit_var.iter().enumerate() {
-        if v != FIXED {
-            members[v as usize].push(u);
-        }
-    }
-    for m in members.iter().filter(|m| m.len() > 1) {
-        nb.tie(m);
-    }
-    let net = nb
-        .build()
-        .map_err(|e: NetworkError| ModelCheckError::Model(e.into()))?;
-    let (lambda, status) = if cle {
-        let s = pairwise_cle(&net, &CleSettings::default())?;
-        (
-            s.network.neuron_scales(&s.log_scales),
-            format!("{:?} ({} sweeps)", s.status, s.sweeps),
-        )
+) -> Result<(Vec<f64>, String), ModelCheckError> {
+    if cle {
+        let s = cle_spec(spec, source, &CleSettings::default())?;
+        let status = format!("{:?} ({} sweeps)", s.status, s.sweeps);
+        Ok((s.var_log_scales, status))
     } else {
-        let s = max_balance(
-            &net,
-            &MaxSettings {
-                count_biases,
-                ..MaxSettings::default()
-            },
-        )?;
-        (
-            s.neuron_scales(),
-            format!("{:?} (certificate {:.1e})", s.status, s.max_ratio_deviation),
-        )
-    };
-    let mut x = vec![0.0; spec.num_vars()];
-    for (u, &v) in spec.unit_var.iter().enumerate() {
-        if v != FIXED {
-            x[v as usize] = lambda[u].ln();
-        }
+        let settings = MaxSettings {
+            count_biases,
+            ..MaxSettings::default()
+        };
+        let s = max_balance_spec(spec, source, &settings)?;
+        let status = format!("{:?} (certificate {:.1e})", s.status, s.max_ratio_deviation);
+        Ok((s.var_log_scales, status))
     }
-    Ok((x, status))
 }
 
 /// The log-scales of a balancing on the spec, with a status line.
