@@ -468,6 +468,9 @@ pub fn cle_spec<S: TensorSource>(
     })
 }
 
+/// Per set of scales: the largest `|w|` of each weight use, and of each bias use.
+pub type UseMaxima = Vec<(Vec<f64>, Vec<f64>)>;
+
 /// Largest `|w|` of every weight use and every bias use of `spec` under each of `scales`
 /// (`|f_o·w·λ_{out(o)}/λ_{in(col)}^c|`, `|b·λ|`), in one pass over the tensors: the quantity a
 /// per-tensor quantizer's step is set by. Weight uses with `α = 0` count too.
@@ -475,7 +478,7 @@ pub fn use_max_abs_many<S: TensorSource>(
     spec: &ProblemSpec,
     source: &S,
     scales: &[&Scales],
-) -> Result<Vec<(Vec<f64>, Vec<f64>)>, SpecMaxError> {
+) -> Result<UseMaxima, SpecMaxError> {
     let mut out = vec![(vec![], vec![]); scales.len()];
     let mut buf: Vec<f64> = Vec::with_capacity(CHUNK);
     for w in &spec.weights {

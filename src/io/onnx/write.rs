@@ -109,6 +109,9 @@ fn encode(name: &str, t: ElementType, values: &[f64]) -> Result<Vec<u8>, OnnxErr
     Ok(out)
 }
 
+/// Byte ranges of a file and the bytes that replace them.
+type Patches = Vec<(Range<usize>, Vec<u8>)>;
+
 /// Writes `output`: a copy of `file` in which each tensor of `changes` (name → new values, in
 /// the tensor's element order) holds its new values, rounded once to its dtype. External data
 /// files go next to `output`; one that would replace the input's own external file is refused
@@ -122,8 +125,8 @@ pub fn write_changed(
     if !overwrite_input && same_file(file.path(), output) {
         return Err(OnnxError::WouldOverwriteInput(output.to_path_buf()));
     }
-    let mut model_patches: Vec<(Range<usize>, Vec<u8>)> = vec![];
-    let mut ext_patches: BTreeMap<String, Vec<(Range<usize>, Vec<u8>)>> = BTreeMap::new();
+    let mut model_patches: Patches = vec![];
+    let mut ext_patches: BTreeMap<String, Patches> = BTreeMap::new();
     let mut names: Vec<&String> = changes.keys().collect();
     names.sort();
     for name in names {
