@@ -176,6 +176,29 @@ impl OnnxProblem {
         unit_summary(&self.analysis.spec, l)
     }
 
+    /// Writes `output`: the input with every rewritten tensor under `scales` ([`write_changed`]).
+    fn write(
+        &self,
+        output: &Path,
+        scales: &Scales,
+        options: &OnnxOptions,
+    ) -> Result<(), OnnxError> {
+        write_changed(
+            &self.file,
+            output,
+            &self.changes(scales)?,
+            options.overwrite_input,
+        )
+    }
+
+    /// The report of a balance of this model: `model` and the unknown ops.
+    fn report(&self, model: ModelReport) -> OnnxReport {
+        OnnxReport {
+            model,
+            unknown_ops: self.conversion.unknown_ops.clone(),
+        }
+    }
+
     /// New values of every rewritten tensor under `scales`.
     fn changes(&self, scales: &Scales) -> Result<HashMap<String, Vec<f64>>, OnnxError> {
         let mut out = HashMap::new();
@@ -289,12 +312,7 @@ pub fn balance_onnx(
     let scales = Scales::new(&p.analysis.spec, x);
     let before = p.layer_costs(&identity, reg)?;
     let after = p.layer_costs(&scales, reg)?;
-    write_changed(
-        &p.file,
-        output,
-        &p.changes(&scales)?,
-        options.overwrite_input,
-    )?;
+    p.write(output, &scales, options)?;
     let model = model_report(
         input,
         output,
@@ -305,10 +323,7 @@ pub fn balance_onnx(
         &after,
         |k, l| (k, l.kind.clone()),
     );
-    Ok(OnnxReport {
-        model,
-        unknown_ops: p.conversion.unknown_ops.clone(),
-    })
+    Ok(p.report(model))
 }
 
 /// Balances an ONNX model for a max-norm criterion: exact max-norm balance
@@ -336,12 +351,7 @@ pub fn balance_onnx_max(
     let scales = Scales::new(spec, &sol.var_log_scales);
     let (before, after) = layer_max_abs(&p.analysis, &p.file, &scales, criterion.counts_biases())
         .map_err(max_error)?;
-    write_changed(
-        &p.file,
-        output,
-        &p.changes(&scales)?,
-        options.overwrite_input,
-    )?;
+    p.write(output, &scales, options)?;
     let model = max_report(
         input,
         output,
@@ -352,8 +362,5 @@ pub fn balance_onnx_max(
         &after,
         |k, l| (k, l.kind.clone()),
     );
-    Ok(OnnxReport {
-        model,
-        unknown_ops: p.conversion.unknown_ops.clone(),
-    })
+    Ok(p.report(model))
 }
