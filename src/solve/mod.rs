@@ -461,6 +461,7 @@ pub enum BalanceError {
 pub mod argmin;
 mod balancer;
 pub mod cg;
+pub(crate) mod driver;
 mod edge_major;
 pub mod local;
 pub mod newton;

@@ -35,8 +35,9 @@ pub use network::balance_network;
 pub use solver::PARALLEL_MIN_TERMS;
 
 use crate::regularizer::{Regularizer, RegularizerError};
+use crate::solve::driver::drive;
 use crate::solve::{Method, Observer, Settings, SettingsError, Status, TraceEntry};
-use solver::{drive, Core, LocalRun, NewtonRun};
+use solver::{Core, LocalRun, NewtonRun};
 use spec::{ProblemSpec, TensorSource, FIXED};
 use std::time::{Duration, Instant};
 use store::Structured;
