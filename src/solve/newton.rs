@@ -20,11 +20,11 @@ use super::{
     Algorithm, BalanceError, Degenerate, Diagnostics, LinearSolver, Method, NoObserver, Observer,
     Settings, Solution, TraceEntry,
 };
-use crate::measure::{group_flows, total_cost};
+use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Evaluation, LinePoint, Problem};
 use crate::regularizer::Regularizer;
-use crate::structure::{analyze, prune, Structure};
+use crate::structure::{analyze, certificate, prune, Structure};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::sparse::linalg::cholesky::{
     factorize_symbolic_cholesky, SymbolicCholesky, SymbolicCholeskyRaw, SymmetricOrdering,
@@ -76,15 +76,6 @@ pub(crate) fn prepare(net: &Network, reg: &Regularizer, degenerate: Degenerate) 
         problem,
         diagnostics,
     }
-}
-
-/// The certificate: maximum relative imbalance over the groups that are not held fixed, measured
-/// by [`group_flows`] on `net`.
-pub(crate) fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f64 {
-    (0..net.groups().len())
-        .filter(|&g| structure.held[g].is_none())
-        .map(|g| group_flows(net, reg, g).relative_imbalance())
-        .fold(0.0, f64::max)
 }
 
 /// A trace entry computed from the problem's own evaluation (no extra pass over the network).

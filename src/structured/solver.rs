@@ -1,4 +1,4 @@
-//! The solvers on a [`Structured`] problem and the one driver that runs them.
+//! The solvers on a [`Structured`] problem: Newton-PCG and the local schedules.
 //!
 //! **Newton** (the default): at `x`, with `D` the Hessian diagonal and `A` its off-diagonal
 //! part, solve the Jacobi-scaled system `(I − Ŝ)·y = −D^{−1/2}·∇F`, `Ŝ = D^{−1/2} A D^{−1/2}`,
