@@ -34,6 +34,7 @@ use thiserror::Error;
 
 /// Errors while balancing or inspecting a model file. Nothing is written when one occurs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// Reading or writing the safetensors file, or a tensor's dtype or values.
     #[error(transparent)]

@@ -13,10 +13,14 @@
 //! trace) is one more `O(edges)` pass. Everything a sweep needs (the incidence lists of every
 //! group, orders, the greedy heap, colour classes) is allocated once before the first sweep.
 //!
-//! The per-group step is [`LocalBalancer`] (module `balancer`), the parallel colour classes are
-//! [`super::parallel`], the edge-major passes module `edge_major`; this module owns the sweep
-//! loop (stopping rule, trace, observer) and the greedy schedule.
+//! The per-group step is `LocalBalancer` (module `balancer`), the parallel colour classes are
+//! module `parallel`, the edge-major passes module `edge_major`; this module owns one sweep of
+//! each schedule (the greedy one included) and runs the sweeps under the one driver (module
+//! `driver`: stopping rule, trace, observer, time limit).
 
+// The per-group step is a kernel: public (hidden) only for the benchmarks (`benches/local.rs`)
+// and the tests of single steps and sweeps.
+#[doc(hidden)]
 pub use super::balancer::LocalBalancer;
 use super::driver::{drive, Iterate, Measured, Step};
 use super::edge_major::EdgeMajor;
@@ -92,6 +96,9 @@ pub fn solve_observed(
 /// let b = solve_in_colour_order(&net, &reg, &s, Execution::Sequential).unwrap();
 /// assert!(synbal::measure::relative_distance(&a.network, &b.network) < 1e-12);
 /// ```
+// With the colour classes of `parallel`: public (hidden) only for the tests that compare the
+// parallel and the sequential class sweeps.
+#[doc(hidden)]
 pub fn solve_in_colour_order(
     net: &Network,
     reg: &Regularizer,

@@ -115,10 +115,10 @@ impl FromStr for Method {
 pub enum Algorithm {
     /// Damped Newton on the sparse problem, Newton systems by sparse Cholesky ([`newton`]).
     NewtonCholesky,
-    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`],
-    /// [`cg`]).
+    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`]).
     NewtonPcg,
-    /// Local balancing with the schedule of [`Method::Local`] ([`local`], [`parallel`]).
+    /// Local balancing with the schedule of [`Method::Local`] on the per-edge network
+    /// ([`local`]).
     Local,
     /// An argmin solver, L-BFGS or Newton-CG, on the structured core's operator
     /// ([`argmin`](mod@argmin); on the per-edge problem for custom penalties).
@@ -460,11 +460,14 @@ pub enum BalanceError {
 #[cfg(feature = "argmin")]
 pub mod argmin;
 mod balancer;
-pub mod cg;
+mod cg;
 pub(crate) mod driver;
 mod edge_major;
 pub mod local;
 pub mod newton;
+// The colour classes and the class sweeper are kernels: public (hidden) only for the benchmarks
+// (`benches/local.rs`) and the tests that compare parallel and sequential sweeps bit for bit.
+#[doc(hidden)]
 pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).

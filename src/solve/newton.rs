@@ -124,7 +124,7 @@ pub struct NewtonReport {
 
 /// Use CG when one numeric factorisation is predicted to cost more than this many times the
 /// terms (a CG solve costs a few dozen passes over the terms).
-pub const AUTO_CG_FLOP_RATIO: f64 = 50.0;
+pub(crate) const AUTO_CG_FLOP_RATIO: f64 = 50.0;
 
 struct Cholesky {
     symbolic: SymbolicCholesky<usize>,
