@@ -219,11 +219,6 @@ impl ModelProblem {
             })
             .collect()
     }
-
-    /// Per layer: units, free units and the reasons of the fixed ones (reason, count).
-    fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
-        unit_summary(&self.analysis.spec, l)
-    }
 }
 
 /// A graph error as a model error naming the architecture's layer.
@@ -697,14 +692,30 @@ pub fn inspect_file(
     let scales = Scales::identity(&p.analysis.spec);
     let costs = p.layer_costs(&[&scales], reg)?.remove(0);
     let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
-    let layers = p
-        .analysis
+    Ok(inspect_report(input, &p.analysis, &costs, &imb, |_, l| {
+        p.layer_index_kind(l)
+    }))
+}
+
+/// The inspect report of an analysed model: per layer its units (free, fixed with reasons),
+/// parameters and cost (`costs`, one per layer), and over the variables the maximum and the mean
+/// of the relative imbalances `imb`. `index_kind(i, layer)`: the index and type a layer is
+/// reported with.
+pub(crate) fn inspect_report(
+    input: &Path,
+    analysis: &Analysis,
+    costs: &[f64],
+    imb: &[f64],
+    index_kind: impl Fn(usize, &LayerInfo) -> (usize, String),
+) -> InspectReport {
+    let layers = analysis
         .layers
         .iter()
-        .zip(&costs)
-        .map(|(l, &cost)| {
-            let (index, kind) = p.layer_index_kind(l);
-            let (units, free_units, held_fixed) = p.unit_summary(l);
+        .zip(costs)
+        .enumerate()
+        .map(|(i, (l, &cost))| {
+            let (index, kind) = index_kind(i, l);
+            let (units, free_units, held_fixed) = unit_summary(&analysis.spec, l);
             LayerSummary {
                 index,
                 name: l.name.clone(),
@@ -718,7 +729,7 @@ pub fn inspect_file(
         })
         .collect();
     let n = imb.len();
-    Ok(InspectReport {
+    InspectReport {
         input: input.to_path_buf(),
         layers,
         groups: n,
@@ -729,8 +740,8 @@ pub fn inspect_file(
         } else {
             0.0
         },
-        folded_batchnorm: p.analysis.folded.clone(),
-    })
+        folded_batchnorm: analysis.folded.clone(),
+    }
 }
 
 /// Balances a model file: reads `input` (safetensors), builds the layer graph from `arch`,
