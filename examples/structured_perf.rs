@@ -30,10 +30,10 @@ use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, NoObserver, Schedule, Settings};
 use synbal::structured::memory::MemorySource;
+use synbal::structured::solve;
 use synbal::structured::spec::{
     BiasUse, BiasValues, ElementType, Layout, ProblemSpec, TensorSource, UnitSet, WeightUse, FIXED,
 };
-use synbal::structured::{balance_network, solve};
 
 use rand::{Rng, SeedableRng};
 
@@ -335,7 +335,7 @@ fn child(case: &str, route: &str, threads: usize) {
         if route == "net-core" {
             let net: Network = from_layers(&model.layers).unwrap();
             let t = Instant::now();
-            let s = balance_network(&net, &reg, &settings, &mut NoObserver).unwrap();
+            let s = synbal::balance_observed(&net, &reg, &settings, &mut NoObserver).unwrap();
             (
                 t.elapsed().as_secs_f64(),
                 s.iterations,

@@ -23,8 +23,6 @@
 //! - [`measure`]: costs, imbalances, deficit.
 //! - [`mod@balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
-//! - [`problem`]: the per-edge log-scale problem `F(u)` (value, gradient, sparse Hessian) of the
-//!   per-edge solvers and the exact reference.
 //! - [`maxnorm`]: max-norm (`p = ∞`) balance and pairwise CLE; [`quant`]: weight quantization.
 //! - [`solve`]: Newton, argmin and local solvers behind one entry point.
 //! - [`io`]: network JSON, safetensors and ONNX model files, reports.
@@ -63,6 +61,9 @@ pub mod measure;
 pub mod network;
 #[cfg(feature = "plot")]
 pub mod plot;
+// The per-edge problem is the internals of the per-edge solvers: public (hidden) only for the
+// benchmarks of its kernels (`benches/newton.rs`).
+#[doc(hidden)]
 pub mod problem;
 pub mod quant;
 pub mod regularizer;

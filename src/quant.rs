@@ -30,6 +30,7 @@ use thiserror::Error;
 
 /// Bad input to the quantization check.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum QuantError {
     /// Bit width outside 2..=16.
     #[error("bit width {0} is outside 2..16")]

@@ -96,6 +96,15 @@ fn edge_arc(
 /// Smallest run of edges [`dense_run`] reports.
 pub(crate) const MIN_DENSE: usize = 16;
 
+/// The certificate: maximum relative imbalance over the groups that are not held fixed, measured
+/// by [`crate::measure::group_flows`] on `net` (every solver reports it on the returned network).
+pub(crate) fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f64 {
+    (0..net.groups().len())
+        .filter(|&g| structure.held[g].is_none())
+        .map(|g| crate::measure::group_flows(net, reg, g).relative_imbalance())
+        .fold(0.0, f64::max)
+}
+
 /// A complete bipartite run of edges starting at `e`: `(length, major lines, rows_major)`.
 /// Row-major: `rows` consecutive groups of `n` edges, each with one target and the same source
 /// sequence; column-major: the same with sources and targets exchanged. At least

@@ -1,19 +1,20 @@
 //! The `synbal` binary: `balance` keeps structure and function and reaches the tolerance, writes
 //! a complete report, refuses bad input without touching any file, and `inspect` changes nothing.
 
+mod common;
+use common::s;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use synbal::io::json::{read_network, JsonNetwork};
 use synbal::measure::summarize;
 use synbal::network::builders::{random_dag, random_mlp, random_recurrent};
 use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_synbal");
-
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run synbal")
+    common::run_cli(args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -25,10 +26,6 @@ fn write_net(dir: &Path, name: &str, net: &Network) -> PathBuf {
     let doc = JsonNetwork::from_network(net).unwrap();
     std::fs::write(&path, doc.to_string_with(net).unwrap()).unwrap();
     path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Balances `net` with `method` and checks everything FORMATS.md promises.

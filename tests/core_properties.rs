@@ -2,6 +2,9 @@
 //! balancing changes connected neurons order-dependently, the closed form is exact and optimal,
 //! and every operation keeps the network's function.
 
+mod common;
+
+use common::{inputs, max_rel_diff};
 use proptest::prelude::*;
 use synbal::balance::{balance_group, balance_neuron, optimal_log_scale};
 use synbal::measure::{group_flows, neuron_costs, summarize, total_cost};
@@ -10,14 +13,6 @@ use synbal::network::builders::{
 };
 use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::regularizer::Regularizer;
-
-fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
-    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
@@ -86,13 +81,6 @@ proptest! {
 }
 
 /// Inputs for a simulation: deterministic pseudo-random values in [-1, 1].
-fn inputs(net: &Network, batch: usize) -> Vec<f64> {
-    let n = net.input_neurons().len() * batch;
-    (0..n)
-        .map(|k| (k as f64 * 0.7548776662).fract() * 2.0 - 1.0)
-        .collect()
-}
-
 fn check_function_kept(net: &Network) {
     let reg = Regularizer::lp(2.0).unwrap();
     let steps = net.depth().map(|d| d + 2).unwrap_or(12);

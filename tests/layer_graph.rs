@@ -6,10 +6,12 @@
 //! condition is recomputed from the written weights twice: by `inspect_file` and by the per-weight
 //! network of `synbal::measure`.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use synbal::graph::analysis::{analyze, AnalysisOptions};
 use synbal::graph::reference::to_network;
 use synbal::graph::{LayerGraph, Op};
@@ -18,35 +20,22 @@ use synbal::io::model::{
     balance_file, balance_file_max, inspect_file, ArchSource, MaxCriterion, ModelError,
     ModelOptions, ModelReport,
 };
-use synbal::io::safetensors::{write_new, FloatDtype, SafetensorsFile, Tensor};
+use synbal::io::safetensors::{FloatDtype, SafetensorsFile};
 use synbal::maxnorm::spec::cle_spec;
 use synbal::maxnorm::{max_balance, max_flows, CleSettings, MaxSettings};
 use synbal::measure::summarize;
 use synbal::network::Network;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, Settings};
+
+use common::{l2, load, param, write_tensors, Dir, Tensors};
 use synbal::structured::spec::{ProblemSpec, FIXED};
-
-type Tensors = Vec<(String, Vec<usize>, Vec<f64>)>;
-
-fn l2() -> Regularizer {
-    Regularizer::lp(2.0).unwrap()
-}
 
 fn settings() -> Settings {
     Settings {
         tol: 1e-12,
         ..Settings::with_method(Method::Newton)
     }
-}
-
-fn param(rng: &mut ChaCha8Rng, t: &mut Tensors, name: &str, shape: &[usize], s: f64) {
-    let n = shape.iter().product();
-    t.push((
-        name.to_string(),
-        shape.to_vec(),
-        (0..n).map(|_| rng.random_range(-s..s)).collect(),
-    ));
 }
 
 /// A BatchNorm's four tensors with `c` channels.
@@ -59,25 +48,7 @@ fn bn(rng: &mut ChaCha8Rng, t: &mut Tensors, name: &str, c: usize) {
 }
 
 fn write(path: &Path, t: &Tensors) {
-    let ts: Vec<(String, Tensor)> = t
-        .iter()
-        .map(|(n, s, v)| (n.clone(), Tensor::from_f64(FloatDtype::F64, s.clone(), v)))
-        .collect();
-    write_new(path, &ts, None).unwrap();
-}
-
-fn load(path: &Path) -> HashMap<String, Vec<f64>> {
-    SafetensorsFile::open(path).unwrap().read_all_f64().unwrap()
-}
-
-struct Dir(tempfile::TempDir);
-impl Dir {
-    fn new() -> Self {
-        Dir(tempfile::tempdir().unwrap())
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
+    write_tensors(path, FloatDtype::F64, t, None);
 }
 
 // ---------- a forward pass of a layer graph (NCHW, one sample, f64) ----------

@@ -4,6 +4,9 @@
 //! degenerate units, and depth-independent Newton iteration counts. `LinearSolver::Cg` and the
 //! default `LinearSolver::Auto` both take this route.
 
+mod common;
+
+use common::{inputs, max_rel_diff};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use synbal::network::builders::{from_layers, random_layers};
@@ -12,14 +15,6 @@ use synbal::regularizer::Regularizer;
 use synbal::solve::{
     balance, Algorithm, LinearSolver, Method, Schedule, Settings, Solution, Status,
 };
-
-fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
-    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
 
 fn mlp(sizes: &[usize], seed: u64) -> Network {
     from_layers(&random_layers(sizes, Activation::Relu, seed)).unwrap()
@@ -54,13 +49,6 @@ fn reg(p: f64, biases: bool) -> Regularizer {
     } else {
         r.without_biases()
     }
-}
-
-fn inputs(net: &Network, batch: usize) -> Vec<f64> {
-    let n = net.input_neurons().len() * batch;
-    (0..n)
-        .map(|k| (k as f64 * 0.7548776662).fract() * 2.0 - 1.0)
-        .collect()
 }
 
 /// Core Newton and cyclic local balancing reach the same weights.

@@ -3,17 +3,20 @@
 //! preservation checked with reference forward passes written here, the balance condition
 //! recomputed from the written tensors, byte-exact copies, and every kind of bad input.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use synbal::io::arch::Architecture;
 use synbal::io::model::{
     balance_file, inspect_file, ArchSource, ModelError, ModelOptions, ModelReport,
 };
 use synbal::io::safetensors::{write_new, FloatDtype, SafetensorsFile, Tensor};
-use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, Schedule, Settings};
+
+use common::{l2, load, param, write_tensors, Dir, Tensors};
 
 // ---------- helpers ----------
 
@@ -24,38 +27,14 @@ fn settings() -> Settings {
     }
 }
 
-fn l2() -> Regularizer {
-    Regularizer::lp(2.0).unwrap()
-}
-
-type Tensors = Vec<(String, Vec<usize>, Vec<f64>)>;
-
 /// Uniform(−s, s) values.
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize, s: f64) -> Vec<f64> {
     (0..n).map(|_| rng.random_range(-s..s)).collect()
 }
 
-fn param(rng: &mut ChaCha8Rng, t: &mut Tensors, name: &str, shape: &[usize], s: f64) {
-    let n = shape.iter().product();
-    t.push((name.to_string(), shape.to_vec(), rand_vec(rng, n, s)));
-}
-
 fn write(path: &Path, dtype: FloatDtype, t: &Tensors) {
-    let ts: Vec<(String, Tensor)> = t
-        .iter()
-        .map(|(n, s, v)| (n.clone(), Tensor::from_f64(dtype, s.clone(), v)))
-        .collect();
-    write_new(
-        path,
-        &ts,
-        Some(HashMap::from([("format".into(), "pt".into())])),
-    )
-    .unwrap();
-}
-
-/// Every floating tensor of a file, decoded to f64.
-fn load(path: &Path) -> HashMap<String, Vec<f64>> {
-    SafetensorsFile::open(path).unwrap().read_all_f64().unwrap()
+    let metadata = HashMap::from([("format".into(), "pt".into())]);
+    write_tensors(path, dtype, t, Some(metadata));
 }
 
 fn arch(json: &str) -> ArchSource {
@@ -237,16 +216,6 @@ fn imbalance_of(path: &Path, a: &ArchSource, options: ModelOptions) -> f64 {
     inspect_file(path, a, &l2(), &options)
         .unwrap()
         .max_relative_imbalance
-}
-
-struct Dir(tempfile::TempDir);
-impl Dir {
-    fn new() -> Self {
-        Dir(tempfile::tempdir().unwrap())
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
 }
 
 /// Asserts the balanced file keeps names, shapes and dtypes, and the run lowered the cost.

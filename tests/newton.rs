@@ -236,9 +236,26 @@ fn balanced_state_is_unique_under_prescaling() {
     }
 }
 
+/// Longest path from a source to every neuron (the network is acyclic).
+fn levels(net: &Network) -> Vec<u32> {
+    let mut level = vec![0u32; net.num_neurons()];
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for e in 0..net.num_edges() {
+            let (j, i) = net.edge(e);
+            if level[i] < level[j] + 1 {
+                level[i] = level[j] + 1;
+                changed = true;
+            }
+        }
+    }
+    level
+}
+
 fn scaled_layers(net: &Network, exponent_of_layer: impl Fn(usize) -> f64) -> Network {
     // multiply the weights into layer l (and its biases) by 10^exponent(l)
-    let levels = synbal::solve::cg::neuron_levels(net);
+    let levels = levels(net);
     let w: Vec<f64> = (0..net.num_edges())
         .map(|e| {
             let (_, i) = net.edge(e);

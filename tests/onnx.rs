@@ -1,6 +1,7 @@
 //! ONNX models: decoding, the layer graph, balancing, the written copy run through tract, and
 //! bad input.
 
+mod common;
 mod onnx_support;
 
 use onnx_support::{Form, ModelBuilder};
@@ -284,18 +285,13 @@ fn missing_initializer_missing_external_file_and_dynamic_channels_name_the_tenso
 
 use std::path::PathBuf;
 use synbal::io::onnx::{balance_onnx, inspect_onnx, OnnxOptions, OnnxReport};
-use synbal::regularizer::Regularizer;
 use synbal::solve::Settings;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/onnx")
-        .join(name)
+    common::onnx_fixture(name)
 }
 
-fn l2() -> Regularizer {
-    Regularizer::lp(2.0).unwrap()
-}
+use common::l2;
 
 /// Balances `input` into a fresh directory, runs both models through tract on random inputs
 /// of `shapes`, requires equal outputs up to f32 rounding and a balanced written model (its

@@ -1,8 +1,11 @@
 //! The quantizer's codes and scales on hand-computed cases, tensors and channels of a network,
 //! SQNR, and `synbal quantize-check` / `synbal balance --p inf` from the command line.
 
+mod common;
+use common::s;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use synbal::io::json::JsonNetwork;
 use synbal::io::safetensors::{write_new, FloatDtype, Tensor};
 use synbal::network::builders::{random_layers, random_mlp};
@@ -10,8 +13,6 @@ use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::quant::{
     q_max, quantize_network, quantize_symmetric, sqnr_db, weight_tensors, Granularity, QuantError,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_synbal");
 
 #[test]
 fn codes_and_scales_are_exact_on_hand_computed_cases() {
@@ -96,7 +97,7 @@ fn sqnr_on_hand_values() {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run synbal")
+    common::run_cli(args)
 }
 
 fn write_json(dir: &Path, net: &Network) -> PathBuf {
@@ -104,10 +105,6 @@ fn write_json(dir: &Path, net: &Network) -> PathBuf {
     let doc = JsonNetwork::from_network(net).unwrap();
     std::fs::write(&path, doc.to_string_with(net).unwrap()).unwrap();
     path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -3,11 +3,12 @@
 //! conv/residual/depthwise/transposed/concat model written both ways, the committed ONNX
 //! fixtures, hand-computed quantized outputs, and bad input through the command line.
 
+mod common;
 mod onnx_support;
 
 use onnx_support::{attr_f, attr_i, attr_ints, Form, ModelBuilder};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use synbal::graph::eval::{evaluate, EvalError, EvalTensor};
 use synbal::io::model::{ArchSource, ModelOptions, ModelProblem};
 use synbal::io::safetensors::{write_new, FloatDtype, Tensor};
@@ -15,12 +16,8 @@ use synbal::quant::model::{check_model, ModelCheckOptions, ModelFile, Samples};
 use synbal::quant::{quantize_symmetric, sqnr_db, Balancing, Granularity};
 use synbal::structured::spec::TensorSource;
 
-const BIN: &str = env!("CARGO_BIN_EXE_synbal");
-
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/onnx")
-        .join(name)
+    common::onnx_fixture(name)
 }
 
 /// Every tensor of the test model: name, shape, values.
@@ -494,7 +491,7 @@ fn quantized_outputs_match_hand_computed_weights() {
 // ---------- bad input through the command line ----------
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run synbal")
+    common::run_cli(args)
 }
 
 fn refuses(args: &[&str], needles: &[&str]) {

@@ -3,6 +3,8 @@
 //! (in the `Solution` and in the report) and observed, a time limit that fires mid-run leaves the
 //! function unchanged, and results do not depend on the rayon thread count.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -10,16 +12,14 @@ use synbal::io::report::BalanceReport;
 use synbal::network::builders::{random_dag, random_mlp, random_mlp_with};
 use synbal::{
     balance, balance_observed, exact, Activation, Algorithm, LinearSolver, Method, Network,
-    Regularizer, Schedule, Settings, Solution, Status, TraceEntry,
+    Schedule, Settings, Solution, Status, TraceEntry,
 };
 
 /// The bound every function-preservation test in this repository uses on
 /// `Simulation::max_relative_difference`.
 const SAME_FUNCTION: f64 = 1e-12;
 
-fn l2() -> Regularizer {
-    Regularizer::lp(2.0).unwrap()
-}
+use common::l2;
 
 /// A seeded batch of inputs in [-1, 1]: `x[k·batch + b]`.
 fn batch_inputs(net: &Network, batch: usize, seed: u64) -> Vec<f64> {

@@ -14,7 +14,7 @@ use synbal::structured::memory::MemorySource;
 use synbal::structured::spec::{
     BiasUse, BiasValues, ElementType, Layout, ProblemSpec, TensorSource, UnitSet, WeightUse, FIXED,
 };
-use synbal::structured::{balance_network, solve, StructuredError};
+use synbal::structured::{solve, StructuredError};
 
 fn settings(method: Method) -> Settings {
     Settings {
@@ -27,7 +27,7 @@ fn settings(method: Method) -> Settings {
 
 fn check_network(net: &Network, reg: &Regularizer, method: Method, what: &str) {
     let reference = exact(net, reg).unwrap();
-    let sol = balance_network(net, reg, &settings(method), &mut NoObserver).unwrap();
+    let sol = synbal::balance_observed(net, reg, &settings(method), &mut NoObserver).unwrap();
     assert!(
         sol.status.converged(),
         "{what} {method}: {:?} after {} iterations, imbalance {}",
@@ -175,7 +175,8 @@ fn observer_is_called_and_algorithm_is_reported() {
     let mut seen = 0;
     let mut count = |_: Method, _: &TraceEntry| seen += 1;
     let s = Settings::default();
-    let sol = balance_network(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut count).unwrap();
+    let sol =
+        synbal::balance_observed(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut count).unwrap();
     assert_eq!(seen, sol.iterations + 1);
     let (spec, src, _) = mlp_spec(&[4, 8, 8, 2], 12);
     let solved = solve(
@@ -207,7 +208,8 @@ fn time_limit_stops_with_status() {
         time_limit: Some(std::time::Duration::ZERO),
         ..Settings::default()
     };
-    let sol = balance_network(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut NoObserver).unwrap();
+    let sol = synbal::balance_observed(&net, &Regularizer::lp(2.0).unwrap(), &s, &mut NoObserver)
+        .unwrap();
     assert_eq!(sol.status, Status::TimeLimit);
 }
 
@@ -405,7 +407,7 @@ fn identical_with_one_and_two_threads() {
             .build()
             .unwrap();
         pool.install(|| {
-            balance_network(
+            synbal::balance_observed(
                 &net,
                 &reg,
                 &Settings {

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 /// Errors in an architecture description; each names the layer (index and type) at fault.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ArchError {
     /// The file could not be read.
     #[error("{path}: {source}")]

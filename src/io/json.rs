@@ -62,6 +62,7 @@ use thiserror::Error;
 
 /// Why a network JSON document could not be read or written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum JsonError {
     /// The file could not be read.
     #[error("cannot read {}: {error}", path.display())]

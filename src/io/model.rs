@@ -34,6 +34,7 @@ use thiserror::Error;
 
 /// Errors while balancing or inspecting a model file. Nothing is written when one occurs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// Reading or writing the safetensors file, or a tensor's dtype or values.
     #[error(transparent)]
@@ -217,11 +218,6 @@ impl ModelProblem {
                     + l.biases.iter().map(|&i| b[i]).sum::<f64>()
             })
             .collect()
-    }
-
-    /// Per layer: units, free units and the reasons of the fixed ones (reason, count).
-    fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
-        unit_summary(&self.analysis.spec, l)
     }
 }
 
@@ -479,35 +475,76 @@ impl InspectReport {
     /// One row per layer (units, free, held fixed, parameters, cost), the reasons of the fixed
     /// units, then the totals.
     pub fn table(&self) -> String {
-        let width = self
-            .layers
-            .iter()
-            .map(|l| l.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(5);
-        let mut t = format!(
-            "{:<width$} {:<14} {:>7} {:>7} {:>7} {:>11} {:>12}\n",
-            "layer", "type", "units", "free", "fixed", "parameters", "cost"
+        let mut t = LayerTable::new(
+            self.layers.iter().map(|l| l.name.as_str()),
+            &[
+                ("type", 14, true),
+                ("units", 7, false),
+                ("free", 7, false),
+                ("fixed", 7, false),
+                ("parameters", 11, false),
+                ("cost", 12, false),
+            ],
         );
         for l in &self.layers {
-            t += &format!(
-                "{:<width$} {:<14} {:>7} {:>7} {:>7} {:>11} {:>12.4}\n",
-                l.name,
-                l.kind,
-                l.units,
-                l.free_units,
-                l.units - l.free_units,
-                l.parameters,
-                l.cost
+            t.row(
+                &l.name,
+                &[
+                    l.kind.clone(),
+                    l.units.to_string(),
+                    l.free_units.to_string(),
+                    (l.units - l.free_units).to_string(),
+                    l.parameters.to_string(),
+                    format!("{:.4}", l.cost),
+                ],
             );
         }
+        let mut t = t.text;
         t += &fixed_reasons(self.layers.iter().map(|l| (&l.name, &l.held_fixed)));
         t += &format!(
             "total cost {:.6e}, {} scale groups, relative imbalance max {:.3e} mean {:.3e}",
             self.total_cost, self.groups, self.max_relative_imbalance, self.mean_relative_imbalance
         );
         t
+    }
+}
+
+/// A text table of layers: the name column as wide as the longest name (at least `layer`), then
+/// columns of fixed widths, each cell after one space (left-aligned or right-aligned), one line
+/// per row.
+struct LayerTable {
+    width: usize,
+    /// `(width, left-aligned)` per column.
+    columns: Vec<(usize, bool)>,
+    text: String,
+}
+
+impl LayerTable {
+    /// The header line: `layer`, then the columns `(title, width, left-aligned)`.
+    fn new<'a>(names: impl Iterator<Item = &'a str>, columns: &[(&str, usize, bool)]) -> Self {
+        let width = names.map(str::len).max().unwrap_or(0).max(5);
+        let mut t = LayerTable {
+            width,
+            columns: columns.iter().map(|&(_, w, l)| (w, l)).collect(),
+            text: String::new(),
+        };
+        let titles: Vec<String> = columns.iter().map(|c| c.0.to_string()).collect();
+        t.row("layer", &titles);
+        t
+    }
+
+    /// One line: `name`, then `cells` in the first columns.
+    fn row(&mut self, name: &str, cells: &[String]) {
+        let width = self.width;
+        self.text += &format!("{name:<width$}");
+        for (cell, &(w, left)) in cells.iter().zip(&self.columns) {
+            self.text += &if left {
+                format!(" {cell:<w$}")
+            } else {
+                format!(" {cell:>w$}")
+            };
+        }
+        self.text.push('\n');
     }
 }
 
@@ -590,43 +627,54 @@ impl ModelReport {
     /// after, smallest and largest `λ` of its output units; then why units are held fixed, and
     /// the totals.
     pub fn layer_table(&self) -> String {
-        let width = self
-            .layers
-            .iter()
-            .map(|l| l.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(5);
         let (before, after) = if self.cost_measure == MAX_ABS {
             ("max|w| old", "max|w| new")
         } else {
             ("cost before", "cost after")
         };
-        let mut t = format!(
-            "{:<width$} {:>7} {:>7} {:>7} {:>12} {:>12} {:>10} {:>10}\n",
-            "layer", "units", "free", "fixed", before, after, "min λ", "max λ"
+        let mut t = LayerTable::new(
+            self.layers.iter().map(|l| l.name.as_str()),
+            &[
+                ("units", 7, false),
+                ("free", 7, false),
+                ("fixed", 7, false),
+                (before, 12, false),
+                (after, 12, false),
+                ("min λ", 10, false),
+                ("max λ", 10, false),
+            ],
         );
         for l in &self.layers {
             let lo = l.scales.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = l.scales.iter().copied().fold(0.0, f64::max);
-            t += &format!(
-                "{:<width$} {:>7} {:>7} {:>7} {:>12.4} {:>12.4} {:>10.4} {:>10.4}\n",
-                l.name,
-                l.scales.len(),
-                l.free_units,
-                l.scales.len() - l.free_units,
-                l.cost_before,
-                l.cost_after,
-                lo,
-                hi
+            t.row(
+                &l.name,
+                &[
+                    l.scales.len().to_string(),
+                    l.free_units.to_string(),
+                    (l.scales.len() - l.free_units).to_string(),
+                    format!("{:.4}", l.cost_before),
+                    format!("{:.4}", l.cost_after),
+                    format!("{lo:.4}"),
+                    format!("{hi:.4}"),
+                ],
             );
         }
-        t += &fixed_reasons(self.layers.iter().map(|l| (&l.name, &l.held_fixed)));
-        t += &format!(
-            "{:<width$} {:>7} {:>7} {:>7} {:>12.4} {:>12.4}",
-            "total", "", "", "", self.cost_before, self.cost_after
+        let reasons = fixed_reasons(self.layers.iter().map(|l| (&l.name, &l.held_fixed)));
+        let body = std::mem::take(&mut t.text);
+        let blank = String::new();
+        t.row(
+            "total",
+            &[
+                blank.clone(),
+                blank.clone(),
+                blank,
+                format!("{:.4}", self.cost_before),
+                format!("{:.4}", self.cost_after),
+            ],
         );
-        t
+        let total = t.text.trim_end_matches('\n');
+        format!("{body}{reasons}{total}")
     }
 }
 
@@ -644,14 +692,30 @@ pub fn inspect_file(
     let scales = Scales::identity(&p.analysis.spec);
     let costs = p.layer_costs(&[&scales], reg)?.remove(0);
     let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
-    let layers = p
-        .analysis
+    Ok(inspect_report(input, &p.analysis, &costs, &imb, |_, l| {
+        p.layer_index_kind(l)
+    }))
+}
+
+/// The inspect report of an analysed model: per layer its units (free, fixed with reasons),
+/// parameters and cost (`costs`, one per layer), and over the variables the maximum and the mean
+/// of the relative imbalances `imb`. `index_kind(i, layer)`: the index and type a layer is
+/// reported with.
+pub(crate) fn inspect_report(
+    input: &Path,
+    analysis: &Analysis,
+    costs: &[f64],
+    imb: &[f64],
+    index_kind: impl Fn(usize, &LayerInfo) -> (usize, String),
+) -> InspectReport {
+    let layers = analysis
         .layers
         .iter()
-        .zip(&costs)
-        .map(|(l, &cost)| {
-            let (index, kind) = p.layer_index_kind(l);
-            let (units, free_units, held_fixed) = p.unit_summary(l);
+        .zip(costs)
+        .enumerate()
+        .map(|(i, (l, &cost))| {
+            let (index, kind) = index_kind(i, l);
+            let (units, free_units, held_fixed) = unit_summary(&analysis.spec, l);
             LayerSummary {
                 index,
                 name: l.name.clone(),
@@ -665,7 +729,7 @@ pub fn inspect_file(
         })
         .collect();
     let n = imb.len();
-    Ok(InspectReport {
+    InspectReport {
         input: input.to_path_buf(),
         layers,
         groups: n,
@@ -676,8 +740,8 @@ pub fn inspect_file(
         } else {
             0.0
         },
-        folded_batchnorm: p.analysis.folded.clone(),
-    })
+        folded_batchnorm: analysis.folded.clone(),
+    }
 }
 
 /// Balances a model file: reads `input` (safetensors), builds the layer graph from `arch`,

@@ -29,6 +29,7 @@ use thiserror::Error;
 
 /// Errors while reading or writing safetensors files; each names the file or tensor at fault.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SafetensorsError {
     /// The file could not be opened, read, mapped or written.
     #[error("{path}: {source}")]

@@ -1,21 +1,22 @@
 //! argmin 0.11's `LBFGS` and `NewtonCG`: [`solve`] runs them on the structured core's operator
-//! under its one driver ([`crate::structured::balance_network`]); a custom penalty (not `L_p` or
+//! (the default route of [`super::balance`]); a custom penalty (not `L_p` or
 //! elastic net) runs them on the per-edge log-scale problem ([`crate::problem::Problem`])
 //! through the same adapters and driver. Both stop on the certificate (maximum relative
 //! imbalance below `Settings::tol`), the iteration cap, the time limit, or when argmin cannot
 //! progress after its restarts ([`Status::Stalled`]).
 
-use super::newton::{apply, certificate, prepare, trace_entry};
+use super::newton::{apply, prepare, trace_entry};
 use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Settings, Solution, Status};
 use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Problem, NO_VAR};
 use crate::regularizer::Regularizer;
+use crate::structure::certificate;
 use crate::structured::argmin::{run, Operator};
 use std::time::Instant;
 
 /// Runs `settings.method` (`Lbfgs` or `NewtonCg`; anything else runs L-BFGS) on the structured
-/// core's operator ([`crate::structured::balance_network`]); custom penalties run on the
+/// core's operator (the route of [`super::balance`]); custom penalties run on the
 /// per-edge problem instead.
 ///
 /// ```
@@ -51,7 +52,7 @@ pub fn solve_observed(
         },
         ..settings.clone()
     };
-    crate::structured::balance_network(net, reg, &settings, observer)
+    super::balance_observed(net, reg, &settings, observer)
 }
 
 /// The per-edge problem as an argmin [`Operator`]: the cost re-centred at `x_r`,

@@ -21,7 +21,7 @@ use faer::{Mat, Side};
 
 /// Level of every neuron: longest path from a source in an acyclic graph, else breadth-first
 /// distance from the inputs (unreached neurons get level 0).
-pub fn neuron_levels(net: &Network) -> Vec<u32> {
+pub(crate) fn neuron_levels(net: &Network) -> Vec<u32> {
     let n = net.num_neurons();
     let src = net.sources();
     let dst = net.targets();

@@ -13,17 +13,19 @@
 //! trace) is one more `O(edges)` pass. Everything a sweep needs (the incidence lists of every
 //! group, orders, the greedy heap, colour classes) is allocated once before the first sweep.
 //!
-//! The per-group step is [`LocalBalancer`] (module `balancer`), the parallel colour classes are
-//! [`super::parallel`], the edge-major passes module `edge_major`; this module owns the sweep
-//! loop (stopping rule, trace, observer) and the greedy schedule.
+//! The per-group step is `LocalBalancer` (module `balancer`), the parallel colour classes are
+//! module `parallel`, the edge-major passes module `edge_major`; this module owns one sweep of
+//! each schedule (the greedy one included) and runs the sweeps under the one driver (module
+//! `driver`: stopping rule, trace, observer, time limit).
 
+// The per-group step is a kernel: public (hidden) only for the benchmarks (`benches/local.rs`)
+// and the tests of single steps and sweeps.
+#[doc(hidden)]
 pub use super::balancer::LocalBalancer;
+use super::driver::{drive, Iterate, Measured, Step};
 use super::edge_major::EdgeMajor;
 use super::parallel::{ClassSweeper, Execution};
-use super::{
-    Algorithm, BalanceError, Method, NoObserver, Observer, Schedule, Settings, Solution, Status,
-    TraceEntry,
-};
+use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Schedule, Settings, Solution};
 use crate::measure::{group_flows, total_cost};
 use crate::network::{Network, NO_GROUP};
 use crate::regularizer::Regularizer;
@@ -73,7 +75,7 @@ pub fn solve_observed(
         Schedule::Parallel => SweepPlan::Colour(Execution::Parallel),
         s => SweepPlan::Schedule(s),
     };
-    drive(net, reg, settings, observer, plan)
+    run(net, reg, settings, observer, plan)
 }
 
 /// Local balancing sweeping the colour classes in order, each class in parallel or one group
@@ -94,13 +96,16 @@ pub fn solve_observed(
 /// let b = solve_in_colour_order(&net, &reg, &s, Execution::Sequential).unwrap();
 /// assert!(synbal::measure::relative_distance(&a.network, &b.network) < 1e-12);
 /// ```
+// With the colour classes of `parallel`: public (hidden) only for the tests that compare the
+// parallel and the sequential class sweeps.
+#[doc(hidden)]
 pub fn solve_in_colour_order(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
     execution: Execution,
 ) -> Result<Solution, BalanceError> {
-    drive(
+    run(
         net,
         reg,
         settings,
@@ -118,8 +123,8 @@ pub(crate) enum SweepPlan {
     Colour(Execution),
 }
 
-/// The sweep loop shared by every schedule: stopping rule, trace, observer, stall detection.
-pub(crate) fn drive(
+/// Runs the sweeps of `plan` under the driver and returns the solution.
+pub(crate) fn run(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -129,108 +134,122 @@ pub(crate) fn drive(
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
     let start = Instant::now();
-    let mut work = net.clone();
-    let mut bal = LocalBalancer::new(&work, reg)?;
+    let work = net.clone();
+    let bal = LocalBalancer::new(&work, reg)?;
     let k = bal.num_groups();
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
-    let mut order: Vec<u32> = match plan {
+    let order: Vec<u32> = match plan {
         SweepPlan::Schedule(Schedule::CyclicBackward) => (0..k as u32).rev().collect(),
         _ => (0..k as u32).collect(),
     };
-    let mut classes = match plan {
+    let classes = match plan {
         SweepPlan::Colour(_) => Some(ClassSweeper::new(&work)),
         _ => None,
     };
-    let mut greedy = match plan {
+    let greedy = match plan {
         SweepPlan::Schedule(Schedule::Greedy) => Some(Greedy::new(&bal)),
         _ => None,
     };
-    let parallel_measure = plan == SweepPlan::Colour(Execution::Parallel);
     let mut em = EdgeMajor::new(&work);
     let cost_before = total_cost(&work, reg);
-    let mut trace = Vec::new();
-    let mut record = |trace: &mut Vec<TraceEntry>, it: usize, m: Measure| {
-        let entry = TraceEntry {
-            iteration: it,
-            max_relative_imbalance: m.max,
-            cost: m.cost,
-            deficit: m.deficit,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        observer.observe(settings.method, &entry);
-        if settings.trace {
-            trace.push(entry);
-        }
+    let parallel_measure = plan == SweepPlan::Colour(Execution::Parallel);
+    let m = measure(&mut em, &bal, &work, reg, parallel_measure);
+    let mut sweeps = Sweeps {
+        plan,
+        reg,
+        tol: settings.tol,
+        work,
+        bal,
+        rng: ChaCha8Rng::seed_from_u64(settings.seed),
+        order,
+        classes,
+        greedy,
+        em,
+        parallel_measure,
+        m,
     };
-    let mut m = measure(&mut em, &bal, &work, reg, parallel_measure);
-    record(&mut trace, 0, m);
-    let cap = settings.iteration_cap();
-    let mut sweeps = 0;
-    let mut status = Status::MaxIterations;
-    // Stall detection: no improvement of the best imbalance for this many sweeps.
-    const STALL_WINDOW: usize = 200;
-    let (mut best, mut best_at) = (m.max, 0usize);
-    while sweeps < cap {
-        if m.max < settings.tol {
-            status = Status::Converged;
-            break;
-        }
-        if settings.time_limit.is_some_and(|t| start.elapsed() >= t) {
-            status = Status::TimeLimit;
-            break;
-        }
-        let changed = match plan {
-            SweepPlan::Schedule(Schedule::Stochastic) => {
-                order.shuffle(&mut rng);
-                bal.sweep(&mut work, &order)
-            }
-            SweepPlan::Schedule(Schedule::StochasticUniform) => {
-                let mut changed = 0;
-                for _ in 0..k {
-                    let g = rng.random_range(0..k);
-                    changed += usize::from(bal.step(&mut work, g));
-                }
-                changed
-            }
-            SweepPlan::Schedule(Schedule::Greedy) => greedy
-                .as_mut()
-                .expect("built for the greedy schedule")
-                .sweep(&mut bal, &mut work, settings.tol),
-            SweepPlan::Schedule(_) => bal.sweep(&mut work, &order),
-            SweepPlan::Colour(exec) => classes
-                .as_mut()
-                .expect("built for the colour plan")
-                .sweep(&mut bal, &mut work, exec),
-        };
-        sweeps += 1;
-        m = measure(&mut em, &bal, &work, reg, parallel_measure);
-        record(&mut trace, sweeps, m);
-        if m.max < best {
-            (best, best_at) = (m.max, sweeps);
-        }
-        if m.max >= settings.tol && (changed == 0 || sweeps - best_at >= STALL_WINDOW) {
-            status = Status::Stalled;
-            break;
-        }
-    }
-    if status == Status::MaxIterations && m.max < settings.tol {
-        status = Status::Converged;
-    }
+    let outcome = drive(&mut sweeps, settings, settings.method, observer, start);
+    let Sweeps { work, bal, m, .. } = sweeps;
     let LocalBalancer { u, diagnostics, .. } = bal;
     Ok(Solution {
         network: work,
         log_scales: u,
-        status,
+        status: outcome.status,
         method: settings.method,
         algorithm: Algorithm::Local,
-        iterations: sweeps,
+        iterations: outcome.iterations,
         max_relative_imbalance: m.max,
         cost_before,
         cost_after: m.cost,
         elapsed: start.elapsed(),
-        trace,
+        trace: outcome.trace,
         diagnostics,
     })
+}
+
+/// The per-edge sweeps as an [`Iterate`] of the driver: the network being balanced, the
+/// per-group steps, the scratch of the schedule and the measure of the current point.
+struct Sweeps<'r> {
+    plan: SweepPlan,
+    reg: &'r Regularizer,
+    /// The tolerance (the greedy schedule stops a sweep below a fraction of it).
+    tol: f64,
+    work: Network,
+    bal: LocalBalancer<'r>,
+    rng: ChaCha8Rng,
+    order: Vec<u32>,
+    classes: Option<ClassSweeper>,
+    greedy: Option<Greedy>,
+    em: EdgeMajor,
+    parallel_measure: bool,
+    m: Measure,
+}
+
+impl Iterate for Sweeps<'_> {
+    fn state(&self) -> Measured {
+        Measured {
+            max: self.m.max,
+            cost: self.m.cost,
+            deficit: self.m.deficit,
+        }
+    }
+
+    /// One sweep, then the measure of the new point. A sweep that changed no weight and held no
+    /// new group leaves the point as it was: [`Step::Stalled`].
+    fn iterate(&mut self) -> Step {
+        let (bal, work) = (&mut self.bal, &mut self.work);
+        let held_before = bal.diagnostics.held_fixed.len();
+        let k = bal.num_groups();
+        let changed = match self.plan {
+            SweepPlan::Schedule(Schedule::Stochastic) => {
+                self.order.shuffle(&mut self.rng);
+                bal.sweep(work, &self.order)
+            }
+            SweepPlan::Schedule(Schedule::StochasticUniform) => {
+                let mut changed = 0;
+                for _ in 0..k {
+                    let g = self.rng.random_range(0..k);
+                    changed += usize::from(bal.step(work, g));
+                }
+                changed
+            }
+            SweepPlan::Schedule(Schedule::Greedy) => self
+                .greedy
+                .as_mut()
+                .expect("built for the greedy schedule")
+                .sweep(bal, work, self.tol),
+            SweepPlan::Schedule(_) => bal.sweep(work, &self.order),
+            SweepPlan::Colour(exec) => self
+                .classes
+                .as_mut()
+                .expect("built for the colour plan")
+                .sweep(bal, work, exec),
+        };
+        if changed == 0 && bal.diagnostics.held_fixed.len() == held_before {
+            return Step::Stalled;
+        }
+        self.m = measure(&mut self.em, bal, work, self.reg, self.parallel_measure);
+        Step::Progress
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

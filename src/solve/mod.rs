@@ -14,7 +14,7 @@
 //! Outcomes are data ([`Status`] inside [`Solution`]); errors ([`BalanceError`]) are for bad input.
 
 use crate::network::Network;
-use crate::regularizer::Regularizer;
+use crate::regularizer::{Penalty, Regularizer};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -115,10 +115,10 @@ impl FromStr for Method {
 pub enum Algorithm {
     /// Damped Newton on the sparse problem, Newton systems by sparse Cholesky ([`newton`]).
     NewtonCholesky,
-    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`],
-    /// [`cg`]).
+    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`]).
     NewtonPcg,
-    /// Local balancing with the schedule of [`Method::Local`] ([`local`], [`parallel`]).
+    /// Local balancing with the schedule of [`Method::Local`] on the per-edge network
+    /// ([`local`]).
     Local,
     /// An argmin solver, L-BFGS or Newton-CG, on the structured core's operator
     /// ([`argmin`](mod@argmin); on the per-edge problem for custom penalties).
@@ -460,10 +460,14 @@ pub enum BalanceError {
 #[cfg(feature = "argmin")]
 pub mod argmin;
 mod balancer;
-pub mod cg;
+mod cg;
+pub(crate) mod driver;
 mod edge_major;
 pub mod local;
 pub mod newton;
+// The colour classes and the class sweeper are kernels: public (hidden) only for the benchmarks
+// (`benches/local.rs`) and the tests that compare parallel and sequential sweeps bit for bit.
+#[doc(hidden)]
 pub mod parallel;
 
 /// Receives one [`TraceEntry`] per iteration or sweep while a solver runs (progress bars, logs).
@@ -526,13 +530,17 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
 /// [`balance`] with an [`Observer`] called after the start and after every iteration or sweep
 /// (progress bars, logs), on every route.
 ///
-/// Routes ([`Solution::algorithm`]): every method runs on the structured core
-/// ([`crate::structured::balance_network`]: dense blocks over the network's own weights where a
-/// layer pair is complete, sparse blocks elsewhere) under its one driver: Newton-PCG with the
-/// unit-set coarse correction, the local schedules, and argmin's L-BFGS and Newton-CG on the
-/// same operator. [`LinearSolver::Cholesky`] asks instead for the per-edge sparse Newton with a
-/// sparse Cholesky factorisation ([`newton`]), and for local schedules the per-edge sweeps
-/// ([`local`]). A custom penalty (not `L_p` or elastic net) is handed to the per-edge solvers.
+/// Routes ([`Solution::algorithm`]), all under the one driver (tolerance, iteration
+/// cap, time limit, trace, observer and stop reason alike):
+///
+/// | method | `L_p`, elastic net | [`LinearSolver::Cholesky`] | custom penalty |
+/// |---|---|---|---|
+/// | Newton | structured core, Newton-PCG with the unit-set coarse correction ([`Algorithm::StructuredNewton`]) | per-edge sparse Newton, Cholesky ([`newton`]; [`Algorithm::NewtonCholesky`]) | per-edge sparse Newton, Cholesky or PCG as [`Settings::linear_solver`] says |
+/// | local schedules | structured core ([`Algorithm::StructuredLocal`]) | per-edge sweeps ([`local`]; [`Algorithm::Local`]) | per-edge sweeps |
+/// | L-BFGS, Newton-CG | argmin on the core's operator ([`Algorithm::Argmin`]) | the same | argmin on the per-edge problem |
+///
+/// The structured core holds dense blocks over the network's own weights where a layer pair is
+/// complete and sparse blocks elsewhere.
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
@@ -553,12 +561,18 @@ pub fn balance_observed(
 ) -> Result<Solution, BalanceError> {
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
-    match (settings.method, settings.linear_solver) {
-        (Method::Newton, LinearSolver::Cholesky) => {
-            newton::solve_observed(net, reg, settings, observer)
-        }
-        (Method::Local(_), LinearSolver::Cholesky) => {
-            local::solve_observed(net, reg, settings, observer)
+    // a custom penalty without an `L_p` form has no block storage: the per-edge solvers
+    let custom = reg
+        .classes()
+        .iter()
+        .any(|c| matches!(c, Penalty::Custom(f) if f.lp_exponent().is_none()));
+    let per_edge = custom || settings.linear_solver == LinearSolver::Cholesky;
+    match settings.method {
+        Method::Newton if per_edge => newton::solve_observed(net, reg, settings, observer),
+        Method::Local(_) if per_edge => local::solve_observed(net, reg, settings, observer),
+        #[cfg(feature = "argmin")]
+        Method::Lbfgs | Method::NewtonCg if custom => {
+            argmin::per_edge_observed(net, reg, settings, observer)
         }
         _ => crate::structured::balance_network(net, reg, settings, observer),
     }

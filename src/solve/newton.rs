@@ -15,15 +15,16 @@
 //! `Settings::tol`.
 
 use super::cg::CgSolver;
+use super::driver::{drive, Iterate, Measured, Step, Verdict};
 use super::{
     Algorithm, BalanceError, Degenerate, Diagnostics, LinearSolver, Method, NoObserver, Observer,
-    Settings, Solution, Status, TraceEntry,
+    Settings, Solution, TraceEntry,
 };
-use crate::measure::{group_flows, total_cost};
+use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Evaluation, LinePoint, Problem};
 use crate::regularizer::Regularizer;
-use crate::structure::{analyze, prune, Structure};
+use crate::structure::{analyze, certificate, prune, Structure};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::sparse::linalg::cholesky::{
     factorize_symbolic_cholesky, SymbolicCholesky, SymbolicCholeskyRaw, SymmetricOrdering,
@@ -77,15 +78,6 @@ pub(crate) fn prepare(net: &Network, reg: &Regularizer, degenerate: Degenerate) 
     }
 }
 
-/// The certificate: maximum relative imbalance over the groups that are not held fixed, measured
-/// by [`group_flows`] on `net`.
-pub(crate) fn certificate(net: &Network, reg: &Regularizer, structure: &Structure) -> f64 {
-    (0..net.groups().len())
-        .filter(|&g| structure.held[g].is_none())
-        .map(|g| group_flows(net, reg, g).relative_imbalance())
-        .fold(0.0, f64::max)
-}
-
 /// A trace entry computed from the problem's own evaluation (no extra pass over the network).
 pub(crate) fn trace_entry(
     problem: &Problem,
@@ -132,7 +124,7 @@ pub struct NewtonReport {
 
 /// Use CG when one numeric factorisation is predicted to cost more than this many times the
 /// terms (a CG solve costs a few dozen passes over the terms).
-pub const AUTO_CG_FLOP_RATIO: f64 = 50.0;
+pub(crate) const AUTO_CG_FLOP_RATIO: f64 = 50.0;
 
 struct Cholesky {
     symbolic: SymbolicCholesky<usize>,
@@ -426,14 +418,6 @@ pub fn solve_detailed(
     let problem = &prep.problem;
     let n = problem.num_vars();
     let mut report = NewtonReport::default();
-    let mut trace = Vec::new();
-    let mut record = |trace: &mut Vec<TraceEntry>, problem: &Problem, ev: &Evaluation, it| {
-        let entry = trace_entry(problem, ev, it, start.elapsed().as_secs_f64());
-        observer.observe(method, &entry);
-        if settings.trace {
-            trace.push(entry);
-        }
-    };
     let mut x = vec![0.0; n];
     let mut ev = problem.evaluate(&x);
     let mut linear =
@@ -448,111 +432,29 @@ pub fn solve_detailed(
             }
         }
     }
-    record(&mut trace, problem, &ev, 0);
-    let cap = settings.iteration_cap();
-    let (mut fa, mut fb, mut rhs, mut y, mut d, mut dt) = (
-        vec![],
-        vec![],
-        vec![0.0; n],
-        vec![0.0; n],
-        vec![0.0; n],
-        vec![],
-    );
-    let mut iterations = 0;
-    let mut misses = 0;
-    let mut best: Option<(f64, Vec<f64>)> = None;
-    let status = loop {
-        let internal = ev.max_relative_imbalance();
-        if internal < settings.tol {
-            let cert = certificate(&apply(&prep, &x), reg, &prep.structure);
-            if cert < settings.tol {
-                break Status::Converged;
-            }
-            if best.as_ref().is_none_or(|b| cert < b.0) {
-                best = Some((cert, x.clone()));
-            }
-            misses += 1;
-            if misses >= 3 {
-                break Status::Stalled;
-            }
-        }
-        if iterations >= cap {
-            break Status::MaxIterations;
-        }
-        if settings.time_limit.is_some_and(|t| start.elapsed() >= t) {
-            break Status::TimeLimit;
-        }
-        // Scaled Newton system Ĥ y = b, b_k = −ĝ_k e^{(σ_k − G)/2}, d_k = y_k e^{(G − σ_k)/2}.
-        problem.scaled_factors(&ev, &mut fa, &mut fb);
-        let (smin, smax) = ev
-            .sigma
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &s| {
-                (a.min(s), b.max(s))
-            });
-        let g_mid = 0.5 * (smin + smax);
-        for (k, r) in rhs.iter_mut().enumerate() {
-            *r = -(ev.input[k] - ev.output[k]) * (0.5 * (ev.sigma[k] - g_mid)).exp();
-        }
-        let solved = match linear.as_mut().expect("n > 0 here") {
-            Linear::Cholesky(ch) => {
-                y.copy_from_slice(&rhs);
-                ch.solve(problem, &fa, &fb, &mut y)
-            }
-            Linear::Cg(cg) => {
-                let rtol = (0.1 * internal).clamp(1e-14, 1e-2);
-                let out = cg.solve(problem, &fa, &fb, &rhs, &mut y, rtol);
-                report.cg_iterations += out.iterations;
-                report.max_cg_iterations = report.max_cg_iterations.max(out.iterations);
-                y.iter().all(|v| v.is_finite())
-            }
-        };
-        if !solved {
-            break Status::NumericalTrouble;
-        }
-        for k in 0..n {
-            d[k] = if y[k] == 0.0 {
-                0.0
-            } else {
-                y[k].signum() * (y[k].abs().ln() + 0.5 * (g_mid - ev.sigma[k])).exp()
-            };
-        }
-        if !d.iter().all(|v| v.is_finite()) {
-            break Status::NumericalTrouble;
-        }
-        problem.term_slopes(&d, &mut dt);
-        let Some(alpha) = line_search(problem, &ev.t, &dt) else {
-            break Status::Stalled;
-        };
-        let old = x.clone();
-        for k in 0..n {
-            x[k] += alpha * d[k];
-        }
-        if x == old {
-            iterations += 1;
-            break Status::Stalled;
-        }
-        problem.evaluate_into(&x, &mut ev);
-        // Variables far from balance whose terms are negligible in F (so the line search cannot
-        // see them) are balanced exactly along their coordinate (Gauss-Seidel, F never rises).
-        let far: Vec<usize> = (0..n).filter(|&k| ev.relative_imbalance(k) > 0.5).collect();
-        if !far.is_empty() {
-            for &k in &far {
-                let delta = problem.coordinate_minimizer(k, &x);
-                if delta.is_finite() {
-                    x[k] += delta;
-                }
-            }
-            problem.evaluate_into(&x, &mut ev);
-        }
-        iterations += 1;
-        record(&mut trace, problem, &ev, iterations);
-        if !x.iter().all(|v| v.is_finite()) {
-            x = old;
-            problem.evaluate_into(&x, &mut ev);
-            break Status::NumericalTrouble;
-        }
+    let mut run = NewtonIter {
+        prep: &prep,
+        reg,
+        linear,
+        report,
+        x,
+        ev,
+        fa: Vec::new(),
+        fb: Vec::new(),
+        rhs: vec![0.0; n],
+        y: vec![0.0; n],
+        d: vec![0.0; n],
+        dt: Vec::new(),
+        misses: 0,
+        best: None,
     };
+    let outcome = drive(&mut run, settings, method, observer, start);
+    let NewtonIter {
+        mut x,
+        best,
+        report,
+        ..
+    } = run;
     let mut network = apply(&prep, &x);
     let mut cert = certificate(&network, reg, &prep.structure);
     if let Some((c, bx)) = best {
@@ -566,21 +468,156 @@ pub fn solve_detailed(
         cost_after: total_cost(&network, reg),
         log_scales: problem.log_scales(&x),
         network,
-        status,
+        status: outcome.status,
         method,
         algorithm: if report.used_cg {
             Algorithm::NewtonPcg
         } else {
             Algorithm::NewtonCholesky
         },
-        iterations,
+        iterations: outcome.iterations,
         max_relative_imbalance: cert,
         cost_before,
         elapsed: start.elapsed(),
-        trace,
+        trace: outcome.trace,
         diagnostics: prep.diagnostics.clone(),
     };
     Ok((solution, report))
+}
+
+/// Certificate misses (the problem's imbalance below the tolerance, the network's not) after
+/// which the run stops as [`Status::Stalled`].
+const MAX_CERTIFICATE_MISSES: usize = 3;
+
+/// The per-edge damped Newton as an [`Iterate`] of the driver: the point, its evaluation, the
+/// linear solver and the buffers of one step.
+struct NewtonIter<'p> {
+    prep: &'p Prepared,
+    reg: &'p Regularizer,
+    /// `None` when there is no variable.
+    linear: Option<Linear>,
+    report: NewtonReport,
+    x: Vec<f64>,
+    ev: Evaluation,
+    fa: Vec<f64>,
+    fb: Vec<f64>,
+    rhs: Vec<f64>,
+    y: Vec<f64>,
+    d: Vec<f64>,
+    dt: Vec<f64>,
+    /// Points whose problem imbalance was below the tolerance but not their certificate.
+    misses: usize,
+    /// The best such point: `(certificate, x)`.
+    best: Option<(f64, Vec<f64>)>,
+}
+
+impl Iterate for NewtonIter<'_> {
+    fn state(&self) -> Measured {
+        let e = trace_entry(&self.prep.problem, &self.ev, 0, 0.0);
+        Measured {
+            max: e.max_relative_imbalance,
+            cost: e.cost,
+            deficit: e.deficit,
+        }
+    }
+
+    /// The problem's imbalance is below the tolerance: accepted if the certificate, measured
+    /// on the network, is too; the best point is kept.
+    fn confirm(&mut self, tol: f64) -> Verdict {
+        let cert = certificate(&apply(self.prep, &self.x), self.reg, &self.prep.structure);
+        if cert < tol {
+            return Verdict::Accept;
+        }
+        if self.best.as_ref().is_none_or(|b| cert < b.0) {
+            self.best = Some((cert, self.x.clone()));
+        }
+        self.misses += 1;
+        if self.misses >= MAX_CERTIFICATE_MISSES {
+            Verdict::GiveUp
+        } else {
+            Verdict::Continue
+        }
+    }
+
+    /// One damped Newton step, then the exact coordinate steps of the variables far from
+    /// balance.
+    fn iterate(&mut self) -> Step {
+        let problem = &self.prep.problem;
+        let n = problem.num_vars();
+        let ev = &mut self.ev;
+        let internal = ev.max_relative_imbalance();
+        // Scaled Newton system Ĥ y = b, b_k = −ĝ_k e^{(σ_k − G)/2}, d_k = y_k e^{(G − σ_k)/2}.
+        problem.scaled_factors(ev, &mut self.fa, &mut self.fb);
+        let (smin, smax) = ev
+            .sigma
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &s| {
+                (a.min(s), b.max(s))
+            });
+        let g_mid = 0.5 * (smin + smax);
+        for (k, r) in self.rhs.iter_mut().enumerate() {
+            *r = -(ev.input[k] - ev.output[k]) * (0.5 * (ev.sigma[k] - g_mid)).exp();
+        }
+        let (fa, fb, rhs, y) = (&self.fa, &self.fb, &self.rhs, &mut self.y);
+        let solved = match self.linear.as_mut().expect("n > 0 when imbalanced") {
+            Linear::Cholesky(ch) => {
+                y.copy_from_slice(rhs);
+                ch.solve(problem, fa, fb, y)
+            }
+            Linear::Cg(cg) => {
+                let rtol = (0.1 * internal).clamp(1e-14, 1e-2);
+                let out = cg.solve(problem, fa, fb, rhs, y, rtol);
+                self.report.cg_iterations += out.iterations;
+                self.report.max_cg_iterations = self.report.max_cg_iterations.max(out.iterations);
+                y.iter().all(|v| v.is_finite())
+            }
+        };
+        if !solved {
+            return Step::Trouble;
+        }
+        let d = &mut self.d;
+        for k in 0..n {
+            d[k] = if y[k] == 0.0 {
+                0.0
+            } else {
+                y[k].signum() * (y[k].abs().ln() + 0.5 * (g_mid - ev.sigma[k])).exp()
+            };
+        }
+        if !d.iter().all(|v| v.is_finite()) {
+            return Step::Trouble;
+        }
+        problem.term_slopes(d, &mut self.dt);
+        let Some(alpha) = line_search(problem, &ev.t, &self.dt) else {
+            return Step::Stalled;
+        };
+        let x = &mut self.x;
+        let old = x.clone();
+        for k in 0..n {
+            x[k] += alpha * d[k];
+        }
+        if *x == old {
+            return Step::Stalled;
+        }
+        problem.evaluate_into(x, ev);
+        // Variables far from balance whose terms are negligible in F (so the line search cannot
+        // see them) are balanced exactly along their coordinate (Gauss-Seidel, F never rises).
+        let far: Vec<usize> = (0..n).filter(|&k| ev.relative_imbalance(k) > 0.5).collect();
+        if !far.is_empty() {
+            for &k in &far {
+                let delta = problem.coordinate_minimizer(k, x);
+                if delta.is_finite() {
+                    x[k] += delta;
+                }
+            }
+            problem.evaluate_into(x, ev);
+        }
+        if !x.iter().all(|v| v.is_finite()) {
+            *x = old;
+            problem.evaluate_into(x, ev);
+            return Step::Trouble;
+        }
+        Step::Progress
+    }
 }
 
 /// The prepared network with the variables `x` applied.

@@ -19,9 +19,9 @@
 //! time limit (the line searches do not look at the clock).
 
 use super::ops::{Engine, Flows, Reference};
-use super::solver::{drive, Iterate, Outcome, Step};
 use super::store::Structured;
-use crate::solve::{Observer, Settings, Status};
+use crate::solve::driver::{drive, Iterate, Measured, Outcome, Step};
+use crate::solve::{Observer, Settings};
 use argmin::core::{
     CostFunction, Error, Gradient, Hessian, IterState, Problem, Solver, State, TerminationStatus,
 };
@@ -351,8 +351,8 @@ where
     O: Operator,
     S: Solver<Objective<O>, ArgminState<H>>,
 {
-    fn state(&self) -> (f64, f64, f64) {
-        self.at_x
+    fn state(&self) -> Measured {
+        Measured::from_ln(self.at_x)
     }
 
     fn iterate(&mut self) -> Step {
@@ -415,7 +415,7 @@ impl<O: Operator> Start<'_, O> {
 }
 
 /// What an argmin run produced: the final point, the driver's outcome (a stall at the deadline
-/// is reported as [`Status::TimeLimit`]), `ln F` at the point, and the operator.
+/// is reported as [`Status::TimeLimit`](crate::solve::Status::TimeLimit)), `ln F` at the point, and the operator.
 pub(crate) struct ArgminRun<O> {
     pub x: Vec<f64>,
     pub outcome: Outcome,
@@ -458,15 +458,11 @@ pub(crate) fn run<O: Operator>(
         settings,
         start,
     };
-    let (x, ln_f, mut outcome) = if newton_cg {
+    let (x, ln_f, outcome) = if newton_cg {
         from.drive::<_, HessianOperator<O>>(make_newton_cg, observer)
     } else {
         from.drive::<_, ()>(make_lbfgs, observer)
     };
-    let timed_out = settings.time_limit.is_some_and(|t| start.elapsed() >= t);
-    if outcome.status == Status::Stalled && timed_out {
-        outcome.status = Status::TimeLimit;
-    }
     let op = match Rc::try_unwrap(shared) {
         Ok(cell) => cell.into_inner().op,
         Err(_) => unreachable!("the iterator and the objective are dropped"),

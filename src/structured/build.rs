@@ -269,36 +269,15 @@ fn add_weight_use<'s>(
                 groups,
                 kernel,
             } => {
-                let opg = out / groups.max(1);
                 // element (o, c, k) at (o·in_per_group + c)·kernel + k
-                let k = aggregate(&elems, out * in_per_group, kernel, p).map_err(non_finite)?;
-                if groups == 1 {
-                    let d = Dense::new(
-                        Elems::F64(Cow::Owned(k)),
-                        true,
-                        row_var.clone(),
-                        col_var.clone(),
-                        ln_f.clone(),
-                        alpha,
-                        p,
-                        wu.node.clone(),
-                    )
-                    .map_err(non_finite)?;
-                    st.blocks.push(Block::Dense(d));
-                } else {
-                    let mut terms = Vec::with_capacity(k.len());
-                    for o in 0..out {
-                        let g = o / opg.max(1);
-                        for c in 0..in_per_group {
-                            let q = k[o * in_per_group + c];
-                            let lf = ln_f.as_ref().map_or(0.0, |f| f[o]);
-                            let col = g * in_per_group + c;
-                            terms.push(term(row_var[o], col_var[col], alpha, p, q, lf));
-                        }
-                    }
-                    st.blocks
-                        .push(Block::Sparse(Sparse::new(terms, p, wu.node.clone())));
-                }
+                let conv = Grouped {
+                    major: out,
+                    per_group: in_per_group,
+                    groups,
+                    kernel,
+                    rows_major: true,
+                };
+                conv.add(st, wu, &elems, (&row_var, &col_var, &ln_f), alpha, p)?;
             }
             Layout::ConvTranspose {
                 inp,
@@ -306,40 +285,88 @@ fn add_weight_use<'s>(
                 groups,
                 kernel,
             } => {
-                let ipg = inp / groups.max(1);
                 // element (c, j, k) at (c·out_per_group + j)·kernel + k, output g·opg + j
-                let k = aggregate(&elems, inp * out_per_group, kernel, p).map_err(non_finite)?;
-                if groups == 1 {
-                    let d = Dense::new(
-                        Elems::F64(Cow::Owned(k)),
-                        false,
-                        row_var.clone(),
-                        col_var.clone(),
-                        ln_f.clone(),
-                        alpha,
-                        p,
-                        wu.node.clone(),
-                    )
-                    .map_err(non_finite)?;
-                    st.blocks.push(Block::Dense(d));
-                } else {
-                    let mut terms = Vec::with_capacity(k.len());
-                    for c in 0..inp {
-                        let g = c / ipg.max(1);
-                        for j in 0..out_per_group {
-                            let o = g * out_per_group + j;
-                            let q = k[c * out_per_group + j];
-                            let lf = ln_f.as_ref().map_or(0.0, |f| f[o]);
-                            terms.push(term(row_var[o], col_var[c], alpha, p, q, lf));
-                        }
-                    }
-                    st.blocks
-                        .push(Block::Sparse(Sparse::new(terms, p, wu.node.clone())));
-                }
+                let conv = Grouped {
+                    major: inp,
+                    per_group: out_per_group,
+                    groups,
+                    kernel,
+                    rows_major: false,
+                };
+                conv.add(st, wu, &elems, (&row_var, &col_var, &ln_f), alpha, p)?;
             }
         }
     }
     Ok(())
+}
+
+/// A convolution (or transposed one) summed over its kernel positions: `major` lines (output
+/// units of a convolution, input units of a transposed one) of `per_group` entries each, entry
+/// `(m, j)` at `(m·per_group + j)·kernel + k`; line `m` is in group `m / (major/groups)` and its
+/// entry `j` joins unit `g·per_group + j` of the other side.
+struct Grouped {
+    major: usize,
+    per_group: usize,
+    groups: usize,
+    kernel: usize,
+    /// Major lines are output units (rows).
+    rows_major: bool,
+}
+
+impl Grouped {
+    /// Adds the block: dense without groups, sparse terms otherwise. `vars`: the variable of
+    /// each row and column, and the log row factors.
+    fn add<'s>(
+        &self,
+        st: &mut Structured<'s>,
+        wu: &WeightUse,
+        elems: &Elems<'s>,
+        (row_var, col_var, ln_f): (&[u32], &[u32], &Option<Vec<f64>>),
+        alpha: f64,
+        p: f64,
+    ) -> Result<(), StructuredError> {
+        let non_finite = |index: usize| StructuredError::NonFinite {
+            tensor: wu.tensor.clone(),
+            node: wu.node.clone(),
+            index,
+        };
+        let (major, per_group) = (self.major, self.per_group);
+        let k = aggregate(elems, major * per_group, self.kernel, p).map_err(non_finite)?;
+        if self.groups == 1 {
+            let d = Dense::new(
+                Elems::F64(Cow::Owned(k)),
+                self.rows_major,
+                row_var.to_vec(),
+                col_var.to_vec(),
+                ln_f.clone(),
+                alpha,
+                p,
+                wu.node.clone(),
+            )
+            .map_err(non_finite)?;
+            st.blocks.push(Block::Dense(d));
+            return Ok(());
+        }
+        let per_line_group = major / self.groups.max(1);
+        let mut terms = Vec::with_capacity(k.len());
+        for m in 0..major {
+            let g = m / per_line_group.max(1);
+            for j in 0..per_group {
+                let other = g * per_group + j;
+                let (o, c) = if self.rows_major {
+                    (m, other)
+                } else {
+                    (other, m)
+                };
+                let q = k[m * per_group + j];
+                let lf = ln_f.as_ref().map_or(0.0, |f| f[o]);
+                terms.push(term(row_var[o], col_var[c], alpha, p, q, lf));
+            }
+        }
+        st.blocks
+            .push(Block::Sparse(Sparse::new(terms, p, wu.node.clone())));
+        Ok(())
+    }
 }
 
 /// A sparse term `(row, col, ln(α·(|f|·q)^p))`.

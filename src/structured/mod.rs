@@ -5,19 +5,17 @@
 //! (a memory-mapped file, an ONNX buffer): blocks are built over the borrowed tensors (plain
 //! Linear weights are not copied; convolutions are aggregated over their kernel positions), the
 //! variables without a finite optimum are held at 0, and the method of the settings runs under
-//! one driver. [`balance_network`] maps a general [`crate::network::Network`] onto the same
-//! core (dense blocks where a layer pair is complete bipartite in edge order, sparse blocks
-//! elsewhere) and returns the same [`crate::solve::Solution`] as [`crate::solve::balance`].
+//! one driver (`solve::driver`). A general [`crate::network::Network`] maps onto the
+//! same core (dense blocks where a layer pair is complete bipartite in edge order, sparse blocks
+//! elsewhere): the default route of [`crate::solve::balance`].
 //!
 //! ```
 //! use synbal::network::builders::random_mlp;
-//! use synbal::regularizer::Regularizer;
-//! use synbal::solve::{NoObserver, Settings};
+//! use synbal::{balance, Algorithm, Regularizer, Settings};
 //! let net = random_mlp(&[8, 16, 16, 4], 1);
-//! let reg = Regularizer::lp(2.0).unwrap();
-//! let sol = synbal::structured::balance_network(&net, &reg, &Settings::default(), &mut NoObserver)
-//!     .unwrap();
+//! let sol = balance(&net, &Regularizer::lp(2.0).unwrap(), &Settings::default()).unwrap();
 //! assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
+//! assert_eq!(sol.algorithm, Algorithm::StructuredNewton);
 //! ```
 
 mod analysis;
@@ -31,12 +29,13 @@ mod solver;
 pub mod spec;
 mod store;
 
-pub use network::balance_network;
+pub(crate) use network::balance_network;
 pub use solver::PARALLEL_MIN_TERMS;
 
 use crate::regularizer::{Regularizer, RegularizerError};
+use crate::solve::driver::drive;
 use crate::solve::{Method, Observer, Settings, SettingsError, Status, TraceEntry};
-use solver::{drive, Core, LocalRun, NewtonRun};
+use solver::{Core, LocalRun, NewtonRun};
 use spec::{ProblemSpec, TensorSource, FIXED};
 use std::time::{Duration, Instant};
 use store::Structured;

@@ -15,23 +15,23 @@ use super::store::{Block, Dense, Elems, Sparse, Structured, Unary};
 use super::{analysis, run, StructuredError};
 use crate::measure::{group_flows, total_cost, Flows};
 use crate::network::{Network, NO_GROUP};
-use crate::regularizer::{lp_pow, Penalty, Regularizer, RegularizerError};
-use crate::solve::newton::certificate;
+use crate::regularizer::{lp_pow, Regularizer, RegularizerError};
 use crate::solve::{
     Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
 };
-use crate::structure::{analyze, dense_run, prune, Structure};
+use crate::structure::{analyze, certificate, dense_run, prune, Structure};
 
 /// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.
 const NO_COST: &str = "no edge or bias of positive cost";
 use std::borrow::Cow;
 use std::time::Instant;
 
-/// Balances `net` under `reg` through the structured core and returns the same [`Solution`] as
-/// [`crate::solve::balance`] (the same balanced state; `diagnostics` from the same structure
-/// analysis). Methods: Newton, every local schedule, L-BFGS and Newton-CG. Penalties that are
-/// not `L_p` or elastic net are handed to the per-term solvers of [`crate::solve`].
-pub fn balance_network(
+/// Balances `net` under `reg` through the structured core: the default route of
+/// [`crate::solve::balance_observed`] (the same balanced state as the per-edge solvers;
+/// `diagnostics` from the same structure analysis). Methods: Newton, every local schedule,
+/// L-BFGS and Newton-CG; penalties `L_p` and elastic net (the routing hands custom penalties to
+/// the per-edge solvers).
+pub(crate) fn balance_network(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -39,24 +39,9 @@ pub fn balance_network(
 ) -> Result<Solution, BalanceError> {
     settings.validate()?;
     reg.check_edges(net.num_edges())?;
-    let custom = reg
-        .classes()
-        .iter()
-        .any(|c| matches!(c, Penalty::Custom(f) if f.lp_exponent().is_none()));
-    match settings.method {
-        #[cfg(feature = "argmin")]
-        Method::Lbfgs | Method::NewtonCg if custom => {
-            return crate::solve::argmin::per_edge_observed(net, reg, settings, observer)
-        }
-        #[cfg(not(feature = "argmin"))]
-        Method::Lbfgs | Method::NewtonCg => return Err(BalanceError::Unavailable(settings.method)),
-        Method::Newton if custom => {
-            return crate::solve::newton::solve_observed(net, reg, settings, observer)
-        }
-        Method::Local(_) if custom => {
-            return crate::solve::local::solve_observed(net, reg, settings, observer)
-        }
-        _ => {}
+    #[cfg(not(feature = "argmin"))]
+    if let Method::Lbfgs | Method::NewtonCg = settings.method {
+        return Err(BalanceError::Unavailable(settings.method));
     }
     let start = Instant::now();
     let cost_before = total_cost(net, reg);

@@ -1,4 +1,4 @@
-//! The solvers on a [`Structured`] problem and the one driver that runs them.
+//! The solvers on a [`Structured`] problem: Newton-PCG and the local schedules.
 //!
 //! **Newton** (the default): at `x`, with `D` the Hessian diagonal and `A` its off-diagonal
 //! part, solve the Jacobi-scaled system `(I − Ŝ)·y = −D^{−1/2}·∇F`, `Ŝ = D^{−1/2} A D^{−1/2}`,
@@ -20,8 +20,8 @@
 //! [`PARALLEL_MIN_TERMS`] terms). Every reduction runs in a fixed order, so one and two threads
 //! give identical results.
 //!
-//! The [`drive`] loop owns the tolerance, the iteration cap, the time limit, the trace, the
-//! observer and the stop reason for every method.
+//! Both run under the one driver ([`crate::solve::driver`]), which owns the tolerance, the
+//! iteration cap, the time limit, the trace, the observer and the stop reason.
 
 // Per-variable vectors are indexed in parallel, hence index loops.
 #![allow(clippy::needless_range_loop)]
@@ -30,7 +30,8 @@ use super::analysis::{colour_classes, Occurrences};
 use super::ops::{minimize_1d, Engine, Flows, Sides};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
-use crate::solve::{Method, Observer, Schedule, Settings, Status, TraceEntry};
+use crate::solve::driver::{Iterate, Measured, Step};
+use crate::solve::Schedule;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,96 +51,6 @@ const MIN_FORCING: f64 = 1e-10;
 
 /// Largest number of coarse modes solved densely (beyond: no coarse correction).
 const MAX_MODES: usize = 2048;
-
-/// What one iteration did.
-pub(crate) enum Step {
-    /// Moved (or stayed at a point no worse).
-    Progress,
-    /// No further progress possible in floating point.
-    Stalled,
-    /// A non-finite value appeared.
-    Trouble,
-}
-
-/// An iterative method run by [`drive`].
-pub(crate) trait Iterate {
-    /// `(max relative imbalance, ln F, deficit)` at the current point.
-    fn state(&self) -> (f64, f64, f64);
-    /// One iteration (Newton step or sweep).
-    fn iterate(&mut self) -> Step;
-}
-
-/// The outcome of [`drive`].
-pub(crate) struct Outcome {
-    pub status: Status,
-    pub iterations: usize,
-    pub trace: Vec<TraceEntry>,
-    pub max_rel: f64,
-}
-
-/// Runs `it` until the tolerance, the iteration cap, the time limit or a failure; records the
-/// trace and calls the observer after the start and after every iteration.
-pub(crate) fn drive(
-    it: &mut dyn Iterate,
-    settings: &Settings,
-    method: Method,
-    observer: &mut dyn Observer,
-    start: Instant,
-) -> Outcome {
-    let cap = settings.iteration_cap();
-    let mut trace = Vec::new();
-    let mut k = 0usize;
-    loop {
-        let (max, ln_f, deficit) = it.state();
-        let entry = TraceEntry {
-            iteration: k,
-            max_relative_imbalance: max,
-            cost: ln_f.exp(),
-            deficit,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        if settings.trace {
-            trace.push(entry);
-        }
-        observer.observe(method, &entry);
-        let stop = if max.is_nan() || ln_f.is_nan() {
-            Some(Status::NumericalTrouble)
-        } else if max < settings.tol {
-            Some(Status::Converged)
-        } else if k >= cap {
-            Some(Status::MaxIterations)
-        } else if settings.time_limit.is_some_and(|t| start.elapsed() >= t) {
-            Some(Status::TimeLimit)
-        } else {
-            None
-        };
-        if let Some(status) = stop {
-            return Outcome {
-                status,
-                iterations: k,
-                trace,
-                max_rel: max,
-            };
-        }
-        match it.iterate() {
-            Step::Progress => k += 1,
-            step @ (Step::Stalled | Step::Trouble) => {
-                let (max, ..) = it.state();
-                let status = if matches!(step, Step::Trouble) || max.is_nan() {
-                    Status::NumericalTrouble
-                } else {
-                    Status::Stalled
-                };
-                return Outcome {
-                    status,
-                    iterations: k,
-                    trace,
-                    max_rel: max,
-                };
-            }
-        }
-    }
-}
 
 /// The state shared by every method: the problem, its operations, the point and its flows.
 pub(crate) struct Core<'s, 'a> {
@@ -632,8 +543,8 @@ fn active_mask(st: &Structured<'_>, fl: &Flows) -> Vec<bool> {
 pub(crate) struct NewtonRun<'c, 's, 'a>(pub &'c mut Core<'s, 'a>);
 
 impl Iterate for NewtonRun<'_, '_, '_> {
-    fn state(&self) -> (f64, f64, f64) {
-        self.0.state()
+    fn state(&self) -> Measured {
+        Measured::from_ln(self.0.state())
     }
     fn iterate(&mut self) -> Step {
         self.0.newton_step()
@@ -658,8 +569,8 @@ impl<'c, 's, 'a> LocalRun<'c, 's, 'a> {
 }
 
 impl Iterate for LocalRun<'_, '_, '_> {
-    fn state(&self) -> (f64, f64, f64) {
-        self.core.state()
+    fn state(&self) -> Measured {
+        Measured::from_ln(self.core.state())
     }
     fn iterate(&mut self) -> Step {
         let before = self.core.x.clone();

@@ -5,14 +5,13 @@
 
 use super::write::{decode, write_changed};
 use super::{convert, Conversion, OnnxError, OnnxFile, UnknownOp};
-use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError, LayerInfo};
+use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError};
 use crate::graph::cost::{imbalances, use_costs};
 use crate::graph::reference::ReferenceError;
 use crate::graph::values::Scales;
 use crate::io::model::{
     layer_max_abs, max_report, max_shortfall, memory_shortfall, model_report, solve_max,
-    solve_spec, structured_route, unit_summary, InspectReport, LayerSummary, MaxCriterion,
-    ModelReport, SpecSolveError,
+    solve_spec, structured_route, InspectReport, MaxCriterion, ModelReport, SpecSolveError,
 };
 use crate::maxnorm::spec::SpecMaxError;
 use crate::regularizer::Regularizer;
@@ -171,11 +170,6 @@ impl OnnxProblem {
             .collect())
     }
 
-    /// Units, free units and the reasons of the fixed ones (reason, count) of a layer.
-    fn unit_summary(&self, l: &LayerInfo) -> (usize, usize, Vec<(String, usize)>) {
-        unit_summary(&self.analysis.spec, l)
-    }
-
     /// Writes `output`: the input with every rewritten tensor under `scales` ([`write_changed`]).
     fn write(
         &self,
@@ -227,37 +221,10 @@ pub fn inspect_onnx(
     let scales = Scales::identity(&p.analysis.spec);
     let costs = p.layer_costs(&scales, reg)?;
     let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
-    let layers = p
-        .analysis
-        .layers
-        .iter()
-        .zip(&costs)
-        .enumerate()
-        .map(|(index, (l, &cost))| {
-            let (units, free_units, held_fixed) = p.unit_summary(l);
-            LayerSummary {
-                index,
-                name: l.name.clone(),
-                kind: l.kind.clone(),
-                units,
-                free_units,
-                held_fixed,
-                parameters: l.parameters,
-                cost,
-            }
-        })
-        .collect();
-    let n = imb.len().max(1) as f64;
     Ok(OnnxInspectReport {
-        inspect: InspectReport {
-            input: input.to_path_buf(),
-            layers,
-            groups: p.analysis.spec.num_vars(),
-            total_cost: costs.iter().sum(),
-            max_relative_imbalance: imb.iter().copied().fold(0.0, f64::max),
-            mean_relative_imbalance: imb.iter().sum::<f64>() / n,
-            folded_batchnorm: p.analysis.folded.clone(),
-        },
+        inspect: crate::io::model::inspect_report(input, &p.analysis, &costs, &imb, |i, l| {
+            (i, l.kind.clone())
+        }),
         unknown_ops: p.conversion.unknown_ops.clone(),
     })
 }

@@ -65,8 +65,9 @@ struct Act {
     channels: Option<usize>,
 }
 
-/// Ops that are not positively homogeneous of degree 1: their inputs are held fixed.
-const FIXED_OPS: &[&str] = &[
+/// Ops that are not positively homogeneous of degree 1 and whose output has the shape of their
+/// first input: their inputs are held fixed.
+const FIXED_SHAPE_KEEPING: &[&str] = &[
     "Sigmoid",
     "Tanh",
     "HardSigmoid",
@@ -100,56 +101,24 @@ const FIXED_OPS: &[&str] = &[
     "ThresholdedRelu",
     "Shrink",
     "Hardmax",
-    "ArgMax",
-    "ArgMin",
-    "TopK",
     "Cast",
-    "Einsum",
 ];
 
-/// Ops of [`FIXED_OPS`] (and Clip) whose output has the shape of their first input.
-const SHAPE_KEEPING: &[&str] = &[
-    "Sigmoid",
-    "Tanh",
-    "HardSigmoid",
-    "HardSwish",
-    "Softmax",
-    "LogSoftmax",
-    "Gelu",
-    "Erf",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Reciprocal",
-    "Pow",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Softplus",
-    "Softsign",
-    "Mish",
-    "LayerNormalization",
-    "InstanceNormalization",
-    "GroupNormalization",
-    "LRN",
-    "MeanVarianceNormalization",
-    "Sin",
-    "Cos",
-    "Sign",
-    "Round",
-    "Floor",
-    "Ceil",
-    "ThresholdedRelu",
-    "Shrink",
-    "Hardmax",
-    "Cast",
-    "Clip",
-    "Mul",
-    "Div",
-    "BatchNormalization",
-    "Add",
-    "Sub",
-];
+/// The other ops that are not positively homogeneous of degree 1: their inputs are held fixed.
+const FIXED_OTHER: &[&str] = &["ArgMax", "ArgMin", "TopK", "Einsum"];
+
+/// Homogeneous ops whose output has the shape of their first input.
+const SHAPE_KEEPING_OTHER: &[&str] = &["Clip", "Mul", "Div", "BatchNormalization", "Add", "Sub"];
+
+/// Whether `op` is not positively homogeneous of degree 1 (its inputs are held fixed).
+fn is_fixed_op(op: &str) -> bool {
+    FIXED_SHAPE_KEEPING.contains(&op) || FIXED_OTHER.contains(&op)
+}
+
+/// Whether the output of `op` has the shape of its first input.
+fn keeps_shape(op: &str) -> bool {
+    FIXED_SHAPE_KEEPING.contains(&op) || SHAPE_KEEPING_OTHER.contains(&op)
+}
 
 /// Quantized ops: their weights are integers.
 const QUANTIZED_OPS: &[&str] = &[
@@ -430,7 +399,7 @@ impl Converter<'_> {
             }
         }
         let first = match self.input(node, 0)? {
-            Some(Value::Act(a)) if SHAPE_KEEPING.contains(&node.op_type()) => Some(a),
+            Some(Value::Act(a)) if keeps_shape(node.op_type()) => Some(a),
             _ => None,
         };
         let id = self.push(node_name(node), Op::Fixed { kind }, inputs);
@@ -600,7 +569,7 @@ impl Converter<'_> {
                 self.pass(node, a, op);
                 Ok(())
             }
-            _ if FIXED_OPS.contains(&op) => self.fixed(node, op.to_string()),
+            _ if is_fixed_op(op) => self.fixed(node, op.to_string()),
             _ => self.unknown(node, "not supported by synbal"),
         }
     }

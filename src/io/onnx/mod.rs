@@ -29,6 +29,7 @@ use thiserror::Error;
 /// Errors while reading, converting or writing an ONNX model; each names the file, node or
 /// tensor at fault. Nothing is written when one occurs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OnnxError {
     /// The file could not be opened, read, mapped or written.
     #[error("{path}: {error}")]
