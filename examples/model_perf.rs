@@ -11,7 +11,8 @@
 //! ```
 //! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256. `--p 2,inf` runs each
 //! model for each exponent (default `2`; `inf` is exact max-norm balance). `--onnx FILE` (repeatable)
-//! adds an ONNX model, run the same way without `--arch`. `--billion` adds an
+//! adds an ONNX model, run the same way without `--arch`. `--timeout SECS` stops each run after
+//! `SECS` seconds (coreutils `timeout`; the row then shows the limit as wall time and exit 124). `--billion` adds an
 //! f32 MLP of depth 16 × width 8192 (1.07 B weights, 4.3 GB file), written tensor by tensor
 //! without holding it in memory, and runs only the last binary given on it.
 
@@ -169,8 +170,16 @@ fn measure(
     arch: Option<&Path>,
     out: &Path,
     p: &str,
+    timeout: Option<&str>,
 ) -> (f64, f64, i32) {
-    let mut cmd = Command::new("/usr/bin/time");
+    let mut cmd = match timeout {
+        Some(secs) => {
+            let mut c = Command::new("timeout");
+            c.arg(secs).arg("/usr/bin/time");
+            c
+        }
+        None => Command::new("/usr/bin/time"),
+    };
     cmd.arg("-v")
         .arg(binary)
         .args(["balance", "--p", p, "--tol", "1e-10", "--quiet"]);
@@ -183,6 +192,11 @@ fn measure(
         .arg(model)
         .output()
         .expect("run /usr/bin/time");
+    if timeout.is_some() && o.status.code() == Some(124) {
+        // stopped by `timeout`: wall = the limit, exit 124, no peak memory
+        let secs = timeout.and_then(|t| t.parse().ok()).unwrap_or(f64::NAN);
+        return (secs, f64::NAN, 124);
+    }
     let err = String::from_utf8_lossy(&o.stderr);
     let field = |key: &str| {
         err.lines()
@@ -224,6 +238,10 @@ fn main() {
         .filter(|w| w[0] == "--onnx")
         .map(|w| PathBuf::from(&w[1]))
         .collect();
+    let timeout: Option<&str> = args
+        .windows(2)
+        .find(|w| w[0] == "--timeout")
+        .map(|w| w[1].as_str());
     if binaries.is_empty() {
         binaries.push(("synbal".into(), PathBuf::from("target/release/synbal")));
     }
@@ -248,8 +266,14 @@ fn main() {
         drop(m.tensors);
         for p in &ps {
             for (name, bin) in &binaries {
-                let (wall, rss, status) =
-                    measure(bin, &file, Some(&arch), &dir.join("out.safetensors"), p);
+                let (wall, rss, status) = measure(
+                    bin,
+                    &file,
+                    Some(&arch),
+                    &dir.join("out.safetensors"),
+                    p,
+                    timeout,
+                );
                 println!(
                     "| {} | {:.1} M | {mb:.0} | {name} | {p} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
                     m.name,
@@ -266,7 +290,8 @@ fn main() {
             .map_or(String::new(), |s| s.to_string_lossy().into_owned());
         for p in &ps {
             for (name, bin) in &binaries {
-                let (wall, rss, status) = measure(bin, file, None, &dir.join("out.onnx"), p);
+                let (wall, rss, status) =
+                    measure(bin, file, None, &dir.join("out.onnx"), p, timeout);
                 println!(
                     "| {model} (ONNX) | — | {mb:.0} | {name} | {p} | {wall:.2} | {rss:.0} | {:.2} | {status} |",
                     rss / mb
@@ -280,8 +305,14 @@ fn main() {
         write_big_mlp(&file, &arch, depth, width).expect("write the 1 B-weight model");
         let mb = std::fs::metadata(&file).map_or(0, |x| x.len()) as f64 / (1u64 << 20) as f64;
         let (name, bin) = binaries.last().expect("a binary");
-        let (wall, rss, status) =
-            measure(bin, &file, Some(&arch), &dir.join("out.safetensors"), "2");
+        let (wall, rss, status) = measure(
+            bin,
+            &file,
+            Some(&arch),
+            &dir.join("out.safetensors"),
+            "2",
+            timeout,
+        );
         println!(
             "| MLP {depth} × {width} | {:.1} M | {mb:.0} | {name} | 2 | {wall:.2} | {rss:.0} | {:.2} | {status} |",
             (depth * width * width) as f64 / 1e6,

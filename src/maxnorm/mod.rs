@@ -279,73 +279,190 @@ fn topo_without_ground(n: usize, edges: &[QEdge], ground: u32) -> Option<Vec<u32
     (order.len() + 1 == n).then_some(order)
 }
 
+/// Vertices of the upper concave hull of the finite points `(s, y(s))`, `s = 1..=len`, written
+/// to `out` in increasing `s`; returns how many. A point on or below the segment between two
+/// others is dropped.
+///
+/// This is what the path programmes keep per vertex: with `F_s` the best path of `s` edges from
+/// the ground and `B_t` the best of `t` edges to it, the best cycle mean through a vertex is
+/// `max_{s,t} (F_s + B_t)/(s + t) = max{λ : max_s (F_s − sλ) + max_t (B_t − tλ) ≥ 0}`, and for every
+/// `λ` the maxima over `s` and `t` are attained at hull vertices; so only hull pairs are needed.
+/// The hull of `F(v)` is the hull of `(1, gin(v))` and of the predecessors' hulls shifted by one
+/// edge (the hull of a union is the hull of the union of hulls), so the programme extends only
+/// hull vertices: `O(m·h)` per pass for hulls of `h` points instead of `O(m·depth)`.
+fn upper_hull(y: impl Fn(usize) -> f64, len: usize, out: &mut [u32]) -> usize {
+    let mut k = 0usize;
+    for s in 1..=len {
+        let ys = y(s);
+        if ys == f64::NEG_INFINITY {
+            continue;
+        }
+        while k >= 2 {
+            let (a, b) = (out[k - 2] as usize, out[k - 1] as usize);
+            let (ya, yb) = (y(a), y(b));
+            // drop b when it is on or below the segment from a to s
+            if (yb - ya) * (s - a) as f64 <= (ys - ya) * (b - a) as f64 {
+                k -= 1;
+            } else {
+                break;
+            }
+        }
+        out[k] = s as u32;
+        k += 1;
+    }
+    k
+}
+
+/// Adjacency with the edge data inline: row `v` holds the neighbours `nb` (sources when keyed by
+/// target, targets when keyed by source) and log-weights `l` of its edges, contiguous, so a pass
+/// over the rows reads the edges in memory order.
+struct Csr {
+    ptr: Vec<usize>,
+    nb: Vec<u32>,
+    l: Vec<f64>,
+}
+
+impl Csr {
+    /// Rows keyed by source (`by_source`) or target, over the edges `keep` accepts.
+    fn new(n: usize, edges: &[QEdge], by_source: bool, keep: impl Fn(&QEdge) -> bool) -> Csr {
+        let key = |e: &QEdge| if by_source { e.a } else { e.b } as usize;
+        let mut ptr = vec![0usize; n + 1];
+        for e in edges.iter().filter(|e| keep(e)) {
+            ptr[key(e) + 1] += 1;
+        }
+        for i in 0..n {
+            ptr[i + 1] += ptr[i];
+        }
+        let mut fill = ptr.clone();
+        let m = ptr[n];
+        let (mut nb, mut l) = (vec![0u32; m], vec![0f64; m]);
+        for e in edges.iter().filter(|e| keep(e)) {
+            let k = &mut fill[key(e)];
+            nb[*k] = if by_source { e.b } else { e.a };
+            l[*k] = e.l;
+            *k += 1;
+        }
+        Csr { ptr, nb, l }
+    }
+
+    /// Positions of row `v`.
+    fn row(&self, v: usize) -> std::ops::Range<usize> {
+        self.ptr[v]..self.ptr[v + 1]
+    }
+
+    /// The same rows without the edges whose neighbour is not `live`.
+    fn retain_live(&mut self, live: &[bool]) {
+        let n = self.ptr.len() - 1;
+        let mut w = 0;
+        let mut start = 0;
+        for v in 0..n {
+            let end = self.ptr[v + 1];
+            for k in start..end {
+                if live[self.nb[k] as usize] {
+                    self.nb[w] = self.nb[k];
+                    self.l[w] = self.l[k];
+                    w += 1;
+                }
+            }
+            start = end;
+            self.ptr[v + 1] = w;
+        }
+        self.nb.truncate(w);
+        self.l.truncate(w);
+        self.nb.shrink_to_fit();
+        self.l.shrink_to_fit();
+    }
+}
+
+/// Longest-path lengths in vertices over `rows` (in-rows give levels from the sources, out-rows
+/// heights to the sinks), visiting `order` (a topological order for in-rows, reversed for
+/// out-rows); only `live` vertices count.
+fn path_lengths<'a>(
+    rows: &Csr,
+    order: impl Iterator<Item = &'a u32>,
+    live: &[bool],
+    len: &mut [usize],
+) {
+    for &v in order {
+        let v = v as usize;
+        if !live[v] {
+            continue;
+        }
+        len[v] = 1 + rows
+            .row(v)
+            .filter(|&k| live[rows.nb[k] as usize])
+            .map(|k| len[rows.nb[k] as usize])
+            .max()
+            .unwrap_or(0);
+    }
+}
+
 /// Contraction when the graph without the ground is acyclic: every cycle passes through the
 /// ground once, and each contraction merges one maximum-mean cycle into the ground. Edges between
-/// live vertices are fixed (CSR by target and by source); edges to and from the ground are kept as
-/// the largest `gin[v]` (ground → v) and `gout[v]` (v → ground), raised when a neighbour merges.
+/// live vertices are fixed (rows by target and by source, [`Csr`]); edges to and from the ground
+/// are kept as the largest `gin[v]` (ground → v) and `gout[v]` (v → ground), raised when a
+/// neighbour merges.
 ///
 /// One pass computes `F_s(v)`, the largest log-weight of a path of `s` edges from the ground to
 /// `v`, and `B_s(v)`, of a path of `s` edges from `v` to the ground; the best cycle through `v`
 /// has mean `c(v) = max_{s,t} (F_s(v) + B_t(v))/(s + t)` (the two paths share only `v`: the graph
-/// without the ground is acyclic). Contracting a maximum-mean cycle never raises `c(w)` of a
-/// remaining vertex `w`: a cycle of the contracted graph through `w` enters and leaves the merged
-/// cycle `C` (mean `μ`) at two of its vertices, and the cycle of the old graph that follows `C`
-/// between them has a mean that is a weighted average of the new cycle's mean and `μ ≥` it. So
-/// the `c(v)` of one pass are upper bounds for every later round, and the recorded best cycle of
-/// the vertex with the largest bound, while all its vertices are still live, is a maximum-mean
-/// cycle of the current graph (its mean can only have grown through `gin`/`gout`, and no cycle
-/// exceeds that bound). Each pass contracts the recorded cycles in decreasing order of `c` until
-/// one of them has lost a vertex, then recomputes. Returns `u` per vertex, the contractions and the
-/// largest cycle mean.
+/// without the ground is acyclic). Only the hull vertices of `s ↦ F_s(v)` and `t ↦ B_t(v)` are
+/// kept and extended ([`upper_hull`]): a pass costs `O(m·h)` for hulls of `h` points, not
+/// `O(m·depth)`, and reads the edges in memory order. Contracting a maximum-mean cycle never
+/// raises `c(w)` of a remaining vertex `w`: a cycle of the contracted graph through `w` enters and
+/// leaves the merged cycle `C` (mean `μ`) at two of its vertices, and the cycle of the old graph
+/// that follows `C` between them has a mean that is a weighted average of the new cycle's mean
+/// and `μ ≥` it. So the `c(v)` of one pass are upper bounds for every later round, and the
+/// recorded best cycle of the vertex with the largest bound, while all its vertices are still
+/// live, is a maximum-mean cycle of the current graph (its mean can only have grown through
+/// `gin`/`gout`, and no cycle exceeds that bound). Each pass contracts the recorded cycles in
+/// decreasing order of `c` until one of them has lost a vertex, then recomputes. Returns `u` per
+/// vertex, the contractions, the largest cycle mean and the passes.
 fn contract_ground_dag(
     n: usize,
     edges: &[QEdge],
     ground: u32,
     order: &[u32],
-    level: &[usize],
 ) -> (Vec<f64>, usize, f64, usize) {
     const NONE: u32 = u32::MAX;
-    let mut level = level.to_vec();
     let mut gin = vec![f64::NEG_INFINITY; n];
     let mut gout = vec![f64::NEG_INFINITY; n];
-    let mut inner = Vec::with_capacity(edges.len());
     for &e in edges {
         if e.a == ground {
             gin[e.b as usize] = gin[e.b as usize].max(e.l);
         } else if e.b == ground {
             gout[e.a as usize] = gout[e.a as usize].max(e.l);
-        } else {
-            inner.push(e);
         }
     }
-    let (mut iptr, mut iidx) = adjacency(n, &inner, false);
-    let (mut optr, mut oidx) = adjacency(n, &inner, true);
-    // height[v]: vertices on the longest path from v that avoids the ground
-    let mut height = vec![0usize; n];
-    for &v in order.iter().rev() {
-        let v = v as usize;
-        height[v] = 1 + oidx[optr[v]..optr[v + 1]]
-            .iter()
-            .map(|&k| height[inner[k as usize].b as usize])
-            .max()
-            .unwrap_or(0);
+    let inner = |e: &QEdge| e.a != ground && e.b != ground;
+    let mut ins = Csr::new(n, edges, false, inner);
+    let mut outs = Csr::new(n, edges, true, inner);
+    let mut live = vec![false; n];
+    let mut live_order: Vec<u32> = Vec::with_capacity(order.len());
+    for &v in order {
+        // vertices with no edge at all (held groups merged into the ground) take no part
+        let v_ = v as usize;
+        if gin[v_] > f64::NEG_INFINITY || !ins.row(v_).is_empty() {
+            live[v_] = true;
+            live_order.push(v);
+        }
     }
+    // level[v] / height[v]: vertices on the longest path to / from v that avoids the ground
+    let mut level = vec![0usize; n];
+    let mut height = vec![0usize; n];
+    path_lengths(&ins, live_order.iter(), &live, &mut level);
+    path_lengths(&outs, live_order.iter().rev(), &live, &mut height);
     let kmax = level.iter().copied().max().unwrap_or(1).max(1);
     let hmax = height.iter().copied().max().unwrap_or(1).max(1);
     let mut f = vec![f64::NEG_INFINITY; (kmax + 1) * n];
     let mut pred = vec![NONE; (kmax + 1) * n];
     let mut bk = vec![f64::NEG_INFINITY; (hmax + 1) * n];
     let mut succ = vec![NONE; (hmax + 1) * n];
-    let mut live = vec![false; n];
-    let mut live_order: Vec<u32> = Vec::with_capacity(order.len());
-    for &v in order {
-        // vertices with no edge at all (held groups merged into the ground) take no part
-        let v_ = v as usize;
-        if gin[v_] > f64::NEG_INFINITY || iptr[v_ + 1] > iptr[v_] {
-            live[v_] = true;
-            live_order.push(v);
-        }
-    }
+    // hull vertices (path lengths) of F(v) and B(v): `kmax` and `hmax` slots per vertex
+    let mut fhull = vec![0u32; kmax * n];
+    let mut fhn = vec![0usize; n];
+    let mut bhull = vec![0u32; hmax * n];
+    let mut bhn = vec![0usize; n];
     let mut u = vec![0.0f64; n];
     let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
     let mut cand: Vec<(f64, u32, u32, u32)> = Vec::new();
@@ -356,49 +473,41 @@ fn contract_ground_dag(
         if 2 * live_order.len() < compacted_at {
             // drop the edges of merged vertices and shorten the levels and heights to the live
             // graph: later passes cost what is left
-            inner.retain(|e| live[e.a as usize] && live[e.b as usize]);
-            (iptr, iidx) = adjacency(n, &inner, false);
-            (optr, oidx) = adjacency(n, &inner, true);
-            for &v in &live_order {
-                let v = v as usize;
-                level[v] = 1 + iidx[iptr[v]..iptr[v + 1]]
-                    .iter()
-                    .map(|&k| level[inner[k as usize].a as usize])
-                    .max()
-                    .unwrap_or(0);
-            }
-            for &v in live_order.iter().rev() {
-                let v = v as usize;
-                height[v] = 1 + oidx[optr[v]..optr[v + 1]]
-                    .iter()
-                    .map(|&k| height[inner[k as usize].b as usize])
-                    .max()
-                    .unwrap_or(0);
-            }
+            ins.retain_live(&live);
+            outs.retain_live(&live);
+            path_lengths(&ins, live_order.iter(), &live, &mut level);
+            path_lengths(&outs, live_order.iter().rev(), &live, &mut height);
             compacted_at = live_order.len();
         }
         passes += 1;
-        // forward: paths of s edges from the ground reach v only for s <= level[v]
+        // forward: paths of s edges from the ground reach v only for s <= level[v]; only the
+        // hull vertices of each predecessor are extended (see `upper_hull`)
         for &v in &live_order {
             let v = v as usize;
             f[n + v] = gin[v];
             for s in 2..=level[v] {
                 f[s * n + v] = f64::NEG_INFINITY;
             }
-            for &k in &iidx[iptr[v]..iptr[v + 1]] {
-                let e = inner[k as usize];
-                let a = e.a as usize;
+            for k in ins.row(v) {
+                let a = ins.nb[k] as usize;
                 if !live[a] {
                     continue;
                 }
-                for s in 2..=level[a] + 1 {
-                    let c = f[(s - 1) * n + a] + e.l;
+                let l = ins.l[k];
+                for &s in &fhull[a * kmax..a * kmax + fhn[a]] {
+                    let s = s as usize + 1;
+                    let c = f[(s - 1) * n + a] + l;
                     if c > f[s * n + v] {
                         f[s * n + v] = c;
-                        pred[s * n + v] = k;
+                        pred[s * n + v] = k as u32;
                     }
                 }
             }
+            fhn[v] = upper_hull(
+                |s| f[s * n + v],
+                level[v],
+                &mut fhull[v * kmax..(v + 1) * kmax],
+            );
         }
         // backward: paths of t edges from v to the ground, t <= height[v]
         for &v in live_order.iter().rev() {
@@ -407,37 +516,38 @@ fn contract_ground_dag(
             for t in 2..=height[v] {
                 bk[t * n + v] = f64::NEG_INFINITY;
             }
-            for &k in &oidx[optr[v]..optr[v + 1]] {
-                let e = inner[k as usize];
-                let b = e.b as usize;
+            for k in outs.row(v) {
+                let b = outs.nb[k] as usize;
                 if !live[b] {
                     continue;
                 }
-                for t in 2..=height[b] + 1 {
-                    let c = bk[(t - 1) * n + b] + e.l;
+                let l = outs.l[k];
+                for &t in &bhull[b * hmax..b * hmax + bhn[b]] {
+                    let t = t as usize + 1;
+                    let c = bk[(t - 1) * n + b] + l;
                     if c > bk[t * n + v] {
                         bk[t * n + v] = c;
-                        succ[t * n + v] = k;
+                        succ[t * n + v] = k as u32;
                     }
                 }
             }
+            bhn[v] = upper_hull(
+                |t| bk[t * n + v],
+                height[v],
+                &mut bhull[v * hmax..(v + 1) * hmax],
+            );
         }
         cand.clear();
         for &v in &live_order {
             let v_ = v as usize;
             let mut best: Option<(f64, u32, u32)> = None;
-            for s in 1..=level[v_] {
-                let fs = f[s * n + v_];
-                if fs == f64::NEG_INFINITY {
-                    continue;
-                }
-                for t in 1..=height[v_] {
-                    let total = fs + bk[t * n + v_];
-                    if total > f64::NEG_INFINITY {
-                        let mean = total / (s + t) as f64;
-                        if best.is_none_or(|b| mean > b.0) {
-                            best = Some((mean, s as u32, t as u32));
-                        }
+            for &s in &fhull[v_ * kmax..v_ * kmax + fhn[v_]] {
+                let fs = f[s as usize * n + v_];
+                for &t in &bhull[v_ * hmax..v_ * hmax + bhn[v_]] {
+                    let total = fs + bk[t as usize * n + v_];
+                    let mean = total / (s + t) as f64;
+                    if best.is_none_or(|b| mean > b.0) {
+                        best = Some((mean, s, t));
                     }
                 }
             }
@@ -465,17 +575,17 @@ fn contract_ground_dag(
                 if step == 1 {
                     cycle[0] = (cur, gin[cur]);
                 } else {
-                    let e = inner[pred[step * n + cur] as usize];
-                    cycle[step - 1] = (cur, e.l);
-                    cur = e.a as usize;
+                    let k = pred[step * n + cur] as usize;
+                    cycle[step - 1] = (cur, ins.l[k]);
+                    cur = ins.nb[k] as usize;
                 }
             }
             let mut cur = v;
             for step in (2..=t as usize).rev() {
-                let e = inner[succ[step * n + cur] as usize];
-                cur = e.b as usize;
+                let k = succ[step * n + cur] as usize;
+                cur = outs.nb[k] as usize;
                 intact &= live[cur];
-                cycle.push((cur, e.l));
+                cycle.push((cur, outs.l[k]));
             }
             if !intact {
                 break;
@@ -491,18 +601,16 @@ fn contract_ground_dag(
                 live[p] = false;
             }
             for &(p, _) in &cycle {
-                for &k in &oidx[optr[p]..optr[p + 1]] {
-                    let e = inner[k as usize];
-                    if live[e.b as usize] {
-                        let g = &mut gin[e.b as usize];
-                        *g = g.max(e.l - u[p]);
+                for k in outs.row(p) {
+                    let b = outs.nb[k] as usize;
+                    if live[b] {
+                        gin[b] = gin[b].max(outs.l[k] - u[p]);
                     }
                 }
-                for &k in &iidx[iptr[p]..iptr[p + 1]] {
-                    let e = inner[k as usize];
-                    if live[e.a as usize] {
-                        let g = &mut gout[e.a as usize];
-                        *g = g.max(e.l + u[p]);
+                for k in ins.row(p) {
+                    let a = ins.nb[k] as usize;
+                    if live[a] {
+                        gout[a] = gout[a].max(ins.l[k] + u[p]);
                     }
                 }
             }
@@ -607,8 +715,7 @@ pub(crate) fn solve_quotient(
     let is_held: Vec<bool> = held.iter().map(Option::is_some).collect();
     let (u, rounds, top, passes) = match &order {
         Some(o) => {
-            let level = dag_levels(n, &edges, ground, o);
-            let (uv, rounds, top, passes) = contract_ground_dag(n, &edges, ground, o, &level);
+            let (uv, rounds, top, passes) = contract_ground_dag(n, &edges, ground, o);
             let u = (0..groups)
                 .map(|g| if is_held[g] { 0.0 } else { uv[g] })
                 .collect();
@@ -843,7 +950,12 @@ fn contract_howard(
             // potentials among the edges that keep the mean
             let mut changed = false;
             let (mut eta2, mut x2) = (eta.clone(), x.clone());
-            for e in &cur {
+            // when every live vertex reaches a cycle of the same mean (all of them lead to the
+            // one cycle through the ground, the usual case) no edge raises a mean: skip the scan
+            let uniform = verts
+                .iter()
+                .all(|&v| eta[v as usize] == eta[verts[0] as usize]);
+            for e in cur.iter().filter(|_| !uniform) {
                 let (a, b) = (e.a as usize, e.b as usize);
                 if eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
                     eta2[a] = eta[b];
@@ -901,15 +1013,12 @@ fn contract_howard(
         top = top.max(mu);
         // the contracted graph: edges between distinct roots, log-weights relative to them
         best[rep as usize] = f64::NEG_INFINITY;
-        let mut next = Vec::with_capacity(cur.len());
-        for e in &cur {
-            let (ma, mb) = (!live[e.a as usize], !live[e.b as usize]);
-            let mut e = *e;
-            if ma || mb {
+        cur.retain_mut(|e| {
+            if !live[e.a as usize] || !live[e.b as usize] {
                 let o = edges[e.orig as usize];
                 let (ra, pa) = m.find(o.a);
                 let (rb, pb) = m.find(o.b);
-                e = CEdge {
+                *e = CEdge {
                     a: ra,
                     b: rb,
                     l: o.l + pb - pa,
@@ -917,15 +1026,14 @@ fn contract_howard(
                 };
             }
             if e.a == e.b {
-                continue;
+                return false;
             }
             if e.a == rep && e.l > best[rep as usize] {
                 best[rep as usize] = e.l;
                 pi[rep as usize] = e.orig;
             }
-            next.push(e);
-        }
-        cur = next;
+            true
+        });
         verts.retain(|&w| live[w as usize]);
     }
     let mut u = vec![0.0f64; groups];
@@ -936,25 +1044,6 @@ fn contract_howard(
         }
     }
     (u, rounds, top, passes)
-}
-
-/// Level of each vertex other than the ground: the number of vertices on the longest path to it
-/// that avoids the ground (1 for a vertex whose in-edges all come from the ground).
-fn dag_levels(n: usize, edges: &[QEdge], ground: u32, order: &[u32]) -> Vec<usize> {
-    let (ptr, idx) = adjacency(n, edges, false);
-    let mut level = vec![0usize; n];
-    for &v in order {
-        let v = v as usize;
-        let mut l = 1;
-        for &k in &idx[ptr[v]..ptr[v + 1]] {
-            let e = edges[k as usize];
-            if e.a != ground {
-                l = l.max(level[e.a as usize] + 1);
-            }
-        }
-        level[v] = l;
-    }
-    level
 }
 
 /// Per-group `(max_in, max_out)` of counted `|w|` (and `|b|` when `count_biases`), edges inside a
@@ -1171,4 +1260,182 @@ pub fn pairwise_cle(net: &Network, settings: &CleSettings) -> Result<CleSolution
         equalized: eligible.len(),
         skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Upper hull by brute force: `s` is a vertex when no pair `a < s < b` has `s` on or below
+    /// the segment between them.
+    fn hull_brute(y: &[f64]) -> Vec<u32> {
+        let pts: Vec<usize> = (1..y.len()).filter(|&s| y[s] > f64::NEG_INFINITY).collect();
+        pts.iter()
+            .copied()
+            .filter(|&s| {
+                !pts.iter().any(|&a| {
+                    pts.iter().any(|&b| {
+                        a < s
+                            && s < b
+                            && (y[s] - y[a]) * (b - a) as f64 <= (y[b] - y[a]) * (s - a) as f64
+                    })
+                })
+            })
+            .map(|s| s as u32)
+            .collect()
+    }
+
+    #[test]
+    fn upper_hull_keeps_the_concave_majorant() {
+        let mut out = [0u32; 8];
+        // y = 0, 3, 4, 4.5, −∞, 1 at s = 1..6: s = 4 lies below the segment from 3 to 6? no:
+        // the segment 3 → 6 at s = 4 is 4 − 1 = 3 < 4.5, so 4 stays; 5 is missing
+        let y = [f64::NAN, 0.0, 3.0, 4.0, 4.5, f64::NEG_INFINITY, 1.0];
+        let k = upper_hull(|s| y[s], 6, &mut out);
+        assert_eq!(&out[..k], &[1, 2, 3, 4, 6]);
+        // collinear points are dropped, the ends kept
+        let y = [f64::NAN, 1.0, 2.0, 3.0, 4.0];
+        let k = upper_hull(|s| y[s], 4, &mut out);
+        assert_eq!(&out[..k], &[1, 4]);
+        // nothing finite
+        let y = [f64::NAN, f64::NEG_INFINITY];
+        assert_eq!(upper_hull(|s| y[s], 1, &mut out), 0);
+        // random: the monotone chain equals the brute-force definition
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let len = rng.random_range(1..9);
+            let y: Vec<f64> = (0..=len)
+                .map(|_| {
+                    if rng.random_bool(0.2) {
+                        f64::NEG_INFINITY
+                    } else {
+                        rng.random_range(-5.0..0.0)
+                    }
+                })
+                .collect();
+            let k = upper_hull(|s| y[s], len, &mut out);
+            assert_eq!(out[..k].to_vec(), hull_brute(&y), "{y:?}");
+        }
+    }
+
+    /// A layered graph with skip edges, every vertex on a cycle through the ground (vertex `n−1`):
+    /// ground → first layer, last layer → ground, biases (ground → v) and outputs (v → ground)
+    /// at random elsewhere, parallel-free.
+    fn layered(seed: u64, widths: &[usize], skip: f64, extra_ground: f64) -> (usize, Vec<QEdge>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut layers: Vec<Vec<u32>> = vec![];
+        let mut next = 0u32;
+        for &w in widths {
+            layers.push((next..next + w as u32).collect());
+            next += w as u32;
+        }
+        let n = next as usize + 1;
+        let ground = next;
+        let mut edges = vec![];
+        let l = |rng: &mut ChaCha8Rng| rng.random_range(-4.0..1.0);
+        for (k, layer) in layers.iter().enumerate() {
+            for &v in layer {
+                if k == 0 || rng.random_bool(extra_ground) {
+                    edges.push(QEdge {
+                        a: ground,
+                        b: v,
+                        l: l(&mut rng),
+                    });
+                }
+                if k + 1 == layers.len() || rng.random_bool(extra_ground) {
+                    edges.push(QEdge {
+                        a: v,
+                        b: ground,
+                        l: l(&mut rng),
+                    });
+                }
+                if k + 1 < layers.len() {
+                    let nxt = &layers[k + 1];
+                    // one sure edge forward, the others at random; skips to later layers
+                    let sure = nxt[rng.random_range(0..nxt.len())];
+                    for &w in nxt {
+                        if w == sure || rng.random_bool(0.5) {
+                            edges.push(QEdge {
+                                a: v,
+                                b: w,
+                                l: l(&mut rng),
+                            });
+                        }
+                    }
+                    for later in &layers[k + 2..] {
+                        for &w in later {
+                            if rng.random_bool(skip) {
+                                edges.push(QEdge {
+                                    a: v,
+                                    b: w,
+                                    l: l(&mut rng),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // every vertex of a later layer needs a way in: one edge from the previous layer
+        for k in 1..layers.len() {
+            for &w in &layers[k] {
+                if !edges.iter().any(|e| e.b == w && e.a != ground) {
+                    let v = layers[k - 1][rng.random_range(0..layers[k - 1].len())];
+                    edges.push(QEdge {
+                        a: v,
+                        b: w,
+                        l: l(&mut rng),
+                    });
+                }
+            }
+        }
+        keep_largest_parallel(&mut edges);
+        (n, edges)
+    }
+
+    #[test]
+    fn the_hull_path_programmes_agree_with_howard_on_layered_graphs() {
+        let mut most_passes = 0;
+        for seed in 0..40u64 {
+            let widths: Vec<usize> = match seed % 4 {
+                0 => vec![3, 4, 3],
+                1 => vec![2, 5, 5, 4, 2],
+                2 => vec![6; 7],
+                _ => vec![1, 3, 2, 4, 1, 3],
+            };
+            let (n, edges) = layered(seed, &widths, 0.15, 0.3);
+            let ground = (n - 1) as u32;
+            let order = topo_without_ground(n, &edges, ground).expect("acyclic without the ground");
+            let (u_dag, rounds_dag, top_dag, passes) =
+                contract_ground_dag(n, &edges, ground, &order);
+            most_passes = most_passes.max(passes);
+            let held = vec![false; n - 1];
+            let (u_h, rounds_h, top_h, _) = contract_howard(n, &edges, ground, &held);
+            assert!((top_dag - top_h).abs() < 1e-12, "seed {seed}");
+            assert_eq!(rounds_dag, rounds_h, "seed {seed}");
+            for g in 0..n - 1 {
+                assert!(
+                    (u_dag[g] - u_h[g]).abs() < 1e-10,
+                    "seed {seed} vertex {g}: {} vs {}",
+                    u_dag[g],
+                    u_h[g]
+                );
+            }
+            // max-balanced: every vertex's largest in equals its largest out
+            let uu = |v: u32| if v == ground { 0.0 } else { u_dag[v as usize] };
+            let mut flows = vec![(f64::NEG_INFINITY, f64::NEG_INFINITY); n];
+            for e in &edges {
+                let l = e.l + uu(e.b) - uu(e.a);
+                flows[e.b as usize].0 = flows[e.b as usize].0.max(l);
+                flows[e.a as usize].1 = flows[e.a as usize].1.max(l);
+            }
+            for (g, &(i, o)) in flows[..n - 1].iter().enumerate() {
+                assert!((i - o).abs() < 1e-12, "seed {seed} vertex {g}: {i} vs {o}");
+            }
+        }
+        // batches were cut short by merged vertices and the passes redone
+        assert!(most_passes >= 3, "at most {most_passes} passes");
+    }
 }
