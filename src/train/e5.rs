@@ -13,11 +13,11 @@
 //! `F-16-16-16-16-10`, 3 epochs, 2 seeds.
 //!
 //! With `--patience N` each classifier is instead trained by the early-stopping loop of E4
-//! ([`super::learning`]): on the training pool (the training images minus a validation set of
-//! `min(1000, n/5)` images), validation accuracy every `--eval-every` epochs (default 1), stop after `N` epochs
-//! without a new best or at `--epochs` (default 100), and the best-validation network is
-//! quantized. With `--per-channel` every balancing is also quantized with one scale per output
-//! channel.
+//! ([`super::learning`]) on the training pool (the training images minus a validation set of
+//! `min(1000, n/5)` images): validation accuracy every `--eval-every` epochs (default 1), stop
+//! after `N` epochs without a new best or at `--epochs` (default 100); the best-validation network
+//! is quantized. With `--per-channel` every balancing is also quantized with one scale per output
+//! channel (`Δ_i = max_j |W_ij| / (2^{b-1} − 1)` for row `i`, [`Granularity::PerChannel`]).
 
 use super::data::Split;
 use super::experiments::{ExperimentError, Options, Report};
