@@ -311,3 +311,128 @@ fn e5_quick_runs_and_8_bits_is_nearly_lossless() {
         }
     }
 }
+
+/// `experiment e5 --quick --seeds 1 --patience 3 --epochs 20 --per-channel`: correct test images
+/// (of 360) of the float network and of the unbalanced and max-norm balanced networks at 3 bits,
+/// per tensor and per output channel, for each quick network and training (seed 0). Every run
+/// stops before the cap (epochs 15, 16, 17, 6); the five-layer network with the L2 penalty stays
+/// at chance (54/360) and stops at epoch 6.
+const E5_STOP_PINNED: [(&str, &str, &str, &str, usize); 20] = [
+    ("64-32-16-10", "none", "float", "float", 337),
+    ("64-32-16-10", "none", "none", "per-tensor", 322),
+    ("64-32-16-10", "none", "none", "per-channel", 318),
+    ("64-32-16-10", "none", "inf", "per-tensor", 312),
+    ("64-32-16-10", "none", "inf", "per-channel", 323),
+    ("64-32-16-10", "L2(0.0005)", "float", "float", 341),
+    ("64-32-16-10", "L2(0.0005)", "none", "per-tensor", 300),
+    ("64-32-16-10", "L2(0.0005)", "none", "per-channel", 311),
+    ("64-32-16-10", "L2(0.0005)", "inf", "per-tensor", 317),
+    ("64-32-16-10", "L2(0.0005)", "inf", "per-channel", 328),
+    ("64-16-16-16-16-10", "none", "float", "float", 316),
+    ("64-16-16-16-16-10", "none", "none", "per-tensor", 261),
+    ("64-16-16-16-16-10", "none", "none", "per-channel", 304),
+    ("64-16-16-16-16-10", "none", "inf", "per-tensor", 288),
+    ("64-16-16-16-16-10", "none", "inf", "per-channel", 295),
+    ("64-16-16-16-16-10", "L2(0.0005)", "float", "float", 54),
+    ("64-16-16-16-16-10", "L2(0.0005)", "none", "per-tensor", 56),
+    ("64-16-16-16-16-10", "L2(0.0005)", "none", "per-channel", 56),
+    ("64-16-16-16-16-10", "L2(0.0005)", "inf", "per-tensor", 56),
+    ("64-16-16-16-16-10", "L2(0.0005)", "inf", "per-channel", 55),
+];
+
+/// E5 trained with the early-stopping loop and quantized per tensor and per output channel: the
+/// pinned accuracies above; the per-tensor rows are the same with and without `--per-channel`
+/// (the flag only adds rows); every balancing × width has a per-channel row, and at 3 bits the
+/// per-channel rows of each run are not all equal to the per-tensor ones (one scale per output
+/// channel changes the codes of every tensor whose rows have different ranges).
+#[test]
+fn e5_stop_rule_and_per_channel_rows_are_pinned() {
+    use std::collections::HashMap;
+    use synbal::train::experiments::Options;
+    // key: "arch,training,balance,bits,granularity"
+    let run = |per_channel: bool| -> (String, HashMap<String, f64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            quick: true,
+            seeds: Some(1),
+            epochs: Some(20),
+            patience: Some(3),
+            per_channel,
+            out_dir: dir.path().to_path_buf(),
+            ..Options::default()
+        };
+        let report = synbal::train::e5::e5_quantization(&options).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("e5.csv")).unwrap();
+        let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        assert_eq!(
+            head,
+            [
+                "arch",
+                "penalty",
+                "seed",
+                "balance",
+                "bits",
+                "test_accuracy",
+                "granularity"
+            ]
+        );
+        let mut rows = HashMap::new();
+        for l in csv.lines().skip(1) {
+            let r: Vec<&str> = l.split(',').collect();
+            let key = [r[0], r[1], r[3], r[4], r[6]].join(",");
+            assert!(rows.insert(key, r[5].parse().unwrap()).is_none(), "{l}");
+        }
+        // 2 networks × 2 trainings × (float + 5 balancings × 4 widths × granularities)
+        let g = if per_channel { 2 } else { 1 };
+        assert_eq!(rows.len(), 4 * (1 + 20 * g));
+        (report.table, rows)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = synbal::train::e5::e5_quantization(&Options {
+        quick: true,
+        eval_every: Some(2),
+        out_dir: tmp.path().to_path_buf(),
+        ..Options::default()
+    });
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("--eval-every needs --patience"));
+    let (table, both) = run(true);
+    let (_, tensor_only) = run(false);
+    for line in [
+        "| 64-32-16-10 | none | 12.0 ± 0.0 | 15.0 ± 0.0 |",
+        "| 64-32-16-10 | L2(0.0005) | 13.0 ± 0.0 | 16.0 ± 0.0 |",
+        "| 64-16-16-16-16-10 | none | 14.0 ± 0.0 | 17.0 ± 0.0 |",
+        "| 64-16-16-16-16-10 | L2(0.0005) | 3.0 ± 0.0 | 6.0 ± 0.0 |",
+    ] {
+        assert!(table.contains(line), "{line} not in\n{table}");
+    }
+    assert!(table.contains("Quantization per-channel:"));
+    for (k, v) in &tensor_only {
+        assert_eq!(both.get(k), Some(v), "{k:?}");
+    }
+    let correct = |arch: &str, pen: &str, bal: &str, bits: &str, g: &str| {
+        (both[&[arch, pen, bal, bits, g].join(",")] * 360.0).round() as usize
+    };
+    for (arch, pen, bal, g, n) in E5_STOP_PINNED {
+        let bits = if bal == "float" { "0" } else { "3" };
+        assert_eq!(
+            correct(arch, pen, bal, bits, g),
+            n,
+            "{arch} {pen} {bal} {g}"
+        );
+    }
+    for arch in ["64-32-16-10", "64-16-16-16-16-10"] {
+        for pen in ["none", "L2(0.0005)"] {
+            let differ = ["none", "cle", "p1", "p2", "inf"].iter().any(|bal| {
+                correct(arch, pen, bal, "3", "per-tensor")
+                    != correct(arch, pen, bal, "3", "per-channel")
+            });
+            assert!(
+                differ,
+                "{arch} {pen}: per-channel equals per-tensor at 3 bits"
+            );
+        }
+    }
+}

@@ -733,6 +733,18 @@ fn rnn_gradients_match_finite_differences_and_balancing_keeps_the_function() {
     assert!((loss0 - loss1).abs() < 1e-12 && acc0 == acc1);
 }
 
+/// The metric `name` of a quick learning report (a mean test accuracy over two seeds of 360
+/// test images each) as a count of correct images out of 720.
+fn correct_of_720(report: &synbal::train::experiments::Report, name: &str) -> usize {
+    let acc = report
+        .metrics
+        .iter()
+        .find(|m| m.0 == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .1;
+    (acc * 720.0).round() as usize
+}
+
 /// `synbal experiment e4 --quick`: correct test images over its two seeds (360 each) per
 /// optimiser setting and arm, as documented in docs/experiments.md (E4, quick setting).
 const QUICK_E4_CORRECT: [(&str, &str, usize); 22] = [
@@ -775,17 +787,7 @@ fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
     .unwrap();
     for (setting, arm, correct) in QUICK_E4_CORRECT {
         let name = format!("1150 {setting} 64-32-10 {arm} weights test acc");
-        let acc = report
-            .metrics
-            .iter()
-            .find(|m| m.0 == name)
-            .unwrap_or_else(|| panic!("no metric {name}"))
-            .1;
-        assert_eq!(
-            (acc * 720.0).round() as usize,
-            correct,
-            "{setting} {arm}: mean test accuracy {acc}"
-        );
+        assert_eq!(correct_of_720(&report, &name), correct, "{setting} {arm}");
     }
     // Per seed, the penalised runs end with measurably smaller weights than the plain run
     // (tuned setting): Σ|w| under L1, Σw² under L2.
@@ -814,5 +816,43 @@ fn quick_e4_pins_every_arm_and_the_penalties_change_the_weights() {
             "seed {s}: Σ|w| ratio {l1}, Σw² ratio {l2}"
         );
         assert_ne!(get("l2pen", s, acc), get("plain", s, acc), "seed {s}");
+    }
+}
+
+/// `synbal experiment e6-rnn --quick --epochs 30 --patience 5`: correct test images over its two
+/// seeds (360 each) per arm (ReLU Elman RNN 8-32-10 on 200 embedded digits, 4 steps per epoch, so
+/// the every-10-steps arms differ from the every-epoch ones here).
+const QUICK_E6_RNN_CORRECT: [(&str, usize); 11] = [
+    ("plain", 305),
+    ("l1pen", 274),
+    ("l2pen", 91),
+    ("l1full", 280),
+    ("l2full", 291),
+    ("l1step", 291),
+    ("l1k", 304),
+    ("l1epoch", 265),
+    ("l2step", 251),
+    ("l2k", 288),
+    ("l2epoch", 314),
+];
+
+#[test]
+fn quick_e6_rnn_pins_every_arm() {
+    use synbal::train::experiments::{run, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        "e6-rnn",
+        &Options {
+            quick: true,
+            epochs: Some(30),
+            patience: Some(5),
+            out_dir: dir.path().to_path_buf(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for (arm, correct) in QUICK_E6_RNN_CORRECT {
+        let name = format!("200 rnn 8-32-10 {arm} weights test acc");
+        assert_eq!(correct_of_720(&report, &name), correct, "{arm}");
     }
 }

@@ -52,6 +52,8 @@ pub struct Options {
     pub lrs: Option<Vec<f64>>,
     /// `--velocity weights|gradients|reset`: how momentum follows a rescaling.
     pub velocity: Option<super::mlp::VelocityRule>,
+    /// `--per-channel` (E5): also quantize with one scale per output channel.
+    pub per_channel: bool,
 }
 
 /// Parses `--sizes`: `"784,256,10"` or several architectures `"784,256,10;784,256,128,10"`.

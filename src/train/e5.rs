@@ -1,5 +1,5 @@
 //! Experiment E5 (`docs/quantization.md`): does balancing a trained classifier help per-tensor
-//! weight quantization?
+//! (and per-channel) weight quantization?
 //!
 //! MLP classifiers are trained with [`Sgd`] (no penalty, and an L2 penalty `μΣw²`), then
 //! each is rescaled five ways (none, pairwise CLE, exact L1, exact L2, exact max-norm balance;
@@ -11,9 +11,17 @@
 //! Defaults: architectures `F-512-256-10` and `F-256-256-256-256-256-10` (`F` = pixels), 10
 //! epochs, learning rate 0.05, momentum 0.9, batch 64, `μ = 5e-4`, 3 seeds. `--quick`: `F-32-16-10` and
 //! `F-16-16-16-16-10`, 3 epochs, 2 seeds.
+//!
+//! With `--patience N` each classifier is instead trained by the early-stopping loop of E4
+//! ([`super::learning`]) on the training pool (the training images minus a validation set of
+//! `min(1000, n/5)` images): validation accuracy every `--eval-every` epochs (default 1), stop
+//! after `N` epochs without a new best or at `--epochs` (default 100); the best-validation network
+//! is quantized. With `--per-channel` every balancing is also quantized with one scale per output
+//! channel (`Δ_i = max_j |W_ij| / (2^{b-1} − 1)` for row `i`, [`Granularity::PerChannel`]).
 
 use super::data::Split;
 use super::experiments::{ExperimentError, Options, Report};
+use super::learning::{train_mlp, Arm, Job, LearnData, ModelKind, Optimiser, StopRule};
 use super::mlp::{Loss, Mlp, Penalty, Sgd, Task, Threads, TrainConfig};
 use crate::network::Activation;
 use crate::quant::{quantize_network, Balancing, Granularity};
@@ -43,6 +51,24 @@ struct Row {
     /// 0 = float.
     bits: u32,
     accuracy: f64,
+    /// `None` for the float row.
+    granularity: Option<Granularity>,
+}
+
+/// How the classifiers of one E5 run are trained.
+enum Training {
+    /// A fixed number of epochs on the whole training set.
+    Epochs(usize),
+    /// The early-stopping loop of E4 on the training pool.
+    Stop(Box<LearnData>, StopRule),
+}
+
+/// How one classifier's training ended (early-stopping runs only).
+struct Trained {
+    arch: String,
+    penalty: String,
+    best_epoch: usize,
+    epochs: usize,
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -73,15 +99,15 @@ fn accuracy(mlp: &Mlp, split: &Split) -> Result<f64, ExperimentError> {
     Ok(ev.accuracy.expect("a classifier"))
 }
 
-/// Trains one classifier and measures every balancing × bit width.
-fn one_run(
+/// Trains one classifier for a fixed number of epochs on the whole training set.
+fn train_epochs(
     split: &Split,
     sizes: &[usize],
     penalty: Penalty,
     seed: u64,
     epochs: usize,
     options: &Options,
-) -> Result<Vec<Row>, ExperimentError> {
+) -> Result<Mlp, ExperimentError> {
     let mut mlp = Mlp::new(sizes, Activation::Relu, seed)?;
     let mut sgd = Sgd::new(TrainConfig {
         lr: options.lr.unwrap_or(0.05),
@@ -99,26 +125,90 @@ fn one_run(
             )));
         }
     }
-    let row = |balance: &str, bits: u32, accuracy: f64| Row {
-        arch: join(sizes),
+    Ok(mlp)
+}
+
+/// Trains one classifier with the early-stopping loop of E4 (arm `plain`, or `l2pen` with
+/// `μ₂ = μ`) and returns its best-validation network.
+#[allow(clippy::too_many_arguments)]
+fn train_until_stop(
+    data: &LearnData,
+    stop: &StopRule,
+    sizes: &[usize],
+    penalty: Penalty,
+    mu: f64,
+    seed: u64,
+    options: &Options,
+) -> Result<(Mlp, Trained), ExperimentError> {
+    let arm = match penalty {
+        Penalty::None => "plain",
+        _ => "l2pen",
+    };
+    let job = Job {
+        model: ModelKind::Mlp,
+        train_size: None,
+        optimiser: Optimiser {
+            name: "e5".into(),
+            lr: options.lr.unwrap_or(0.05),
+            momentum: options.momentum.unwrap_or(0.9),
+            batch: options.batch.unwrap_or(64),
+            l1: mu / 10.0,
+            l2: mu,
+        },
+        arch: sizes.to_vec(),
+        arm: Arm::from_code(arm).expect("a known arm"),
+        seed,
+        rule: options.velocity.unwrap_or_default(),
+    };
+    let (r, mlp) = train_mlp(&job, data, stop, 0.9)?;
+    if r.diverged {
+        return Err(ExperimentError::BadOption(format!(
+            "training diverged at epoch {}; lower --lr",
+            r.epochs
+        )));
+    }
+    Ok((
+        mlp,
+        Trained {
+            arch: join(sizes),
+            penalty: penalty.name(),
+            best_epoch: r.best_epoch,
+            epochs: r.epochs,
+        },
+    ))
+}
+
+/// Measures every balancing × bit width (× granularity) of a trained classifier.
+fn measure(
+    mlp: &Mlp,
+    split: &Split,
+    penalty: Penalty,
+    seed: u64,
+    granularities: &[Granularity],
+) -> Result<Vec<Row>, ExperimentError> {
+    let row = |balance: &str, bits: u32, accuracy: f64, granularity| Row {
+        arch: join(&mlp.sizes()),
         penalty: penalty.name(),
         seed,
         balance: balance.to_string(),
         bits,
         accuracy,
+        granularity,
     };
-    let mut rows = vec![row("float", 0, accuracy(&mlp, split)?)];
+    let mut rows = vec![row("float", 0, accuracy(mlp, split)?, None)];
     let net = mlp.to_network();
     for bal in BALANCINGS {
         let balanced = bal
             .apply(&net, true)
             .map_err(|e| ExperimentError::BadOption(format!("balancing {}: {e}", bal.name())))?;
-        for bits in BITS {
-            let q = quantize_network(&balanced, bits, Granularity::PerTensor)
-                .map_err(|e| ExperimentError::BadOption(e.to_string()))?;
-            let mut m = mlp.clone();
-            m.set_from_network(&q)?;
-            rows.push(row(&bal.name(), bits, accuracy(&m, split)?));
+        for &g in granularities {
+            for bits in BITS {
+                let q = quantize_network(&balanced, bits, g)
+                    .map_err(|e| ExperimentError::BadOption(e.to_string()))?;
+                let mut m = mlp.clone();
+                m.set_from_network(&q)?;
+                rows.push(row(&bal.name(), bits, accuracy(&m, split)?, Some(g)));
+            }
         }
     }
     Ok(rows)
@@ -159,17 +249,58 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
             )));
         }
     }
-    let epochs = options.epochs.unwrap_or(if options.quick { 3 } else { 10 });
+    if options.patience.is_none() && options.eval_every.is_some() {
+        return Err(ExperimentError::BadOption(
+            "--eval-every needs --patience (E5 trains a fixed number of epochs without it)".into(),
+        ));
+    }
+    let training = match options.patience {
+        None => Training::Epochs(options.epochs.unwrap_or(if options.quick { 3 } else { 10 })),
+        Some(patience) => {
+            let stop = StopRule {
+                max_epochs: options.epochs.unwrap_or(100),
+                patience,
+                eval_every: options.eval_every.unwrap_or(1),
+            };
+            if stop.patience == 0 || stop.eval_every == 0 {
+                return Err(ExperimentError::BadOption(
+                    "--patience and --eval-every must be at least 1".into(),
+                ));
+            }
+            Training::Stop(Box::new(LearnData::new(&split)), stop)
+        }
+    };
+    let granularities: &[Granularity] = if options.per_channel {
+        &[Granularity::PerTensor, Granularity::PerChannel]
+    } else {
+        &[Granularity::PerTensor]
+    };
     let seeds = options.seeds.unwrap_or(if options.quick { 2 } else { 3 }) as u64;
     let mu = options.penalty.unwrap_or(5e-4);
     let penalties = [Penalty::None, Penalty::L2(mu)];
     let mut rows = Vec::new();
+    let mut trained = Vec::new();
     let csv_path = options.out_dir.join("e5.csv");
     for sizes in &archs {
         for &penalty in &penalties {
             for seed in 0..seeds {
                 let t = Instant::now();
-                rows.extend(one_run(&split, sizes, penalty, seed, epochs, options)?);
+                let mlp = match &training {
+                    Training::Epochs(epochs) => {
+                        train_epochs(&split, sizes, penalty, seed, *epochs, options)?
+                    }
+                    Training::Stop(data, stop) => {
+                        let (mlp, info) =
+                            train_until_stop(data, stop, sizes, penalty, mu, seed, options)?;
+                        eprintln!(
+                            "e5: {} {} seed {seed}: best epoch {} of {}",
+                            info.arch, info.penalty, info.best_epoch, info.epochs
+                        );
+                        trained.push(info);
+                        mlp
+                    }
+                };
+                rows.extend(measure(&mlp, &split, penalty, seed, granularities)?);
                 // the rows so far, so that an interrupted run keeps what it measured
                 write(&csv_path, &csv_text(&rows))?;
                 eprintln!(
@@ -182,7 +313,29 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
         }
     }
     let csv = csv_text(&rows);
-    let table = e5_table(&rows, &archs, &penalties);
+    let mut table = String::new();
+    if let Training::Stop(data, stop) = &training {
+        let _ = writeln!(
+            table,
+            "Training: {} pool images, {} validation images; validation every {} epoch(s), stop after {} epochs without a new best or at {}; the best-validation network is quantized.\n",
+            data.pool.len(),
+            data.validation.len(),
+            stop.eval_every,
+            stop.patience,
+            stop.max_epochs
+        );
+        table.push_str(&training_table(&trained, &archs, &penalties));
+        table.push('\n');
+    }
+    for (i, &g) in granularities.iter().enumerate() {
+        if granularities.len() > 1 {
+            if i > 0 {
+                table.push('\n');
+            }
+            let _ = writeln!(table, "Quantization {g}:\n");
+        }
+        table.push_str(&e5_table(&rows, &archs, &penalties, g));
+    }
     let md_path = options.out_dir.join("e5.md");
     write(&csv_path, &csv)?;
     write(&md_path, &table)?;
@@ -190,7 +343,9 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
     for bal in ["none", "cle", "p1", "p2", "inf"] {
         let v: Vec<f64> = rows
             .iter()
-            .filter(|r| r.balance == bal && r.bits == 4)
+            .filter(|r| {
+                r.balance == bal && r.bits == 4 && r.granularity == Some(Granularity::PerTensor)
+            })
             .map(|r| r.accuracy)
             .collect();
         metrics.push((format!("mean 4-bit test accuracy, {bal}"), mean_sd(&v).0));
@@ -211,18 +366,57 @@ pub fn e5_quantization(options: &Options) -> Result<Report, ExperimentError> {
 }
 
 fn csv_text(rows: &[Row]) -> String {
-    let mut csv = String::from("arch,penalty,seed,balance,bits,test_accuracy\n");
+    let mut csv = String::from("arch,penalty,seed,balance,bits,test_accuracy,granularity\n");
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{}",
-            r.arch, r.penalty, r.seed, r.balance, r.bits, r.accuracy
+            "{},{},{},{},{},{},{}",
+            r.arch,
+            r.penalty,
+            r.seed,
+            r.balance,
+            r.bits,
+            r.accuracy,
+            r.granularity.map_or("float".to_string(), |g| g.to_string())
         );
     }
     csv
 }
 
-fn e5_table(rows: &[Row], archs: &[Vec<usize>], penalties: &[Penalty]) -> String {
+/// Best epoch and epochs trained (mean ± sd over seeds) of the early-stopping runs.
+fn training_table(trained: &[Trained], archs: &[Vec<usize>], penalties: &[Penalty]) -> String {
+    let mut s =
+        String::from("| network | training | best epoch | epochs trained |\n|---|---|---|---|\n");
+    for sizes in archs {
+        let arch = join(sizes);
+        for p in penalties {
+            let pen = p.name();
+            let of = |f: fn(&Trained) -> usize| {
+                let v: Vec<f64> = trained
+                    .iter()
+                    .filter(|t| t.arch == arch && t.penalty == pen)
+                    .map(|t| f(t) as f64)
+                    .collect();
+                let (m, sd) = mean_sd(&v);
+                format!("{m:.1} ± {sd:.1}")
+            };
+            let _ = writeln!(
+                s,
+                "| {arch} | {pen} | {} | {} |",
+                of(|t| t.best_epoch),
+                of(|t| t.epochs)
+            );
+        }
+    }
+    s
+}
+
+fn e5_table(
+    rows: &[Row],
+    archs: &[Vec<usize>],
+    penalties: &[Penalty],
+    granularity: Granularity,
+) -> String {
     let mut s = String::from(
         "| network | training | balance | float | 8 bits | 6 bits | 4 bits | 3 bits |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -234,7 +428,11 @@ fn e5_table(rows: &[Row], archs: &[Vec<usize>], penalties: &[Penalty]) -> String
                 let v: Vec<f64> = rows
                     .iter()
                     .filter(|r| {
-                        r.arch == arch && r.penalty == pen && r.balance == bal && r.bits == bits
+                        r.arch == arch
+                            && r.penalty == pen
+                            && r.balance == bal
+                            && r.bits == bits
+                            && (bits == 0 || r.granularity == Some(granularity))
                     })
                     .map(|r| 100.0 * r.accuracy)
                     .collect();

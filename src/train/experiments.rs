@@ -21,7 +21,7 @@
 //! `--data DIR` ([`Options::data`]), `--epochs N`, `--sizes 784,256,10` (several architectures
 //! separated by `;` or by repeating the flag), `--lr`, `--momentum`, `--batch`, `--seeds N`,
 //! `--penalty μ`, `--out DIR`, `--quick`, `--arms`, `--setting`, `--train-sizes`, `--patience`,
-//! `--eval-every`, `--lrs`, `--velocity`.
+//! `--eval-every`, `--lrs`, `--velocity`, `--per-channel`.
 
 use super::common::{adapt, check_arch, join, setup, write_atomic, Setup};
 pub use super::common::{parse_sizes, ExperimentError, Options, Report};

@@ -471,7 +471,7 @@ pub(crate) struct LoopResult {
 }
 
 /// Balances before training as `arm` says, then trains epoch by epoch until `stop` stops it
-/// (see the module documentation); the best-validation state is kept and tested.
+/// (see the module documentation); the best-validation state is kept, tested and returned.
 pub(crate) fn train_loop<T: Trainee>(
     mut t: T,
     arm: &Arm,
@@ -480,7 +480,7 @@ pub(crate) fn train_loop<T: Trainee>(
     test: &Dataset,
     stop: &StopRule,
     target: f64,
-) -> Result<LoopResult, TrainError> {
+) -> Result<(LoopResult, T), TrainError> {
     let mut largest = 0.0f64;
     if let Some(p) = arm.before {
         largest = largest.max(t.balance(p, true)?);
@@ -539,7 +539,7 @@ pub(crate) fn train_loop<T: Trainee>(
     }
     let (test_loss, test_accuracy) = best_state.evaluate(test)?;
     let (cost_l1, cost_l2) = best_state.costs();
-    Ok(LoopResult {
+    let result = LoopResult {
         curve,
         best_epoch,
         best_validation: best,
@@ -552,7 +552,8 @@ pub(crate) fn train_loop<T: Trainee>(
         cost_l1,
         cost_l2,
         largest_log_scale: largest,
-    })
+    };
+    Ok((result, best_state))
 }
 
 impl RunResult {
@@ -584,6 +585,16 @@ pub fn train_job(
     stop: &StopRule,
     target: f64,
 ) -> Result<RunResult, TrainError> {
+    train_mlp(job, data, stop, target).map(|(r, _)| r)
+}
+
+/// [`train_job`], also returning the best-validation network (the one the result reports).
+pub(crate) fn train_mlp(
+    job: &Job,
+    data: &LearnData,
+    stop: &StopRule,
+    target: f64,
+) -> Result<(RunResult, Mlp), TrainError> {
     let t0 = Instant::now();
     let train = data.train_set(job.train_size, job.seed)?;
     let mlp = Mlp::new(&job.arch, Activation::Relu, job.seed)?;
@@ -597,7 +608,7 @@ pub fn train_job(
         velocity_rule: job.rule,
         ..TrainConfig::default()
     })?;
-    let r = train_loop(
+    let (r, best) = train_loop(
         MlpTrainee { mlp, sgd },
         &job.arm,
         &train,
@@ -606,11 +617,9 @@ pub fn train_job(
         stop,
         target,
     )?;
-    Ok(RunResult::from_loop(
-        job,
-        train.len(),
-        r,
-        t0.elapsed().as_secs_f64(),
+    Ok((
+        RunResult::from_loop(job, train.len(), r, t0.elapsed().as_secs_f64()),
+        best.mlp,
     ))
 }
 
@@ -1405,7 +1414,7 @@ pub fn train_rnn_job(
         job.rule,
         job.seed,
     );
-    let r = train_loop(
+    let (r, _) = train_loop(
         trainer,
         &job.arm,
         &train,

@@ -57,7 +57,8 @@ pub struct ExperimentArgs {
     /// Training subset sizes, comma-separated (E6, E6-rnn).
     #[arg(long, value_delimiter = ',')]
     pub train_sizes: Vec<usize>,
-    /// Epochs without a new best validation accuracy before a run stops (--epochs is the cap).
+    /// Epochs without a new best validation accuracy before a run stops (--epochs is the cap);
+    /// for E5 it switches to training with this stop rule.
     #[arg(long)]
     pub patience: Option<usize>,
     /// Measure the validation accuracy every N epochs.
@@ -69,6 +70,9 @@ pub struct ExperimentArgs {
     /// How momentum follows a rescaling during training: weights (default), gradients or reset.
     #[arg(long)]
     pub velocity: Option<String>,
+    /// E5: also quantize with one scale per output channel.
+    #[arg(long)]
+    pub per_channel: bool,
 }
 
 /// Runs `synbal experiment`: prints each report on stdout.
@@ -94,6 +98,7 @@ pub fn run(args: ExperimentArgs) -> Result<u8, Failure> {
         patience: args.patience,
         eval_every: args.eval_every,
         lrs: (!args.lrs.is_empty()).then_some(args.lrs),
+        per_channel: args.per_channel,
         velocity: match args.velocity.as_deref() {
             None => None,
             Some(v) => Some(VelocityRule::parse(v).ok_or_else(|| {
