@@ -8,8 +8,9 @@
 //! `E = Vᵀ(I − Ŝ)V`, `V = √D` on each mode, is assembled from block sums in one extra product
 //! and factorised densely (Cholesky). CG stops when the imbalance predicted after the step
 //! (the linearised gradient `−r_v·√h_v·e^σ` of the residual `r`, relative to `g⁺_v + g⁻_v`,
-//! maximised over `v`) is at most `max(min(m/2, 0.1)·m, 0.01·tol)`, `m` the current maximum
-//! relative imbalance. Steps are damped by a backtracking search on `ln F`. Far
+//! maximised over `v`) is at most `max(min(m, 0.2)·m, 0.01·tol)`, `m` the current maximum
+//! relative imbalance, relaxed to the nonlinear error `C·m²` that the previous step shows the
+//! coming one will leave (`Core::forcing`). Steps are damped by a backtracking search on `ln F`. Far
 //! from balance (relative imbalance above 0.5) an iteration is a colour-class sweep instead:
 //! every variable of a class is balanced exactly at once (they share no term), class after
 //! class.
@@ -44,6 +45,17 @@ pub const PARALLEL_MIN_TERMS: usize = 200_000;
 
 /// The last Newton step aims at a predicted imbalance this factor below the tolerance.
 const FINAL_MARGIN: f64 = 0.01;
+
+/// A Newton step's linear solve aims at this factor of the nonlinear error expected of it.
+const NONLINEAR_SHARE: f64 = 1.0;
+
+/// The forcing factor `m·min(m, MAX_FORCING)` of a step from the maximum relative imbalance `m`
+/// never asks less than this factor of reduction.
+const MAX_FORCING: f64 = 0.2;
+
+/// A step predicted to be the last aims, linear and nonlinear error together, at this factor
+/// of the tolerance.
+const FINAL_SHARE: f64 = 0.5;
 
 /// CG stops at this relative residual whatever the target (rounding level of the recurrence).
 const MIN_FORCING: f64 = 1e-10;
@@ -164,6 +176,10 @@ pub(crate) struct Core<'s, 'a> {
     /// When the time limit expires: CG stops early and the driver stops after the iteration.
     pub deadline: Option<Instant>,
     max_p: f64,
+    /// The maximum relative imbalance before the last full Newton step and whether that step
+    /// was a full step (`t = 1`): with the imbalance after it, an estimate of the constant `C`
+    /// of the quadratic convergence `m⁺ ≈ C·m²`.
+    last_step: Option<(f64, bool)>,
 }
 
 impl<'s, 'a> Core<'s, 'a> {
@@ -212,6 +228,7 @@ impl<'s, 'a> Core<'s, 'a> {
             tol: 1e-12,
             deadline: None,
             max_p,
+            last_step: None,
         }
     }
 
@@ -418,16 +435,40 @@ impl<'s, 'a> Core<'s, 'a> {
             .collect();
         let mask = active_mask(st, &self.fl);
         let coarse = self.coarse_operator(&sd, sigma);
-        // Forcing: quadratic convergence (the predicted imbalance a factor min(max/2, 0.1) below
-        // the current one), and no more accuracy than the tolerance needs (a factor
-        // `FINAL_MARGIN` below it), so the last step is not solved to rounding level.
-        let target = (max * (0.5 * max).min(0.1)).max(FINAL_MARGIN * self.tol);
+        let target = self.forcing(max);
         let y = self.pcg(&rhs, &sd, coarse.as_ref(), &mask, &weight, target);
         let delta: Vec<f64> = (0..n).map(|v| y[v] * isd[v]).collect();
         if delta.iter().any(|d| !d.is_finite()) {
             return None;
         }
         Some(delta)
+    }
+
+    /// The predicted imbalance CG aims at from the current maximum relative imbalance `m`.
+    ///
+    /// Quadratic forcing, `m·min(m, MAX_FORCING)`, never below `FINAL_MARGIN·tol` (the last step
+    /// is not solved to rounding level). When the previous step was a full step from `m₀`, the
+    /// imbalance it left, `m ≈ C·m₀²`, estimates the nonlinear error `C·m²` the coming step
+    /// will leave whatever the accuracy of its linear solve (Eisenstat–Walker). The target is
+    /// then relaxed to `min(NONLINEAR_SHARE·C·m², MAX_FORCING·m)` (solving further buys
+    /// nothing), and on a step expected to end the run (`C·m² ≤ tol`) to
+    /// `FINAL_SHARE·tol − C·m²`, so that the predicted imbalance plus the expected nonlinear
+    /// error stays below `FINAL_SHARE·tol`. The driver checks the true imbalance after every
+    /// step, so the forcing changes the work, never the guarantee.
+    fn forcing(&self, m: f64) -> f64 {
+        let base = (m * m.min(MAX_FORCING)).max(FINAL_MARGIN * self.tol);
+        let Some((m0, true)) = self.last_step else {
+            return base;
+        };
+        if !(m0 > 0.0 && m < m0) {
+            return base;
+        }
+        let nonlinear = m / (m0 * m0) * m * m;
+        if nonlinear <= self.tol {
+            base.max(FINAL_SHARE * self.tol - nonlinear)
+        } else {
+            base.max((NONLINEAR_SHARE * nonlinear).min(MAX_FORCING * m))
+        }
     }
 
     /// The coarse operator `E = Vᵀ(I − Ŝ)V` factorised, or `None` when there is no coarse space.
@@ -536,6 +577,7 @@ impl<'s, 'a> Core<'s, 'a> {
         if max > SWEEP_ABOVE {
             self.colour_sweep();
             self.sweeps += 1;
+            self.last_step = None;
             return Step::Progress;
         }
         let Some(delta) = self.newton_direction(max) else {
@@ -563,6 +605,7 @@ impl<'s, 'a> Core<'s, 'a> {
             let armijo = dec.exp_m1() <= 1e-4 * t * slope;
             let noise = dec.abs() < 1e-12 && self.max_rel() < max;
             if armijo || noise {
+                self.last_step = Some((max, t == 1.0));
                 return Step::Progress;
             }
             t *= 0.5;
