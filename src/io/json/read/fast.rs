@@ -400,10 +400,17 @@ impl<'a> Scan<'a> {
         match b.get(i)? {
             b'0' => i += 1,
             b'1'..=b'9' => {
-                while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
-                    int = int.and_then(|x| x.checked_mul(10)?.checked_add(u64::from(c - b'0')));
-                    i += 1;
-                }
+                let end = digits(i);
+                let digit = |c: &u8| u64::from(c - b'0');
+                // 19 decimal digits always fit in 64 bits
+                int = if end - i <= 19 {
+                    Some(b[i..end].iter().fold(0, |x, c| x * 10 + digit(c)))
+                } else {
+                    b[i..end]
+                        .iter()
+                        .try_fold(0u64, |x, c| x.checked_mul(10)?.checked_add(digit(c)))
+                };
+                i = end;
             }
             _ => return None,
         }
