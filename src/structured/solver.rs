@@ -52,7 +52,7 @@ const NONLINEAR_SHARE: f64 = 0.3;
 
 /// The target is relaxed to the expected nonlinear error only while that error is above this
 /// factor of the tolerance (the steps that end the run keep solving to `FINAL_MARGIN·tol`, so
-/// the balanced state stays as accurate as before, not merely below the tolerance).
+/// the balanced state lands well below the tolerance, not just under it).
 const RELAX_ABOVE: f64 = 100.0;
 
 /// The forcing factor `m·min(m/2, MAX_FORCING)` of a step from the maximum relative imbalance
@@ -453,8 +453,8 @@ impl<'s, 'a> Core<'s, 'a> {
     /// the imbalance it left, `m ≈ C·m₀²`, estimates the nonlinear error `C·m²` the coming step
     /// will leave whatever the accuracy of its linear solve (Eisenstat–Walker). While that error
     /// is above `RELAX_ABOVE·tol` the target is relaxed to `min(NONLINEAR_SHARE·C·m²,
-    /// MAX_FORCING·m)` (solving further buys nothing). The driver checks the true imbalance after every step, so the
-    /// forcing changes the work, never the guarantee.
+    /// MAX_FORCING·m)` (solving further buys nothing). The driver checks the true imbalance
+    /// after every step, so the forcing changes the work, never the guarantee.
     fn forcing(&self, m: f64) -> f64 {
         let base = (m * (0.5 * m).min(MAX_FORCING)).max(FINAL_MARGIN * self.tol);
         let Some((m0, true)) = self.last_step else {
