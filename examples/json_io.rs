@@ -4,7 +4,11 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release --example json_io -- [--width 64] [--depth 64] [--runs 5] [--compare PATH]...
+//!     [--keep DIR]
 //! ```
+//!
+//! `--keep DIR` writes `in.json` and `out.json` to `DIR` and leaves them there (for profiling the
+//! whole process on the same input), instead of a temporary directory removed at the end.
 //!
 //! Builds the dense ReLU MLP `width` wide with `depth` weight layers (input `width`, `depth − 1`
 //! hidden layers of `width`, 10 outputs; PyTorch-style init, seed 1 — the `mlp:W:D` networks of
@@ -227,6 +231,7 @@ fn main() {
     }
     let (mut width, mut depth, mut runs) = (64usize, 64usize, 5usize);
     let mut compare: Vec<PathBuf> = Vec::new();
+    let mut keep: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().expect("a value after the flag").clone();
@@ -235,13 +240,16 @@ fn main() {
             "--depth" => depth = value().parse().expect("--depth N"),
             "--runs" => runs = value().parse().expect("--runs N"),
             "--compare" => compare.push(PathBuf::from(value())),
+            "--keep" => keep = Some(PathBuf::from(value())),
             other => panic!("unknown argument {other}"),
         }
     }
     let mut sizes = vec![width; depth];
     sizes.push(10.min(width));
     let net = from_layers(&random_layers(&sizes, Activation::Relu, 1)).expect("consistent");
-    let dir = std::env::temp_dir().join(format!("synbal-json-io-{}", std::process::id()));
+    let dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("synbal-json-io-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&dir).expect("temporary directory");
     let input = dir.join("in.json");
     let output = dir.join("out.json");
@@ -318,5 +326,7 @@ fn main() {
             &mib(peak),
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

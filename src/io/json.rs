@@ -224,10 +224,30 @@ enum NeuronForm {
 /// of [`JsonNetwork::from_str`] (which name the JSON path, not the file).
 pub fn read_network(path: impl AsRef<Path>) -> Result<JsonNetwork, JsonError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|error| JsonError::Read {
+    let read_error = |error| JsonError::Read {
         path: path.to_path_buf(),
         error,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let regular = file.metadata().map_err(read_error)?;
+    if regular.is_file() && regular.len() > 0 {
+        // A regular file is read through a memory map (no copy of the text, no anonymous pages
+        // to fault in). SAFETY: the map is read-only; the file must not be truncated by another
+        // process while it is read (the usual contract of memory-mapped input, as for model
+        // files).
+        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+            let text = std::str::from_utf8(&map).map_err(|_| {
+                read_error(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ))
+            })?;
+            let top = read::parse_text(text.strip_prefix('\u{feff}').unwrap_or(text))?;
+            drop(map);
+            return top.finish();
+        }
+    }
+    let text = std::io::read_to_string(file).map_err(read_error)?;
     read::parse_owned(text)
 }
 

@@ -350,8 +350,8 @@ impl Network {
         ties: &[Vec<usize>],
     ) -> Result<Network, NetworkError> {
         let n = roles.len();
-        let (in_ptr, in_edges) = csr(n, &dst);
-        let (out_ptr, out_edges) = csr(n, &src);
+        let ((in_ptr, in_edges), (out_ptr, out_edges)) =
+            rayon::join(|| csr(n, &dst), || csr(n, &src));
         let free: Vec<Option<f64>> = (0..n)
             .map(|i| match roles[i] {
                 Role::Hidden => activations[i].degree(),

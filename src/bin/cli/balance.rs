@@ -277,12 +277,18 @@ pub fn run(args: BalanceArgs) -> Result<u8, Failure> {
     // Everything is checked (the report also serialized) before anything is written.
     let output_error = |e: JsonError| internal(anyhow!("internal error: balanced network: {e}"));
     doc.check(&solution.network).map_err(output_error)?;
-    let report = BalanceReport::new(&doc.network, &reg, &settings, &solution);
+    // Without a report file nothing depends on the report before the write, so the two run
+    // side by side (the report measures the input network).
+    let write = || write_network(&args.output, &doc, &solution.network);
+    let (report, written) = rayon::join(
+        || BalanceReport::new(&doc.network, &reg, &settings, &solution),
+        || args.report.is_none().then(write),
+    );
     let report_text = match &args.report {
         Some(_) => Some(report.to_json().map_err(internal)?),
         None => None,
     };
-    write_network(&args.output, &doc, &solution.network).map_err(|e| match e {
+    written.unwrap_or_else(write).map_err(|e| match e {
         JsonError::Write(e) => internal(e),
         other => output_error(other),
     })?;

@@ -36,7 +36,7 @@ pub(super) fn parse_owned(text: String) -> Result<JsonNetwork, JsonError> {
 }
 
 /// Parses `text` into its top-level object; semantic errors are recorded, not yet reported.
-fn parse_text(text: &str) -> Result<Top, JsonError> {
+pub(super) fn parse_text(text: &str) -> Result<Top, JsonError> {
     if let Some(top) = fast::parse(text) {
         return Ok(top);
     }
@@ -133,7 +133,7 @@ impl<'de> Deserialize<'de> for Skip {
 struct TopBody;
 
 /// The top-level object as read.
-struct Top {
+pub(super) struct Top {
     /// Fields in document order, with `null` placeholders for `neurons` and `edges`.
     fields: Map<String, Value>,
     neurons: Option<Found<Neurons>>,
@@ -516,7 +516,7 @@ fn row_error(e: usize, row: &[Value], len: usize, n: usize) -> JsonError {
 impl Top {
     /// Validates what was read, in the order of the module documentation, and builds the
     /// network.
-    fn finish(self) -> Result<JsonNetwork, JsonError> {
+    pub(super) fn finish(self) -> Result<JsonNetwork, JsonError> {
         let neurons = match self.neurons {
             Some(Found::Ok(list)) => list,
             Some(Found::Other(kind)) => {

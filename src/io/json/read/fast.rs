@@ -23,6 +23,9 @@ const SEGMENT: usize = 1 << 20;
 /// Most parts a segment is split into.
 const MAX_PARTS: usize = 8;
 
+/// Bytes tested at once by [`Scan::array_end`].
+const BLOCK: usize = 64;
+
 /// Fewest bytes per part (smaller windows are read in one part).
 const MIN_PART: usize = 1 << 16;
 
@@ -36,6 +39,8 @@ pub(super) fn parse(text: &str) -> Option<Top> {
         neurons: None,
         edges: None,
     };
+    // The text of `neurons`, read when `edges` comes (both at once) or at the end.
+    let mut neurons_text: Option<&str> = None;
     s.ws();
     if s.peek() == Some(b'}') {
         s.pos += 1;
@@ -53,14 +58,19 @@ pub(super) fn parse(text: &str) -> Option<Top> {
             s.ws();
             let value = match key.as_str() {
                 "edges" => {
-                    top.edges = Some(Found::Ok(s.edges()?));
+                    let edges = match neurons_text.take() {
+                        Some(t) => {
+                            let (neurons, edges) = rayon::join(|| neurons(t), || s.edges());
+                            top.neurons = Some(neurons?);
+                            edges
+                        }
+                        None => s.edges(),
+                    };
+                    top.edges = Some(Found::Ok(edges?));
                     Value::Null
                 }
                 "neurons" => {
-                    let mut de = serde_json::Deserializer::from_str(s.value()?);
-                    let found = Expect(NeuronsBody).deserialize(&mut de).ok()?;
-                    de.end().ok()?;
-                    top.neurons = Some(found);
+                    neurons_text = Some(s.value()?);
                     Value::Null
                 }
                 _ => serde_json::from_str(s.value()?).ok()?,
@@ -75,7 +85,21 @@ pub(super) fn parse(text: &str) -> Option<Top> {
         }
     }
     s.ws();
-    (s.pos == text.len()).then_some(top)
+    if s.pos != text.len() {
+        return None;
+    }
+    if let Some(t) = neurons_text {
+        top.neurons = Some(neurons(t)?);
+    }
+    Some(top)
+}
+
+/// The `neurons` array from its text, as the general reader reads it.
+fn neurons(text: &str) -> Option<Found<super::Neurons>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = Expect(NeuronsBody).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(found)
 }
 
 /// A position in the text.
@@ -162,8 +186,9 @@ impl<'a> Scan<'a> {
     /// The `edges` array, every row of the form `[index, index, number(, number)]`.
     ///
     /// The array is read in windows of about [`SEGMENT`] bytes, each cut at row ends into one
-    /// part per thread; the parts are scanned in parallel and their rows added in order, so the
-    /// result is that of one scan from the start. A window ends at the array's end if a `]`
+    /// part per thread; the parts are scanned in parallel and their rows added in order (those
+    /// of a window while the next one is scanned), so the result is that of one scan from the
+    /// start. A window ends at the array's end if a `]`
     /// followed by `]` (white space between) is in it, and every cut is a comma after a `]`
     /// before that end. Each part must be a list of complete rows separated by commas, ending
     /// exactly at its cut, so anything else (a nested value, a string) fails a part and the whole
@@ -179,6 +204,14 @@ impl<'a> Scan<'a> {
         let threads = rayon::current_num_threads().clamp(1, MAX_PARTS);
         let text = self.text;
         let mut e = 0;
+        // The rows of the previous window, added to the network while this one is scanned.
+        let mut pending: Vec<Vec<Row>> = Vec::new();
+        let add = |edges: &mut Edges, e: &mut usize, rows: Vec<Vec<Row>>| {
+            for r in rows.into_iter().flatten() {
+                edges.add(*e, r);
+                *e += 1;
+            }
+        };
         loop {
             let window = (self.pos + SEGMENT).min(text.len());
             let end = self.array_end(window);
@@ -208,16 +241,18 @@ impl<'a> Scan<'a> {
                 None => self.cut(limit)?,
             };
             cuts.push((at, last));
-            let rows: Vec<Vec<Row>> = cuts
-                .par_iter()
-                .map(|&(a, b)| Scan { text, pos: a }.rows(b))
-                .collect::<Option<_>>()?;
-            for r in rows.into_iter().flatten() {
-                edges.add(e, r);
-                e += 1;
-            }
+            let (rows, ()) = rayon::join(
+                || {
+                    cuts.par_iter()
+                        .map(|&(a, b)| Scan { text, pos: a }.rows(b))
+                        .collect::<Option<Vec<Vec<Row>>>>()
+                },
+                || add(&mut edges, &mut e, std::mem::take(&mut pending)),
+            );
+            pending = rows?;
             self.pos = last + 1;
             if closes {
+                add(&mut edges, &mut e, pending);
                 return Some(edges);
             }
         }
@@ -225,15 +260,35 @@ impl<'a> Scan<'a> {
 
     /// The position of the second `]` of the first `]` + white space + `]` starting before
     /// `window`, if any (the end of an array of flat rows).
+    ///
+    /// Inside an array of rows almost every `]` is followed by a comma, so the window is
+    /// searched in blocks of [`BLOCK`] bytes for a `]` followed by anything else (a branch-free
+    /// test per block); only such candidates are looked at closely.
     fn array_end(&self, window: usize) -> Option<usize> {
         let b = self.text.as_bytes();
-        memchr::memchr_iter(b']', &b[self.pos..window]).find_map(|k| {
-            let mut i = self.pos + k + 1;
+        let closes = |k: usize| {
+            let mut i = k + 1;
             while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
                 i += 1;
             }
             (b.get(i) == Some(&b']')).then_some(i)
-        })
+        };
+        let candidate = |k: usize| b[k] == b']' && b.get(k + 1) != Some(&b',');
+        let mut k = self.pos;
+        // blocks whose every byte and the one after it are inside the text
+        while k + BLOCK < window.min(b.len()) {
+            let hit = b[k..k + BLOCK]
+                .iter()
+                .zip(&b[k + 1..k + BLOCK + 1])
+                .fold(false, |any, (&c, &n)| any | ((c == b']') & (n != b',')));
+            if hit {
+                if let Some(end) = (k..k + BLOCK).filter(|&j| candidate(j)).find_map(closes) {
+                    return Some(end);
+                }
+            }
+            k += BLOCK;
+        }
+        (k..window).filter(|&j| candidate(j)).find_map(closes)
     }
 
     /// The first `]` at or after `from` and what follows it (white space skipped): the position
@@ -345,10 +400,17 @@ impl<'a> Scan<'a> {
         match b.get(i)? {
             b'0' => i += 1,
             b'1'..=b'9' => {
-                while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
-                    int = int.and_then(|x| x.checked_mul(10)?.checked_add(u64::from(c - b'0')));
-                    i += 1;
-                }
+                let end = digits(i);
+                let digit = |c: &u8| u64::from(c - b'0');
+                // 19 decimal digits always fit in 64 bits
+                int = if end - i <= 19 {
+                    Some(b[i..end].iter().fold(0, |x, c| x * 10 + digit(c)))
+                } else {
+                    b[i..end]
+                        .iter()
+                        .try_fold(0u64, |x, c| x.checked_mul(10)?.checked_add(digit(c)))
+                };
+                i = end;
             }
             _ => return None,
         }
