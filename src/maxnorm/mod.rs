@@ -73,6 +73,7 @@ impl Default for MaxSettings {
 
 /// Bad settings for [`max_balance`] or [`pairwise_cle`].
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum MaxNormError {
     /// The tolerance or threshold is not in (0, 1).
     #[error("{what} must be finite and in (0, 1), got {value}")]

@@ -29,6 +29,7 @@ use thiserror::Error;
 
 /// Errors of [`max_balance_spec`] and [`cle_spec`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SpecMaxError {
     /// Bad settings.
     #[error(transparent)]

@@ -81,6 +81,7 @@ pub fn parse_sizes(s: &str) -> Result<Vec<Vec<usize>>, ExperimentError> {
 
 /// Why an experiment could not run.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ExperimentError {
     /// Unknown experiment name.
     #[error(

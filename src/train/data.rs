@@ -128,6 +128,7 @@ impl fmt::Display for DataSource {
 
 /// Why a dataset could not be loaded. Every variant names the file.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DataError {
     /// Neither `name` nor `name.gz` exists in the directory.
     #[error("{dir}: neither {name} nor {name}.gz exists")]

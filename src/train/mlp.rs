@@ -240,6 +240,7 @@ impl Default for TrainConfig {
 
 /// Invalid trainer input.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A setting is out of range.
     #[error("training setting `{field}`: {message}")]
