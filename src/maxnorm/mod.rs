@@ -398,6 +398,79 @@ fn path_lengths<'a>(
     }
 }
 
+/// One direction of the path programmes of [`contract_ground_dag`]: `val[s·n + v]` is the
+/// largest log-weight of a path of `s` edges between the ground and `v` (`ground[v]` for `s = 1`,
+/// `max_k val[(s−1)·n + nb_k] + l_k` over the row of `v` above), `via[s·n + v]` the row position
+/// that attains it, and `hull[v·slots..][..hn[v]]` the path lengths on the upper concave hull of
+/// `s ↦ val[s·n + v]` (see [`upper_hull`]).
+struct Paths {
+    n: usize,
+    slots: usize,
+    val: Vec<f64>,
+    via: Vec<u32>,
+    hull: Vec<u32>,
+    hn: Vec<usize>,
+}
+
+impl Paths {
+    fn new(n: usize, slots: usize) -> Self {
+        Paths {
+            n,
+            slots,
+            val: vec![f64::NEG_INFINITY; (slots + 1) * n],
+            via: vec![u32::MAX; (slots + 1) * n],
+            hull: vec![0u32; slots * n],
+            hn: vec![0usize; n],
+        }
+    }
+
+    /// The hull path lengths of `v`.
+    fn hull_of(&self, v: usize) -> &[u32] {
+        &self.hull[v * self.slots..v * self.slots + self.hn[v]]
+    }
+
+    /// Recomputes the live vertices in `order` (each after its neighbours in `rows`), paths of
+    /// `v` at most `bound[v]` edges long; only the hull points of each neighbour are extended.
+    fn extend<'o>(
+        &mut self,
+        order: impl Iterator<Item = &'o u32>,
+        rows: &Csr,
+        live: &[bool],
+        ground: &[f64],
+        bound: &[usize],
+    ) {
+        let (n, slots) = (self.n, self.slots);
+        for &v in order {
+            let v = v as usize;
+            self.val[n + v] = ground[v];
+            for s in 2..=bound[v] {
+                self.val[s * n + v] = f64::NEG_INFINITY;
+            }
+            for k in rows.row(v) {
+                let a = rows.nb[k] as usize;
+                if !live[a] {
+                    continue;
+                }
+                let l = rows.l[k];
+                for &s in &self.hull[a * slots..a * slots + self.hn[a]] {
+                    let s = s as usize + 1;
+                    let c = self.val[(s - 1) * n + a] + l;
+                    if c > self.val[s * n + v] {
+                        self.val[s * n + v] = c;
+                        self.via[s * n + v] = k as u32;
+                    }
+                }
+            }
+            let val = &self.val;
+            self.hn[v] = upper_hull(
+                |s| val[s * n + v],
+                bound[v],
+                &mut self.hull[v * slots..(v + 1) * slots],
+            );
+        }
+    }
+}
+
 /// Contraction when the graph without the ground is acyclic: every cycle passes through the
 /// ground once, and each contraction merges one maximum-mean cycle into the ground. Edges between
 /// live vertices are fixed (rows by target and by source, [`Csr`]); edges to and from the ground
@@ -425,7 +498,6 @@ fn contract_ground_dag(
     ground: u32,
     order: &[u32],
 ) -> (Vec<f64>, usize, f64, usize) {
-    const NONE: u32 = u32::MAX;
     let mut gin = vec![f64::NEG_INFINITY; n];
     let mut gout = vec![f64::NEG_INFINITY; n];
     for &e in edges {
@@ -455,15 +527,9 @@ fn contract_ground_dag(
     path_lengths(&outs, live_order.iter().rev(), &live, &mut height);
     let kmax = level.iter().copied().max().unwrap_or(1).max(1);
     let hmax = height.iter().copied().max().unwrap_or(1).max(1);
-    let mut f = vec![f64::NEG_INFINITY; (kmax + 1) * n];
-    let mut pred = vec![NONE; (kmax + 1) * n];
-    let mut bk = vec![f64::NEG_INFINITY; (hmax + 1) * n];
-    let mut succ = vec![NONE; (hmax + 1) * n];
-    // hull vertices (path lengths) of F(v) and B(v): `kmax` and `hmax` slots per vertex
-    let mut fhull = vec![0u32; kmax * n];
-    let mut fhn = vec![0usize; n];
-    let mut bhull = vec![0u32; hmax * n];
-    let mut bhn = vec![0usize; n];
+    // F(v): paths from the ground into v; B(v): paths from v to the ground
+    let mut fw = Paths::new(n, kmax);
+    let mut bw = Paths::new(n, hmax);
     let mut u = vec![0.0f64; n];
     let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
     let mut cand: Vec<(f64, u32, u32, u32)> = Vec::new();
@@ -481,71 +547,18 @@ fn contract_ground_dag(
             compacted_at = live_order.len();
         }
         passes += 1;
-        // forward: paths of s edges from the ground reach v only for s <= level[v]; only the
-        // hull vertices of each predecessor are extended (see `upper_hull`)
-        for &v in &live_order {
-            let v = v as usize;
-            f[n + v] = gin[v];
-            for s in 2..=level[v] {
-                f[s * n + v] = f64::NEG_INFINITY;
-            }
-            for k in ins.row(v) {
-                let a = ins.nb[k] as usize;
-                if !live[a] {
-                    continue;
-                }
-                let l = ins.l[k];
-                for &s in &fhull[a * kmax..a * kmax + fhn[a]] {
-                    let s = s as usize + 1;
-                    let c = f[(s - 1) * n + a] + l;
-                    if c > f[s * n + v] {
-                        f[s * n + v] = c;
-                        pred[s * n + v] = k as u32;
-                    }
-                }
-            }
-            fhn[v] = upper_hull(
-                |s| f[s * n + v],
-                level[v],
-                &mut fhull[v * kmax..(v + 1) * kmax],
-            );
-        }
-        // backward: paths of t edges from v to the ground, t <= height[v]
-        for &v in live_order.iter().rev() {
-            let v = v as usize;
-            bk[n + v] = gout[v];
-            for t in 2..=height[v] {
-                bk[t * n + v] = f64::NEG_INFINITY;
-            }
-            for k in outs.row(v) {
-                let b = outs.nb[k] as usize;
-                if !live[b] {
-                    continue;
-                }
-                let l = outs.l[k];
-                for &t in &bhull[b * hmax..b * hmax + bhn[b]] {
-                    let t = t as usize + 1;
-                    let c = bk[(t - 1) * n + b] + l;
-                    if c > bk[t * n + v] {
-                        bk[t * n + v] = c;
-                        succ[t * n + v] = k as u32;
-                    }
-                }
-            }
-            bhn[v] = upper_hull(
-                |t| bk[t * n + v],
-                height[v],
-                &mut bhull[v * hmax..(v + 1) * hmax],
-            );
-        }
+        // forward: paths of s edges from the ground reach v only for s <= level[v]; backward:
+        // paths of t edges from v to the ground, t <= height[v]
+        fw.extend(live_order.iter(), &ins, &live, &gin, &level);
+        bw.extend(live_order.iter().rev(), &outs, &live, &gout, &height);
         cand.clear();
         for &v in &live_order {
             let v_ = v as usize;
             let mut best: Option<(f64, u32, u32)> = None;
-            for &s in &fhull[v_ * kmax..v_ * kmax + fhn[v_]] {
-                let fs = f[s as usize * n + v_];
-                for &t in &bhull[v_ * hmax..v_ * hmax + bhn[v_]] {
-                    let total = fs + bk[t as usize * n + v_];
+            for &s in fw.hull_of(v_) {
+                let fs = fw.val[s as usize * n + v_];
+                for &t in bw.hull_of(v_) {
+                    let total = fs + bw.val[t as usize * n + v_];
                     let mean = total / (s + t) as f64;
                     if best.is_none_or(|b| mean > b.0) {
                         best = Some((mean, s, t));
@@ -576,14 +589,14 @@ fn contract_ground_dag(
                 if step == 1 {
                     cycle[0] = (cur, gin[cur]);
                 } else {
-                    let k = pred[step * n + cur] as usize;
+                    let k = fw.via[step * n + cur] as usize;
                     cycle[step - 1] = (cur, ins.l[k]);
                     cur = ins.nb[k] as usize;
                 }
             }
             let mut cur = v;
             for step in (2..=t as usize).rev() {
-                let k = succ[step * n + cur] as usize;
+                let k = bw.via[step * n + cur] as usize;
                 cur = outs.nb[k] as usize;
                 intact &= live[cur];
                 cycle.push((cur, outs.l[k]));
