@@ -438,14 +438,7 @@ fn conv(
                     matmul(dst, Accum::Replace, wg, cm, 1.0f32, Par::Seq);
                 }
             });
-        let mut shape = vec![n, out];
-        if axes == 2 {
-            shape.push(oh);
-        }
-        shape.push(ow);
-        let mut t = EvalTensor { shape, data: y };
-        add_channel_bias(c, &mut t, b)?;
-        return Ok(t);
+        return conv_output(c, y, [n, out, oh, ow], axes, b);
     }
     // Transposed: out = (in − 1)·s − 2p + d·(k − 1) + output_padding + 1.
     if w.shape[0] != ch {
@@ -523,11 +516,23 @@ fn conv(
                 }
             }
         });
-    let mut shape = vec![n, out];
-    if axes == 2 {
-        shape.push(oh);
-    }
-    shape.push(ow);
+    conv_output(c, y, [n, out, oh, ow], axes, b)
+}
+
+/// The output of a convolution: `y` shaped `[n, out, oh, ow]` (`[n, out, ow]` with one spatial
+/// axis), plus the bias per output channel.
+fn conv_output(
+    c: &Ctx,
+    y: Vec<f32>,
+    [n, out, oh, ow]: [usize; 4],
+    axes: usize,
+    b: Option<&EvalTensor>,
+) -> Result<EvalTensor, EvalError> {
+    let shape = if axes == 2 {
+        vec![n, out, oh, ow]
+    } else {
+        vec![n, out, ow]
+    };
     let mut t = EvalTensor { shape, data: y };
     add_channel_bias(c, &mut t, b)?;
     Ok(t)
