@@ -8,8 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use synbal::network::builders::random_mlp;
 use synbal::regularizer::Regularizer;
-use synbal::solve::local::LocalBalancer;
-use synbal::solve::parallel::{ClassSweeper, Execution};
+use synbal::solve::bench_api::{ClassSweeper, Execution, LocalBalancer};
 
 fn sweeps(c: &mut Criterion) {
     let sizes = [256, 1024, 1024, 1024, 1024, 10];

@@ -12,7 +12,8 @@ use std::time::Duration;
 use synbal::network::builders::random_mlp;
 use synbal::problem::Problem;
 use synbal::regularizer::Regularizer;
-use synbal::solve::{newton, LinearSolver, Settings};
+use synbal::solve::bench_api::newton_detailed;
+use synbal::solve::{LinearSolver, NoObserver, Settings};
 use synbal::structure::analyze;
 
 fn bench(c: &mut Criterion) {
@@ -78,7 +79,10 @@ fn bench(c: &mut Criterion) {
             ..Settings::default()
         };
         c.bench_function(name, |b| {
-            b.iter(|| black_box(newton::solve(&net, &reg, &s).unwrap().iterations))
+            b.iter(|| {
+                let (sol, _) = newton_detailed(&net, &reg, &s, &mut NoObserver).unwrap();
+                black_box(sol.iterations)
+            })
         });
     }
 }

@@ -7,7 +7,8 @@
 
 use synbal::network::builders::random_mlp;
 use synbal::regularizer::Regularizer;
-use synbal::solve::{newton, LinearSolver, NoObserver, Settings};
+use synbal::solve::bench_api::newton_detailed;
+use synbal::solve::{LinearSolver, NoObserver, Settings};
 
 fn main() {
     let reg = Regularizer::lp(2.0).unwrap();
@@ -37,7 +38,7 @@ fn main() {
                     trace: false,
                     ..Settings::default()
                 };
-                newton::solve_detailed(&net, &reg, &s, &mut NoObserver).unwrap()
+                newton_detailed(&net, &reg, &s, &mut NoObserver).unwrap()
             };
             let (a, ra) = run(LinearSolver::Cholesky);
             let (b, rb) = run(LinearSolver::Cg);

@@ -7,7 +7,9 @@
 use crate::network::builders::random_mlp;
 use crate::plot::PlotError;
 use crate::regularizer::{Regularizer, RegularizerError};
-use crate::solve::{balance, BalanceError, Method, Settings, Status, TraceEntry};
+use crate::settings::{Method, Settings};
+use crate::solution::{BalanceError, Status, TraceEntry};
+use crate::solve::balance;
 use crate::verify::{
     best_of, convergence_plots, distance, edge_pass_seconds, exact_state, reference_label,
     reference_tolerance, ALL_SCHEDULES, REFERENCE_METHOD, TIMING_REPS,

@@ -24,7 +24,9 @@
 //! - [`mod@balance`]: local balancing of one neuron or group (closed form or 1-D Newton).
 //! - [`structure`]: which groups have a finite balanced scale; pruning of dead weights.
 //! - [`maxnorm`]: max-norm (`p = ∞`) balance and pairwise CLE; [`quant`]: weight quantization.
-//! - [`solve`]: Newton, argmin and local solvers behind one entry point.
+//! - [`settings`], [`solution`]: the types every solver shares (settings, method, status,
+//!   solution, observer), re-exported here.
+//! - [`solve`]: Newton, argmin and local solvers behind one entry point, [`balance()`].
 //! - [`io`]: network JSON, safetensors and ONNX model files, reports.
 //! - With the `plot` feature: [`plot`] (PNG/SVG figures), [`verify`] and [`demo`] (many local runs
 //!   against the exact state; the built-in demonstration). With the `experiments` feature:
@@ -54,6 +56,7 @@
 pub mod balance;
 #[cfg(feature = "plot")]
 pub mod demo;
+mod driver;
 pub mod graph;
 pub mod io;
 pub mod maxnorm;
@@ -67,6 +70,8 @@ pub mod plot;
 pub mod problem;
 pub mod quant;
 pub mod regularizer;
+pub mod settings;
+pub mod solution;
 pub mod solve;
 pub mod structure;
 pub mod structured;
@@ -79,8 +84,10 @@ pub use balance::LocalBalanceError;
 pub use measure::{relative_distance, summarize, BalanceSummary};
 pub use network::{Activation, Network, NetworkBuilder, NetworkError, Role, Simulation};
 pub use regularizer::{Penalty, Regularizer, RegularizerError};
-pub use solve::{
-    balance, balance_observed, exact, Algorithm, BalanceError, Degenerate, Diagnostics,
-    LinearSolver, Method, NoObserver, Observer, Schedule, Settings, SettingsBuilder, SettingsError,
-    Solution, Status, TraceEntry,
+pub use settings::{
+    Degenerate, LinearSolver, Method, Schedule, Settings, SettingsBuilder, SettingsError,
 };
+pub use solution::{
+    Algorithm, BalanceError, Diagnostics, NoObserver, Observer, Solution, Status, TraceEntry,
+};
+pub use solve::{balance, balance_observed, exact};

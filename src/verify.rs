@@ -20,9 +20,9 @@ use crate::network::builders::random_mlp;
 use crate::network::Network;
 use crate::plot::{Histogram, LinePlot, PlotError, Series};
 use crate::regularizer::{Regularizer, RegularizerError};
-use crate::solve::{
-    balance, local, BalanceError, Method, Schedule, Settings, Solution, Status, TraceEntry,
-};
+use crate::settings::{Method, Schedule, Settings};
+use crate::solution::{BalanceError, Solution, Status, TraceEntry};
+use crate::solve::{balance, local};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};

@@ -4,7 +4,7 @@ use synbal::measure::relative_distance;
 use synbal::network::builders::{random_dag, random_mlp, random_recurrent};
 use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
-use synbal::solve::{argmin, balance, Method, Settings, Status, TraceEntry};
+use synbal::solve::{balance, balance_observed, Method, Settings, Status, TraceEntry};
 
 fn reaches_newton_state(net: &Network, reg: &Regularizer, method: Method) {
     let newton = balance(net, reg, &Settings::default()).unwrap();
@@ -57,7 +57,7 @@ fn argmin_runs_report_every_iteration() {
             tol: 1e-8,
             ..Settings::with_method(method)
         };
-        let sol = argmin::solve_observed(&net, &reg, &s, &mut obs).unwrap();
+        let sol = balance_observed(&net, &reg, &s, &mut obs).unwrap();
         assert_eq!(sol.trace, seen);
         assert_eq!(seen[0].iteration, 0);
         assert!(seen.windows(2).all(|w| w[1].iteration > w[0].iteration));

@@ -7,10 +7,10 @@ use synbal::network::builders::{
 };
 use synbal::network::{Activation, Network};
 use synbal::regularizer::Regularizer;
-use synbal::solve::local::solve_in_colour_order;
-use synbal::solve::local::{self, LocalBalancer};
-use synbal::solve::parallel::{Colouring, Execution};
-use synbal::solve::{Method, Schedule, Settings, Solution};
+use synbal::solve::bench_api::{
+    solve_in_colour_order, ClassSweeper, Colouring, Execution, LocalBalancer,
+};
+use synbal::solve::{balance, LinearSolver, Method, Schedule, Settings, Solution};
 use synbal::verify::{self, distance, exact_state, VerifySettings};
 
 const SCHEDULES: [Schedule; 6] = [
@@ -46,9 +46,11 @@ fn run(net: &Network, reg: &Regularizer, schedule: Schedule, seed: u64, tol: f64
     let s = Settings {
         tol,
         seed,
+        // the per-edge sweeps
+        linear_solver: LinearSolver::Cholesky,
         ..Settings::with_method(Method::Local(schedule))
     };
-    local::solve(net, reg, &s).unwrap()
+    balance(net, reg, &s).unwrap()
 }
 
 #[test]
@@ -116,7 +118,7 @@ fn parallel_equals_sequential_in_colour_order() {
     let mut net_b = net_a.clone();
     let mut bal_a = LocalBalancer::new(&net_a, &reg).unwrap();
     let mut bal_b = LocalBalancer::new(&net_b, &reg).unwrap();
-    let mut sw = synbal::solve::parallel::ClassSweeper::new(&net_a);
+    let mut sw = ClassSweeper::new(&net_a);
     for _ in 0..3 {
         sw.sweep(&mut bal_a, &mut net_a, Execution::Parallel);
     }

@@ -10,9 +10,8 @@ use synbal::network::builders::{
 };
 use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::regularizer::{Penalty, Regularizer};
-use synbal::solve::{
-    balance, newton, LinearSolver, Method, Schedule, Settings, Status, TraceEntry,
-};
+use synbal::solve::bench_api::newton_detailed;
+use synbal::solve::{balance, LinearSolver, Method, Schedule, Settings, Status, TraceEntry};
 
 fn newton_settings() -> Settings {
     Settings::default()
@@ -343,7 +342,7 @@ fn cg_and_cholesky_reach_the_same_state() {
             ..Settings::default()
         };
         let (sol, report) =
-            newton::solve_detailed(&net, &reg, &s, &mut synbal::solve::NoObserver).unwrap();
+            newton_detailed(&net, &reg, &s, &mut synbal::solve::NoObserver).unwrap();
         assert_eq!(sol.status, Status::Converged);
         (sol, report)
     };
@@ -359,7 +358,8 @@ fn trace_and_observer_see_every_iteration() {
     let net = random_mlp(&[4, 10, 10, 2], 1);
     let mut seen: Vec<TraceEntry> = Vec::new();
     let mut obs = |_: Method, e: &TraceEntry| seen.push(*e);
-    let sol = newton::solve_observed(&net, &reg, &Settings::default(), &mut obs).unwrap();
+    // the per-edge Newton, with the linear solver chosen by the predicted factorisation work
+    let (sol, _) = newton_detailed(&net, &reg, &Settings::default(), &mut obs).unwrap();
     assert_eq!(seen.len(), sol.iterations + 1);
     assert_eq!(sol.trace, seen);
     assert_eq!(seen[0].iteration, 0);

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use synbal::network::builders::{random_dag, random_mlp, random_recurrent};
 use synbal::network::{Activation, Network};
 use synbal::regularizer::{Penalty, PenaltyFn, Regularizer};
-use synbal::solve::local::solve_in_colour_order;
-use synbal::solve::parallel::Execution;
+use synbal::solve::bench_api::{solve_in_colour_order, Execution};
 use synbal::{balance_observed, LinearSolver, Method, Schedule, Settings, Solution, TraceEntry};
 
 /// `g(x) = x² + 0.1·x⁴`: not `L_p`, so every method takes a per-edge route.

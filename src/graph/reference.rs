@@ -10,7 +10,9 @@
 use super::values::{decode, element_coords};
 use crate::network::{Activation, Network, NetworkBuilder, NetworkError, Role};
 use crate::regularizer::Regularizer;
-use crate::solve::{balance_observed, BalanceError, Observer, Settings, Solution};
+use crate::settings::Settings;
+use crate::solution::{BalanceError, Observer, Solution};
+use crate::solve::balance_observed;
 use crate::structured::spec::{BiasValues, ProblemSpec, TensorSource, FIXED};
 use thiserror::Error;
 

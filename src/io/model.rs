@@ -23,7 +23,8 @@ pub use crate::maxnorm::spec::{
 use crate::maxnorm::{CleSettings, MaxSettings};
 use crate::network::NetworkError;
 use crate::regularizer::{Penalty, Regularizer};
-use crate::solve::{BalanceError, Method, NoObserver, Settings, Status};
+use crate::settings::{Method, Settings};
+use crate::solution::{BalanceError, NoObserver, Status};
 use crate::structured::spec::{Layout, ProblemSpec, TensorSource, FIXED};
 use crate::structured::StructuredError;
 use serde::Serialize;

@@ -9,7 +9,8 @@
 use crate::measure::summarize;
 use crate::network::Network;
 use crate::regularizer::{Penalty, Regularizer};
-use crate::solve::{Degenerate, LinearSolver, Settings, Solution, Status};
+use crate::settings::{Degenerate, LinearSolver, Settings};
+use crate::solution::{Solution, Status};
 use serde::Serialize;
 use thiserror::Error;
 

@@ -1,59 +1,20 @@
-//! argmin 0.11's `LBFGS` and `NewtonCG`: [`solve`] runs them on the structured core's operator
-//! (the default route of [`super::balance`]); a custom penalty (not `L_p` or
-//! elastic net) runs them on the per-edge log-scale problem ([`crate::problem::Problem`])
-//! through the same adapters and driver. Both stop on the certificate (maximum relative
-//! imbalance below `Settings::tol`), the iteration cap, the time limit, or when argmin cannot
-//! progress after its restarts ([`Status::Stalled`]).
+//! argmin 0.11's `LBFGS` and `NewtonCG` for custom penalties (not `L_p` or elastic net): the
+//! per-edge log-scale problem ([`crate::problem::Problem`]) as an argmin operator, run through
+//! the adapters and the driver of [`crate::structured::argmin`] (which serves every other
+//! penalty on the structured core's operator, the default route of [`super::balance`]). Both
+//! stop on the certificate (maximum relative imbalance below `Settings::tol`), the iteration
+//! cap, the time limit, or when argmin cannot progress after its restarts ([`Status::Stalled`]).
 
 use super::newton::{apply, prepare, trace_entry};
-use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Settings, Solution, Status};
 use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Problem, NO_VAR};
 use crate::regularizer::Regularizer;
+use crate::settings::{Method, Settings};
+use crate::solution::{Algorithm, BalanceError, Observer, Solution, Status};
 use crate::structure::certificate;
 use crate::structured::argmin::{run, Operator};
 use std::time::Instant;
-
-/// Runs `settings.method` (`Lbfgs` or `NewtonCg`; anything else runs L-BFGS) on the structured
-/// core's operator (the route of [`super::balance`]); custom penalties run on the
-/// per-edge problem instead.
-///
-/// ```
-/// use synbal::network::builders::random_mlp;
-/// use synbal::regularizer::Regularizer;
-/// use synbal::solve::{argmin, Method, Settings};
-/// let net = random_mlp(&[3, 6, 6, 2], 1);
-/// let reg = Regularizer::lp(2.0).unwrap();
-/// let s = Settings { tol: 1e-8, ..Settings::with_method(Method::Lbfgs) };
-/// let sol = argmin::solve(&net, &reg, &s).unwrap();
-/// let exact = synbal::solve::exact(&net, &reg).unwrap();
-/// assert!(synbal::measure::relative_distance(&sol.network, &exact.network) < 1e-6);
-/// ```
-pub fn solve(
-    net: &Network,
-    reg: &Regularizer,
-    settings: &Settings,
-) -> Result<Solution, BalanceError> {
-    solve_observed(net, reg, settings, &mut NoObserver)
-}
-
-/// [`solve`] with an observer called after the start and after every iteration.
-pub fn solve_observed(
-    net: &Network,
-    reg: &Regularizer,
-    settings: &Settings,
-    observer: &mut dyn Observer,
-) -> Result<Solution, BalanceError> {
-    let settings = Settings {
-        method: match settings.method {
-            Method::NewtonCg => Method::NewtonCg,
-            _ => Method::Lbfgs,
-        },
-        ..settings.clone()
-    };
-    super::balance_observed(net, reg, &settings, observer)
-}
 
 /// The per-edge problem as an argmin [`Operator`]: the cost re-centred at `x_r`,
 /// `C(x) = Σ_e V_e(x_r)·expm1(s_e(x) − s_e(x_r))·e^{−S}` with the scale `S`, the gradient and

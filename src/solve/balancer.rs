@@ -9,10 +9,10 @@
 //! `c ≠ 1`, general penalties and sums outside the normal floating-point range go through
 //! [`crate::balance::optimal_log_scale`], which works in logs.
 
-use super::{BalanceError, Diagnostics};
 use crate::balance::{optimal_log_scale, LocalBalanceError};
 use crate::network::Network;
 use crate::regularizer::{lp_pow, Regularizer};
+use crate::solution::{BalanceError, Diagnostics};
 
 /// The edges and biases every group's scaling touches, as flat CSR lists built once per network
 /// structure: external in-edges (scaled by `λ`), external out-edges (by `λ^{−c}`), internal
@@ -177,7 +177,7 @@ fn lp_sum(ids: &[u32], w: &[f64], a: &[f64], p: f64) -> f64 {
 /// ```
 /// use synbal::network::builders::random_mlp;
 /// use synbal::regularizer::Regularizer;
-/// use synbal::solve::local::LocalBalancer;
+/// use synbal::solve::bench_api::LocalBalancer;
 /// use synbal::measure::summarize;
 /// let mut net = random_mlp(&[3, 5, 5, 2], 7);
 /// let reg = Regularizer::lp(2.0).unwrap();

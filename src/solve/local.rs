@@ -22,13 +22,14 @@
 // and the tests of single steps and sweeps.
 #[doc(hidden)]
 pub use super::balancer::LocalBalancer;
-use super::driver::{drive, Iterate, Measured, Step};
 use super::edge_major::EdgeMajor;
 use super::parallel::{ClassSweeper, Execution};
-use super::{Algorithm, BalanceError, Method, NoObserver, Observer, Schedule, Settings, Solution};
+use crate::driver::{drive, Iterate, Measured, Step};
 use crate::measure::{group_flows, total_cost};
 use crate::network::{Network, NO_GROUP};
 use crate::regularizer::Regularizer;
+use crate::settings::{Method, Schedule, Settings};
+use crate::solution::{Algorithm, BalanceError, NoObserver, Observer, Solution};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,20 +38,8 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// Runs local balancing with `settings.method`'s schedule until the maximum relative imbalance
-/// is below `settings.tol`.
-///
-/// ```
-/// use synbal::network::builders::random_mlp;
-/// use synbal::regularizer::Regularizer;
-/// use synbal::solve::{local, Method, Schedule, Settings};
-/// let net = random_mlp(&[4, 6, 6, 2], 1);
-/// let reg = Regularizer::lp(2.0).unwrap();
-/// let s = Settings { tol: 1e-10, ..Settings::with_method(Method::Local(Schedule::Cyclic)) };
-/// let sol = local::solve(&net, &reg, &s).unwrap();
-/// assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-10);
-/// assert!(sol.cost_after <= sol.cost_before);
-/// ```
-pub fn solve(
+/// is below `settings.tol` (the per-edge route of [`super::balance`]).
+pub(crate) fn solve(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -61,7 +50,7 @@ pub fn solve(
 /// [`solve`] with an observer called after the start and after every sweep.
 ///
 /// A method other than [`Method::Local`] in `settings` runs the cyclic schedule.
-pub fn solve_observed(
+pub(crate) fn solve_observed(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -87,8 +76,8 @@ pub fn solve_observed(
 /// use synbal::network::builders::random_mlp;
 /// use synbal::regularizer::Regularizer;
 /// use synbal::solve::{Method, Schedule, Settings};
-/// use synbal::solve::local::solve_in_colour_order;
-/// use synbal::solve::parallel::Execution;
+/// use synbal::solve::bench_api::solve_in_colour_order;
+/// use synbal::solve::bench_api::Execution;
 /// let net = random_mlp(&[4, 8, 8, 2], 3);
 /// let reg = Regularizer::lp(2.0).unwrap();
 /// let s = Settings::with_method(Method::Local(Schedule::Parallel));
@@ -534,6 +523,7 @@ mod tests {
     use crate::network::builders::{random_dag, random_recurrent};
     use crate::network::{Activation, Network};
     use crate::regularizer::Regularizer;
+    use crate::settings::{Method, Schedule, Settings};
 
     /// The relative imbalance of every group, computed from scratch (in logs).
     fn naive_keys(net: &Network, reg: &Regularizer) -> Vec<f64> {
@@ -647,5 +637,18 @@ mod tests {
             groups.sort();
             assert_eq!(groups, (0..k).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn cyclic_sweeps_converge_and_never_raise_the_cost() {
+        let net = crate::network::builders::random_mlp(&[4, 6, 6, 2], 1);
+        let reg = Regularizer::lp(2.0).unwrap();
+        let s = Settings {
+            tol: 1e-10,
+            ..Settings::with_method(Method::Local(Schedule::Cyclic))
+        };
+        let sol = super::solve(&net, &reg, &s).unwrap();
+        assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-10);
+        assert!(sol.cost_after <= sol.cost_before);
     }
 }

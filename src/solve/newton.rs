@@ -15,15 +15,15 @@
 //! `Settings::tol`.
 
 use super::cg::CgSolver;
-use super::driver::{drive, Iterate, Measured, Step, Verdict};
-use super::{
-    Algorithm, BalanceError, Degenerate, Diagnostics, LinearSolver, Method, NoObserver, Observer,
-    Settings, Solution, TraceEntry,
-};
+use crate::driver::{drive, Iterate, Measured, Step, Verdict};
 use crate::measure::total_cost;
 use crate::network::Network;
 use crate::problem::{Evaluation, LinePoint, Problem};
 use crate::regularizer::Regularizer;
+use crate::settings::{Degenerate, LinearSolver, Method, Settings};
+use crate::solution::{
+    Algorithm, BalanceError, Diagnostics, NoObserver, Observer, Solution, TraceEntry,
+};
 use crate::structure::{analyze, certificate, prune, Structure};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::sparse::linalg::cholesky::{
@@ -374,17 +374,7 @@ fn log_least_squares_start(
 }
 
 /// Runs damped Newton; see the module documentation.
-///
-/// ```
-/// use synbal::network::builders::random_mlp;
-/// use synbal::regularizer::Regularizer;
-/// use synbal::solve::{newton, Settings};
-/// let net = random_mlp(&[4, 16, 16, 3], 2);
-/// let sol = newton::solve(&net, &Regularizer::lp(2.0).unwrap(), &Settings::default()).unwrap();
-/// assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
-/// assert!(sol.iterations <= 20);
-/// ```
-pub fn solve(
+pub(crate) fn solve(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -393,7 +383,7 @@ pub fn solve(
 }
 
 /// [`solve`] with an observer called after the start and after every iteration.
-pub fn solve_observed(
+pub(crate) fn solve_observed(
     net: &Network,
     reg: &Regularizer,
     settings: &Settings,
@@ -625,4 +615,19 @@ pub(crate) fn apply(prep: &Prepared, x: &[f64]) -> Network {
     let mut net = prep.network.clone();
     net.apply_log_scales(&prep.problem.log_scales(x));
     net
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::network::builders::random_mlp;
+    use crate::regularizer::Regularizer;
+    use crate::settings::Settings;
+
+    #[test]
+    fn converges_in_few_iterations_on_a_small_mlp() {
+        let net = random_mlp(&[4, 16, 16, 3], 2);
+        let sol = super::solve(&net, &Regularizer::lp(2.0).unwrap(), &Settings::default()).unwrap();
+        assert!(sol.status.converged() && sol.max_relative_imbalance < 1e-12);
+        assert!(sol.iterations <= 20);
+    }
 }

@@ -38,7 +38,7 @@ pub enum Execution {
 ///
 /// ```
 /// use synbal::network::builders::random_mlp;
-/// use synbal::solve::parallel::Colouring;
+/// use synbal::solve::bench_api::Colouring;
 /// // Hidden layers 1 and 3 form one class, layer 2 the other.
 /// let net = random_mlp(&[3, 4, 4, 4, 2], 1);
 /// let col = Colouring::new(&net);
@@ -110,8 +110,8 @@ impl Colouring {
 /// ```
 /// use synbal::network::builders::random_mlp;
 /// use synbal::regularizer::Regularizer;
-/// use synbal::solve::local::LocalBalancer;
-/// use synbal::solve::parallel::{ClassSweeper, Execution};
+/// use synbal::solve::bench_api::LocalBalancer;
+/// use synbal::solve::bench_api::{ClassSweeper, Execution};
 /// let mut net = random_mlp(&[3, 6, 6, 2], 2);
 /// let reg = Regularizer::lp(2.0).unwrap();
 /// let mut bal = LocalBalancer::new(&net, &reg).unwrap();

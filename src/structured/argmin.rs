@@ -20,8 +20,9 @@
 
 use super::ops::{Engine, Flows, Reference};
 use super::store::Structured;
-use crate::solve::driver::{drive, Iterate, Measured, Outcome, Step};
-use crate::solve::{Observer, Settings};
+use crate::driver::{drive, Iterate, Measured, Outcome, Step};
+use crate::settings::Settings;
+use crate::solution::Observer;
 use argmin::core::{
     CostFunction, Error, Gradient, Hessian, IterState, Problem, Solver, State, TerminationStatus,
 };
@@ -79,7 +80,7 @@ pub(crate) struct CoreOperator<'s, 'a> {
 impl<'s, 'a> CoreOperator<'s, 'a> {
     pub(crate) fn new(st: &'s Structured<'a>) -> Self {
         let mut eng = Engine::new(st);
-        eng.sequential = st.num_terms() < super::PARALLEL_MIN_TERMS;
+        eng.sequential = st.num_terms() < super::solver::PARALLEL_MIN_TERMS;
         let mut fl = Flows::default();
         let reference = eng.reference(&vec![0.0; st.num_vars()], &mut fl);
         CoreOperator {

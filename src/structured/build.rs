@@ -2,9 +2,9 @@
 //! weight use and power (`L_p`: one; elastic net `l1·|w| + l2·w²`: one for `p = 1` and one for
 //! `p = 2`), unary terms for the biases.
 
+use super::error::StructuredError;
 use super::spec::{BiasValues, ElementType, Layout, ProblemSpec, TensorSource, WeightUse, FIXED};
 use super::store::{elems_from_bytes, Block, Dense, Elems, Sparse, Structured, Unary};
-use super::StructuredError;
 use crate::regularizer::{Penalty, Regularizer};
 use std::borrow::Cow;
 

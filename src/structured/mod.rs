@@ -5,7 +5,7 @@
 //! (a memory-mapped file, an ONNX buffer): blocks are built over the borrowed tensors (plain
 //! Linear weights are not copied; convolutions are aggregated over their kernel positions), the
 //! variables without a finite optimum are held at 0, and the method of the settings runs under
-//! one driver (`solve::driver`). A general [`crate::network::Network`] maps onto the
+//! one driver (`crate::driver`). A general [`crate::network::Network`] maps onto the
 //! same core (dense blocks where a layer pair is complete bipartite in edge order, sparse blocks
 //! elsewhere): the default route of [`crate::solve::balance`].
 //!
@@ -22,76 +22,25 @@ mod analysis;
 #[cfg(feature = "argmin")]
 pub(crate) mod argmin;
 mod build;
+mod error;
 pub mod memory;
 mod network;
 mod ops;
+mod run;
 mod solver;
 pub mod spec;
 mod store;
 
+pub use error::StructuredError;
 pub(crate) use network::balance_network;
 pub use solver::PARALLEL_MIN_TERMS;
 
-use crate::regularizer::{Regularizer, RegularizerError};
-use crate::solve::driver::drive;
-use crate::solve::{Method, Observer, Settings, SettingsError, Status, TraceEntry};
-use solver::{Core, LocalRun, NewtonRun};
+use crate::regularizer::Regularizer;
+use crate::settings::{Method, Settings};
+use crate::solution::{Observer, Status, TraceEntry};
+use run::{hold, run, Run};
 use spec::{ProblemSpec, TensorSource, FIXED};
 use std::time::{Duration, Instant};
-use store::Structured;
-use thiserror::Error;
-
-/// Bad input to [`solve`]: each names the tensor or node at fault.
-#[derive(Debug, Clone, PartialEq, Error)]
-#[non_exhaustive]
-pub enum StructuredError {
-    /// Invalid settings.
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    /// Invalid regularizer.
-    #[error(transparent)]
-    Regularizer(#[from] RegularizerError),
-    /// The source has no such tensor (or failed to read it).
-    #[error("{node}: tensor `{tensor}` could not be read: {message}")]
-    MissingTensor {
-        /// Tensor name.
-        tensor: String,
-        /// Node or layer using it.
-        node: String,
-        /// The source's error.
-        message: String,
-    },
-    /// The tensor's shape or size does not match the layout of its use.
-    #[error(
-        "{node}: tensor `{tensor}` does not match its layout: expected {expected}, found {found}"
-    )]
-    ShapeMismatch {
-        /// Tensor name.
-        tensor: String,
-        /// Node or layer using it.
-        node: String,
-        /// What the layout needs.
-        expected: String,
-        /// What the source holds.
-        found: String,
-    },
-    /// A stored element is NaN or infinite.
-    #[error("{node}: tensor `{tensor}` has a non-finite element at flat index {index}")]
-    NonFinite {
-        /// Tensor name.
-        tensor: String,
-        /// Node or layer using it.
-        node: String,
-        /// Flat index of the first non-finite element.
-        index: usize,
-    },
-    /// The specification is inconsistent (unit or variable out of range, lengths, degrees).
-    #[error("invalid problem specification: {0}")]
-    BadSpec(String),
-    /// A feature the structured core does not provide.
-    #[error("not supported by the structured core: {0}")]
-    Unsupported(String),
-}
 
 /// The result of [`solve`].
 #[derive(Debug, Clone)]
@@ -134,6 +83,27 @@ impl Solved {
         match spec.unit_var.get(unit) {
             Some(&v) if v != FIXED => self.var_log_scales[v as usize],
             _ => 0.0,
+        }
+    }
+}
+
+impl Run {
+    fn into_solved(self, method: Method, held_fixed: Vec<(u32, String)>, start: Instant) -> Solved {
+        Solved {
+            var_log_scales: self.x,
+            status: self.status,
+            method,
+            algorithm: self.algorithm,
+            iterations: self.iterations,
+            max_relative_imbalance: self.max_rel,
+            cost_before: self.cost_before,
+            cost_after: self.cost_after,
+            elapsed: start.elapsed(),
+            trace: self.trace,
+            held_fixed,
+            block_passes: self.passes,
+            cg_iterations: self.cg_iterations,
+            owned_bytes: self.owned_bytes,
         }
     }
 }
@@ -192,161 +162,13 @@ pub fn exact<S: TensorSource>(
         trace: false,
         ..Settings::default()
     };
-    solve(spec, source, reg, &settings, &mut crate::solve::NoObserver)
-}
-
-/// Marks the held variables fixed in every block and unary term.
-pub(crate) fn hold(st: &mut Structured<'_>, held: &[Option<String>]) {
-    let map: Vec<u32> = held
-        .iter()
-        .enumerate()
-        .map(|(v, h)| if h.is_some() { FIXED } else { v as u32 })
-        .collect();
-    for (v, h) in held.iter().enumerate() {
-        if h.is_some() {
-            st.free[v] = false;
-        }
-    }
-    for b in st.blocks.iter_mut() {
-        b.remap(&map);
-    }
-    for u in st.unary.iter_mut() {
-        if u.var != FIXED {
-            u.var = map[u.var as usize];
-        }
-    }
-}
-
-/// What a core run produced.
-pub(crate) struct Run {
-    pub x: Vec<f64>,
-    pub status: Status,
-    pub iterations: usize,
-    pub trace: Vec<TraceEntry>,
-    pub max_rel: f64,
-    pub cost_before: f64,
-    pub cost_after: f64,
-    pub algorithm: &'static str,
-    pub passes: usize,
-    pub cg_iterations: usize,
-    pub owned_bytes: usize,
-}
-
-impl Run {
-    fn into_solved(self, method: Method, held_fixed: Vec<(u32, String)>, start: Instant) -> Solved {
-        Solved {
-            var_log_scales: self.x,
-            status: self.status,
-            method,
-            algorithm: self.algorithm,
-            iterations: self.iterations,
-            max_relative_imbalance: self.max_rel,
-            cost_before: self.cost_before,
-            cost_after: self.cost_after,
-            elapsed: start.elapsed(),
-            trace: self.trace,
-            held_fixed,
-            block_passes: self.passes,
-            cg_iterations: self.cg_iterations,
-            owned_bytes: self.owned_bytes,
-        }
-    }
-}
-
-/// Runs the method of `settings` on a built and analysed problem.
-pub(crate) fn run(
-    st: &Structured<'_>,
-    mode: Vec<u32>,
-    modes: usize,
-    settings: &Settings,
-    observer: &mut dyn Observer,
-    start: Instant,
-) -> Run {
-    #[cfg(feature = "argmin")]
-    if let Method::Lbfgs | Method::NewtonCg = settings.method {
-        return run_argmin(st, settings, observer, start);
-    }
-    let mut core = Core::new(st, mode, modes);
-    core.tol = settings.tol;
-    core.deadline = settings.time_limit.map(|t| start + t);
-    let cost_before = core.fl.ln_f.exp();
-    let (outcome, algorithm) = match settings.method {
-        Method::Local(schedule) => {
-            let mut it = LocalRun::new(&mut core, schedule, settings.seed);
-            let name = local_name(schedule);
-            (
-                drive(&mut it, settings, settings.method, observer, start),
-                name,
-            )
-        }
-        _ => {
-            let mut it = NewtonRun(&mut core);
-            (
-                drive(&mut it, settings, settings.method, observer, start),
-                "structured-newton",
-            )
-        }
-    };
-    let mut x = core.x.clone();
-    if x.iter().any(|v| !v.is_finite()) {
-        x.iter_mut().for_each(|v| *v = 0.0);
-    }
-    Run {
-        x,
-        status: outcome.status,
-        iterations: outcome.iterations,
-        trace: outcome.trace,
-        max_rel: outcome.max_rel,
-        cost_before,
-        cost_after: core.fl.ln_f.exp(),
-        algorithm,
-        passes: core.eng.passes,
-        cg_iterations: core.cg_iterations,
-        owned_bytes: st.owned_bytes(),
-    }
-}
-
-/// L-BFGS or Newton-CG on the core's operator ([`argmin`](mod@argmin)).
-#[cfg(feature = "argmin")]
-fn run_argmin(
-    st: &Structured<'_>,
-    settings: &Settings,
-    observer: &mut dyn Observer,
-    start: Instant,
-) -> Run {
-    let newton_cg = settings.method == Method::NewtonCg;
-    let op = argmin::CoreOperator::new(st);
-    let x0 = vec![0.0; st.num_vars()];
-    let r = argmin::run(op, x0, newton_cg, settings, observer, start);
-    Run {
-        x: r.x,
-        status: r.outcome.status,
-        iterations: r.outcome.iterations,
-        trace: r.outcome.trace,
-        max_rel: r.outcome.max_rel,
-        cost_before: r.op.cost_at_start(),
-        cost_after: r.ln_f.exp(),
-        algorithm: if newton_cg {
-            "structured-newton-cg"
-        } else {
-            "structured-lbfgs"
-        },
-        passes: r.op.passes(),
-        cg_iterations: 0,
-        owned_bytes: st.owned_bytes(),
-    }
-}
-
-fn local_name(s: crate::solve::Schedule) -> &'static str {
-    use crate::solve::Schedule::*;
-    match s {
-        Stochastic => "structured-local-stochastic",
-        StochasticUniform => "structured-local-stochastic-uniform",
-        Cyclic => "structured-local-cyclic",
-        CyclicBackward => "structured-local-cyclic-backward",
-        Greedy => "structured-local-greedy",
-        Parallel => "structured-local-parallel",
-    }
+    solve(
+        spec,
+        source,
+        reg,
+        &settings,
+        &mut crate::solution::NoObserver,
+    )
 }
 
 /// Kernels reached by the benchmarks (`benches/kernels.rs`); not part of the API.

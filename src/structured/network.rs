@@ -9,16 +9,17 @@
 //! group of degree 1 are constant; inside a group of degree `c ≠ 1` they are unary terms
 //! `K·e^{p(1−c)x}`. Biases are unary terms `|b|^p·e^{p x}`.
 
+use super::analysis;
 use super::build::{finish_powers, lp_parts};
+use super::error::StructuredError;
+use super::run::run;
 use super::spec::FIXED;
 use super::store::{Block, Dense, Elems, Sparse, Structured, Unary};
-use super::{analysis, run, StructuredError};
 use crate::measure::{group_flows, total_cost, Flows};
 use crate::network::{Network, NO_GROUP};
 use crate::regularizer::{lp_pow, Regularizer, RegularizerError};
-use crate::solve::{
-    Algorithm, BalanceError, Degenerate, Diagnostics, Method, Observer, Settings, Solution,
-};
+use crate::settings::{Degenerate, Method, Settings};
+use crate::solution::{Algorithm, BalanceError, Diagnostics, Observer, Solution};
 use crate::structure::{analyze, certificate, dense_run, prune, Structure};
 
 /// Start of the reason [`analyze`] gives for a group without any edge or bias of positive cost.

@@ -22,7 +22,7 @@
 //! [`PARALLEL_MIN_TERMS`] terms). Every reduction runs in a fixed order, so one and two threads
 //! give identical results.
 //!
-//! Both run under the one driver ([`crate::solve::driver`]), which owns the tolerance, the
+//! Both run under the one driver ([`crate::driver`]), which owns the tolerance, the
 //! iteration cap, the time limit, the trace, the observer and the stop reason.
 
 // Per-variable vectors are indexed in parallel, hence index loops.
@@ -32,8 +32,8 @@ use super::analysis::{colour_classes, Occurrences};
 use super::ops::{minimize_1d, Engine, Flows, Sides};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
-use crate::solve::driver::{Iterate, Measured, Step};
-use crate::solve::Schedule;
+use crate::driver::{Iterate, Measured, Step};
+use crate::settings::Schedule;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

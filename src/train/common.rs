@@ -3,7 +3,7 @@
 //! atomic file writing and small helpers.
 
 use super::data::{DataError, DataSource, Split};
-use super::mlp::{Task, TrainError};
+use super::mlp::{Penalty, Task, TrainError};
 use crate::plot::PlotError;
 use std::fmt;
 use std::io::Write;
@@ -99,7 +99,7 @@ pub enum ExperimentError {
     Train(#[from] TrainError),
     /// Balancing failed.
     #[error(transparent)]
-    Balance(#[from] crate::solve::BalanceError),
+    Balance(#[from] crate::solution::BalanceError),
     /// A plot could not be drawn.
     #[error(transparent)]
     Plot(#[from] PlotError),
@@ -249,4 +249,75 @@ pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
         0.0
     };
     (m, var.sqrt())
+}
+
+/// An SGD setting with the penalty strengths used by the penalty arms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Optimiser {
+    /// Name in tables (`paper`, `tuned`, `lr 0.01`, …).
+    pub name: String,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Minibatch size.
+    pub batch: usize,
+    /// `μ₁` of the L1 arm.
+    pub l1: f64,
+    /// `μ₂` of the L2 arm.
+    pub l2: f64,
+}
+
+impl Optimiser {
+    /// The companion paper's: plain SGD, `lr = 1e-3`, batch 256; `μ₂ = 5e-2`, `μ₁ = 5e-3` (at
+    /// this step size smaller strengths leave the weights unchanged over the runs we can afford).
+    pub fn paper() -> Optimiser {
+        Optimiser {
+            name: "paper".into(),
+            lr: 1e-3,
+            momentum: 0.0,
+            batch: 256,
+            l1: 5e-3,
+            l2: 5e-2,
+        }
+    }
+
+    /// A tuned one: `lr = 0.05`, momentum 0.9, batch 64; `μ₂ = 1e-3`, `μ₁ = 1e-4`.
+    pub fn tuned() -> Optimiser {
+        Optimiser {
+            name: "tuned".into(),
+            lr: 0.05,
+            momentum: 0.9,
+            batch: 64,
+            l1: 1e-4,
+            l2: 1e-3,
+        }
+    }
+
+    /// `lr η, momentum m, batch B`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (lr {}, momentum {}, batch {})",
+            self.name, self.lr, self.momentum, self.batch
+        )
+    }
+
+    pub(crate) fn penalty(&self, kind: PenaltyKind) -> Penalty {
+        match kind {
+            PenaltyKind::None => Penalty::None,
+            PenaltyKind::L1 => Penalty::L1(self.l1),
+            PenaltyKind::L2 => Penalty::L2(self.l2),
+        }
+    }
+}
+
+/// Which penalty an arm trains with (strengths come from the [`Optimiser`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PenaltyKind {
+    /// No penalty.
+    None,
+    /// `μ₁Σ|w|`.
+    L1,
+    /// `μ₂Σw²`.
+    L2,
 }

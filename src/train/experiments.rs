@@ -32,7 +32,8 @@ use super::mlp::{
 };
 use crate::network::Activation;
 use crate::plot::{Histogram, LinePlot, Series};
-use crate::solve::{balance, Method, Schedule, Settings};
+use crate::settings::{Method, Schedule, Settings};
+use crate::solve::balance;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -17,12 +17,13 @@
 //!   parallel over rayon's pool, each run single-threaded, so results do not depend on the number
 //!   of threads.
 
+pub use super::common::{Optimiser, PenaltyKind};
 use super::data::{Dataset, Split};
 use super::mlp::{
     measure_regularizer, Mlp, Penalty, Sgd, Threads, TrainConfig, TrainError, VelocityRule,
 };
 use crate::network::Activation;
-use crate::solve::{Method, Settings};
+use crate::settings::{Method, Settings};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -69,17 +70,6 @@ pub enum Interleave {
         /// When.
         every: Every,
     },
-}
-
-/// Which penalty an arm trains with (strengths come from the [`Optimiser`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PenaltyKind {
-    /// No penalty.
-    None,
-    /// `μ₁Σ|w|`.
-    L1,
-    /// `μ₂Σw²`.
-    L2,
 }
 
 /// One training method.
@@ -165,66 +155,6 @@ impl Arm {
         "plain", "l1pen", "l2pen", "l1full", "l2full", "l1step", "l1k", "l1epoch", "l2step", "l2k",
         "l2epoch",
     ];
-}
-
-/// An SGD setting with the penalty strengths used by the penalty arms.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Optimiser {
-    /// Name in tables (`paper`, `tuned`, `lr 0.01`, …).
-    pub name: String,
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum.
-    pub momentum: f64,
-    /// Minibatch size.
-    pub batch: usize,
-    /// `μ₁` of the L1 arm.
-    pub l1: f64,
-    /// `μ₂` of the L2 arm.
-    pub l2: f64,
-}
-
-impl Optimiser {
-    /// The companion paper's: plain SGD, `lr = 1e-3`, batch 256; `μ₂ = 5e-2`, `μ₁ = 5e-3` (at
-    /// this step size smaller strengths leave the weights unchanged over the runs we can afford).
-    pub fn paper() -> Optimiser {
-        Optimiser {
-            name: "paper".into(),
-            lr: 1e-3,
-            momentum: 0.0,
-            batch: 256,
-            l1: 5e-3,
-            l2: 5e-2,
-        }
-    }
-
-    /// A tuned one: `lr = 0.05`, momentum 0.9, batch 64; `μ₂ = 1e-3`, `μ₁ = 1e-4`.
-    pub fn tuned() -> Optimiser {
-        Optimiser {
-            name: "tuned".into(),
-            lr: 0.05,
-            momentum: 0.9,
-            batch: 64,
-            l1: 1e-4,
-            l2: 1e-3,
-        }
-    }
-
-    /// `lr η, momentum m, batch B`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} (lr {}, momentum {}, batch {})",
-            self.name, self.lr, self.momentum, self.batch
-        )
-    }
-
-    pub(crate) fn penalty(&self, kind: PenaltyKind) -> Penalty {
-        match kind {
-            PenaltyKind::None => Penalty::None,
-            PenaltyKind::L1 => Penalty::L1(self.l1),
-            PenaltyKind::L2 => Penalty::L2(self.l2),
-        }
-    }
 }
 
 /// When a run stops (see the module documentation).

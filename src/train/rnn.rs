@@ -17,8 +17,8 @@
 //! (in index order) is a step of local balancing, and full balancing repeats sweeps until the
 //! maximum relative imbalance `|In − Out|/(In + Out)` is below `1e-10` (at most 100,000 sweeps).
 
+use super::common::Optimiser;
 use super::data::Dataset;
-use super::learning::Optimiser;
 use super::mlp::{Penalty, TrainError, VelocityRule};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};

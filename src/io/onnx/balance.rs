@@ -3,8 +3,10 @@
 //! the stored values (`W[o, c, …]·f_o·λ_o/λ_c`, `b[o]·λ_o`, in f64, rounded once to the tensor's
 //! type) and written in place ([`write_changed`]).
 
-use super::write::{decode, write_changed};
-use super::{convert, Conversion, OnnxError, OnnxFile, UnknownOp};
+use super::convert::{convert, Conversion};
+use super::error::{OnnxError, UnknownOp};
+use super::file::{decode, OnnxFile};
+use super::write::write_changed;
 use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError};
 use crate::graph::cost::{imbalances, use_costs};
 use crate::graph::reference::ReferenceError;
@@ -15,7 +17,7 @@ use crate::io::model::{
 };
 use crate::maxnorm::spec::SpecMaxError;
 use crate::regularizer::Regularizer;
-use crate::solve::Settings;
+use crate::settings::Settings;
 use crate::structured::spec::TensorSource;
 use serde::Serialize;
 use std::collections::HashMap;

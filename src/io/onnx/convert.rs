@@ -13,21 +13,12 @@
 //! are never replaced. An op synbal does not know becomes a fixed node too, and is listed in
 //! [`Conversion::unknown_ops`].
 
+use super::error::OnnxError;
+pub use super::error::UnknownOp;
 use super::file::{is_default_domain, OnnxFile};
 use super::proto::onnx;
-use super::OnnxError;
 use crate::graph::{LayerGraph, Node, NodeId, Op};
-use serde::Serialize;
 use std::collections::HashMap;
-
-/// An op that synbal does not know (its neighbouring units are held fixed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnknownOp {
-    /// The node's name (or `op_type` and output when it has none).
-    pub node: String,
-    /// Its `op_type` (with the domain when not the default one).
-    pub op_type: String,
-}
 
 /// The layer graph of an ONNX model.
 #[derive(Debug, Clone)]

@@ -7,8 +7,9 @@
 //! tensor's numbers are therefore located by a byte range in the model file or in one external
 //! file, which is what both reading ([`TensorSource`]) and writing in place use.
 
+use super::error::OnnxError;
 use super::proto::{locate, onnx};
-use super::OnnxError;
+use crate::io::safetensors::FloatDtype;
 use crate::structured::spec::{ElementType, TensorSource, TensorView};
 use bytes::Bytes;
 use memmap2::Mmap;
@@ -268,7 +269,7 @@ impl OnnxFile {
     /// The values of a floating stored tensor as `f64` (small tensors: clip bounds, pads).
     pub fn floats(&self, name: &str) -> Option<Vec<f64>> {
         let v = self.tensor(name).ok()?;
-        Some(super::write::decode(v.dtype, &v.bytes))
+        Some(decode(v.dtype, &v.bytes))
     }
 
     /// The raw little-endian bytes of a stored tensor.
@@ -530,4 +531,19 @@ impl TensorSource for OnnxFile {
             bytes: Cow::Borrowed(self.raw(st)),
         })
     }
+}
+
+/// The codec of an element type.
+pub(crate) fn float_dtype(t: ElementType) -> FloatDtype {
+    match t {
+        ElementType::F16 => FloatDtype::F16,
+        ElementType::BF16 => FloatDtype::BF16,
+        ElementType::F32 => FloatDtype::F32,
+        ElementType::F64 => FloatDtype::F64,
+    }
+}
+
+/// Decodes little-endian elements of `t` to `f64` (exact).
+pub fn decode(t: ElementType, bytes: &[u8]) -> Vec<f64> {
+    float_dtype(t).decode(bytes)
 }

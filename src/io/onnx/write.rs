@@ -6,10 +6,9 @@
 //! temporary files are renamed only when all of them are complete, so on any error nothing is
 //! written and existing files are untouched.
 
-use super::file::{OnnxFile, Storage};
-use super::OnnxError;
+use super::error::OnnxError;
+use super::file::{float_dtype, OnnxFile, Storage};
 use crate::io::atomic::same_file;
-use crate::io::safetensors::FloatDtype;
 use crate::structured::spec::ElementType;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -17,20 +16,6 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-fn float_dtype(t: ElementType) -> FloatDtype {
-    match t {
-        ElementType::F16 => FloatDtype::F16,
-        ElementType::BF16 => FloatDtype::BF16,
-        ElementType::F32 => FloatDtype::F32,
-        ElementType::F64 => FloatDtype::F64,
-    }
-}
-
-/// Decodes little-endian elements of `t` to `f64` (exact).
-pub fn decode(t: ElementType, bytes: &[u8]) -> Vec<f64> {
-    float_dtype(t).decode(bytes)
-}
 
 /// A file being written under a temporary name next to its target.
 struct Staged {

@@ -16,7 +16,8 @@
 //!   value ([`Step::Trouble`]) stops as [`Status::NumericalTrouble`]. Neither is counted nor
 //!   recorded: the point is the last recorded one.
 
-use super::{Method, Observer, Settings, Status, TraceEntry};
+use crate::settings::{Method, Settings};
+use crate::solution::{Observer, Status, TraceEntry};
 use std::time::Instant;
 
 /// Iterations without a new best maximum relative imbalance after which a run stops as
