@@ -198,28 +198,6 @@ impl ModelProblem {
             .map_or(l.kind.clone(), |a| a.kind.type_name());
         (index, kind)
     }
-
-    /// Cost of every layer (its weight and bias uses) under each of `scales`, in one pass.
-    fn layer_costs(
-        &self,
-        scales: &[&Scales],
-        reg: &Regularizer,
-    ) -> Result<Vec<Vec<f64>>, ModelError> {
-        let costs = use_costs_many(&self.analysis.spec, &self.file, scales, reg)?;
-        Ok(costs.iter().map(|c| self.per_layer(c)).collect())
-    }
-
-    /// Sums use costs per layer.
-    fn per_layer(&self, (w, b): &UseCosts) -> Vec<f64> {
-        self.analysis
-            .layers
-            .iter()
-            .map(|l| {
-                l.weights.iter().map(|&i| w[i]).sum::<f64>()
-                    + l.biases.iter().map(|&i| b[i]).sum::<f64>()
-            })
-            .collect()
-    }
 }
 
 /// A graph error as a model error naming the architecture's layer.
@@ -320,22 +298,6 @@ pub(crate) fn memory_shortfall<S: TensorSource>(
     (needed > available).then_some((needed, available, weights))
 }
 
-/// Refuses a problem whose estimated memory exceeds what is available.
-fn check_memory(
-    p: &ModelProblem,
-    structured: bool,
-    options: &ModelOptions,
-) -> Result<(), ModelError> {
-    match memory_shortfall(&p.analysis.spec, &p.file, structured, options.memory_limit) {
-        Some((needed, available, weights)) => Err(ModelError::Memory {
-            needed_mb: needed.div_ceil(1 << 20),
-            available_mb: available >> 20,
-            weights,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// What the solver returns for a model file (safetensors or ONNX).
 pub(crate) struct SpecSolution {
     pub(crate) var_log_scales: Vec<f64>,
@@ -394,42 +356,203 @@ pub(crate) fn solve_spec<S: TensorSource>(
     })
 }
 
-fn solve(
-    p: &ModelProblem,
+impl ModelFile for ModelProblem {
+    type Source = SafetensorsFile;
+    type Error = ModelError;
+
+    fn analysis(&self) -> &Analysis {
+        &self.analysis
+    }
+
+    fn source(&self) -> &SafetensorsFile {
+        &self.file
+    }
+
+    fn index_kind(&self, _: usize, l: &LayerInfo) -> (usize, String) {
+        self.layer_index_kind(l)
+    }
+
+    /// Writes `output` in one streaming pass: every rewritten tensor from the file's values
+    /// under `scales`, the rest byte for byte.
+    fn write(&self, output: &Path, scales: &Scales, overwrite: bool) -> Result<(), ModelError> {
+        let rules: HashMap<&str, _> = self
+            .analysis
+            .writes
+            .iter()
+            .map(|w| (w.tensor.as_str(), &w.rule))
+            .collect();
+        write_streamed(
+            &self.file,
+            output,
+            overwrite,
+            |e: &TensorEntry| -> Result<_, ModelError> {
+                Ok(rules
+                    .get(e.name.as_str())
+                    .map(|rule| self.analysis.rewrite(scales, rule)))
+            },
+        )
+    }
+
+    fn memory_error(needed_mb: u64, available_mb: u64, weights: usize) -> ModelError {
+        ModelError::Memory {
+            needed_mb,
+            available_mb,
+            weights,
+        }
+    }
+
+    fn solve_error(e: SpecSolveError) -> ModelError {
+        match e {
+            SpecSolveError::Structured(e) => e.into(),
+            SpecSolveError::Reference(e) => e.into(),
+        }
+    }
+
+    fn max_error(e: SpecMaxError) -> ModelError {
+        e.into()
+    }
+
+    fn source_error(e: SafetensorsError) -> ModelError {
+        e.into()
+    }
+}
+
+/// A model file read and analysed, as the balancing and inspecting pipeline sees it
+/// ([`balance_model`], [`inspect_model`]): a safetensors file with its architecture, or an ONNX
+/// model.
+pub(crate) trait ModelFile {
+    /// Where the tensors are read.
+    type Source: TensorSource;
+    /// The format's error.
+    type Error;
+    /// The problem, the tensors to rewrite and the layers.
+    fn analysis(&self) -> &Analysis;
+    /// The tensors.
+    fn source(&self) -> &Self::Source;
+    /// The index and type name the `k`-th analysed layer is reported with.
+    fn index_kind(&self, k: usize, l: &LayerInfo) -> (usize, String);
+    /// Writes the balanced copy to `output`: every rewritten tensor under `scales`.
+    fn write(&self, output: &Path, scales: &Scales, overwrite: bool) -> Result<(), Self::Error>;
+    /// The problem needs `needed_mb` MiB and `available_mb` are available.
+    fn memory_error(needed_mb: u64, available_mb: u64, weights: usize) -> Self::Error;
+    /// The solver refused the problem.
+    fn solve_error(e: SpecSolveError) -> Self::Error;
+    /// Max-norm balance or CLE refused the problem.
+    fn max_error(e: SpecMaxError) -> Self::Error;
+    /// A tensor could not be read.
+    fn source_error(e: <Self::Source as TensorSource>::Error) -> Self::Error;
+}
+
+/// What a model file is balanced for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Objective<'a> {
+    /// The regularizer's cost `Σ α·g(|w|)` (`L_p`, elastic net, custom), solved with the settings.
+    Cost(&'a Regularizer, &'a Settings),
+    /// A max-norm criterion: exact max-norm balance or pairwise CLE.
+    Max(&'a MaxCriterion),
+}
+
+/// Cost `Σ α·g(|w|)` (plus the bias terms) of every layer under each of `scales`, in one pass
+/// over the tensors.
+pub(crate) fn layer_costs<S: TensorSource>(
+    analysis: &Analysis,
+    source: &S,
+    scales: &[&Scales],
     reg: &Regularizer,
-    settings: &Settings,
-    structured: bool,
-) -> Result<SpecSolution, ModelError> {
-    solve_spec(&p.analysis.spec, &p.file, reg, settings, structured).map_err(|e| match e {
-        SpecSolveError::Structured(e) => e.into(),
-        SpecSolveError::Reference(e) => e.into(),
+) -> Result<Vec<Vec<f64>>, S::Error> {
+    let costs = use_costs_many(&analysis.spec, source, scales, reg)?;
+    Ok(costs
+        .iter()
+        .map(|(w, b): &UseCosts| {
+            analysis
+                .layers
+                .iter()
+                .map(|l| {
+                    l.weights.iter().map(|&i| w[i]).sum::<f64>()
+                        + l.biases.iter().map(|&i| b[i]).sum::<f64>()
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The one balancing pipeline of every model file: refuses a problem that would not fit in
+/// memory (the estimate of the route `objective` takes), solves, measures every layer before and
+/// after (its cost for [`Objective::Cost`], its largest `|w|` for [`Objective::Max`]), writes
+/// the balanced copy and returns the report ([`model_report`], [`max_report`]). Nothing is
+/// written when an error occurs.
+pub(crate) fn balance_model<M: ModelFile>(
+    m: &M,
+    input: &Path,
+    output: &Path,
+    objective: Objective<'_>,
+    memory_limit: Option<u64>,
+    overwrite: bool,
+) -> Result<ModelReport, M::Error> {
+    let (analysis, source) = (m.analysis(), m.source());
+    let spec = &analysis.spec;
+    let shortfall = match objective {
+        Objective::Cost(reg, settings) => {
+            memory_shortfall(spec, source, structured_route(reg, settings), memory_limit)
+        }
+        Objective::Max(_) => max_shortfall(spec, memory_limit),
+    };
+    if let Some((needed, available, weights)) = shortfall {
+        return Err(M::memory_error(
+            needed.div_ceil(1 << 20),
+            available >> 20,
+            weights,
+        ));
+    }
+    let sol = match objective {
+        Objective::Cost(reg, settings) => {
+            solve_spec(spec, source, reg, settings, structured_route(reg, settings))
+                .map_err(M::solve_error)?
+        }
+        Objective::Max(criterion) => solve_max(spec, source, criterion).map_err(M::max_error)?,
+    };
+    let scales = Scales::new(spec, &sol.var_log_scales);
+    let (before, after) = match objective {
+        Objective::Cost(reg, _) => {
+            let identity = Scales::identity(spec);
+            let mut costs = layer_costs(analysis, source, &[&identity, &scales], reg)
+                .map_err(M::source_error)?;
+            let after = costs.pop().unwrap_or_default();
+            (costs.pop().unwrap_or_default(), after)
+        }
+        Objective::Max(criterion) => {
+            layer_max_abs(analysis, source, &scales, criterion.counts_biases())
+                .map_err(M::max_error)?
+        }
+    };
+    m.write(output, &scales, overwrite)?;
+    let index_kind = |k, l: &LayerInfo| m.index_kind(k, l);
+    Ok(match objective {
+        Objective::Cost(..) => model_report(
+            input, output, analysis, &sol, &scales, &before, &after, index_kind,
+        ),
+        Objective::Max(_) => max_report(
+            input, output, analysis, &sol, &scales, &before, &after, index_kind,
+        ),
     })
 }
 
-/// Writes `output`: every rewritten tensor from the file's values under `scales`, the rest byte
-/// for byte.
-fn write_output(
-    p: &ModelProblem,
-    scales: &Scales,
-    output: &Path,
-    overwrite: bool,
-) -> Result<(), ModelError> {
-    let rules: HashMap<&str, _> = p
-        .analysis
-        .writes
-        .iter()
-        .map(|w| (w.tensor.as_str(), &w.rule))
-        .collect();
-    write_streamed(
-        &p.file,
-        output,
-        overwrite,
-        |e: &TensorEntry| -> Result<_, ModelError> {
-            Ok(rules
-                .get(e.name.as_str())
-                .map(|rule| p.analysis.rewrite(scales, rule)))
-        },
-    )
+/// The one inspecting pipeline of every model file: each layer's cost under `reg` and the
+/// relative imbalances, nothing written ([`inspect_report`]).
+pub(crate) fn inspect_model<M: ModelFile>(
+    m: &M,
+    input: &Path,
+    reg: &Regularizer,
+) -> Result<InspectReport, M::Error> {
+    let (analysis, source) = (m.analysis(), m.source());
+    let scales = Scales::identity(&analysis.spec);
+    let costs = layer_costs(analysis, source, &[&scales], reg)
+        .map_err(M::source_error)?
+        .remove(0);
+    let imb = imbalances(&analysis.spec, source, &scales, reg).map_err(M::source_error)?;
+    Ok(inspect_report(input, analysis, &costs, &imb, |k, l| {
+        m.index_kind(k, l)
+    }))
 }
 
 /// One layer with parameters, as seen by [`inspect_file`].
@@ -690,12 +813,7 @@ pub fn inspect_file(
         return Err(ModelError::Regularizer);
     }
     let p = ModelProblem::load(input, arch, options)?;
-    let scales = Scales::identity(&p.analysis.spec);
-    let costs = p.layer_costs(&[&scales], reg)?.remove(0);
-    let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
-    Ok(inspect_report(input, &p.analysis, &costs, &imb, |_, l| {
-        p.layer_index_kind(l)
-    }))
+    inspect_model(&p, input, reg)
 }
 
 /// The inspect report of an analysed model: per layer its units (free, fixed with reasons),
@@ -780,27 +898,14 @@ pub fn balance_file(
     }
     settings.validate().map_err(BalanceError::from)?;
     let p = ModelProblem::load(input, arch, options)?;
-    let structured = structured_route(reg, settings);
-    check_memory(&p, structured, options)?;
-    let sol = solve(&p, reg, settings, structured)?;
-    let scales = Scales::new(&p.analysis.spec, &sol.var_log_scales);
-    let identity = Scales::identity(&p.analysis.spec);
-    let mut costs = p.layer_costs(&[&identity, &scales], reg)?;
-    let (after, before) = (
-        costs.pop().unwrap_or_default(),
-        costs.pop().unwrap_or_default(),
-    );
-    write_output(&p, &scales, output, options.overwrite_input)?;
-    Ok(model_report(
+    balance_model(
+        &p,
         input,
         output,
-        &p.analysis,
-        &sol,
-        &scales,
-        &before,
-        &after,
-        |_, l| p.layer_index_kind(l),
-    ))
+        Objective::Cost(reg, settings),
+        options.memory_limit,
+        options.overwrite_input,
+    )
 }
 
 /// Units of a layer, its free units and the reasons of the fixed ones (reason, count).
@@ -1038,27 +1143,12 @@ pub fn balance_file_max(
     options: &ModelOptions,
 ) -> Result<ModelReport, ModelError> {
     let p = ModelProblem::load(input, arch, options)?;
-    if let Some((needed, available, weights)) =
-        max_shortfall(&p.analysis.spec, options.memory_limit)
-    {
-        return Err(ModelError::Memory {
-            needed_mb: needed.div_ceil(1 << 20),
-            available_mb: available >> 20,
-            weights,
-        });
-    }
-    let sol = solve_max(&p.analysis.spec, &p.file, criterion)?;
-    let scales = Scales::new(&p.analysis.spec, &sol.var_log_scales);
-    let (before, after) = layer_max_abs(&p.analysis, &p.file, &scales, criterion.counts_biases())?;
-    write_output(&p, &scales, output, options.overwrite_input)?;
-    Ok(max_report(
+    balance_model(
+        &p,
         input,
         output,
-        &p.analysis,
-        &sol,
-        &scales,
-        &before,
-        &after,
-        |_, l| p.layer_index_kind(l),
-    ))
+        Objective::Max(criterion),
+        options.memory_limit,
+        options.overwrite_input,
+    )
 }

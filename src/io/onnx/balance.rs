@@ -7,13 +7,12 @@ use super::convert::{convert, Conversion};
 use super::error::{OnnxError, UnknownOp};
 use super::file::{decode, OnnxFile};
 use super::write::write_changed;
-use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError};
-use crate::graph::cost::{imbalances, use_costs};
+use crate::graph::analysis::{analyze, Analysis, AnalysisOptions, GraphError, LayerInfo};
 use crate::graph::reference::ReferenceError;
 use crate::graph::values::Scales;
 use crate::io::model::{
-    layer_max_abs, max_report, max_shortfall, memory_shortfall, model_report, solve_max,
-    solve_spec, structured_route, InspectReport, MaxCriterion, ModelReport, SpecSolveError,
+    balance_model, inspect_model, InspectReport, MaxCriterion, ModelFile, ModelReport, Objective,
+    SpecSolveError,
 };
 use crate::maxnorm::spec::SpecMaxError;
 use crate::regularizer::Regularizer;
@@ -158,35 +157,6 @@ impl OnnxProblem {
         })
     }
 
-    /// Cost of every layer under `scales`.
-    fn layer_costs(&self, scales: &Scales, reg: &Regularizer) -> Result<Vec<f64>, OnnxError> {
-        let (w, b) = use_costs(&self.analysis.spec, &self.file, scales, reg)?;
-        Ok(self
-            .analysis
-            .layers
-            .iter()
-            .map(|l| {
-                l.weights.iter().map(|&i| w[i]).sum::<f64>()
-                    + l.biases.iter().map(|&i| b[i]).sum::<f64>()
-            })
-            .collect())
-    }
-
-    /// Writes `output`: the input with every rewritten tensor under `scales` ([`write_changed`]).
-    fn write(
-        &self,
-        output: &Path,
-        scales: &Scales,
-        options: &OnnxOptions,
-    ) -> Result<(), OnnxError> {
-        write_changed(
-            &self.file,
-            output,
-            &self.changes(scales)?,
-            options.overwrite_input,
-        )
-    }
-
     /// The report of a balance of this model: `model` and the unknown ops.
     fn report(&self, model: ModelReport) -> OnnxReport {
         OnnxReport {
@@ -210,6 +180,51 @@ impl OnnxProblem {
     }
 }
 
+impl ModelFile for OnnxProblem {
+    type Source = OnnxFile;
+    type Error = OnnxError;
+
+    fn analysis(&self) -> &Analysis {
+        &self.analysis
+    }
+
+    fn source(&self) -> &OnnxFile {
+        &self.file
+    }
+
+    fn index_kind(&self, k: usize, l: &LayerInfo) -> (usize, String) {
+        (k, l.kind.clone())
+    }
+
+    /// Writes `output`: the input with every rewritten tensor under `scales` ([`write_changed`]).
+    fn write(&self, output: &Path, scales: &Scales, overwrite: bool) -> Result<(), OnnxError> {
+        write_changed(&self.file, output, &self.changes(scales)?, overwrite)
+    }
+
+    fn memory_error(needed_mb: u64, available_mb: u64, weights: usize) -> OnnxError {
+        OnnxError::Memory {
+            needed_mb,
+            available_mb,
+            weights,
+        }
+    }
+
+    fn solve_error(e: SpecSolveError) -> OnnxError {
+        match e {
+            SpecSolveError::Structured(e) => OnnxError::Structured(e),
+            SpecSolveError::Reference(e) => solve_error(e),
+        }
+    }
+
+    fn max_error(e: SpecMaxError) -> OnnxError {
+        max_error(e)
+    }
+
+    fn source_error(e: OnnxError) -> OnnxError {
+        e
+    }
+}
+
 /// Reads an ONNX model and reports its layers, costs and imbalance without writing anything.
 pub fn inspect_onnx(
     input: &Path,
@@ -220,13 +235,8 @@ pub fn inspect_onnx(
         return Err(OnnxError::Regularizer);
     }
     let p = OnnxProblem::load(input, options)?;
-    let scales = Scales::identity(&p.analysis.spec);
-    let costs = p.layer_costs(&scales, reg)?;
-    let imb = imbalances(&p.analysis.spec, &p.file, &scales, reg)?;
     Ok(OnnxInspectReport {
-        inspect: crate::io::model::inspect_report(input, &p.analysis, &costs, &imb, |i, l| {
-            (i, l.kind.clone())
-        }),
+        inspect: inspect_model(&p, input, reg)?,
         unknown_ops: p.conversion.unknown_ops.clone(),
     })
 }
@@ -261,37 +271,14 @@ pub fn balance_onnx(
         return Err(OnnxError::Regularizer);
     }
     let p = OnnxProblem::load(input, options)?;
-    let spec = &p.analysis.spec;
-    let structured = structured_route(reg, settings);
-    if let Some((needed, available, weights)) =
-        memory_shortfall(spec, &p.file, structured, options.memory_limit)
-    {
-        return Err(OnnxError::Memory {
-            needed_mb: needed.div_ceil(1 << 20),
-            available_mb: available >> 20,
-            weights,
-        });
-    }
-    let sol = solve_spec(spec, &p.file, reg, settings, structured).map_err(|e| match e {
-        SpecSolveError::Structured(e) => OnnxError::Structured(e),
-        SpecSolveError::Reference(e) => solve_error(e),
-    })?;
-    let x = &sol.var_log_scales;
-    let identity = Scales::identity(&p.analysis.spec);
-    let scales = Scales::new(&p.analysis.spec, x);
-    let before = p.layer_costs(&identity, reg)?;
-    let after = p.layer_costs(&scales, reg)?;
-    p.write(output, &scales, options)?;
-    let model = model_report(
+    let model = balance_model(
+        &p,
         input,
         output,
-        &p.analysis,
-        &sol,
-        &scales,
-        &before,
-        &after,
-        |k, l| (k, l.kind.clone()),
-    );
+        Objective::Cost(reg, settings),
+        options.memory_limit,
+        options.overwrite_input,
+    )?;
     Ok(p.report(model))
 }
 
@@ -308,28 +295,13 @@ pub fn balance_onnx_max(
     options: &OnnxOptions,
 ) -> Result<OnnxReport, OnnxError> {
     let p = OnnxProblem::load(input, options)?;
-    let spec = &p.analysis.spec;
-    if let Some((needed, available, weights)) = max_shortfall(spec, options.memory_limit) {
-        return Err(OnnxError::Memory {
-            needed_mb: needed.div_ceil(1 << 20),
-            available_mb: available >> 20,
-            weights,
-        });
-    }
-    let sol = solve_max(spec, &p.file, criterion).map_err(max_error)?;
-    let scales = Scales::new(spec, &sol.var_log_scales);
-    let (before, after) = layer_max_abs(&p.analysis, &p.file, &scales, criterion.counts_biases())
-        .map_err(max_error)?;
-    p.write(output, &scales, options)?;
-    let model = max_report(
+    let model = balance_model(
+        &p,
         input,
         output,
-        &p.analysis,
-        &sol,
-        &scales,
-        &before,
-        &after,
-        |k, l| (k, l.kind.clone()),
-    );
+        Objective::Max(criterion),
+        options.memory_limit,
+        options.overwrite_input,
+    )?;
     Ok(p.report(model))
 }
