@@ -311,22 +311,20 @@ impl TrainConfig {
     }
 }
 
-/// One dense layer `h' = f(W h + b)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layer {
-    /// `outputs × inputs` weights.
-    pub w: Mat<f64>,
-    /// One bias per output.
-    pub b: Vec<f64>,
-    /// Activation of the outputs.
-    pub activation: Activation,
-}
-
 /// A multilayer perceptron: hidden layers with a degree-1 homogeneous activation, linear output.
+///
+/// The layers are the library's dense layers ([`DenseLayer`]: `h' = f(W h + b)`, `W` row-major
+/// `[out][in]`, the edge order of [`from_layers`]); the dense products see `W` through a faer
+/// view of that storage ([`weights`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp {
     /// The layers, input side first.
-    pub layers: Vec<Layer>,
+    pub layers: Vec<DenseLayer>,
+}
+
+/// `W` (`outputs × inputs`) of a layer as a faer view of its row-major storage.
+fn weights(l: &DenseLayer) -> MatRef<'_, f64> {
+    MatRef::from_row_major_slice(&l.weight, l.outputs, l.inputs)
 }
 
 /// Gradients (or momentum buffers) with the shapes of an [`Mlp`].
@@ -344,9 +342,9 @@ impl Grads {
             w: mlp
                 .layers
                 .iter()
-                .map(|l| Mat::zeros(l.w.nrows(), l.w.ncols()))
+                .map(|l| Mat::zeros(l.outputs, l.inputs))
                 .collect(),
-            b: mlp.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
+            b: mlp.layers.iter().map(|l| vec![0.0; l.outputs]).collect(),
         }
     }
 
@@ -422,7 +420,6 @@ impl Mlp {
 
     /// An MLP from dense layers ([`DenseLayer`] weights are row-major `[out][in]`).
     pub fn from_layers(layers: &[DenseLayer]) -> Result<Mlp, TrainError> {
-        let mut out = Vec::with_capacity(layers.len());
         for (k, l) in layers.iter().enumerate() {
             if l.weight.len() != l.inputs * l.outputs || l.bias.len() != l.outputs {
                 return Err(TrainError::BadArchitecture(format!(
@@ -441,22 +438,19 @@ impl Mlp {
                     layers[k - 1].outputs
                 )));
             }
-            out.push(Layer {
-                w: Mat::from_fn(l.outputs, l.inputs, |o, i| l.weight[o * l.inputs + i]),
-                b: l.bias.clone(),
-                activation: l.activation,
-            });
         }
-        if out.is_empty() {
+        if layers.is_empty() {
             return Err(TrainError::BadArchitecture("no layer".into()));
         }
-        Ok(Mlp { layers: out })
+        Ok(Mlp {
+            layers: layers.to_vec(),
+        })
     }
 
     /// Layer widths, inputs first.
     pub fn sizes(&self) -> Vec<usize> {
-        let mut s = vec![self.layers[0].w.ncols()];
-        s.extend(self.layers.iter().map(|l| l.w.nrows()));
+        let mut s = vec![self.layers[0].inputs];
+        s.extend(self.layers.iter().map(|l| l.outputs));
         s
     }
 
@@ -464,36 +458,18 @@ impl Mlp {
     pub fn num_params(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.w.nrows() * l.w.ncols() + l.b.len())
+            .map(|l| l.weight.len() + l.bias.len())
             .sum()
     }
 
     /// The dense layers (for [`from_layers`]).
     pub fn to_layers(&self) -> Vec<DenseLayer> {
-        self.layers
-            .iter()
-            .map(|l| {
-                let (outputs, inputs) = (l.w.nrows(), l.w.ncols());
-                let mut weight = Vec::with_capacity(outputs * inputs);
-                for o in 0..outputs {
-                    for i in 0..inputs {
-                        weight.push(l.w[(o, i)]);
-                    }
-                }
-                DenseLayer {
-                    inputs,
-                    outputs,
-                    weight,
-                    bias: l.b.clone(),
-                    activation: l.activation,
-                }
-            })
-            .collect()
+        self.layers.clone()
     }
 
     /// The network graph (neuron and edge order of [`from_layers`]).
     pub fn to_network(&self) -> Network {
-        from_layers(&self.to_layers()).expect("an Mlp's layers are consistent")
+        from_layers(&self.layers).expect("an Mlp's layers are consistent")
     }
 
     /// Copies the weights and biases of `net` (built by [`Mlp::to_network`], possibly rescaled).
@@ -512,14 +488,11 @@ impl Mlp {
         let mut e = 0;
         let mut n = sizes[0];
         for l in &mut self.layers {
-            for o in 0..l.w.nrows() {
-                for i in 0..l.w.ncols() {
-                    l.w[(o, i)] = w[e];
-                    e += 1;
-                }
-            }
-            let k = l.b.len();
-            l.b.copy_from_slice(&b[n..n + k]);
+            let k = l.weight.len();
+            l.weight.copy_from_slice(&w[e..e + k]);
+            e += k;
+            let k = l.bias.len();
+            l.bias.copy_from_slice(&b[n..n + k]);
             n += k;
         }
         Ok(())
@@ -527,11 +500,9 @@ impl Mlp {
 
     /// All parameters: weights layer by layer row-major, then biases layer by layer.
     pub fn params(&self) -> Vec<f64> {
-        Grads {
-            w: self.layers.iter().map(|l| l.w.clone()).collect(),
-            b: self.layers.iter().map(|l| l.b.clone()).collect(),
-        }
-        .flatten()
+        let weights = self.layers.iter().flat_map(|l| &l.weight);
+        let biases = self.layers.iter().flat_map(|l| &l.bias);
+        weights.chain(biases).copied().collect()
     }
 
     /// Sets every parameter from a vector in [`Mlp::params`] order.
@@ -545,16 +516,13 @@ impl Mlp {
         }
         let mut k = 0;
         for l in &mut self.layers {
-            for o in 0..l.w.nrows() {
-                for i in 0..l.w.ncols() {
-                    l.w[(o, i)] = p[k];
-                    k += 1;
-                }
-            }
+            let n = l.weight.len();
+            l.weight.copy_from_slice(&p[k..k + n]);
+            k += n;
         }
         for l in &mut self.layers {
-            let n = l.b.len();
-            l.b.copy_from_slice(&p[k..k + n]);
+            let n = l.bias.len();
+            l.bias.copy_from_slice(&p[k..k + n]);
             k += n;
         }
         Ok(())
@@ -564,15 +532,16 @@ impl Mlp {
     pub fn penalty_value(&self, penalty: Penalty, biases: bool) -> f64 {
         let mut s = 0.0;
         for l in &self.layers {
-            for j in 0..l.w.ncols() {
-                s +=
-                    l.w.col_as_slice(j)
-                        .iter()
-                        .map(|&w| penalty.value(w))
-                        .sum::<f64>();
+            // column by column, each summed from the first output down
+            for j in 0..l.inputs {
+                s += l.weight[j..]
+                    .iter()
+                    .step_by(l.inputs)
+                    .map(|&w| penalty.value(w))
+                    .sum::<f64>();
             }
             if biases {
-                s += l.b.iter().map(|&b| penalty.value(b)).sum::<f64>();
+                s += l.bias.iter().map(|&b| penalty.value(b)).sum::<f64>();
             }
         }
         s
@@ -605,15 +574,15 @@ impl Mlp {
         let bsz = x.ncols();
         let mut out: Vec<(Mat<f64>, Mat<f64>)> = Vec::with_capacity(self.layers.len());
         for (k, l) in self.layers.iter().enumerate() {
-            let mut z = Mat::<f64>::zeros(l.w.nrows(), bsz);
+            let mut z = Mat::<f64>::zeros(l.outputs, bsz);
             {
                 let h = if k == 0 { x } else { out[k - 1].1.as_ref() };
-                matmul(z.as_mut(), Accum::Replace, l.w.as_ref(), h, 1.0, par);
+                matmul(z.as_mut(), Accum::Replace, weights(l), h, 1.0, par);
             }
-            let mut h = Mat::<f64>::zeros(l.w.nrows(), bsz);
+            let mut h = Mat::<f64>::zeros(l.outputs, bsz);
             for j in 0..bsz {
                 let zc = z.col_as_slice_mut(j);
-                for (zi, bi) in zc.iter_mut().zip(&l.b) {
+                for (zi, bi) in zc.iter_mut().zip(&l.bias) {
                     *zi += bi;
                 }
                 let hc = h.col_as_slice_mut(j);
@@ -743,11 +712,11 @@ impl Mlp {
                 }
             }
             if k > 0 {
-                let mut prev = Mat::<f64>::zeros(self.layers[k].w.ncols(), delta.ncols());
+                let mut prev = Mat::<f64>::zeros(self.layers[k].inputs, delta.ncols());
                 matmul(
                     prev.as_mut(),
                     Accum::Replace,
-                    self.layers[k].w.transpose(),
+                    weights(&self.layers[k]).transpose(),
                     delta.as_ref(),
                     1.0,
                     par,
@@ -806,17 +775,13 @@ impl Mlp {
             return;
         }
         for (k, l) in self.layers.iter().enumerate() {
-            for j in 0..l.w.ncols() {
-                for (gi, &wi) in g.w[k]
-                    .col_as_slice_mut(j)
-                    .iter_mut()
-                    .zip(l.w.col_as_slice(j))
-                {
-                    *gi += pen.grad(wi);
+            for j in 0..l.inputs {
+                for (o, gi) in g.w[k].col_as_slice_mut(j).iter_mut().enumerate() {
+                    *gi += pen.grad(l.weight[o * l.inputs + j]);
                 }
             }
             if biases {
-                for (gi, &bi) in g.b[k].iter_mut().zip(&l.b) {
+                for (gi, &bi) in g.b[k].iter_mut().zip(&l.bias) {
                     *gi += pen.grad(bi);
                 }
             }
@@ -868,9 +833,9 @@ impl Mlp {
     /// `In_k = 0` or `Out_k = 0` (no finite minimiser) keep `λ_k = 1`.
     pub fn layer_balance_scales(&self, l: usize, p: f64, biases: bool) -> Vec<f64> {
         let (w_in, b_in, w_out) = (
-            &self.layers[l - 1].w,
-            &self.layers[l - 1].b,
-            &self.layers[l].w,
+            weights(&self.layers[l - 1]),
+            &self.layers[l - 1].bias,
+            weights(&self.layers[l]),
         );
         let pow = |x: f64| {
             if p == 1.0 {
@@ -887,15 +852,15 @@ impl Mlp {
             vec![0.0; b_in.len()]
         };
         for i in 0..w_in.ncols() {
-            for (c, &w) in cost_in.iter_mut().zip(w_in.col_as_slice(i)) {
-                *c += pow(w);
+            for (o, c) in cost_in.iter_mut().enumerate() {
+                *c += pow(w_in[(o, i)]);
             }
         }
         cost_in
             .iter()
             .enumerate()
             .map(|(k, &a)| {
-                let out: f64 = w_out.col_as_slice(k).iter().map(|&w| pow(w)).sum();
+                let out: f64 = (0..w_out.nrows()).map(|o| pow(w_out[(o, k)])).sum();
                 if a > 0.0 && out > 0.0 && a.is_finite() && out.is_finite() {
                     (out / a).powf(0.5 / p)
                 } else {
@@ -910,18 +875,15 @@ impl Mlp {
     fn scale_units(&mut self, l: usize, lambda: &[f64]) {
         let (before, after) = self.layers.split_at_mut(l);
         let (a, b) = (&mut before[l - 1], &mut after[0]);
-        for i in 0..a.w.ncols() {
-            for (w, s) in a.w.col_as_slice_mut(i).iter_mut().zip(lambda) {
-                *w *= s;
-            }
+        for (row, s) in a.weight.chunks_exact_mut(a.inputs).zip(lambda) {
+            row.iter_mut().for_each(|w| *w *= s);
         }
-        for (bk, s) in a.b.iter_mut().zip(lambda) {
+        for (bk, s) in a.bias.iter_mut().zip(lambda) {
             *bk *= s;
         }
-        for (k, s) in lambda.iter().enumerate() {
-            let inv = 1.0 / s;
-            for w in b.w.col_as_slice_mut(k) {
-                *w *= inv;
+        for row in b.weight.chunks_exact_mut(b.inputs) {
+            for (w, s) in row.iter_mut().zip(lambda) {
+                *w *= 1.0 / s;
             }
         }
     }
@@ -935,13 +897,12 @@ impl Mlp {
         for (k, l) in self.layers.iter_mut().enumerate() {
             let lin = &lambda[off..off + sizes[k]];
             let lout = &lambda[off + sizes[k]..off + sizes[k] + sizes[k + 1]];
-            for (i, li) in lin.iter().enumerate() {
-                let inv = 1.0 / li;
-                for (o, w) in l.w.col_as_slice_mut(i).iter_mut().enumerate() {
-                    *w *= lout[o] * inv;
+            for (row, lo) in l.weight.chunks_exact_mut(l.inputs).zip(lout) {
+                for (w, li) in row.iter_mut().zip(lin) {
+                    *w *= lo * (1.0 / li);
                 }
             }
-            for (b, s) in l.b.iter_mut().zip(lout) {
+            for (b, s) in l.bias.iter_mut().zip(lout) {
                 *b *= s;
             }
             factors.push((lin.to_vec(), lout.to_vec()));
@@ -1050,12 +1011,12 @@ impl Sgd {
             &g
         };
         for (l, (gw, gb)) in mlp.layers.iter_mut().zip(step.w.iter().zip(&step.b)) {
-            for j in 0..l.w.ncols() {
-                for (w, &d) in l.w.col_as_slice_mut(j).iter_mut().zip(gw.col_as_slice(j)) {
-                    *w -= lr * d;
+            for (o, row) in l.weight.chunks_exact_mut(l.inputs).enumerate() {
+                for (i, w) in row.iter_mut().enumerate() {
+                    *w -= lr * gw[(o, i)];
                 }
             }
-            for (b, &d) in l.b.iter_mut().zip(gb) {
+            for (b, &d) in l.bias.iter_mut().zip(gb) {
                 *b -= lr * d;
             }
         }
