@@ -21,6 +21,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `synbal balance INPUT -o OUT ARGS --report REP`, which must exit with `code`; the report.
+fn balance_reported(input: &Path, out: &Path, rep: &Path, args: &[&str], code: i32) -> Value {
+    let mut all = vec!["balance", s(input), "-o", s(out)];
+    all.extend_from_slice(args);
+    all.extend(["--report", s(rep)]);
+    let o = run(&all);
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(rep).unwrap()).unwrap()
+}
+
 fn write_net(dir: &Path, name: &str, net: &Network) -> PathBuf {
     let path = dir.join(name);
     let doc = JsonNetwork::from_network(net).unwrap();
@@ -216,21 +226,19 @@ fn regularizer_flags() {
     let input = write_net(dir.path(), "in.json", &net);
     let out = dir.path().join("out.json");
     let rep = dir.path().join("rep.json");
-    let o = run(&[
-        "balance",
-        s(&input),
-        "-o",
-        s(&out),
-        "--method",
-        "cyclic",
-        "--elastic-net",
-        "0.5,1",
-        "--no-bias-cost",
-        "--report",
-        s(&rep),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = balance_reported(
+        &input,
+        &out,
+        &rep,
+        &[
+            "--method",
+            "cyclic",
+            "--elastic-net",
+            "0.5,1",
+            "--no-bias-cost",
+        ],
+        0,
+    );
     assert_eq!(r["p"], Value::Null);
     assert_eq!(r["regularizer"]["kind"], "elastic_net");
     assert_eq!(r["regularizer"]["biases_counted"], false);
@@ -238,21 +246,13 @@ fn regularizer_flags() {
     let after = read_network(&out).unwrap().network;
     assert!(summarize(&after, &reg).max_relative_imbalance < 1e-12);
 
-    let o = run(&[
-        "balance",
-        s(&input),
-        "-o",
-        s(&out),
-        "--method",
-        "cyclic",
-        "--p",
-        "1.5",
-        "-q",
-        "--report",
-        s(&rep),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = balance_reported(
+        &input,
+        &out,
+        &rep,
+        &["--method", "cyclic", "--p", "1.5", "-q"],
+        0,
+    );
     assert_eq!(r["p"], 1.5);
     let after = read_network(&out).unwrap().network;
     assert!(summarize(&after, &Regularizer::lp(1.5).unwrap()).max_relative_imbalance < 1e-12);
@@ -265,20 +265,13 @@ fn not_converged_exits_3_and_still_writes() {
     let input = write_net(dir.path(), "in.json", &net);
     let out = dir.path().join("out.json");
     let rep = dir.path().join("rep.json");
-    let o = run(&[
-        "balance",
-        s(&input),
-        "-o",
-        s(&out),
-        "--method",
-        "cyclic",
-        "--max-iter",
-        "1",
-        "--report",
-        s(&rep),
-    ]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = balance_reported(
+        &input,
+        &out,
+        &rep,
+        &["--method", "cyclic", "--max-iter", "1"],
+        3,
+    );
     assert_eq!(r["converged"], false);
     assert_eq!(r["status"], "max_iterations");
     assert_eq!(r["iterations"], 1);
@@ -631,20 +624,13 @@ fn time_limit_and_prune_flags_reach_the_solver() {
     let input = write_net(dir.path(), "in.json", &net);
     let out = dir.path().join("out.json");
     let rep = dir.path().join("rep.json");
-    let o = run(&[
-        "balance",
-        s(&input),
-        "-o",
-        s(&out),
-        "--method",
-        "cyclic",
-        "--time-limit",
-        "1e-9",
-        "--report",
-        s(&rep),
-    ]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = balance_reported(
+        &input,
+        &out,
+        &rep,
+        &["--method", "cyclic", "--time-limit", "1e-9"],
+        3,
+    );
     assert_eq!(r["status"], "time_limit");
     assert_eq!(r["converged"], false);
     assert_eq!(r["settings"]["time_limit_seconds"], 1e-9);
@@ -658,17 +644,7 @@ fn time_limit_and_prune_flags_reach_the_solver() {
       "edges": [[0, 2, 0.5], [1, 2, -1.25, 0.5], [2, 4, 0.7], [4, 4, 0.3], [2, 6, -0.4]]}"#;
     let input = dir.path().join("ex.json");
     std::fs::write(&input, text).unwrap();
-    let o = run(&[
-        "balance",
-        s(&input),
-        "-o",
-        s(&out),
-        "--prune",
-        "--report",
-        s(&rep),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = balance_reported(&input, &out, &rep, &["--prune"], 0);
     assert_eq!(r["settings"]["degenerate"], "prune");
     assert_eq!(r["diagnostics"]["pruned_edges"], serde_json::json!([2, 3]));
     let after = read_network(&out).unwrap().network;

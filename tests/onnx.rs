@@ -10,13 +10,7 @@ use synbal::io::onnx::{convert, OnnxFile};
 #[test]
 fn decodes_a_small_model_and_reads_its_layer_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = ModelBuilder::new(1, Form::Raw);
-    let x = b.input("x", &[1, 3, 8, 8]);
-    let h = b.conv(&x, 3, 4, 3, 1, true);
-    let h = b.relu(&h);
-    let y = b.conv(&h, 4, 2, 3, 1, true);
-    b.output(&y, &[1, 2, 8, 8]);
-    let p = b.save(dir.path(), "m.onnx");
+    let p = chain_seeded(1, Form::Raw, dir.path());
     let f = OnnxFile::open(&p).unwrap();
     let c = convert(&f).unwrap();
     assert_eq!(c.graph.nodes.len(), 4);
@@ -30,9 +24,22 @@ use synbal::io::onnx::file::Storage;
 use synbal::io::onnx::write::write_changed;
 use synbal::io::onnx::OnnxError;
 
+/// Every storage form of a tensor.
+const FORMS: [Form; 4] = [
+    Form::Raw,
+    Form::FloatData,
+    Form::ConstantNode,
+    Form::External,
+];
+
 /// conv → relu → conv, in the given storage form.
 fn chain(form: Form, dir: &Path) -> std::path::PathBuf {
-    let mut b = ModelBuilder::new(2, form);
+    chain_seeded(2, form, dir)
+}
+
+/// conv → relu → conv with weights of `seed`, in the given storage form.
+fn chain_seeded(seed: u64, form: Form, dir: &Path) -> std::path::PathBuf {
+    let mut b = ModelBuilder::new(seed, form);
     let x = b.input("x", &[1, 3, 8, 8]);
     let h = b.conv(&x, 3, 4, 3, 1, true);
     let h = b.relu(&h);
@@ -43,12 +50,7 @@ fn chain(form: Form, dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn an_unchanged_copy_is_byte_identical_in_every_storage_form() {
-    for form in [
-        Form::Raw,
-        Form::FloatData,
-        Form::ConstantNode,
-        Form::External,
-    ] {
+    for form in FORMS {
         let dir = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
@@ -71,12 +73,7 @@ fn an_unchanged_copy_is_byte_identical_in_every_storage_form() {
 
 #[test]
 fn changed_values_land_in_the_same_field_and_nothing_else_changes() {
-    for form in [
-        Form::Raw,
-        Form::FloatData,
-        Form::ConstantNode,
-        Form::External,
-    ] {
+    for form in FORMS {
         let dir = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
@@ -332,12 +329,7 @@ fn squares(v: &[f64]) -> f64 {
 
 #[test]
 fn a_chain_balances_in_every_storage_form_and_the_l2_condition_holds_on_the_written_weights() {
-    for form in [
-        Form::Raw,
-        Form::FloatData,
-        Form::ConstantNode,
-        Form::External,
-    ] {
+    for form in FORMS {
         let dir = tempfile::tempdir().unwrap();
         let p = chain(form, dir.path());
         let (report, out, _keep) =
