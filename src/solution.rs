@@ -13,20 +13,20 @@ use std::fmt;
 use std::time::Duration;
 use thiserror::Error;
 
-/// The route [`balance`] took: which algorithm computed a [`Solution`]. [`Method::Newton`] runs
-/// one of the three Newton variants (see [`balance_observed`] for the choice).
+/// The route [`balance`](crate::solve::balance) took: which algorithm computed a [`Solution`].
+/// [`Method::Newton`] runs one of the three Newton variants (see
+/// [`balance_observed`](crate::solve::balance_observed) for the choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[non_exhaustive]
 pub enum Algorithm {
-    /// Damped Newton on the sparse problem, Newton systems by sparse Cholesky ([`newton`]).
+    /// Damped Newton on the sparse problem, Newton systems by sparse Cholesky.
     NewtonCholesky,
-    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG ([`newton`]).
+    /// Damped Newton on the sparse problem, Newton systems by preconditioned CG.
     NewtonPcg,
-    /// Local balancing with the schedule of [`Method::Local`] on the per-edge network
-    /// ([`local`]).
+    /// Local balancing with the schedule of [`Method::Local`] on the per-edge network.
     Local,
     /// An argmin solver, L-BFGS or Newton-CG, on the structured core's operator
-    /// ([`argmin`](mod@argmin); on the per-edge problem for custom penalties).
+    /// (on the per-edge problem for custom penalties).
     Argmin,
     /// Newton on the structured core: PCG with the unit-set coarse correction
     /// ([`crate::structured`]).
@@ -106,7 +106,8 @@ pub struct Solution {
     pub status: Status,
     /// Method used.
     pub method: Method,
-    /// The algorithm that ran (the structured core, or a per-edge solver; see [`balance_observed`]).
+    /// The algorithm that ran (the structured core, or a per-edge solver; see
+    /// [`balance_observed`](crate::solve::balance_observed)).
     pub algorithm: Algorithm,
     /// Iterations (Newton, argmin) or sweeps (local).
     pub iterations: usize,
@@ -145,7 +146,7 @@ pub struct Diagnostics {
     pub floating_components: usize,
 }
 
-/// Bad input to [`balance`].
+/// Bad input to [`balance`](crate::solve::balance).
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum BalanceError {

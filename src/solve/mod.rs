@@ -8,8 +8,8 @@
 //! - [`Method::Local`]: local balancing (exact coordinate descent, Osborne's iteration) with a
 //!   [`Schedule`]: stochastic, cyclic, greedy or parallel.
 //!
-//! [`LinearSolver::Cholesky`] selects the per-edge solvers instead ([`newton`] with a sparse
-//! Cholesky factorisation, [`local`] sweeps), which also serve custom penalties.
+//! [`LinearSolver::Cholesky`] selects the per-edge solvers instead (damped Newton with a sparse
+//! Cholesky factorisation, local sweeps on the network), which also serve custom penalties.
 //!
 //! Outcomes are data ([`Status`] inside [`Solution`]); errors ([`BalanceError`]) are for bad input.
 
@@ -91,8 +91,8 @@ pub fn exact(net: &Network, reg: &Regularizer) -> Result<Solution, BalanceError>
 ///
 /// | method | `L_p`, elastic net | [`LinearSolver::Cholesky`] | custom penalty |
 /// |---|---|---|---|
-/// | Newton | structured core, Newton-PCG with the unit-set coarse correction ([`Algorithm::StructuredNewton`]) | per-edge sparse Newton, Cholesky ([`newton`]; [`Algorithm::NewtonCholesky`]) | per-edge sparse Newton, Cholesky or PCG as [`Settings::linear_solver`] says |
-/// | local schedules | structured core ([`Algorithm::StructuredLocal`]) | per-edge sweeps ([`local`]; [`Algorithm::Local`]) | per-edge sweeps |
+/// | Newton | structured core, Newton-PCG with the unit-set coarse correction ([`Algorithm::StructuredNewton`]) | per-edge sparse Newton, Cholesky ([`Algorithm::NewtonCholesky`]) | per-edge sparse Newton, Cholesky or PCG as [`Settings::linear_solver`] says |
+/// | local schedules | structured core ([`Algorithm::StructuredLocal`]) | per-edge sweeps ([`Algorithm::Local`]) | per-edge sweeps |
 /// | L-BFGS, Newton-CG | argmin on the core's operator ([`Algorithm::Argmin`]) | the same | argmin on the per-edge problem |
 ///
 /// The structured core holds dense blocks over the network's own weights where a layer pair is
