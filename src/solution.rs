@@ -137,9 +137,10 @@ impl Solution {
 pub struct Diagnostics {
     /// Free neurons held at scale 1 because no finite optimum exists for them, with the reason.
     pub held_fixed: Vec<(usize, String)>,
-    /// Edges set to zero by [`Degenerate::Prune`].
+    /// Edges set to zero by [`Degenerate::Prune`](crate::settings::Degenerate::Prune).
     pub pruned_edges: Vec<usize>,
-    /// Neurons whose bias was set to zero by [`Degenerate::Prune`] (no output reachable from them).
+    /// Neurons whose bias was set to zero by
+    /// [`Degenerate::Prune`](crate::settings::Degenerate::Prune) (no output reachable from them).
     pub pruned_biases: Vec<usize>,
     /// Free components not tied to any fixed neuron (scales undetermined up to a constant, weights
     /// unique).

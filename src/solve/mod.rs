@@ -33,8 +33,9 @@ pub(crate) mod parallel;
 
 /// Kernels and per-edge solver entry points that benchmarks, harness examples and the tests
 /// comparing parallel and sequential sweeps need, and that a user does not: hidden from the
-/// documentation. `newton_detailed` is the per-edge Newton with its [`NewtonReport`] (factor
-/// size, CG iterations; `examples/newton_depth.rs`, `benches/newton.rs`); `LocalBalancer`,
+/// documentation. `newton_detailed` is the per-edge Newton with its
+/// [`NewtonReport`](bench_api::NewtonReport) (factor size, CG iterations;
+/// `examples/newton_depth.rs`, `benches/newton.rs`); `LocalBalancer`,
 /// `ClassSweeper`, `Colouring`, `Execution` and `solve_in_colour_order` are the per-group step
 /// and the colour classes of the per-edge sweeps (`benches/local.rs`, `tests/local.rs`,
 /// `tests/per_edge_identity.rs`).

@@ -392,7 +392,9 @@ pub(crate) fn solve_observed(
     solve_detailed(net, reg, settings, observer).map(|(s, _)| s)
 }
 
-/// [`solve_observed`], also returning which linear solver ran and its work.
+/// The per-edge damped Newton with an observer (the route of [`super::balance`] for
+/// `LinearSolver::Cholesky` and custom penalties), also returning which linear solver ran and its
+/// work.
 pub fn solve_detailed(
     net: &Network,
     reg: &Regularizer,

@@ -315,7 +315,7 @@ impl TrainConfig {
 ///
 /// The layers are the library's dense layers ([`DenseLayer`]: `h' = f(W h + b)`, `W` row-major
 /// `[out][in]`, the edge order of [`from_layers`]); the dense products see `W` through a faer
-/// view of that storage ([`weights`]).
+/// view of that storage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp {
     /// The layers, input side first.
