@@ -316,6 +316,20 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(i) = args.iter().position(|a| a == "--route") {
+        // one route only, for a profiler: `--route ROUTE CASE RUNS`
+        let (route, case) = (args[i + 1].as_str(), args[i + 2].as_str());
+        let runs: usize = args[i + 3].parse().expect("a number of runs");
+        let m = build(case);
+        let weights: usize = m.spec.weights.iter().map(|w| w.layout.numel()).sum();
+        let sweeps = (200_000_000 / weights.max(1)).clamp(4, 200);
+        let t: Vec<f64> = (0..runs).map(|_| per_sweep(&m, route, sweeps).0).collect();
+        println!(
+            "{route} {case}: {:.3} ms per sweep (median of {runs})",
+            median(t) * 1e3
+        );
+        return;
+    }
     let only_bw = args.iter().any(|a| a == "--bandwidth");
     let cases: Vec<String> = match args.iter().position(|a| a == "--case") {
         Some(i) => args[i + 1..].to_vec(),
