@@ -60,6 +60,13 @@ const VARS_PER_TASK: usize = 1024;
 /// `ln(e^a + e^b)`, robust to `−∞`.
 #[inline]
 pub(crate) fn lse(a: f64, b: f64) -> f64 {
+    // `ln(0 + e^b) = b` exactly (what the general formula gives, without its two `exp` and `ln`)
+    if a == f64::NEG_INFINITY && b.is_finite() {
+        return b;
+    }
+    if b == f64::NEG_INFINITY && a.is_finite() {
+        return a;
+    }
     let m = a.max(b);
     if m == f64::NEG_INFINITY {
         return m;
@@ -239,30 +246,50 @@ impl Flows {
         ((a - b) * 0.5).tanh().abs()
     }
 
-    /// Maximum relative imbalance over the free variables (NaN if one is NaN).
-    #[cfg_attr(not(feature = "argmin"), allow(dead_code))]
+    /// Maximum relative imbalance over the free variables (NaN if one is NaN), over chunks of
+    /// [`VAR_CHUNK`] variables in parallel.
     pub(crate) fn max_rel(&self, free: &[bool]) -> f64 {
-        let mut m = 0.0f64;
-        for v in (0..free.len()).filter(|&v| free[v]) {
-            let r = self.rel(v);
-            if r.is_nan() {
-                return f64::NAN;
+        let chunk = |(k, f): (usize, &[bool])| {
+            let mut m = 0.0f64;
+            for (j, &fr) in f.iter().enumerate() {
+                if fr {
+                    let r = self.rel(k * VAR_CHUNK + j);
+                    if r.is_nan() {
+                        return f64::NAN;
+                    }
+                    m = m.max(r);
+                }
             }
-            m = m.max(r);
-        }
-        m
+            m
+        };
+        let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
+        let ms = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        ms.into_iter().fold(0.0, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        })
     }
 
-    /// Balance deficit `Σ_v (∂F/∂x_v)²`, saturating at `f64::MAX`.
+    /// Balance deficit `Σ_v (∂F/∂x_v)²`, saturating at `f64::MAX`: the sums of chunks of
+    /// [`VAR_CHUNK`] variables (in parallel), added in chunk order.
     pub(crate) fn deficit(&self, free: &[bool]) -> f64 {
-        let mut s = 0.0f64;
-        for v in 0..free.len() {
-            if free[v] {
-                let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
-                s += d * d;
+        let chunk = |(k, f): (usize, &[bool])| {
+            let mut s = 0.0f64;
+            for (j, &fr) in f.iter().enumerate() {
+                if fr {
+                    let v = k * VAR_CHUNK + j;
+                    let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
+                    s += d * d;
+                }
             }
-        }
-        s.min(f64::MAX)
+            s
+        };
+        let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
+        let ss = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        ss.into_iter().fold(0.0, |a, b| a + b).min(f64::MAX)
     }
 }
 
@@ -287,6 +314,9 @@ pub(crate) struct Engine<'s, 'a> {
     /// order of [`Engine::for_each_source`].
     contrib_ptr: Vec<usize>,
     contrib: Vec<Contrib>,
+    /// `ln c_v` per variable and `ln q` per power.
+    ln_degree: Vec<f64>,
+    ln_powers: Vec<f64>,
 }
 
 impl<'s, 'a> Engine<'s, 'a> {
@@ -368,6 +398,8 @@ impl<'s, 'a> Engine<'s, 'a> {
             block_tasks,
             contrib_ptr: vec![0; n + 1],
             contrib: Vec::new(),
+            ln_degree: st.degree.iter().map(|c| c.ln()).collect(),
+            ln_powers: st.powers.iter().map(|q| q.ln()).collect(),
         };
         let mut items: Vec<(u32, Contrib)> = Vec::new();
         eng.for_each_source(|side, qi, v, src| {
@@ -538,15 +570,14 @@ impl<'s, 'a> Engine<'s, 'a> {
         let st = self.st;
         let n = st.num_vars();
         let neg = f64::NEG_INFINITY;
-        let c = st.degree[v];
+        let lc = self.ln_degree[v];
         let (mut gp, mut gm, mut hd) = (neg, neg, neg);
-        for (qi, &q) in st.powers.iter().enumerate() {
+        for (qi, &lq) in self.ln_powers.iter().enumerate() {
             let (i, o) = (ln_in[qi * n + v], ln_out[qi * n + v]);
-            let lq = q.ln();
             gp = lse(gp, lq + i);
-            gm = lse(gm, c.ln() + lq + o);
+            gm = lse(gm, lc + lq + o);
             hd = lse(hd, 2.0 * lq + i);
-            hd = lse(hd, 2.0 * (c.ln() + lq) + o);
+            hd = lse(hd, 2.0 * (lc + lq) + o);
         }
         for &ui in &self.generic_unary[v] {
             let u = st.unary[ui as usize];
@@ -574,13 +605,19 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .map(|c| (c.row, self.value(c.src, x)))
                 .filter(|&(_, s)| s != neg)
         };
-        let (mut mi, mut mo) = (neg, neg);
+        let (mut mi, mut mo, mut ni, mut no) = (neg, neg, 0, 0);
         for (row, s) in live() {
             if row {
                 mi = mi.max(s);
+                ni += 1;
             } else {
                 mo = mo.max(s);
+                no += 1;
             }
+        }
+        // one term on a side: `m + ln e^0 = m` exactly, as the sum below gives it
+        if ni <= 1 && no <= 1 {
+            return (mi, mo);
         }
         let (mut si, mut so) = (0.0, 0.0);
         for (row, s) in live() {
@@ -613,32 +650,43 @@ impl<'s, 'a> Engine<'s, 'a> {
         }
     }
 
-    /// `ln F` from the line sums and terms of the last pass: the row-side contributions (every
-    /// term once) and the constant, maximum first, then the sum in source order.
+    /// `ln F` from the line sums and terms of the last pass: the constant and the row-side
+    /// contributions (every term once: the row-side line sums of the dense blocks, the sparse
+    /// terms, the unary terms), maximum first, then the sum of the shifted exponentials of each
+    /// block in line order, the blocks' sums added in block order (in parallel over blocks
+    /// unless `sequential`; the same result on any number of threads).
     fn ln_cost(&self, x: &[f64]) -> f64 {
         let neg = f64::NEG_INFINITY;
         let st = self.st;
-        let mut m = st.ln_const;
-        self.for_each_source(|side, _, _, src| {
-            if side != Side::Col {
-                let s = self.value(src, x);
-                if s != neg {
-                    m = m.max(s);
-                }
-            }
-        });
+        let unary: Vec<f64> = (0..st.unary.len())
+            .map(|i| self.value(Src::Unary(i as u32), x))
+            .collect();
+        let mut segs: Vec<&[f64]> = st
+            .blocks
+            .iter()
+            .zip(&self.bw)
+            .map(|(b, w)| match b {
+                Block::Dense(d) if d.rows_major => &w.ln_major[..],
+                Block::Dense(_) => &w.ln_minor[..],
+                Block::Sparse(_) => &self.tw[w.sparse_task].major[..],
+            })
+            .collect();
+        segs.push(&unary);
+        let live = |s: &[f64]| s.iter().copied().filter(|&v| v != neg).fold(neg, f64::max);
+        let m = map_in_order(self.sequential, &segs, |s| live(s))
+            .into_iter()
+            .fold(st.ln_const, f64::max);
         if m == neg {
             return neg;
         }
-        let mut f = (st.ln_const - m).exp();
-        self.for_each_source(|side, _, _, src| {
-            if side != Side::Col {
-                let s = self.value(src, x);
-                if s != neg {
-                    f += (s - m).exp();
-                }
-            }
-        });
+        let sum = |s: &[f64]| {
+            s.iter()
+                .filter(|&&v| v != neg)
+                .fold(0.0, |acc, &v| acc + (v - m).exp())
+        };
+        let f = map_in_order(self.sequential, &segs, |s| sum(s))
+            .into_iter()
+            .fold((st.ln_const - m).exp(), |acc, v| acc + v);
         if f > 0.0 {
             m + f.ln()
         } else {
@@ -1275,6 +1323,23 @@ impl Mag for half::bf16 {
         self.to_f64().abs()
     }
 }
+
+/// `f` of every item, in item order (in parallel unless `sequential`).
+fn map_in_order<T: Sync, R: Send>(
+    sequential: bool,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
+    if sequential {
+        items.iter().map(f).collect()
+    } else {
+        items.par_iter().map(f).collect()
+    }
+}
+
+/// Variables per chunk of the reductions over all variables (a fixed split: the result does not
+/// depend on the number of threads).
+const VAR_CHUNK: usize = 4096;
 
 /// The line factors of dense block `d` at `x` for the sides `w.sides`: `la_a`, `lb_b` (row
 /// side `p·(ln r_o + x_o)`, column side `−p·c_v·x_v`), their maxima (`0` when not finite) and

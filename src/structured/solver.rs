@@ -155,18 +155,7 @@ impl<'s, 'a> Core<'s, 'a> {
 
     /// Maximum relative imbalance over free variables.
     pub(crate) fn max_rel(&self) -> f64 {
-        let st = self.st();
-        let mut m = 0.0f64;
-        for v in 0..st.num_vars() {
-            if st.free[v] {
-                let r = self.fl.rel(v);
-                if r.is_nan() {
-                    return f64::NAN;
-                }
-                m = m.max(r);
-            }
-        }
-        m
+        self.fl.max_rel(&self.st().free)
     }
 
     fn state(&self) -> (f64, f64, f64) {
