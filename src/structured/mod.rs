@@ -30,6 +30,8 @@ pub mod spec;
 mod store;
 
 pub(crate) use network::balance_network;
+#[doc(hidden)]
+pub use solver::set_parallel_min_terms;
 pub use solver::PARALLEL_MIN_TERMS;
 
 use crate::regularizer::{Regularizer, RegularizerError};

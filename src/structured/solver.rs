@@ -38,13 +38,30 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
 const SWEEP_ABOVE: f64 = 0.5;
 
-/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread.
+/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread (the
+/// default of [`set_parallel_min_terms`]).
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
+
+/// The threshold in force (see [`set_parallel_min_terms`]).
+static MIN_TERMS: AtomicUsize = AtomicUsize::new(PARALLEL_MIN_TERMS);
+
+/// Sets, for the whole process, the number of terms below which every pass runs on one thread
+/// (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the threshold.
+#[doc(hidden)]
+pub fn set_parallel_min_terms(terms: usize) {
+    MIN_TERMS.store(terms, Ordering::Relaxed);
+}
+
+/// Whether the passes over `st` run on one thread (fewer terms than the threshold).
+pub(crate) fn runs_sequentially(st: &Structured<'_>) -> bool {
+    st.num_terms() < MIN_TERMS.load(Ordering::Relaxed)
+}
 
 /// Fewest variables of a colour class per parallel task of its local steps.
 const VARS_PER_TASK: usize = 1024;
@@ -107,7 +124,7 @@ impl<'s, 'a> Core<'s, 'a> {
         let classes = colour_classes(st, &occ, &mode);
         let class_sides = classes.iter().map(|c| sides_of(st, &occ, c)).collect();
         let mut eng = Engine::new(st);
-        eng.sequential = st.num_terms() < PARALLEL_MIN_TERMS;
+        eng.sequential = runs_sequentially(st);
         let mut unary_ptr = vec![0usize; n + 1];
         for u in &st.unary {
             if u.var != FIXED {
