@@ -6,6 +6,8 @@
 //! cargo run --release --example sweep_perf                 # bandwidth + every case
 //! cargo run --release --example sweep_perf -- --bandwidth  # bandwidth only
 //! cargo run --release --example sweep_perf -- --case mlp:24:1024
+//! cargo run --release --example sweep_perf -- --threshold        # the size threshold
+//! cargo run --release --example sweep_perf -- --route parallel mlp:24:1024 10   # one route
 //! ```
 //!
 //! Bandwidth: the sum of a 256 MiB `f32` buffer (read only), each thread reading its own half
@@ -29,8 +31,8 @@ use std::time::Instant;
 use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, Schedule, Settings, TraceEntry};
 use synbal::structured::memory::MemorySource;
-use synbal::structured::solve;
 use synbal::structured::spec::{ElementType, Layout, ProblemSpec, UnitSet, WeightUse, FIXED};
+use synbal::structured::{set_parallel_min_terms, solve, PARALLEL_MIN_TERMS};
 
 /// Repetitions of every measurement (1 and 2 threads, or the routes, alternating).
 const REPS: usize = 5;
@@ -245,12 +247,17 @@ fn build(case: &str) -> Model {
 
 /// Seconds per sweep of `route` (sweeps 2..=`sweeps`), and the final imbalance.
 fn per_sweep(m: &Model, route: &str, sweeps: usize) -> (f64, f64) {
-    let (schedule, threads) = match route {
-        "cyclic" => (Schedule::Cyclic, 1),
-        "colour-1t" => (Schedule::Parallel, 1),
-        "parallel" => (Schedule::Parallel, 2),
-        _ => unreachable!(),
+    // `seq-code` and `par-code`: the colour sweep on two threads with the size threshold set so
+    // that the one-thread code runs (`seq-code`) or the parallel code runs (`par-code`)
+    let (schedule, threads, min_terms) = match route {
+        "cyclic" => (Schedule::Cyclic, 1, PARALLEL_MIN_TERMS),
+        "colour-1t" => (Schedule::Parallel, 1, PARALLEL_MIN_TERMS),
+        "parallel" => (Schedule::Parallel, 2, PARALLEL_MIN_TERMS),
+        "seq-code" => (Schedule::Parallel, 2, usize::MAX),
+        "par-code" => (Schedule::Parallel, 2, 0),
+        _ => panic!("unknown route {route}"),
     };
+    set_parallel_min_terms(min_terms);
     let settings = Settings {
         method: Method::Local(schedule),
         tol: 1e-300,
@@ -306,6 +313,46 @@ fn sweeps(case: &str) {
     );
 }
 
+/// The size threshold: per case, the colour sweep on a two-thread pool running the one-thread
+/// code (`seq-code`) and the parallel code (`par-code`), alternating [`REPS`] times.
+fn threshold(cases: &[String]) {
+    let default = [
+        "mlp:8:64",
+        "mlp:8:96",
+        "mlp:8:128",
+        "mlp:8:160",
+        "mlp:8:192",
+        "mlp:8:256",
+        "mlp:8:384",
+        "mlp:16:256",
+    ];
+    let cases: Vec<String> = if cases.is_empty() {
+        default.map(String::from).to_vec()
+    } else {
+        cases.to_vec()
+    };
+    println!("| case | terms | sweeps per run | one-thread code | parallel code (2 threads) | one-thread / parallel |");
+    println!("|---|---|---|---|---|---|");
+    for case in &cases {
+        let m = build(case);
+        let weights: usize = m.spec.weights.iter().map(|w| w.layout.numel()).sum();
+        let sweeps = (200_000_000 / weights.max(1)).clamp(4, 200);
+        let (mut s, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            s.push(per_sweep(&m, "seq-code", sweeps).0);
+            p.push(per_sweep(&m, "par-code", sweeps).0);
+        }
+        let (s, p) = (median(s), median(p));
+        println!(
+            "| {case} | {weights} | {sweeps} | {:.3} ms | {:.3} ms | {:.2}x |",
+            s * 1e3,
+            p * 1e3,
+            s / p
+        );
+    }
+    set_parallel_min_terms(PARALLEL_MIN_TERMS);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -316,6 +363,24 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(i) = args.iter().position(|a| a == "--route") {
+        // one route only, for a profiler: `--route ROUTE CASE RUNS`
+        let (route, case) = (args[i + 1].as_str(), args[i + 2].as_str());
+        let runs: usize = args[i + 3].parse().expect("a number of runs");
+        let m = build(case);
+        let weights: usize = m.spec.weights.iter().map(|w| w.layout.numel()).sum();
+        let sweeps = (200_000_000 / weights.max(1)).clamp(4, 200);
+        let t: Vec<f64> = (0..runs).map(|_| per_sweep(&m, route, sweeps).0).collect();
+        println!(
+            "{route} {case}: {:.3} ms per sweep (median of {runs})",
+            median(t) * 1e3
+        );
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--threshold") {
+        threshold(&args[i + 1..]);
+        return;
+    }
     let only_bw = args.iter().any(|a| a == "--bandwidth");
     let cases: Vec<String> = match args.iter().position(|a| a == "--case") {
         Some(i) => args[i + 1..].to_vec(),

@@ -80,7 +80,7 @@ pub(crate) struct CoreOperator<'s, 'a> {
 impl<'s, 'a> CoreOperator<'s, 'a> {
     pub(crate) fn new(st: &'s Structured<'a>) -> Self {
         let mut eng = Engine::new(st);
-        eng.sequential = st.num_terms() < super::solver::PARALLEL_MIN_TERMS;
+        eng.sequential = super::solver::runs_sequentially(st);
         let mut fl = Flows::default();
         let reference = eng.reference(&vec![0.0; st.num_vars()], &mut fl);
         CoreOperator {

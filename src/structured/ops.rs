@@ -54,9 +54,19 @@ macro_rules! with_elems {
 /// Largest number of terms of one task.
 pub(crate) const TASK_TERMS: usize = 1 << 18;
 
+/// Fewest variables per parallel task of the per-variable reductions.
+const VARS_PER_TASK: usize = 1024;
+
 /// `ln(e^a + e^b)`, robust to `−∞`.
 #[inline]
 pub(crate) fn lse(a: f64, b: f64) -> f64 {
+    // `ln(0 + e^b) = b` exactly (what the general formula gives, without its two `exp` and `ln`)
+    if a == f64::NEG_INFINITY && b.is_finite() {
+        return b;
+    }
+    if b == f64::NEG_INFINITY && a.is_finite() {
+        return a;
+    }
     let m = a.max(b);
     if m == f64::NEG_INFINITY {
         return m;
@@ -132,6 +142,28 @@ struct BlockWork {
     raw: bool,
     /// Dense: which line sums the next [`Engine::flows`] computes (major, minor).
     sides: Sides,
+}
+
+/// Where one contribution to the flows lives (see [`Engine::for_each_source`]).
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    /// Major line sum `(block, line)` of a dense block.
+    Major(u32, u32),
+    /// Minor line sum `(block, line)` of a dense block.
+    Minor(u32, u32),
+    /// Term `(task, term)` of a sparse block.
+    Sparse(u32, u32),
+    /// Unary term (index into `st.unary`).
+    Unary(u32),
+}
+
+/// One contribution to a variable's flows: its side (`In` for the row end, `Out` for the
+/// column end), its power index and where its `ln` value lives.
+#[derive(Debug, Clone, Copy)]
+struct Contrib {
+    row: bool,
+    qi: u32,
+    src: Src,
 }
 
 /// Which line sums of a dense block a flows pass computes.
@@ -214,30 +246,50 @@ impl Flows {
         ((a - b) * 0.5).tanh().abs()
     }
 
-    /// Maximum relative imbalance over the free variables (NaN if one is NaN).
-    #[cfg_attr(not(feature = "argmin"), allow(dead_code))]
+    /// Maximum relative imbalance over the free variables (NaN if one is NaN), over chunks of
+    /// [`VAR_CHUNK`] variables in parallel.
     pub(crate) fn max_rel(&self, free: &[bool]) -> f64 {
-        let mut m = 0.0f64;
-        for v in (0..free.len()).filter(|&v| free[v]) {
-            let r = self.rel(v);
-            if r.is_nan() {
-                return f64::NAN;
+        let chunk = |(k, f): (usize, &[bool])| {
+            let mut m = 0.0f64;
+            for (j, &fr) in f.iter().enumerate() {
+                if fr {
+                    let r = self.rel(k * VAR_CHUNK + j);
+                    if r.is_nan() {
+                        return f64::NAN;
+                    }
+                    m = m.max(r);
+                }
             }
-            m = m.max(r);
-        }
-        m
+            m
+        };
+        let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
+        let ms = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        ms.into_iter().fold(0.0, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        })
     }
 
-    /// Balance deficit `Σ_v (∂F/∂x_v)²`, saturating at `f64::MAX`.
+    /// Balance deficit `Σ_v (∂F/∂x_v)²`, saturating at `f64::MAX`: the sums of chunks of
+    /// [`VAR_CHUNK`] variables (in parallel), added in chunk order.
     pub(crate) fn deficit(&self, free: &[bool]) -> f64 {
-        let mut s = 0.0f64;
-        for v in 0..free.len() {
-            if free[v] {
-                let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
-                s += d * d;
+        let chunk = |(k, f): (usize, &[bool])| {
+            let mut s = 0.0f64;
+            for (j, &fr) in f.iter().enumerate() {
+                if fr {
+                    let v = k * VAR_CHUNK + j;
+                    let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
+                    s += d * d;
+                }
             }
-        }
-        s.min(f64::MAX)
+            s
+        };
+        let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
+        let ss = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        ss.into_iter().fold(0.0, |a, b| a + b).min(f64::MAX)
     }
 }
 
@@ -256,6 +308,15 @@ pub(crate) struct Engine<'s, 'a> {
     pub passes: usize,
     /// Use at most one thread.
     pub sequential: bool,
+    /// Per block: its tasks `tasks[t0..t1]`.
+    block_tasks: Vec<(usize, usize)>,
+    /// Per variable: its contributions `contrib[contrib_ptr[v]..contrib_ptr[v + 1]]`, in the
+    /// order of [`Engine::for_each_source`].
+    contrib_ptr: Vec<usize>,
+    contrib: Vec<Contrib>,
+    /// `ln c_v` per variable and `ln q` per power.
+    ln_degree: Vec<f64>,
+    ln_powers: Vec<f64>,
 }
 
 impl<'s, 'a> Engine<'s, 'a> {
@@ -265,7 +326,9 @@ impl<'s, 'a> Engine<'s, 'a> {
         let mut tasks = Vec::new();
         let mut tw = Vec::new();
         let mut bw = Vec::new();
+        let mut block_tasks = Vec::with_capacity(st.blocks.len());
         for (bi, b) in st.blocks.iter().enumerate() {
+            let t0 = tasks.len();
             match b {
                 Block::Dense(d) => {
                     let per = (TASK_TERMS / d.minor.max(1)).max(1);
@@ -312,6 +375,7 @@ impl<'s, 'a> Engine<'s, 'a> {
                     });
                 }
             }
+            block_tasks.push((t0, tasks.len()));
         }
         let mut generic_unary = vec![Vec::new(); n];
         let mut unary_power = Vec::with_capacity(st.unary.len());
@@ -322,7 +386,7 @@ impl<'s, 'a> Engine<'s, 'a> {
                 generic_unary[u.var as usize].push(i as u32);
             }
         }
-        Engine {
+        let mut eng = Engine {
             st,
             tasks,
             tw,
@@ -331,7 +395,35 @@ impl<'s, 'a> Engine<'s, 'a> {
             unary_power,
             passes: 0,
             sequential: false,
+            block_tasks,
+            contrib_ptr: vec![0; n + 1],
+            contrib: Vec::new(),
+            ln_degree: st.degree.iter().map(|c| c.ln()).collect(),
+            ln_powers: st.powers.iter().map(|q| q.ln()).collect(),
+        };
+        let mut items: Vec<(u32, Contrib)> = Vec::new();
+        eng.for_each_source(|side, qi, v, src| {
+            if v != FIXED && side != Side::RowFixed {
+                let row = side == Side::Row;
+                items.push((
+                    v,
+                    Contrib {
+                        row,
+                        qi: qi as u32,
+                        src,
+                    },
+                ));
+            }
+        });
+        items.sort_by_key(|it| it.0); // stable: each variable's items keep the source order
+        for it in &items {
+            eng.contrib_ptr[it.0 as usize + 1] += 1;
         }
+        for v in 0..n {
+            eng.contrib_ptr[v + 1] += eng.contrib_ptr[v];
+        }
+        eng.contrib = items.into_iter().map(|it| it.1).collect();
+        eng
     }
 
     fn run_tasks<F>(&mut self, f: F)
@@ -354,216 +446,263 @@ impl<'s, 'a> Engine<'s, 'a> {
     /// Computes the flows at `x` into `fl` (one pass over every block).
     pub(crate) fn flows(&mut self, x: &[f64], fl: &mut Flows) {
         self.bw.iter_mut().for_each(|w| w.sides = Sides::Both);
-        self.flows_pass(x, fl);
+        self.line_sums(x);
+        self.reduce_flows(x, fl);
     }
 
-    /// Like [`Engine::flows`], but a dense block `b` computes only the line sums `sides[b]`:
-    /// the flows of a variable are exact when every line of it is on a computed side (the
-    /// others are left stale, and `ln F` with them). The computed sums are bit for bit those of
-    /// a full pass.
-    pub(crate) fn flows_for(&mut self, x: &[f64], fl: &mut Flows, sides: &[Sides]) {
+    /// The line sums `sides[b]` of every dense block `b` at `x` (and the terms of the sparse
+    /// blocks), without gathering them into per-variable flows: the flows of a variable whose
+    /// lines are all on a computed side are then [`Engine::var_flows`]. The computed sums are
+    /// bit for bit those of a full pass.
+    pub(crate) fn line_sums_for(&mut self, x: &[f64], sides: &[Sides]) {
         for (w, &s) in self.bw.iter_mut().zip(sides) {
             w.sides = s;
         }
-        self.flows_pass(x, fl);
+        self.line_sums(x);
     }
 
-    fn flows_pass(&mut self, x: &[f64], fl: &mut Flows) {
-        self.passes += 1;
-        let st = self.st;
-        let deg = &st.degree;
-        let xv = |v: u32| if v == FIXED { 0.0 } else { x[v as usize] };
-        // per-block line factors
-        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
-            let Block::Dense(d) = b else { continue };
-            let p = d.p;
-            let row = |o: usize| {
-                let f = d.ln_row_factor.as_ref().map_or(0.0, |f| f[o]);
-                p * (f + xv(d.row_var[o]))
-            };
-            let col = |j: usize| {
-                let v = d.col_var[j];
-                if v == FIXED {
-                    0.0
-                } else {
-                    -p * deg[v as usize] * x[v as usize]
-                }
-            };
-            for a in 0..d.major {
-                w.la[a] = if d.rows_major { row(a) } else { col(a) };
+    /// Runs `f(block, work)` on every dense block (in parallel unless `sequential`).
+    fn each_dense(&mut self, f: impl Fn(usize, &Dense<'a>, &mut BlockWork) + Sync + Send) {
+        let body = |(b, (blk, w)): (usize, (&Block<'a>, &mut BlockWork))| {
+            if let Block::Dense(d) = blk {
+                f(b, d, w)
             }
-            for bb in 0..d.minor {
-                w.lb[bb] = if d.rows_major { col(bb) } else { row(bb) };
-            }
-            w.la_max = w.la.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            w.lb_max = w.lb.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let (am, bm) = (finite_or_zero(w.la_max), finite_or_zero(w.lb_max));
-            for a in 0..d.major {
-                w.ea[a] = (w.la[a] - am).exp();
-            }
-            for bb in 0..d.minor {
-                w.eb[bb] = (w.lb[bb] - bm).exp();
-            }
-            w.la_max = am;
-            w.lb_max = bm;
+        };
+        let blocks = &self.st.blocks;
+        if self.sequential {
+            blocks
+                .iter()
+                .zip(self.bw.iter_mut())
+                .enumerate()
+                .for_each(body);
+        } else {
+            blocks
+                .par_iter()
+                .zip(self.bw.par_iter_mut())
+                .enumerate()
+                .for_each(body);
         }
+    }
+
+    /// One pass over every block: the line factors, the line sums `w.sides` of every dense
+    /// block (their `ln`) and the terms of the sparse blocks.
+    fn line_sums(&mut self, x: &[f64]) {
+        self.passes += 1;
+        let deg = &self.st.degree;
+        self.each_dense(|_, d, w| line_factors(d, w, x, deg));
         self.run_tasks(|t, tw, blk, w| match blk {
             Block::Dense(d) => dense_sums(d, t.a0, t.a1, w, tw),
             Block::Sparse(s) => sparse_terms(s, deg, x, tw),
         });
-        // per-block reduction of the minor partial sums, in task order
-        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
-            if let Block::Dense(_) = b {
-                w.out_minor.iter_mut().for_each(|v| *v = 0.0);
-            } else {
-                continue;
-            }
-        }
-        // `p·ln M` of a line in the scaled form, 0 in the direct form
-        let scale = |w: &BlockWork, p: f64, ln_max: f64| if w.raw { 0.0 } else { p * ln_max };
-        for (t, tw) in self.tasks.iter().zip(&self.tw) {
-            if let Block::Dense(d) = &st.blocks[t.block] {
-                let w = &mut self.bw[t.block];
-                if w.sides.minor() {
-                    for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
-                        *o += s;
-                    }
-                }
-                if !w.sides.major() {
-                    continue;
-                }
-                let la = d.ln_alpha + w.lb_max;
-                for (k, a) in (t.a0..t.a1).enumerate() {
-                    let s = tw.major[k];
-                    w.ln_major[a] = if s > 0.0 {
-                        la + scale(w, d.p, d.ln_major_max[a]) + w.la[a] + s.ln()
-                    } else {
-                        f64::NEG_INFINITY
-                    };
-                }
-            }
-        }
-        for (b, w) in st.blocks.iter().zip(self.bw.iter_mut()) {
-            if let Block::Dense(d) = b {
-                if !w.sides.minor() {
-                    continue;
-                }
-                let lb = d.ln_alpha + w.la_max;
-                for bb in 0..d.minor {
-                    let s = w.out_minor[bb];
-                    w.ln_minor[bb] = if s > 0.0 {
-                        lb + scale(w, d.p, d.ln_minor_max[bb]) + w.lb[bb] + s.ln()
-                    } else {
-                        f64::NEG_INFINITY
-                    };
-                }
-            }
-        }
-        self.reduce_flows(x, fl);
+        let tw = std::mem::take(&mut self.tw);
+        let tasks = std::mem::take(&mut self.tasks);
+        let bt = std::mem::take(&mut self.block_tasks);
+        self.each_dense(|b, d, w| {
+            let (t0, t1) = bt[b];
+            finish_lines(d, w, &tasks[t0..t1], &tw[t0..t1]);
+        });
+        self.tw = tw;
+        self.tasks = tasks;
+        self.block_tasks = bt;
     }
 
-    /// Gathers the per-line sums into per-variable flows (two sweeps: maxima, then sums).
+    /// Gathers the per-line sums into per-variable flows (per variable: maxima, then sums).
     fn reduce_flows(&self, x: &[f64], fl: &mut Flows) {
         let st = self.st;
         let n = st.num_vars();
         let np = st.powers.len();
         let neg = f64::NEG_INFINITY;
-        let mut mx_in = vec![neg; n * np];
-        let mut mx_out = vec![neg; n * np];
-        let mut ln_f_max = st.ln_const;
-        // sweep 1: maxima
-        self.for_each_contribution(x, |side, qi, v, s| {
-            if s == neg {
-                return;
-            }
-            if side == Side::Row || side == Side::RowFixed {
-                ln_f_max = ln_f_max.max(s);
-            }
-            if v == FIXED {
-                return;
-            }
-            let k = qi * n + v as usize;
-            match side {
-                Side::Row => mx_in[k] = mx_in[k].max(s),
-                Side::Col => mx_out[k] = mx_out[k].max(s),
-                Side::RowFixed => {}
-            }
-        });
-        let mut sum_in = vec![0.0; n * np];
-        let mut sum_out = vec![0.0; n * np];
-        let mut f_sum = if ln_f_max > neg {
-            (st.ln_const - ln_f_max).exp()
-        } else {
-            0.0
-        };
-        self.for_each_contribution(x, |side, qi, v, s| {
-            if s == neg {
-                return;
-            }
-            if side == Side::Row || side == Side::RowFixed {
-                f_sum += (s - ln_f_max).exp();
-            }
-            if v == FIXED {
-                return;
-            }
-            let k = qi * n + v as usize;
-            match side {
-                Side::Row => sum_in[k] += (s - mx_in[k]).exp(),
-                Side::Col => sum_out[k] += (s - mx_out[k]).exp(),
-                Side::RowFixed => {}
-            }
-        });
-        let ln = |m: f64, s: f64| if s > 0.0 { m + s.ln() } else { neg };
         fl.ln_in.resize(n * np, neg);
         fl.ln_out.resize(n * np, neg);
-        for k in 0..n * np {
-            fl.ln_in[k] = ln(mx_in[k], sum_in[k]);
-            fl.ln_out[k] = ln(mx_out[k], sum_out[k]);
-        }
-        fl.ln_f = ln(ln_f_max, f_sum);
-        if ln_f_max == neg {
-            fl.ln_f = neg;
+        for qi in 0..np {
+            let ins = &mut fl.ln_in[qi * n..(qi + 1) * n];
+            let outs = &mut fl.ln_out[qi * n..(qi + 1) * n];
+            let body = |(v, (i, o)): (usize, (&mut f64, &mut f64))| {
+                (*i, *o) = self.var_ln(x, v, qi);
+            };
+            if self.sequential {
+                ins.iter_mut()
+                    .zip(outs.iter_mut())
+                    .enumerate()
+                    .for_each(body);
+            } else {
+                ins.par_iter_mut()
+                    .zip(outs.par_iter_mut())
+                    .enumerate()
+                    .with_min_len(VARS_PER_TASK)
+                    .for_each(body);
+            }
         }
         fl.ln_gp.resize(n, neg);
         fl.ln_gm.resize(n, neg);
         fl.ln_hd.resize(n, neg);
-        for v in 0..n {
-            let c = st.degree[v];
-            let (mut gp, mut gm, mut hd) = (neg, neg, neg);
-            for (qi, &q) in st.powers.iter().enumerate() {
-                let (i, o) = (fl.ln_in[qi * n + v], fl.ln_out[qi * n + v]);
-                let lq = q.ln();
-                gp = lse(gp, lq + i);
-                gm = lse(gm, c.ln() + lq + o);
-                hd = lse(hd, 2.0 * lq + i);
-                hd = lse(hd, 2.0 * (c.ln() + lq) + o);
+        let (li, lo) = (&fl.ln_in, &fl.ln_out);
+        let body = |(v, ((gp, gm), hd)): (usize, ((&mut f64, &mut f64), &mut f64))| {
+            (*gp, *gm, *hd) = self.gradient_parts(x, v, li, lo);
+        };
+        let (gp, gm, hd) = (&mut fl.ln_gp, &mut fl.ln_gm, &mut fl.ln_hd);
+        if self.sequential {
+            gp.iter_mut()
+                .zip(gm.iter_mut())
+                .zip(hd.iter_mut())
+                .enumerate()
+                .for_each(body);
+        } else {
+            gp.par_iter_mut()
+                .zip(gm.par_iter_mut())
+                .zip(hd.par_iter_mut())
+                .enumerate()
+                .with_min_len(VARS_PER_TASK)
+                .for_each(body);
+        }
+        fl.ln_f = self.ln_cost(x);
+    }
+
+    /// `(ln g⁺, ln g⁻, ln h)` of variable `v` from the flows `ln_in`, `ln_out` (indexed
+    /// `[qi·n + v]`) and its generic unary terms.
+    fn gradient_parts(
+        &self,
+        x: &[f64],
+        v: usize,
+        ln_in: &[f64],
+        ln_out: &[f64],
+    ) -> (f64, f64, f64) {
+        let st = self.st;
+        let n = st.num_vars();
+        let neg = f64::NEG_INFINITY;
+        let lc = self.ln_degree[v];
+        let (mut gp, mut gm, mut hd) = (neg, neg, neg);
+        for (qi, &lq) in self.ln_powers.iter().enumerate() {
+            let (i, o) = (ln_in[qi * n + v], ln_out[qi * n + v]);
+            gp = lse(gp, lq + i);
+            gm = lse(gm, lc + lq + o);
+            hd = lse(hd, 2.0 * lq + i);
+            hd = lse(hd, 2.0 * (lc + lq) + o);
+        }
+        for &ui in &self.generic_unary[v] {
+            let u = st.unary[ui as usize];
+            let s = u.ln_k + u.s * x[v];
+            if u.s > 0.0 {
+                gp = lse(gp, u.s.ln() + s);
+            } else if u.s < 0.0 {
+                gm = lse(gm, (-u.s).ln() + s);
             }
-            for &ui in &self.generic_unary[v] {
-                let u = st.unary[ui as usize];
-                let s = u.ln_k + u.s * x[v];
-                if u.s > 0.0 {
-                    gp = lse(gp, u.s.ln() + s);
-                } else if u.s < 0.0 {
-                    gm = lse(gm, (-u.s).ln() + s);
-                }
-                if u.s != 0.0 {
-                    hd = lse(hd, 2.0 * u.s.abs().ln() + s);
-                }
+            if u.s != 0.0 {
+                hd = lse(hd, 2.0 * u.s.abs().ln() + s);
             }
-            fl.ln_gp[v] = gp;
-            fl.ln_gm[v] = gm;
-            fl.ln_hd[v] = hd;
+        }
+        (gp, gm, hd)
+    }
+
+    /// `(ln In_q(v), ln Out_q(v))` for the power of index `qi`, from the line sums and terms of
+    /// the last pass (maximum first, then the sum of the shifted exponentials, in source order).
+    pub(crate) fn var_ln(&self, x: &[f64], v: usize, qi: usize) -> (f64, f64) {
+        let neg = f64::NEG_INFINITY;
+        let cs = &self.contrib[self.contrib_ptr[v]..self.contrib_ptr[v + 1]];
+        let live = || {
+            cs.iter()
+                .filter(move |c| c.qi as usize == qi)
+                .map(|c| (c.row, self.value(c.src, x)))
+                .filter(|&(_, s)| s != neg)
+        };
+        let (mut mi, mut mo, mut ni, mut no) = (neg, neg, 0, 0);
+        for (row, s) in live() {
+            if row {
+                mi = mi.max(s);
+                ni += 1;
+            } else {
+                mo = mo.max(s);
+                no += 1;
+            }
+        }
+        // one term on a side: `m + ln e^0 = m` exactly, as the sum below gives it
+        if ni <= 1 && no <= 1 {
+            return (mi, mo);
+        }
+        let (mut si, mut so) = (0.0, 0.0);
+        for (row, s) in live() {
+            if row {
+                si += (s - mi).exp();
+            } else {
+                so += (s - mo).exp();
+            }
+        }
+        let ln = |m: f64, s: f64| if s > 0.0 { m + s.ln() } else { neg };
+        (ln(mi, si), ln(mo, so))
+    }
+
+    /// The `ln` value of one source at `x` (line sums and sparse terms of the last pass).
+    #[inline]
+    fn value(&self, src: Src, x: &[f64]) -> f64 {
+        match src {
+            Src::Major(b, l) => self.bw[b as usize].ln_major[l as usize],
+            Src::Minor(b, l) => self.bw[b as usize].ln_minor[l as usize],
+            Src::Sparse(t, e) => self.tw[t as usize].major[e as usize],
+            Src::Unary(i) => {
+                let u = &self.st.unary[i as usize];
+                let xv = if u.var == FIXED {
+                    0.0
+                } else {
+                    x[u.var as usize]
+                };
+                u.ln_k + u.s * xv
+            }
         }
     }
 
-    /// Calls `f(side, power index, variable, ln value)` for every line sum, sparse term and unary
+    /// `ln F` from the line sums and terms of the last pass: the constant and the row-side
+    /// contributions (every term once: the row-side line sums of the dense blocks, the sparse
+    /// terms, the unary terms), maximum first, then the sum of the shifted exponentials of each
+    /// block in line order, the blocks' sums added in block order (in parallel over blocks
+    /// unless `sequential`; the same result on any number of threads).
+    fn ln_cost(&self, x: &[f64]) -> f64 {
+        let neg = f64::NEG_INFINITY;
+        let st = self.st;
+        let unary: Vec<f64> = (0..st.unary.len())
+            .map(|i| self.value(Src::Unary(i as u32), x))
+            .collect();
+        let mut segs: Vec<&[f64]> = st
+            .blocks
+            .iter()
+            .zip(&self.bw)
+            .map(|(b, w)| match b {
+                Block::Dense(d) if d.rows_major => &w.ln_major[..],
+                Block::Dense(_) => &w.ln_minor[..],
+                Block::Sparse(_) => &self.tw[w.sparse_task].major[..],
+            })
+            .collect();
+        segs.push(&unary);
+        let live = |s: &[f64]| s.iter().copied().filter(|&v| v != neg).fold(neg, f64::max);
+        let m = map_in_order(self.sequential, &segs, |s| live(s))
+            .into_iter()
+            .fold(st.ln_const, f64::max);
+        if m == neg {
+            return neg;
+        }
+        let sum = |s: &[f64]| {
+            s.iter()
+                .filter(|&&v| v != neg)
+                .fold(0.0, |acc, &v| acc + (v - m).exp())
+        };
+        let f = map_in_order(self.sequential, &segs, |s| sum(s))
+            .into_iter()
+            .fold((st.ln_const - m).exp(), |acc, v| acc + v);
+        if f > 0.0 {
+            m + f.ln()
+        } else {
+            neg
+        }
+    }
+
+    /// Calls `f(side, power index, variable, source)` for every line sum, sparse term and unary
     /// term, in a fixed order. `Side::RowFixed` marks a generic unary term (counted in `F` only
     /// through this call; its gradient is added separately).
-    fn for_each_contribution(&self, x: &[f64], mut f: impl FnMut(Side, usize, u32, f64)) {
+    fn for_each_source(&self, mut f: impl FnMut(Side, usize, u32, Src)) {
         let st = self.st;
         for (bi, b) in st.blocks.iter().enumerate() {
             let qi = st.power_index(b.p());
             let w = &self.bw[bi];
+            let bu = bi as u32;
             match b {
                 Block::Dense(d) => {
                     let (ms, ns) = if d.rows_major {
@@ -572,33 +711,27 @@ impl<'s, 'a> Engine<'s, 'a> {
                         (Side::Col, Side::Row)
                     };
                     for (a, &v) in d.major_vars().iter().enumerate() {
-                        f(ms, qi, v, w.ln_major[a]);
+                        f(ms, qi, v, Src::Major(bu, a as u32));
                     }
                     for (bb, &v) in d.minor_vars().iter().enumerate() {
-                        f(ns, qi, v, w.ln_minor[bb]);
+                        f(ns, qi, v, Src::Minor(bu, bb as u32));
                     }
                 }
                 Block::Sparse(s) => {
-                    let tw = &self.tw[w.sparse_task];
+                    let t = w.sparse_task as u32;
                     for e in 0..s.len() {
-                        f(Side::Row, qi, s.row[e], tw.major[e]);
+                        f(Side::Row, qi, s.row[e], Src::Sparse(t, e as u32));
                         if s.row[e] != FIXED || s.col[e] != FIXED {
-                            f(Side::Col, qi, s.col[e], tw.major[e]);
+                            f(Side::Col, qi, s.col[e], Src::Sparse(t, e as u32));
                         }
                     }
                 }
             }
         }
         for (i, u) in st.unary.iter().enumerate() {
-            let xv = if u.var == FIXED {
-                0.0
-            } else {
-                x[u.var as usize]
-            };
-            let s = u.ln_k + u.s * xv;
             match self.unary_power[i] {
-                Some(qi) => f(Side::Row, qi, u.var, s),
-                None => f(Side::RowFixed, 0, FIXED, s),
+                Some(qi) => f(Side::Row, qi, u.var, Src::Unary(i as u32)),
+                None => f(Side::RowFixed, 0, FIXED, Src::Unary(i as u32)),
             }
         }
     }
@@ -1188,6 +1321,107 @@ impl Mag for half::bf16 {
     #[inline(always)]
     fn mag(self) -> f64 {
         self.to_f64().abs()
+    }
+}
+
+/// `f` of every item, in item order (in parallel unless `sequential`).
+fn map_in_order<T: Sync, R: Send>(
+    sequential: bool,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
+    if sequential {
+        items.iter().map(f).collect()
+    } else {
+        items.par_iter().map(f).collect()
+    }
+}
+
+/// Variables per chunk of the reductions over all variables (a fixed split: the result does not
+/// depend on the number of threads).
+const VAR_CHUNK: usize = 4096;
+
+/// The line factors of dense block `d` at `x` for the sides `w.sides`: `la_a`, `lb_b` (row
+/// side `p·(ln r_o + x_o)`, column side `−p·c_v·x_v`), their maxima (`0` when not finite) and
+/// `ea = e^{la − max la}`, `eb = e^{lb − max lb}`. The direct form reads `eb` only for the major
+/// sums and `ea` only for the minor sums, so a one-sided pass forms only the one it reads; a
+/// block with no side wanted is left as it is.
+fn line_factors(d: &Dense<'_>, w: &mut BlockWork, x: &[f64], deg: &[f64]) {
+    if w.sides == Sides::None {
+        return;
+    }
+    let p = d.p;
+    let xv = |v: u32| if v == FIXED { 0.0 } else { x[v as usize] };
+    let row = |o: usize| {
+        let f = d.ln_row_factor.as_ref().map_or(0.0, |f| f[o]);
+        p * (f + xv(d.row_var[o]))
+    };
+    let col = |j: usize| {
+        let v = d.col_var[j];
+        if v == FIXED {
+            0.0
+        } else {
+            -p * deg[v as usize] * x[v as usize]
+        }
+    };
+    for a in 0..d.major {
+        w.la[a] = if d.rows_major { row(a) } else { col(a) };
+    }
+    for bb in 0..d.minor {
+        w.lb[bb] = if d.rows_major { col(bb) } else { row(bb) };
+    }
+    let am = finite_or_zero(w.la.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    let bm = finite_or_zero(w.lb.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    if !w.raw || w.sides.minor() {
+        for a in 0..d.major {
+            w.ea[a] = (w.la[a] - am).exp();
+        }
+    }
+    if !w.raw || w.sides.major() {
+        for bb in 0..d.minor {
+            w.eb[bb] = (w.lb[bb] - bm).exp();
+        }
+    }
+    w.la_max = am;
+    w.lb_max = bm;
+}
+
+/// The `ln` of the line sums `w.sides` of dense block `d` from its tasks' partial sums (the
+/// minor partial sums added in task order).
+fn finish_lines(d: &Dense<'_>, w: &mut BlockWork, tasks: &[Task], tw: &[TaskWork]) {
+    let neg = f64::NEG_INFINITY;
+    // `p·ln M` of a line in the scaled form, 0 in the direct form
+    let (raw, p) = (w.raw, d.p);
+    let scale = |ln_max: f64| if raw { 0.0 } else { p * ln_max };
+    if w.sides.major() {
+        let la = d.ln_alpha + w.lb_max;
+        for (t, tw) in tasks.iter().zip(tw) {
+            for (k, a) in (t.a0..t.a1).enumerate() {
+                let s = tw.major[k];
+                w.ln_major[a] = if s > 0.0 {
+                    la + scale(d.ln_major_max[a]) + w.la[a] + s.ln()
+                } else {
+                    neg
+                };
+            }
+        }
+    }
+    if w.sides.minor() {
+        w.out_minor.iter_mut().for_each(|v| *v = 0.0);
+        for tw in tw {
+            for (o, s) in w.out_minor.iter_mut().zip(&tw.minor) {
+                *o += s;
+            }
+        }
+        let lb = d.ln_alpha + w.la_max;
+        for bb in 0..d.minor {
+            let s = w.out_minor[bb];
+            w.ln_minor[bb] = if s > 0.0 {
+                lb + scale(d.ln_minor_max[bb]) + w.lb[bb] + s.ln()
+            } else {
+                neg
+            };
+        }
     }
 }
 
@@ -1855,12 +2089,12 @@ mod tests {
             }
             // each side alone gives bit for bit the sums of the full pass
             for (side, k) in [(Sides::Major, 0), (Sides::Minor, 1)] {
-                eng.flows_for(&x, &mut Flows::default(), &[Sides::None, Sides::None]);
+                eng.line_sums_for(&x, &[Sides::None, Sides::None]);
                 for w in eng.bw.iter_mut() {
                     w.ln_major.iter_mut().for_each(|v| *v = f64::NAN);
                     w.ln_minor.iter_mut().for_each(|v| *v = f64::NAN);
                 }
-                eng.flows_for(&x, &mut Flows::default(), &[side, side]);
+                eng.line_sums_for(&x, &[side, side]);
                 let part = lines(&eng);
                 for b in 0..2 {
                     assert_eq!(part[2 * b + k], full[2 * b + k], "p = {p}, {side:?}");

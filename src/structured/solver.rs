@@ -37,13 +37,34 @@ use crate::settings::Schedule;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
 const SWEEP_ABOVE: f64 = 0.5;
 
-/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread.
+/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread (the
+/// default of [`set_parallel_min_terms`]).
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
+
+/// The threshold in force (see [`set_parallel_min_terms`]).
+static MIN_TERMS: AtomicUsize = AtomicUsize::new(PARALLEL_MIN_TERMS);
+
+/// Sets, for the whole process, the number of terms below which every pass runs on one thread
+/// (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the threshold.
+#[doc(hidden)]
+pub fn set_parallel_min_terms(terms: usize) {
+    MIN_TERMS.store(terms, Ordering::Relaxed);
+}
+
+/// Whether the passes over `st` run on one thread (fewer terms than the threshold).
+pub(crate) fn runs_sequentially(st: &Structured<'_>) -> bool {
+    st.num_terms() < MIN_TERMS.load(Ordering::Relaxed)
+}
+
+/// Fewest variables of a colour class per parallel task of its local steps.
+const VARS_PER_TASK: usize = 1024;
 
 /// The last Newton step aims at a predicted imbalance this factor below the tolerance.
 const FINAL_MARGIN: f64 = 0.01;
@@ -103,7 +124,7 @@ impl<'s, 'a> Core<'s, 'a> {
         let classes = colour_classes(st, &occ, &mode);
         let class_sides = classes.iter().map(|c| sides_of(st, &occ, c)).collect();
         let mut eng = Engine::new(st);
-        eng.sequential = st.num_terms() < PARALLEL_MIN_TERMS;
+        eng.sequential = runs_sequentially(st);
         let mut unary_ptr = vec![0usize; n + 1];
         for u in &st.unary {
             if u.var != FIXED {
@@ -151,18 +172,7 @@ impl<'s, 'a> Core<'s, 'a> {
 
     /// Maximum relative imbalance over free variables.
     pub(crate) fn max_rel(&self) -> f64 {
-        let st = self.st();
-        let mut m = 0.0f64;
-        for v in 0..st.num_vars() {
-            if st.free[v] {
-                let r = self.fl.rel(v);
-                if r.is_nan() {
-                    return f64::NAN;
-                }
-                m = m.max(r);
-            }
-        }
-        m
+        self.fl.max_rel(&self.st().free)
     }
 
     fn state(&self) -> (f64, f64, f64) {
@@ -177,19 +187,20 @@ impl<'s, 'a> Core<'s, 'a> {
     fn local_delta(&self, v: usize, ln_in: &[f64], ln_out: &[f64], generic: &[(f64, f64)]) -> f64 {
         let st = self.st();
         let c = st.degree[v];
-        let live: Vec<usize> = (0..st.powers.len())
-            .filter(|&qi| ln_in[qi] > f64::NEG_INFINITY || ln_out[qi] > f64::NEG_INFINITY)
-            .collect();
-        if generic.is_empty() && live.len() == 1 {
-            let qi = live[0];
+        let live = || {
+            (0..st.powers.len())
+                .filter(|&qi| ln_in[qi] > f64::NEG_INFINITY || ln_out[qi] > f64::NEG_INFINITY)
+        };
+        let mut it = live();
+        if let (true, Some(qi), None) = (generic.is_empty(), it.next(), it.next()) {
             let (i, o) = (ln_in[qi], ln_out[qi]);
             if i == f64::NEG_INFINITY || o == f64::NEG_INFINITY {
                 return 0.0;
             }
             return (c.ln() + o - i) / (st.powers[qi] * (1.0 + c));
         }
-        let mut terms: Vec<(f64, f64)> = Vec::with_capacity(2 * live.len() + generic.len());
-        for &qi in &live {
+        let mut terms: Vec<(f64, f64)> = Vec::with_capacity(2 * st.powers.len() + generic.len());
+        for qi in live() {
             let q = st.powers[qi];
             terms.push((q, ln_in[qi]));
             terms.push((-q * c, ln_out[qi]));
@@ -200,11 +211,20 @@ impl<'s, 'a> Core<'s, 'a> {
 
     /// The local step of `v` from the current flows `self.fl`.
     fn delta_from_flows(&self, v: usize) -> f64 {
+        let n = self.st().num_vars();
+        let fl = &self.fl;
+        self.delta_with(v, |qi| (fl.ln_in[qi * n + v], fl.ln_out[qi * n + v]))
+    }
+
+    /// The local step of `v` from the line sums of the last pass (which must have computed
+    /// every line of `v`).
+    fn delta_from_lines(&self, v: usize) -> f64 {
+        self.delta_with(v, |qi| self.eng.var_ln(&self.x, v, qi))
+    }
+
+    /// The local step of `v` with `flows(qi) = (ln In_q(v), ln Out_q(v))`.
+    fn delta_with(&self, v: usize, flows: impl Fn(usize) -> (f64, f64)) -> f64 {
         let st = self.st();
-        let n = st.num_vars();
-        let np = st.powers.len();
-        let ln_in: Vec<f64> = (0..np).map(|qi| self.fl.ln_in[qi * n + v]).collect();
-        let ln_out: Vec<f64> = (0..np).map(|qi| self.fl.ln_out[qi * n + v]).collect();
         let generic: Vec<(f64, f64)> = self
             .eng
             .unary_of(v)
@@ -214,6 +234,11 @@ impl<'s, 'a> Core<'s, 'a> {
                 (u.s, u.ln_k + u.s * self.x[v])
             })
             .collect();
+        if st.powers.len() == 1 {
+            let (i, o) = flows(0);
+            return self.local_delta(v, &[i], &[o], &generic);
+        }
+        let (ln_in, ln_out): (Vec<f64>, Vec<f64>) = (0..st.powers.len()).map(flows).unzip();
         self.local_delta(v, &ln_in, &ln_out, &generic)
     }
 
@@ -223,17 +248,32 @@ impl<'s, 'a> Core<'s, 'a> {
     pub(crate) fn colour_sweep(&mut self) {
         let classes = std::mem::take(&mut self.classes);
         for (k, class) in classes.iter().enumerate() {
-            let deltas: Vec<f64> = class
-                .iter()
-                .map(|&v| self.delta_from_flows(v as usize))
-                .collect();
+            // the first class reads the flows of the last full pass, the others the line
+            // sums of the pass after the previous class (the same values for their variables)
+            let this = &*self;
+            let step = |&v: &u32| {
+                if k == 0 {
+                    this.delta_from_flows(v as usize)
+                } else {
+                    this.delta_from_lines(v as usize)
+                }
+            };
+            let deltas: Vec<f64> = if this.eng.sequential {
+                class.iter().map(step).collect()
+            } else {
+                class
+                    .par_iter()
+                    .with_min_len(VARS_PER_TASK)
+                    .map(step)
+                    .collect()
+            };
             for (&v, d) in class.iter().zip(deltas) {
                 if d.is_finite() {
                     self.x[v as usize] += d;
                 }
             }
             match self.class_sides.get(k + 1) {
-                Some(sides) => self.eng.flows_for(&self.x, &mut self.fl, sides),
+                Some(sides) => self.eng.line_sums_for(&self.x, sides),
                 None => self.eng.flows(&self.x, &mut self.fl),
             }
         }
