@@ -3,6 +3,15 @@
 //! never a half-written file; on any error the temporary file is removed and an existing target
 //! is untouched. The permissions of an existing target are kept.
 //!
+//! Both syncs stay. The `fsync` of the temporary file before the rename is what makes the
+//! rename atomic across a crash: without it a file system may commit the rename before the
+//! data, and a power loss leaves a truncated or empty target. The `fsync` of the directory
+//! after the rename makes the new file durable when the call returns (without it a crash
+//! within the file system's commit interval brings back the old, complete file). The cost of
+//! the first is reduced, not removed: the writeback of the data is started every MiB while
+//! the rest is still being written (`sync_file_range` on Linux), so the `fsync` waits only for
+//! the tail.
+//!
 //! ```
 //! use synbal::io::atomic::write_file;
 //! let dir = tempfile::tempdir().unwrap();
