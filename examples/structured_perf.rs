@@ -8,6 +8,10 @@
 //!     --routes newton --compare /path/to/older/structured_perf  # chosen rows, two builds
 //! ```
 //!
+//! One row alone, in this process: `structured_perf --case CASE ROUTE [--threads N] [--trace]`;
+//! `--trace` also prints the maximum relative imbalance after every iteration (on the
+//! specification routes).
+//!
 //! `--cases` keeps only the listed cases (a case not in the default list runs Newton, and for an
 //! MLP also the two network routes), `--routes` only the listed routes, and every `--compare
 //! EXE` runs each row a second time with EXE (this example built from another commit) as the
@@ -303,7 +307,7 @@ fn vm_hwm_kib() -> u64 {
 }
 
 /// The child: one case, one route; prints one `RESULT` line.
-fn child(case: &str, route: &str, threads: usize) {
+fn child(case: &str, route: &str, threads: usize, trace: bool) {
     let model = build(case, route == "net-core");
     let reg = Regularizer::lp(2.0).unwrap();
     let method = match route {
@@ -315,7 +319,7 @@ fn child(case: &str, route: &str, threads: usize) {
     let settings = Settings {
         method,
         tol: 1e-10,
-        trace: false,
+        trace,
         // local schedules: a fixed number of sweeps, reported per sweep
         max_iterations: if matches!(method, Method::Local(_)) {
             Some(SWEEPS)
@@ -347,6 +351,12 @@ fn child(case: &str, route: &str, threads: usize) {
         } else {
             let t = Instant::now();
             let s = solve(&model.spec, &model.src, &reg, &settings, &mut NoObserver).unwrap();
+            for e in &s.trace {
+                eprintln!(
+                    "TRACE iteration {} max relative imbalance {:.3e}",
+                    e.iteration, e.max_relative_imbalance
+                );
+            }
             (
                 t.elapsed().as_secs_f64(),
                 s.iterations,
@@ -380,7 +390,12 @@ fn main() {
             .iter()
             .position(|a| a == "--threads")
             .map_or(2, |k| args[k + 1].parse().unwrap());
-        child(&args[i + 1], &args[i + 2], threads);
+        child(
+            &args[i + 1],
+            &args[i + 2],
+            threads,
+            args.iter().any(|a| a == "--trace"),
+        );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -16,6 +16,11 @@ const CHUNK: usize = 1 << 16;
 /// Edges formatted by one thread at a time.
 const PAR_ITEMS: usize = 1 << 14;
 
+/// Bytes reserved per item of a parallel batch: an edge line of two indices and a 17-digit
+/// weight takes about 40, so the batch buffer is never grown (a regrowth copies the buffer and
+/// faults in new pages).
+const BATCH_BYTES_PER_ITEM: usize = 64;
+
 /// A chunked output buffer in front of a writer.
 struct Out<'a> {
     buf: Vec<u8>,
@@ -81,7 +86,7 @@ impl Out<'_> {
                 .map(|a| {
                     let mut sink = io::sink();
                     let mut out = Out {
-                        buf: Vec::with_capacity(PAR_ITEMS * 32),
+                        buf: Vec::with_capacity(PAR_ITEMS * BATCH_BYTES_PER_ITEM),
                         sink: &mut sink,
                     };
                     for j in a..(a + PAR_ITEMS).min(len) {
