@@ -46,6 +46,7 @@
 //! every unit of a recurrent network.
 
 pub mod spec;
+mod walks;
 
 use crate::network::{Network, NO_GROUP};
 use crate::solve::{Diagnostics, Status};
@@ -100,6 +101,9 @@ pub enum CycleSearch {
     GroundDag,
     /// Howard's policy iteration on a general graph.
     Howard,
+    /// Walks from the ground in a graph with cycles that avoid the ground, batched under bounds
+    /// (see `walks`), with Howard for the contractions the bounds cannot certify.
+    GroundWalks,
 }
 
 /// The result of [`max_balance`], with the fields of [`crate::solve::Solution`] that apply.
@@ -349,6 +353,35 @@ impl Csr {
     /// Positions of row `v`.
     fn row(&self, v: usize) -> std::ops::Range<usize> {
         self.ptr[v]..self.ptr[v + 1]
+    }
+
+    /// No rows, no edges.
+    fn empty(n: usize) -> Csr {
+        Csr {
+            ptr: vec![0; n + 1],
+            nb: Vec::new(),
+            l: Vec::new(),
+        }
+    }
+
+    /// The rows of the `live` vertices restricted to the edges `(v, nb, l)` whose neighbour is
+    /// live and that `keep` accepts (others rows empty).
+    fn filtered(&self, live: &[bool], keep: impl Fn(usize, usize, f64) -> bool) -> Csr {
+        let n = self.ptr.len() - 1;
+        let mut out = Csr::empty(n);
+        for v in 0..n {
+            if live[v] {
+                for k in self.row(v) {
+                    let b = self.nb[k] as usize;
+                    if live[b] && keep(v, b, self.l[k]) {
+                        out.nb.push(self.nb[k]);
+                        out.l.push(self.l[k]);
+                    }
+                }
+            }
+            out.ptr[v + 1] = out.nb.len();
+        }
+        out
     }
 
     /// The same rows without the edges whose neighbour is not `live`.
@@ -723,8 +756,10 @@ pub(crate) fn solve_quotient(
     let order = topo_without_ground(n, &edges, ground);
     let search = if order.is_some() {
         CycleSearch::GroundDag
-    } else {
+    } else if std::env::var_os("SYNBAL_HOWARD").is_some() {
         CycleSearch::Howard
+    } else {
+        CycleSearch::GroundWalks
     };
     let is_held: Vec<bool> = held.iter().map(Option::is_some).collect();
     let (u, rounds, top, passes) = match &order {
@@ -735,7 +770,15 @@ pub(crate) fn solve_quotient(
                 .collect();
             (u, rounds, top, passes)
         }
-        None => contract_howard(n, &edges, ground, &is_held),
+        None if search == CycleSearch::Howard => contract_howard(n, &edges, ground, &is_held),
+        None => {
+            let (u, rounds, top, passes, st) =
+                walks::contract_ground_walks(n, &edges, ground, &is_held);
+            if std::env::var_os("SYNBAL_WALK_STATS").is_some() {
+                eprintln!("WALKS {st:?} rounds {rounds}");
+            }
+            (u, rounds, top, passes)
+        }
     };
     // certificate from the quotient edges: max_in and max_out of each group under u
     let mut flows = vec![(f64::NEG_INFINITY, f64::NEG_INFINITY); n];
@@ -818,13 +861,13 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
 
 /// Weighted union-find over the quotient vertices: `parent` and the potential `off` of a vertex
 /// relative to its parent. `find` returns the root and the potential relative to it.
-struct Merged {
-    parent: Vec<u32>,
-    off: Vec<f64>,
+pub(crate) struct Merged {
+    pub(crate) parent: Vec<u32>,
+    pub(crate) off: Vec<f64>,
 }
 
 impl Merged {
-    fn find(&mut self, v: u32) -> (u32, f64) {
+    pub(crate) fn find(&mut self, v: u32) -> (u32, f64) {
         let mut path = Vec::new();
         let mut r = v;
         while self.parent[r as usize] != r {
@@ -864,13 +907,37 @@ fn contract_howard(
     ground: u32,
     held: &[bool],
 ) -> (Vec<f64>, usize, f64, usize) {
-    const NONE: u32 = u32::MAX;
     let groups = n - 1;
-    let mut passes = 0usize;
     let mut m = Merged {
         parent: (0..n as u32).collect(),
         off: vec![0.0; n],
     };
+    let (rounds, top, passes) = howard_rounds(n, edges, ground, held, &mut m, usize::MAX);
+    let mut u = vec![0.0f64; groups];
+    for (g, ug) in u.iter_mut().enumerate() {
+        if !held[g] {
+            // every group ends in the ground (all of them lie on cycles through it)
+            *ug = m.find(g as u32).1;
+        }
+    }
+    (u, rounds, top, passes)
+}
+
+/// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
+/// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
+/// ground. Returns the contractions, the largest mean and the policy iterations.
+pub(crate) fn howard_rounds(
+    n: usize,
+    edges: &[QEdge],
+    ground: u32,
+    held: &[bool],
+    m: &mut Merged,
+    ground_streak: usize,
+) -> (usize, f64, usize) {
+    const NONE: u32 = u32::MAX;
+    let groups = n - 1;
+    let mut passes = 0usize;
+    let mut streak = 0usize;
     let mut live: Vec<bool> = (0..n).map(|v| v == groups || !held[v]).collect();
     let mut cur: Vec<CEdge> = edges
         .iter()
@@ -923,7 +990,7 @@ fn contract_howard(
                 while state[v as usize] == 0 {
                     state[v as usize] = 1;
                     stack.push(v);
-                    v = head(&mut m, pi[v as usize]).0;
+                    v = head(m, pi[v as usize]).0;
                 }
                 if state[v as usize] == 1 {
                     // a new cycle starting at v: its mean, then x around it with x[v] = 0
@@ -934,13 +1001,13 @@ fn contract_howard(
                     let cyc = &stack[pos..];
                     let mut total = 0.0;
                     for &w in cyc {
-                        total += head(&mut m, pi[w as usize]).1;
+                        total += head(m, pi[w as usize]).1;
                     }
                     let mu = total / cyc.len() as f64;
                     x[v as usize] = 0.0;
                     eta[v as usize] = mu;
                     for &w in cyc[1..].iter().rev() {
-                        let (h, l) = head(&mut m, pi[w as usize]);
+                        let (h, l) = head(m, pi[w as usize]);
                         x[w as usize] = l - mu + x[h as usize];
                         eta[w as usize] = mu;
                     }
@@ -954,7 +1021,7 @@ fn contract_howard(
                 }
                 // the rest of the path leads into finished vertices
                 while let Some(w) = stack.pop() {
-                    let (h, l) = head(&mut m, pi[w as usize]);
+                    let (h, l) = head(m, pi[w as usize]);
                     eta[w as usize] = eta[h as usize];
                     x[w as usize] = l - eta[h as usize] + x[h as usize];
                     state[w as usize] = 2;
@@ -1002,10 +1069,10 @@ fn contract_howard(
         }
         // the cycle start → … → start, merged into the ground if on it, else into `start`
         let mut cyc = vec![start];
-        let mut v = head(&mut m, pi[start as usize]).0;
+        let mut v = head(m, pi[start as usize]).0;
         while v != start {
             cyc.push(v);
-            v = head(&mut m, pi[v as usize]).0;
+            v = head(m, pi[v as usize]).0;
         }
         let r = cyc.iter().position(|&w| w == ground).unwrap_or(0);
         let k = cyc.len();
@@ -1015,7 +1082,7 @@ fn contract_howard(
         for t in 0..k {
             let w = cyc[(r + t) % k];
             pots.push((w, acc));
-            let l = head(&mut m, pi[w as usize]).1;
+            let l = head(m, pi[w as usize]).1;
             acc += mu - l;
         }
         for &(w, u) in &pots[1..] {
@@ -1025,6 +1092,10 @@ fn contract_howard(
         }
         rounds += 1;
         top = top.max(mu);
+        streak = if rep == ground { streak + 1 } else { 0 };
+        if streak >= ground_streak {
+            break;
+        }
         // the contracted graph: edges between distinct roots, log-weights relative to them
         best[rep as usize] = f64::NEG_INFINITY;
         cur.retain_mut(|e| {
@@ -1050,14 +1121,7 @@ fn contract_howard(
         });
         verts.retain(|&w| live[w as usize]);
     }
-    let mut u = vec![0.0f64; groups];
-    for (g, ug) in u.iter_mut().enumerate() {
-        if !held[g] {
-            // every group ends in the ground (all of them lie on cycles through it)
-            *ug = m.find(g as u32).1;
-        }
-    }
-    (u, rounds, top, passes)
+    (rounds, top, passes)
 }
 
 /// Per-group `(max_in, max_out)` of counted `|w|` (and `|b|` when `count_biases`), edges inside a
@@ -1337,7 +1401,12 @@ mod tests {
     /// A layered graph with skip edges, every vertex on a cycle through the ground (vertex `n−1`):
     /// ground → first layer, last layer → ground, biases (ground → v) and outputs (v → ground)
     /// at random elsewhere, parallel-free.
-    fn layered(seed: u64, widths: &[usize], skip: f64, extra_ground: f64) -> (usize, Vec<QEdge>) {
+    pub(super) fn layered(
+        seed: u64,
+        widths: &[usize],
+        skip: f64,
+        extra_ground: f64,
+    ) -> (usize, Vec<QEdge>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers: Vec<Vec<u32>> = vec![];
         let mut next = 0u32;
