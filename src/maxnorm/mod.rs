@@ -26,8 +26,11 @@
 //! residual ties that create no cycle) every cycle passes through the ground once, and the best
 //! cycle of each length `k ≤ depth + 1` comes from one dynamic programme over paths from the
 //! ground, and one pass of it serves many contractions (see `contract_ground_dag`). Otherwise
-//! (recurrent networks, ties that close a cycle) Howard's policy iteration, `O(m)` per iteration
-//! and a few iterations per round, warm-started from the previous round's policy.
+//! (recurrent networks, residual adds that tie a block's output to its input) the same batching
+//! over *walks* of at most `L` edges, with a potential bound for longer walks and Howard's policy
+//! iteration for the maximum cycle mean of the ground-free part (see the `walks` module); where
+//! those bounds cannot certify a cycle (a cycle that avoids the ground is the maximum), Howard's
+//! policy iteration on the whole graph contracts until cycles through the ground come back.
 //!
 //! **Unique and not.** The max-balanced *weights* are unique (Schneider & Schneider 1991); the L_p
 //! balanced states converge to them as `p → ∞` (tests/maxnorm.rs measures it). The *log-scales*
@@ -99,8 +102,6 @@ fn check_tol(what: &'static str, value: f64) -> Result<(), MaxNormError> {
 pub enum CycleSearch {
     /// Paths from the ground in a graph that is acyclic without the ground.
     GroundDag,
-    /// Howard's policy iteration on a general graph.
-    Howard,
     /// Walks from the ground in a graph with cycles that avoid the ground, batched under bounds
     /// (see `walks`), with Howard for the contractions the bounds cannot certify.
     GroundWalks,
@@ -756,8 +757,6 @@ pub(crate) fn solve_quotient(
     let order = topo_without_ground(n, &edges, ground);
     let search = if order.is_some() {
         CycleSearch::GroundDag
-    } else if std::env::var_os("SYNBAL_HOWARD").is_some() {
-        CycleSearch::Howard
     } else {
         CycleSearch::GroundWalks
     };
@@ -770,13 +769,9 @@ pub(crate) fn solve_quotient(
                 .collect();
             (u, rounds, top, passes)
         }
-        None if search == CycleSearch::Howard => contract_howard(n, &edges, ground, &is_held),
         None => {
-            let (u, rounds, top, passes, st) =
+            let (u, rounds, top, passes, _) =
                 walks::contract_ground_walks(n, &edges, ground, &is_held);
-            if std::env::var_os("SYNBAL_WALK_STATS").is_some() {
-                eprintln!("WALKS {st:?} rounds {rounds}");
-            }
             (u, rounds, top, passes)
         }
     };
@@ -900,7 +895,9 @@ struct CEdge {
 /// iteration finds a maximum-mean cycle of the contracted graph (Cochet-Terrasson et al. 1998),
 /// which is merged into one vertex (the ground when it passes through it). The policy of the
 /// vertices that were not merged is kept for the next round (warm start). Returns `u` per group,
-/// the contractions and the largest mean.
+/// the contractions and the largest mean. The reference the batched searches are tested against;
+/// [`howard_rounds`] serves the walk search where its bounds cannot certify a cycle.
+#[cfg(test)]
 fn contract_howard(
     n: usize,
     edges: &[QEdge],

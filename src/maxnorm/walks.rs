@@ -30,10 +30,21 @@
 //! grow) `≥` every remaining `U(w)` `≥ μ*`. The walk is a weighted average of the simple cycles it
 //! decomposes into (one through the ground, the others without it), none above `μ*`, so each of
 //! them has mean `μ*`: the loop-erased walk is a maximum-mean cycle and is merged into the ground.
-//! When no candidate can be taken: grow `L` until `Λ ≤ c_max` (`L + 1 ≥ (A − 2M')/(c_max − M')`),
-//! recompute `M` and `π` when the cycle attaining `M` has lost a vertex, and when neither helps
-//! (a cycle without the ground is the maximum, or `c_max ≤ M'`) take one contraction from Howard
-//! on the whole current graph and rebuild.
+//! (`M_now ≤ M < M' ≤ Λ ≤ c(v)`, so the cycles without the ground are below it too.) A batch
+//! stops at the first recorded walk that has lost a vertex; the next pass recomputes.
+//!
+//! **Cost.** A pass is `O(m·L)` for the two programmes, on a pruned edge set: a walk of `k ≥ 3`
+//! edges through `e = a → b` weighs at most `A + (k − 2)M' + r_e` with the reduced weight
+//! `r_e = ℓ_e − M' − π_b + π_a ≤ 0`, so it can reach `Λ = M' + d/(L + 1)` (`d = A − 2M'`) only if
+//! `r_e ≥ 3d/(L + 1) − d`; the other edges are left out of the pass (walks through them are below
+//! `Λ`, which the bound `U` already allows). `L` is chosen so that `Λ` lies halfway between `M'`
+//! and the last accepted mean (`L + 1 = ⌈2d/(c − M')⌉`), and grown when the pass finds nothing
+//! above `Λ`. `M` (Howard on the ground-free part, warm-started) and `π` are recomputed only when
+//! the cycle attaining `M` has lost a vertex. When `c_max ≤ M'` or `L` would exceed [`MAX_WALK`]
+//! (a cycle without the ground is the maximum, or close to it), Howard's policy iteration on the
+//! whole graph contracts until [`HOWARD_GROUND_STREAK`] cycles in a row went into the ground, and
+//! the passes resume on the rebuilt graph; when the ground-free part has become acyclic, the
+//! ground-DAG programmes finish.
 
 use super::{
     contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
@@ -76,13 +87,6 @@ pub(super) struct WalkStats {
     pub(super) handed_to_dag: bool,
     /// Runs of Howard on the whole graph.
     pub(super) howard_runs: usize,
-    pub(super) t_howard_gf: f64,
-    pub(super) t_pot: f64,
-    pub(super) t_dp: f64,
-    pub(super) t_step: f64,
-    pub(super) t_rest: f64,
-    pub(super) kept_edges: usize,
-    pub(super) lens: [usize; 4],
 }
 
 /// Maximum cycle mean over the `alive` vertices of `outs` (rows by source) and a cycle attaining
@@ -361,15 +365,10 @@ pub(super) fn contract_ground_walks(
             break;
         }
         if let Some(order) = topo_without_ground(n, &cur, ground) {
-            let t0 = std::time::Instant::now();
             let (uv, r, t, p) = contract_ground_dag(n, &cur, ground, &order);
-            st.t_rest += t0.elapsed().as_secs_f64();
-            eprintln!("DAG rounds {r} passes {p}");
-            for v in 0..groups {
-                if live_root[v] {
-                    m.parent[v] = ground;
-                    m.off[v] = uv[v];
-                }
+            for v in (0..groups).filter(|&v| live_root[v]) {
+                m.parent[v] = ground;
+                m.off[v] = uv[v];
             }
             rounds += r;
             top = top.max(t);
@@ -398,17 +397,15 @@ pub(super) fn contract_ground_walks(
                     parent: (0..n as u32).collect(),
                     off: vec![0.0; n],
                 };
-                let t0 = std::time::Instant::now();
                 let (r, t, p) =
                     howard_rounds(n, &cur, ground, &root_held, &mut hm, HOWARD_GROUND_STREAK);
-                st.t_step += t0.elapsed().as_secs_f64();
-                for v in 0..groups {
-                    if live_root[v] {
+                for (v, lr) in live_root.iter_mut().enumerate().take(groups) {
+                    if *lr {
                         let (root, off) = hm.find(v as u32);
                         if root != v as u32 {
                             m.parent[v] = root;
                             m.off[v] = off;
-                            live_root[v] = false;
+                            *lr = false;
                         }
                     }
                 }
@@ -490,9 +487,7 @@ fn epoch(
         };
         if gf_stale {
             st.ground_free_runs += 1;
-            let t0 = std::time::Instant::now();
             gf = howard_max_cycle(&outs, &ins, &live, &mut pi);
-            st.t_howard_gf += t0.elapsed().as_secs_f64();
             if gf.is_none() {
                 // the part without the ground is acyclic now
                 return EpochEnd::Rebuild;
@@ -505,9 +500,7 @@ fn epoch(
             .is_none_or(|p| p.0 > want + MARGIN * (1.0 + big_m.abs()))
         {
             st.potentials += 1;
-            let t0 = std::time::Instant::now();
             pot = potential(&ins, &verts, &live, want).map(|p| (want, p));
-            st.t_pot += t0.elapsed().as_secs_f64();
         }
         let Some((mm, phi)) = pot.as_ref() else {
             return EpochEnd::HowardStep;
@@ -547,7 +540,6 @@ fn epoch(
         let (c_max, lam) = loop {
             st.passes += 1;
             st.longest_walk = st.longest_walk.max(walk_len);
-            let t0 = std::time::Instant::now();
             let lam = long(walk_len);
             // edges on no walk of mean >= Λ: with r_e = ℓ_e − M' − π_b + π_a <= 0, a walk of k
             // edges through e weighs at most A + (k − 2)M' + r_e, so its mean reaches
@@ -561,7 +553,6 @@ fn epoch(
             pins = ins.filtered(&live, keep_in);
             let keep_out = |v: usize, b: usize, l: f64| l - mm - phi[b] + phi[v] >= cut;
             pouts = outs.filtered(&live, keep_out);
-            st.kept_edges += pins.nb.len();
             fw.run(walk_len - 1, &verts, &pins, &live, &gin);
             bw.run(walk_len - 1, &verts, &pouts, &live, &gout);
             cand.clear();
@@ -584,11 +575,7 @@ fn epoch(
                 }
             }
             cand.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
-            st.t_dp += t0.elapsed().as_secs_f64();
             let c_max = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
-            if std::env::var_os("SYNBAL_WALK_STATS").is_some() {
-                eprintln!("PASS L {walk_len} verts {} m {} kept {} M {big_m:.5} d {d:.4} lam {lam:.5} cmax {c_max:.5}", verts.len(), ins.nb.len(), pins.nb.len());
-            }
             if c_max >= lam {
                 break (c_max, lam);
             }
@@ -602,7 +589,6 @@ fn epoch(
         let _ = c_max;
         for &(c, v, s, t) in &cand {
             if c < lam {
-                st.lens[0] += 1;
                 break;
             }
             let v = v as usize;
@@ -630,29 +616,8 @@ fn epoch(
                 seq.push((w, pouts.l[k]));
             }
             if seq.iter().any(|p| !live[p.0]) {
-                // a vertex of the walk has been merged into the ground since the pass: the part
-                // around v between the merged vertices is a walk of the current graph (its ends
-                // now joined to the ground); it certifies v when its mean still reaches c(v)
-                let iv = s as usize - 1;
-                let lo = seq[..iv]
-                    .iter()
-                    .rposition(|p| !live[p.0])
-                    .map_or(0, |i| i + 1);
-                let hi = seq[iv..]
-                    .iter()
-                    .position(|p| !live[p.0])
-                    .map_or(seq.len(), |i| iv + i);
-                seq.truncate(hi);
-                seq.drain(..lo);
-                seq[0].1 = gin[seq[0].0];
-                let last = seq[seq.len() - 1].0;
-                let total = seq.iter().map(|p| p.1).sum::<f64>() + gout[last];
-                if total / (seq.len() + 1) as f64 >= c {
-                    st.lens[2] += 1;
-                } else {
-                    st.lens[1] += 1;
-                    break;
-                }
+                // a vertex of the walk has been merged since the pass: recompute
+                break;
             }
             seq[0].1 = gin[seq[0].0];
             c_hint = Some(c);
@@ -812,7 +777,6 @@ mod tests {
                 }
             }
         }
-        eprintln!("KINDS {kinds:?}");
         // every route of the search ran: batches, single Howard contractions, the hand-over to
         // the ground-DAG programmes
         assert!(kinds[0] > 0 && kinds[1] > 0 && kinds[2] > 0, "{kinds:?}");
