@@ -687,8 +687,7 @@ fn rnn_relu_one_scale_per_hidden_unit() {
 fn rnn_relu_max_balance_ties_every_step_and_holds_on_the_written_weights() {
     // Exact max-norm balance (`--p inf`) of the ReLU RNN: W_ih, W_hh (a cycle through the hidden
     // units: the ground-walk search) and both biases; the condition is recomputed from the
-    // written file
-    // per hidden unit: max(|W_ih[i, ·]|, |W_hh[i, j≠i]|, |b_ih[i]|, |b_hh[i]|) =
+    // written file per hidden unit: max(|W_ih[i, ·]|, |W_hh[i, j≠i]|, |b_ih[i]|, |b_hh[i]|) =
     // max(|W_hh[k≠i, i]|, |head[·, i]|).
     use synbal::io::model::{balance_file_max, MaxCriterion};
     use synbal::maxnorm::MaxSettings;
