@@ -704,7 +704,8 @@ pub(crate) struct QuotientSolution {
     pub(crate) max_log_before: f64,
     /// The cycle search used.
     pub(crate) search: CycleSearch,
-    /// Passes of the path programmes (ground-DAG) or policy iterations (Howard).
+    /// Passes of the path programmes (ground-DAG), of the walk programmes plus the policy
+    /// iterations of Howard and the passes of the ground-DAG finish (ground walks).
     pub(crate) passes: usize,
     /// `max_g |max_in(g)/max_out(g) − 1|` over the groups not held, from the quotient edges.
     pub(crate) certificate: f64,
