@@ -971,7 +971,7 @@ fn the_documented_resnet_and_concat_example() {
 }
 
 /// Two identity residual blocks: the adds tie the stem's channels to both blocks' outputs, so the
-/// aggregated max-norm graph has cycles that avoid the fixed units (Howard's search).
+/// aggregated max-norm graph has cycles that avoid the fixed units (the ground-walk search).
 const IDENTITY_RESIDUAL: &str = r#"{"input_size": 2, "layers": [
     {"type": "conv2d", "prefix": "stem"}, {"type": "relu", "name": "x"},
     {"type": "conv2d", "prefix": "a1"}, {"type": "relu"},
@@ -1014,7 +1014,7 @@ fn identity_residual_blocks_max_balance_through_tied_cycles() {
     assert_eq!(r.groups, 4 + 5 + 3);
     for count_biases in [true, false] {
         let m = check_max(&arch, &t, [2, 4, 4], ModelOptions::default(), count_biases);
-        assert!(m.algorithm.contains("Howard"), "{}", m.algorithm);
+        assert!(m.algorithm.contains("GroundWalks"), "{}", m.algorithm);
         // stem, a2 and b2 share one scale per channel
         assert_eq!(m.layers[0].scales, m.layers[2].scales);
         assert_eq!(m.layers[0].scales, m.layers[4].scales);

@@ -686,8 +686,8 @@ fn rnn_relu_one_scale_per_hidden_unit() {
 #[test]
 fn rnn_relu_max_balance_ties_every_step_and_holds_on_the_written_weights() {
     // Exact max-norm balance (`--p inf`) of the ReLU RNN: W_ih, W_hh (a cycle through the hidden
-    // units: Howard's search) and both biases; the condition is recomputed from the written file
-    // per hidden unit: max(|W_ih[i, ·]|, |W_hh[i, j≠i]|, |b_ih[i]|, |b_hh[i]|) =
+    // units: the ground-walk search) and both biases; the condition is recomputed from the
+    // written file per hidden unit: max(|W_ih[i, ·]|, |W_hh[i, j≠i]|, |b_ih[i]|, |b_hh[i]|) =
     // max(|W_hh[k≠i, i]|, |head[·, i]|).
     use synbal::io::model::{balance_file_max, MaxCriterion};
     use synbal::maxnorm::MaxSettings;
@@ -705,7 +705,7 @@ fn rnn_relu_max_balance_ties_every_step_and_holds_on_the_written_weights() {
         });
         let r = balance_file_max(&i, &a, &o, &crit, &ModelOptions::default()).unwrap();
         assert!(r.converged, "{}", r.layer_table());
-        assert!(r.algorithm.contains("Howard"), "{}", r.algorithm);
+        assert!(r.algorithm.contains("GroundWalks"), "{}", r.algorithm);
         assert_eq!(r.groups, 5);
         assert_same_function(&i, &o, 12, 1e-12, rnn_forward(false));
         let q = load(&o);

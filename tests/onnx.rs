@@ -672,7 +672,7 @@ fn max_balance_of_onnx_models_holds_on_the_written_weights_and_keeps_the_functio
     for count_biases in [true, false] {
         let r = max_balance_and_check(&p, &[vec![1, 3, 8, 8]], count_biases);
         assert!(
-            r.model.algorithm.contains("Howard"),
+            r.model.algorithm.contains("GroundWalks"),
             "{}",
             r.model.algorithm
         );

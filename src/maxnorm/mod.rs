@@ -26,8 +26,11 @@
 //! residual ties that create no cycle) every cycle passes through the ground once, and the best
 //! cycle of each length `k ≤ depth + 1` comes from one dynamic programme over paths from the
 //! ground, and one pass of it serves many contractions (see `contract_ground_dag`). Otherwise
-//! (recurrent networks, ties that close a cycle) Howard's policy iteration, `O(m)` per iteration
-//! and a few iterations per round, warm-started from the previous round's policy.
+//! (recurrent networks, residual adds that tie a block's output to its input) the same batching
+//! over *walks* of at most `L` edges, with a potential bound for longer walks and Howard's policy
+//! iteration for the maximum cycle mean of the ground-free part (see the `walks` module); where
+//! those bounds cannot certify a cycle (a cycle that avoids the ground is the maximum), Howard's
+//! policy iteration on the whole graph contracts until cycles through the ground come back.
 //!
 //! **Unique and not.** The max-balanced *weights* are unique (Schneider & Schneider 1991); the L_p
 //! balanced states converge to them as `p → ∞` (tests/maxnorm.rs measures it). The *log-scales*
@@ -46,6 +49,7 @@
 //! every unit of a recurrent network.
 
 pub mod spec;
+mod walks;
 
 use crate::network::{Network, NO_GROUP};
 use crate::solve::{Diagnostics, Status};
@@ -98,8 +102,9 @@ fn check_tol(what: &'static str, value: f64) -> Result<(), MaxNormError> {
 pub enum CycleSearch {
     /// Paths from the ground in a graph that is acyclic without the ground.
     GroundDag,
-    /// Howard's policy iteration on a general graph.
-    Howard,
+    /// Walks from the ground in a graph with cycles that avoid the ground, batched under bounds
+    /// (see `walks`), with Howard for the contractions the bounds cannot certify.
+    GroundWalks,
 }
 
 /// The result of [`max_balance`], with the fields of [`crate::solve::Solution`] that apply.
@@ -349,6 +354,35 @@ impl Csr {
     /// Positions of row `v`.
     fn row(&self, v: usize) -> std::ops::Range<usize> {
         self.ptr[v]..self.ptr[v + 1]
+    }
+
+    /// No rows, no edges.
+    fn empty(n: usize) -> Csr {
+        Csr {
+            ptr: vec![0; n + 1],
+            nb: Vec::new(),
+            l: Vec::new(),
+        }
+    }
+
+    /// The rows of the `live` vertices restricted to the edges `(v, nb, l)` whose neighbour is
+    /// live and that `keep` accepts (others rows empty).
+    fn filtered(&self, live: &[bool], keep: impl Fn(usize, usize, f64) -> bool) -> Csr {
+        let n = self.ptr.len() - 1;
+        let mut out = Csr::empty(n);
+        for v in 0..n {
+            if live[v] {
+                for k in self.row(v) {
+                    let b = self.nb[k] as usize;
+                    if live[b] && keep(v, b, self.l[k]) {
+                        out.nb.push(self.nb[k]);
+                        out.l.push(self.l[k]);
+                    }
+                }
+            }
+            out.ptr[v + 1] = out.nb.len();
+        }
+        out
     }
 
     /// The same rows without the edges whose neighbour is not `live`.
@@ -670,7 +704,8 @@ pub(crate) struct QuotientSolution {
     pub(crate) max_log_before: f64,
     /// The cycle search used.
     pub(crate) search: CycleSearch,
-    /// Passes of the path programmes (ground-DAG) or policy iterations (Howard).
+    /// Passes of the path programmes (ground-DAG), of the walk programmes plus the policy
+    /// iterations of Howard and the passes of the ground-DAG finish (ground walks).
     pub(crate) passes: usize,
     /// `max_g |max_in(g)/max_out(g) − 1|` over the groups not held, from the quotient edges.
     pub(crate) certificate: f64,
@@ -724,7 +759,7 @@ pub(crate) fn solve_quotient(
     let search = if order.is_some() {
         CycleSearch::GroundDag
     } else {
-        CycleSearch::Howard
+        CycleSearch::GroundWalks
     };
     let is_held: Vec<bool> = held.iter().map(Option::is_some).collect();
     let (u, rounds, top, passes) = match &order {
@@ -735,7 +770,11 @@ pub(crate) fn solve_quotient(
                 .collect();
             (u, rounds, top, passes)
         }
-        None => contract_howard(n, &edges, ground, &is_held),
+        None => {
+            let (u, rounds, top, passes, _) =
+                walks::contract_ground_walks(n, &edges, ground, &is_held);
+            (u, rounds, top, passes)
+        }
     };
     // certificate from the quotient edges: max_in and max_out of each group under u
     let mut flows = vec![(f64::NEG_INFINITY, f64::NEG_INFINITY); n];
@@ -818,13 +857,13 @@ pub fn max_balance(net: &Network, settings: &MaxSettings) -> Result<MaxSolution,
 
 /// Weighted union-find over the quotient vertices: `parent` and the potential `off` of a vertex
 /// relative to its parent. `find` returns the root and the potential relative to it.
-struct Merged {
-    parent: Vec<u32>,
-    off: Vec<f64>,
+pub(crate) struct Merged {
+    pub(crate) parent: Vec<u32>,
+    pub(crate) off: Vec<f64>,
 }
 
 impl Merged {
-    fn find(&mut self, v: u32) -> (u32, f64) {
+    pub(crate) fn find(&mut self, v: u32) -> (u32, f64) {
         let mut path = Vec::new();
         let mut r = v;
         while self.parent[r as usize] != r {
@@ -857,20 +896,46 @@ struct CEdge {
 /// iteration finds a maximum-mean cycle of the contracted graph (Cochet-Terrasson et al. 1998),
 /// which is merged into one vertex (the ground when it passes through it). The policy of the
 /// vertices that were not merged is kept for the next round (warm start). Returns `u` per group,
-/// the contractions and the largest mean.
+/// the contractions and the largest mean. The reference the batched searches are tested against;
+/// [`howard_rounds`] serves the walk search where its bounds cannot certify a cycle.
+#[cfg(test)]
 fn contract_howard(
     n: usize,
     edges: &[QEdge],
     ground: u32,
     held: &[bool],
 ) -> (Vec<f64>, usize, f64, usize) {
-    const NONE: u32 = u32::MAX;
     let groups = n - 1;
-    let mut passes = 0usize;
     let mut m = Merged {
         parent: (0..n as u32).collect(),
         off: vec![0.0; n],
     };
+    let (rounds, top, passes) = howard_rounds(n, edges, ground, held, &mut m, usize::MAX);
+    let mut u = vec![0.0f64; groups];
+    for (g, ug) in u.iter_mut().enumerate() {
+        if !held[g] {
+            // every group ends in the ground (all of them lie on cycles through it)
+            *ug = m.find(g as u32).1;
+        }
+    }
+    (u, rounds, top, passes)
+}
+
+/// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
+/// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
+/// ground. Returns the contractions, the largest mean and the policy iterations.
+pub(crate) fn howard_rounds(
+    n: usize,
+    edges: &[QEdge],
+    ground: u32,
+    held: &[bool],
+    m: &mut Merged,
+    ground_streak: usize,
+) -> (usize, f64, usize) {
+    const NONE: u32 = u32::MAX;
+    let groups = n - 1;
+    let mut passes = 0usize;
+    let mut streak = 0usize;
     let mut live: Vec<bool> = (0..n).map(|v| v == groups || !held[v]).collect();
     let mut cur: Vec<CEdge> = edges
         .iter()
@@ -923,7 +988,7 @@ fn contract_howard(
                 while state[v as usize] == 0 {
                     state[v as usize] = 1;
                     stack.push(v);
-                    v = head(&mut m, pi[v as usize]).0;
+                    v = head(m, pi[v as usize]).0;
                 }
                 if state[v as usize] == 1 {
                     // a new cycle starting at v: its mean, then x around it with x[v] = 0
@@ -934,13 +999,13 @@ fn contract_howard(
                     let cyc = &stack[pos..];
                     let mut total = 0.0;
                     for &w in cyc {
-                        total += head(&mut m, pi[w as usize]).1;
+                        total += head(m, pi[w as usize]).1;
                     }
                     let mu = total / cyc.len() as f64;
                     x[v as usize] = 0.0;
                     eta[v as usize] = mu;
                     for &w in cyc[1..].iter().rev() {
-                        let (h, l) = head(&mut m, pi[w as usize]);
+                        let (h, l) = head(m, pi[w as usize]);
                         x[w as usize] = l - mu + x[h as usize];
                         eta[w as usize] = mu;
                     }
@@ -954,7 +1019,7 @@ fn contract_howard(
                 }
                 // the rest of the path leads into finished vertices
                 while let Some(w) = stack.pop() {
-                    let (h, l) = head(&mut m, pi[w as usize]);
+                    let (h, l) = head(m, pi[w as usize]);
                     eta[w as usize] = eta[h as usize];
                     x[w as usize] = l - eta[h as usize] + x[h as usize];
                     state[w as usize] = 2;
@@ -1002,10 +1067,10 @@ fn contract_howard(
         }
         // the cycle start → … → start, merged into the ground if on it, else into `start`
         let mut cyc = vec![start];
-        let mut v = head(&mut m, pi[start as usize]).0;
+        let mut v = head(m, pi[start as usize]).0;
         while v != start {
             cyc.push(v);
-            v = head(&mut m, pi[v as usize]).0;
+            v = head(m, pi[v as usize]).0;
         }
         let r = cyc.iter().position(|&w| w == ground).unwrap_or(0);
         let k = cyc.len();
@@ -1015,7 +1080,7 @@ fn contract_howard(
         for t in 0..k {
             let w = cyc[(r + t) % k];
             pots.push((w, acc));
-            let l = head(&mut m, pi[w as usize]).1;
+            let l = head(m, pi[w as usize]).1;
             acc += mu - l;
         }
         for &(w, u) in &pots[1..] {
@@ -1025,6 +1090,10 @@ fn contract_howard(
         }
         rounds += 1;
         top = top.max(mu);
+        streak = if rep == ground { streak + 1 } else { 0 };
+        if streak >= ground_streak {
+            break;
+        }
         // the contracted graph: edges between distinct roots, log-weights relative to them
         best[rep as usize] = f64::NEG_INFINITY;
         cur.retain_mut(|e| {
@@ -1050,14 +1119,7 @@ fn contract_howard(
         });
         verts.retain(|&w| live[w as usize]);
     }
-    let mut u = vec![0.0f64; groups];
-    for (g, ug) in u.iter_mut().enumerate() {
-        if !held[g] {
-            // every group ends in the ground (all of them lie on cycles through it)
-            *ug = m.find(g as u32).1;
-        }
-    }
-    (u, rounds, top, passes)
+    (rounds, top, passes)
 }
 
 /// Per-group `(max_in, max_out)` of counted `|w|` (and `|b|` when `count_biases`), edges inside a
@@ -1337,7 +1399,12 @@ mod tests {
     /// A layered graph with skip edges, every vertex on a cycle through the ground (vertex `n−1`):
     /// ground → first layer, last layer → ground, biases (ground → v) and outputs (v → ground)
     /// at random elsewhere, parallel-free.
-    fn layered(seed: u64, widths: &[usize], skip: f64, extra_ground: f64) -> (usize, Vec<QEdge>) {
+    pub(super) fn layered(
+        seed: u64,
+        widths: &[usize],
+        skip: f64,
+        extra_ground: f64,
+    ) -> (usize, Vec<QEdge>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers: Vec<Vec<u32>> = vec![];
         let mut next = 0u32;

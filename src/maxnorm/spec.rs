@@ -74,7 +74,8 @@ pub struct SpecMaxSolution {
     pub max_abs_after: f64,
     /// The cycle search used.
     pub search: CycleSearch,
-    /// Passes of the path programmes (ground-DAG) or policy iterations (Howard).
+    /// Passes of the path programmes (ground-DAG), of the walk programmes plus the policy
+    /// iterations of Howard and the passes of the ground-DAG finish (ground walks).
     pub passes: usize,
     /// Edges of the aggregated graph (pairs of variables, and ground edges).
     pub pairs: usize,

@@ -1,0 +1,784 @@
+//! Batched maximum-mean-cycle contraction when the graph without the ground has cycles (residual
+//! ties, recurrent units): the ground-DAG batching of `contract_ground_dag` generalised from paths
+//! to walks, with a bound for the walks too long to enumerate.
+//!
+//! **Bounds.** Let `G` be the contracted graph at the start of a pass, `F_s(v)` the largest
+//! log-weight of a walk of `s` edges from the ground to `v` and `B_t(v)` of `t` edges from `v` to
+//! the ground, both avoiding the ground in between, `s, t ≤ L − 1`, and
+//! `c(v) = max_{s,t} (F_s(v) + B_t(v))/(s + t)`. Let `M` be the maximum cycle mean of the part
+//! without the ground (Howard), `M' = M + δ`, and `π` a potential with `ℓ_e ≤ M' + π_b − π_a` on
+//! every edge `a → b` of that part (longest walks with weights `ℓ − M'`, Bellman–Ford; `M' > M`
+//! makes every cycle strictly negative, so it converges). A walk from the ground to the ground of
+//! `k` edges then weighs at most `A + (k − 2)·M'` with
+//! `A = max_p (gin(p) − π_p) + max_q (gout(q) + π_q)`, so its mean is at most
+//! `M' + (A − 2M')/k`, and for `k > L` at most `Λ = M' + max(0, A − 2M')/(L + 1)`. Every walk
+//! through `v` that passes the ground once has mean at most `U(v) = max(c(v), Λ)`.
+//!
+//! **The bounds survive contractions.** Contract a maximum-mean cycle `C` (mean `μ`, potentials
+//! making each of its edges `μ`). A walk `W'` of the new graph through `v` that passes the ground
+//! once becomes a walk of the old graph through `v` that passes the ground once by inserting the
+//! pieces of `C` it skips (into the ground: the arc of `C` from the ground to where `W'` leaves and
+//! from where it enters back to the ground; into a vertex: the arc between entry and exit at each
+//! visit). The inserted edges weigh `μ` each and `mean(W') ≤ μ` (no cycle of the new graph exceeds
+//! `μ`), so the old walk's mean lies between them: `mean(W') ≤` it `≤ U(v)`. By induction `U(v)`
+//! of one pass bounds every cycle through the ground and `v` in all later graphs.
+//!
+//! **Acceptance.** The maximum cycle mean `μ*` of the current graph is at most
+//! `max(max_v U(v), M_now)`, and `M_now ≤ μ*` always (the ground-free part is a subgraph). The
+//! candidates `(c(v), recorded walk)` are taken in decreasing `c`; while `c(v) ≥ Λ` and the walk's
+//! vertices are all live, its current mean is `≥ c(v)` (edges into and out of the ground only
+//! grow) `≥` every remaining `U(w)` `≥ μ*`. The walk is a weighted average of the simple cycles it
+//! decomposes into (one through the ground, the others without it), none above `μ*`, so each of
+//! them has mean `μ*`: the loop-erased walk is a maximum-mean cycle and is merged into the ground.
+//! (`M_now ≤ M < M' ≤ Λ ≤ c(v)`, so the cycles without the ground are below it too.) A batch
+//! stops at the first recorded walk that has lost a vertex; the next pass recomputes.
+//!
+//! **Cost.** A pass is `O(m·L)` for the two programmes, on a pruned edge set: a walk of `k ≥ 3`
+//! edges through `e = a → b` weighs at most `A + (k − 2)M' + r_e` with the reduced weight
+//! `r_e = ℓ_e − M' − π_b + π_a ≤ 0`, so it can reach `Λ = M' + d/(L + 1)` (`d = A − 2M'`) only if
+//! `r_e ≥ 3d/(L + 1) − d`; the other edges are left out of the pass (walks through them are below
+//! `Λ`, which the bound `U` already allows). `L` is chosen so that `Λ` lies halfway between `M'`
+//! and the last accepted mean (`L + 1 = ⌈2d/(c − M')⌉`), and grown when the pass finds nothing
+//! above `Λ`. `M` (Howard on the ground-free part, warm-started) and `π` are recomputed only when
+//! the cycle attaining `M` has lost a vertex. When `c_max ≤ M'` or `L` would exceed [`MAX_WALK`]
+//! (a cycle without the ground is the maximum, or close to it), Howard's policy iteration on the
+//! whole graph contracts until [`HOWARD_GROUND_STREAK`] cycles in a row went into the ground, and
+//! the passes resume on the rebuilt graph; when the ground-free part has become acyclic, the
+//! ground-DAG programmes finish.
+
+use super::{
+    contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
+    Csr, Merged, QEdge,
+};
+
+const NONE: u32 = u32::MAX;
+/// Relative margin `δ/(1 + |M|)` of `M' = M + δ` over the ground-free maximum cycle mean.
+const MARGIN: f64 = 1e-9;
+/// Longest walk length `L` the programme runs before it falls back to Howard.
+const MAX_WALK: usize = 256;
+/// Shortest walk length `L`.
+const MIN_WALK: usize = 4;
+/// `L + 1 = WINDOW·(A − 2M')/(c − M')`: the bound `Λ` for walks longer than `L` lies at
+/// `1/WINDOW` of the way from `M'` to the last accepted mean `c`.
+const WINDOW: f64 = 2.0;
+/// Bellman–Ford rounds for the potential before it falls back to Howard.
+const MAX_ROUNDS: usize = 200;
+/// When the walk batches cannot certify a cycle, Howard contracts on the whole graph until this
+/// many cycles in a row went into the ground.
+const HOWARD_GROUND_STREAK: usize = 4;
+
+/// Statistics of one run of [`contract_ground_walks`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct WalkStats {
+    /// Passes of the walk programmes.
+    pub(super) passes: usize,
+    /// Contractions taken from the batches.
+    pub(super) batched: usize,
+    /// Contractions taken from Howard on the whole graph.
+    pub(super) howard_steps: usize,
+    /// Howard runs on the ground-free part (for `M`).
+    pub(super) ground_free_runs: usize,
+    /// Bellman–Ford potentials computed.
+    pub(super) potentials: usize,
+    /// Largest `L` used.
+    pub(super) longest_walk: usize,
+    /// Whether the graph was handed to `contract_ground_dag` (the ground-free part became
+    /// acyclic) or to `contract_howard`.
+    pub(super) handed_to_dag: bool,
+    /// Runs of Howard on the whole graph.
+    pub(super) howard_runs: usize,
+}
+
+/// Maximum cycle mean over the `alive` vertices of `outs` (rows by source) and a cycle attaining
+/// it, by Howard's policy iteration (Cochet-Terrasson et al. 1998), warm-started from `pi` (row
+/// positions, `NONE` or stale entries are re-initialised to the largest out-edge). Vertices with
+/// no alive out-edge are trimmed first (they lie on no cycle). `None` when there is no cycle.
+fn howard_max_cycle(
+    outs: &Csr,
+    ins: &Csr,
+    alive_in: &[bool],
+    pi: &mut [u32],
+) -> Option<(f64, Vec<u32>)> {
+    let n = alive_in.len();
+    let mut alive = alive_in.to_vec();
+    let mut outdeg = vec![0usize; n];
+    let mut queue = Vec::new();
+    for v in 0..n {
+        if alive[v] {
+            outdeg[v] = outs.row(v).filter(|&k| alive[outs.nb[k] as usize]).count();
+            if outdeg[v] == 0 {
+                queue.push(v);
+            }
+        }
+    }
+    while let Some(v) = queue.pop() {
+        alive[v] = false;
+        for k in ins.row(v) {
+            let a = ins.nb[k] as usize;
+            if alive[a] && outdeg[a] > 0 {
+                outdeg[a] -= 1;
+                if outdeg[a] == 0 {
+                    queue.push(a);
+                }
+            }
+        }
+    }
+    let verts: Vec<u32> = (0..n as u32).filter(|&v| alive[v as usize]).collect();
+    if verts.is_empty() {
+        return None;
+    }
+    for &v in &verts {
+        let v = v as usize;
+        let ok = pi[v] != NONE
+            && outs.row(v).contains(&(pi[v] as usize))
+            && alive[outs.nb[pi[v] as usize] as usize];
+        if !ok {
+            let mut best = (f64::NEG_INFINITY, NONE);
+            for k in outs.row(v) {
+                if alive[outs.nb[k] as usize] && outs.l[k] > best.0 {
+                    best = (outs.l[k], k as u32);
+                }
+            }
+            pi[v] = best.1;
+        }
+    }
+    let mut eta = vec![0.0f64; n];
+    let mut x = vec![0.0f64; n];
+    let mut state = vec![0u8; n];
+    let mut stack: Vec<u32> = Vec::new();
+    let head = |pi: &[u32], v: u32| -> (u32, f64) {
+        let k = pi[v as usize] as usize;
+        (outs.nb[k], outs.l[k])
+    };
+    loop {
+        for &v in &verts {
+            state[v as usize] = 0;
+        }
+        let mut best_cycle = (f64::NEG_INFINITY, NONE);
+        for &s in &verts {
+            if state[s as usize] != 0 {
+                continue;
+            }
+            stack.clear();
+            let mut v = s;
+            while state[v as usize] == 0 {
+                state[v as usize] = 1;
+                stack.push(v);
+                v = head(pi, v).0;
+            }
+            if state[v as usize] == 1 {
+                let pos = stack.iter().position(|&w| w == v).expect("on the path");
+                let cyc = &stack[pos..];
+                let total: f64 = cyc.iter().map(|&w| head(pi, w).1).sum();
+                let mu = total / cyc.len() as f64;
+                x[v as usize] = 0.0;
+                eta[v as usize] = mu;
+                for &w in cyc[1..].iter().rev() {
+                    let (h, l) = head(pi, w);
+                    x[w as usize] = l - mu + x[h as usize];
+                    eta[w as usize] = mu;
+                }
+                for &w in cyc {
+                    state[w as usize] = 2;
+                }
+                if mu > best_cycle.0 {
+                    best_cycle = (mu, v);
+                }
+                stack.truncate(pos);
+            }
+            while let Some(w) = stack.pop() {
+                let (h, l) = head(pi, w);
+                eta[w as usize] = eta[h as usize];
+                x[w as usize] = l - eta[h as usize] + x[h as usize];
+                state[w as usize] = 2;
+            }
+        }
+        let mut changed = false;
+        let (mut eta2, mut x2) = (eta.clone(), x.clone());
+        for &a in &verts {
+            let a = a as usize;
+            for k in outs.row(a) {
+                let b = outs.nb[k] as usize;
+                if alive[b] && eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
+                    eta2[a] = eta[b];
+                    pi[a] = k as u32;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            for &a in &verts {
+                let a = a as usize;
+                for k in outs.row(a) {
+                    let b = outs.nb[k] as usize;
+                    if alive[b] && (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
+                        let val = outs.l[k] - eta[a] + x[b];
+                        if val > x2[a] + 1e-13 * (1.0 + x2[a].abs()) {
+                            x2[a] = val;
+                            pi[a] = k as u32;
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        std::mem::swap(&mut eta, &mut eta2);
+        std::mem::swap(&mut x, &mut x2);
+        if !changed {
+            let (mu, start) = best_cycle;
+            let mut cyc = vec![start];
+            let mut v = head(pi, start).0;
+            while v != start {
+                cyc.push(v);
+                v = head(pi, v).0;
+            }
+            return Some((mu, cyc));
+        }
+    }
+}
+
+/// Potential `π` with `ℓ_e ≤ mm + π_b − π_a` on every edge between `live` vertices of `ins`
+/// (rows by target): longest walks with weights `ℓ − mm` from 0, Gauss–Seidel in `order`.
+/// `None` when it has not settled after [`MAX_ROUNDS`] rounds.
+fn potential(ins: &Csr, order: &[u32], live: &[bool], mm: f64) -> Option<Vec<f64>> {
+    let mut pot = vec![0.0f64; live.len()];
+    for _ in 0..MAX_ROUNDS {
+        let mut changed = false;
+        for &v in order {
+            let v = v as usize;
+            for k in ins.row(v) {
+                let a = ins.nb[k] as usize;
+                if live[a] {
+                    let c = pot[a] + (ins.l[k] - mm);
+                    if c > pot[v] {
+                        pot[v] = c;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return Some(pot);
+        }
+    }
+    None
+}
+
+/// Walks of `1..=len` edges between the ground and each vertex: `val[s·n + v]` the largest
+/// log-weight, `via[s·n + v]` the row position attaining it (layer by layer in `s`).
+struct Walks {
+    n: usize,
+    len: usize,
+    val: Vec<f64>,
+    via: Vec<u32>,
+}
+
+impl Walks {
+    fn new(n: usize) -> Self {
+        Walks {
+            n,
+            len: 0,
+            val: Vec::new(),
+            via: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, len: usize, verts: &[u32], rows: &Csr, live: &[bool], ground: &[f64]) {
+        let n = self.n;
+        if self.len < len {
+            self.val = vec![f64::NEG_INFINITY; (len + 1) * n];
+            self.via = vec![NONE; (len + 1) * n];
+        }
+        self.len = len;
+        for &v in verts {
+            self.val[n + v as usize] = ground[v as usize];
+        }
+        for s in 2..=len {
+            let (prev, cur) = self.val.split_at_mut(s * n);
+            let prev = &prev[(s - 1) * n..];
+            for &v in verts {
+                let v = v as usize;
+                let mut best = (f64::NEG_INFINITY, NONE);
+                for k in rows.row(v) {
+                    let a = rows.nb[k] as usize;
+                    let c = prev[a] + rows.l[k];
+                    if c > best.0 && live[a] {
+                        best = (c, k as u32);
+                    }
+                }
+                cur[v] = best.0;
+                self.via[s * n + v] = best.1;
+            }
+        }
+    }
+}
+
+/// The current graph from the original quotient edges: endpoints as roots of `m`, log-weights
+/// relative to them, parallel edges merged.
+fn current_edges(edges: &[QEdge], m: &mut Merged) -> Vec<QEdge> {
+    let mut out: Vec<QEdge> = Vec::with_capacity(edges.len());
+    for e in edges {
+        let (ra, pa) = m.find(e.a);
+        let (rb, pb) = m.find(e.b);
+        if ra != rb {
+            out.push(QEdge {
+                a: ra,
+                b: rb,
+                l: e.l + pb - pa,
+            });
+        }
+    }
+    keep_largest_parallel(&mut out);
+    out
+}
+
+/// How an epoch (the passes between two rebuilds of the graph) ended.
+enum EpochEnd {
+    /// No vertex left.
+    Done,
+    /// The part without the ground became acyclic: rebuild (and hand over to the ground-DAG
+    /// programmes).
+    Rebuild,
+    /// No candidate can be taken: one contraction from Howard on the whole graph, then rebuild.
+    HowardStep,
+}
+
+/// Max-balancing contraction by batched walk programmes (see the module documentation). Returns
+/// `u` per group, the contractions, the largest mean, the passes and the statistics.
+pub(super) fn contract_ground_walks(
+    n: usize,
+    edges: &[QEdge],
+    ground: u32,
+    held: &[bool],
+) -> (Vec<f64>, usize, f64, usize, WalkStats) {
+    let groups = n - 1;
+    let mut m = Merged {
+        parent: (0..n as u32).collect(),
+        off: vec![0.0; n],
+    };
+    let mut st = WalkStats::default();
+    let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
+    let mut cur = edges.to_vec();
+    let mut live_root: Vec<bool> = (0..n).map(|v| v != ground as usize && !held[v]).collect();
+    loop {
+        if cur.is_empty() {
+            break;
+        }
+        if let Some(order) = topo_without_ground(n, &cur, ground) {
+            let (uv, r, t, p) = contract_ground_dag(n, &cur, ground, &order);
+            for v in (0..groups).filter(|&v| live_root[v]) {
+                m.parent[v] = ground;
+                m.off[v] = uv[v];
+            }
+            rounds += r;
+            top = top.max(t);
+            st.passes += p;
+            st.handed_to_dag = true;
+            break;
+        }
+        match epoch(
+            n,
+            &cur,
+            ground,
+            &mut m,
+            &mut live_root,
+            &mut rounds,
+            &mut top,
+            &mut st,
+        ) {
+            EpochEnd::Done => break,
+            EpochEnd::Rebuild => cur = current_edges(edges, &mut m),
+            EpochEnd::HowardStep => {
+                // Howard on the whole current graph until it has merged HOWARD_GROUND_STREAK
+                // cycles in a row into the ground (the regime the walk batches serve)
+                cur = current_edges(edges, &mut m);
+                let root_held: Vec<bool> = (0..groups).map(|v| !live_root[v]).collect();
+                let mut hm = Merged {
+                    parent: (0..n as u32).collect(),
+                    off: vec![0.0; n],
+                };
+                let (r, t, p) =
+                    howard_rounds(n, &cur, ground, &root_held, &mut hm, HOWARD_GROUND_STREAK);
+                for (v, lr) in live_root.iter_mut().enumerate().take(groups) {
+                    if *lr {
+                        let (root, off) = hm.find(v as u32);
+                        if root != v as u32 {
+                            m.parent[v] = root;
+                            m.off[v] = off;
+                            *lr = false;
+                        }
+                    }
+                }
+                rounds += r;
+                top = top.max(t);
+                st.passes += p;
+                st.howard_steps += r;
+                st.howard_runs += 1;
+                cur = current_edges(edges, &mut m);
+            }
+        }
+    }
+    let mut u = vec![0.0f64; groups];
+    for (g, ug) in u.iter_mut().enumerate() {
+        if !held[g] {
+            *ug = m.find(g as u32).1;
+        }
+    }
+    let passes = st.passes;
+    (u, rounds, top, passes, st)
+}
+
+/// The passes on one build of the graph `cur` (see the module documentation).
+#[allow(clippy::too_many_arguments)]
+fn epoch(
+    n: usize,
+    cur: &[QEdge],
+    ground: u32,
+    m: &mut Merged,
+    live_root: &mut [bool],
+    rounds: &mut usize,
+    top: &mut f64,
+    st: &mut WalkStats,
+) -> EpochEnd {
+    let mut gin = vec![f64::NEG_INFINITY; n];
+    let mut gout = vec![f64::NEG_INFINITY; n];
+    for &e in cur {
+        if e.a == ground {
+            gin[e.b as usize] = gin[e.b as usize].max(e.l);
+        } else if e.b == ground {
+            gout[e.a as usize] = gout[e.a as usize].max(e.l);
+        }
+    }
+    let inner = |e: &QEdge| e.a != ground && e.b != ground;
+    let mut ins = Csr::new(n, cur, false, inner);
+    let mut outs = Csr::new(n, cur, true, inner);
+    let mut live: Vec<bool> = (0..n)
+        .map(|v| v != ground as usize && live_root[v])
+        .collect();
+    let mut verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
+    let mut compacted_at = verts.len();
+    // the ground-free maximum cycle mean, the cycle attaining it, the potential and its M'
+    let mut pi = vec![NONE; n];
+    let mut gf: Option<(f64, Vec<u32>)> = None;
+    let mut pot: Option<(f64, Vec<f64>)> = None;
+    let mut walk_len = MIN_WALK;
+    let mut c_hint: Option<f64> = None;
+    let (mut fw, mut bw) = (Walks::new(n), Walks::new(n));
+    let mut hull_f = vec![0u32; MAX_WALK];
+    let mut hull_b = vec![0u32; MAX_WALK];
+    let mut cand: Vec<(f64, u32, u32, u32)> = Vec::new();
+    let mut seq: Vec<(usize, f64)> = Vec::new();
+    let mut at = vec![usize::MAX; n];
+    loop {
+        verts.retain(|&v| live[v as usize]);
+        if verts.is_empty() {
+            return EpochEnd::Done;
+        }
+        if 2 * verts.len() < compacted_at {
+            ins.retain_live(&live);
+            outs.retain_live(&live);
+            pi.fill(NONE);
+            compacted_at = verts.len();
+        }
+        // M: recomputed when the cycle attaining it has lost a vertex
+        let gf_stale = match &gf {
+            None => true,
+            Some((_, z)) => z.iter().any(|&w| !live[w as usize]),
+        };
+        if gf_stale {
+            st.ground_free_runs += 1;
+            gf = howard_max_cycle(&outs, &ins, &live, &mut pi);
+            if gf.is_none() {
+                // the part without the ground is acyclic now
+                return EpochEnd::Rebuild;
+            }
+        }
+        let big_m = gf.as_ref().expect("computed above").0;
+        let want = big_m + MARGIN * (1.0 + big_m.abs());
+        if pot
+            .as_ref()
+            .is_none_or(|p| p.0 > want + MARGIN * (1.0 + big_m.abs()))
+        {
+            st.potentials += 1;
+            pot = potential(&ins, &verts, &live, want).map(|p| (want, p));
+        }
+        let Some((mm, phi)) = pot.as_ref() else {
+            return EpochEnd::HowardStep;
+        };
+        let mm = *mm;
+        let a_in = verts
+            .iter()
+            .map(|&v| gin[v as usize] - phi[v as usize])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let a_out = verts
+            .iter()
+            .map(|&v| gout[v as usize] + phi[v as usize])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let d = a_in + a_out - 2.0 * mm;
+        let long = |len: usize| {
+            if d > 0.0 {
+                mm + d / (len + 1) as f64
+            } else {
+                mm
+            }
+        };
+        // the walk length: the acceptance window [Λ, c] reaches halfway down from the last
+        // accepted mean to M' (candidates of the next pass lie below it)
+        let window = |c: f64| {
+            if d > 0.0 && c > mm {
+                let need = (WINDOW * d / (c - mm)).ceil();
+                if need < MAX_WALK as f64 {
+                    return (need as usize).max(MIN_WALK);
+                }
+            }
+            MAX_WALK
+        };
+        if let Some(c) = c_hint {
+            walk_len = window(c);
+        }
+        let (mut pins, mut pouts): (Csr, Csr);
+        let (c_max, lam) = loop {
+            st.passes += 1;
+            st.longest_walk = st.longest_walk.max(walk_len);
+            let lam = long(walk_len);
+            // edges on no walk of mean >= Λ: with r_e = ℓ_e − M' − π_b + π_a <= 0, a walk of k
+            // edges through e weighs at most A + (k − 2)M' + r_e, so its mean reaches
+            // Λ = M' + d/(L + 1) only if r_e >= 3d/(L + 1) − d
+            let cut = if d > 0.0 {
+                3.0 * d / (walk_len + 1) as f64 - d - 1e-12 * (1.0 + d)
+            } else {
+                f64::NEG_INFINITY
+            };
+            let keep_in = |v: usize, a: usize, l: f64| l - mm - phi[v] + phi[a] >= cut;
+            pins = ins.filtered(&live, keep_in);
+            let keep_out = |v: usize, b: usize, l: f64| l - mm - phi[b] + phi[v] >= cut;
+            pouts = outs.filtered(&live, keep_out);
+            fw.run(walk_len - 1, &verts, &pins, &live, &gin);
+            bw.run(walk_len - 1, &verts, &pouts, &live, &gout);
+            cand.clear();
+            for &v in &verts {
+                let v_ = v as usize;
+                let kf = upper_hull(|s| fw.val[s * n + v_], walk_len - 1, &mut hull_f);
+                let kb = upper_hull(|t| bw.val[t * n + v_], walk_len - 1, &mut hull_b);
+                let mut best: Option<(f64, u32, u32)> = None;
+                for &s in &hull_f[..kf] {
+                    let fs = fw.val[s as usize * n + v_];
+                    for &t in &hull_b[..kb] {
+                        let mean = (fs + bw.val[t as usize * n + v_]) / (s + t) as f64;
+                        if best.is_none_or(|b| mean > b.0) {
+                            best = Some((mean, s, t));
+                        }
+                    }
+                }
+                if let Some((mean, s, t)) = best {
+                    cand.push((mean, v, s, t));
+                }
+            }
+            cand.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
+            let c_max = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
+            if c_max >= lam {
+                break (c_max, lam);
+            }
+            // nothing can be taken: a longer walk bound, else Howard
+            let next = window(c_max);
+            if next <= walk_len || next >= MAX_WALK {
+                return EpochEnd::HowardStep;
+            }
+            walk_len = next;
+        };
+        let _ = c_max;
+        for &(c, v, s, t) in &cand {
+            if c < lam {
+                break;
+            }
+            let v = v as usize;
+            if !live[v] {
+                continue;
+            }
+            // the recorded walk ground → p_1 → … → p_s = v → q_2 → … → q_t → ground, with the
+            // log-weight of the edge into each vertex
+            seq.clear();
+            seq.resize(s as usize, (0, 0.0));
+            let mut w = v;
+            for step in (1..=s as usize).rev() {
+                if step == 1 {
+                    seq[0] = (w, gin[w]);
+                } else {
+                    let k = fw.via[step * n + w] as usize;
+                    seq[step - 1] = (w, pins.l[k]);
+                    w = pins.nb[k] as usize;
+                }
+            }
+            let mut w = v;
+            for step in (2..=t as usize).rev() {
+                let k = bw.via[step * n + w] as usize;
+                w = pouts.nb[k] as usize;
+                seq.push((w, pouts.l[k]));
+            }
+            if seq.iter().any(|p| !live[p.0]) {
+                // a vertex of the walk has been merged since the pass: recompute
+                break;
+            }
+            seq[0].1 = gin[seq[0].0];
+            c_hint = Some(c);
+            // loop erasure: the simple cycle through the ground
+            let mut kept = 0usize;
+            for i in 0..seq.len() {
+                let (p, l) = seq[i];
+                if at[p] != usize::MAX && at[p] < kept {
+                    for q in &seq[at[p] + 1..kept] {
+                        at[q.0] = usize::MAX;
+                    }
+                    kept = at[p] + 1;
+                } else {
+                    seq[kept] = (p, l);
+                    at[p] = kept;
+                    kept += 1;
+                }
+            }
+            seq.truncate(kept);
+            for q in seq.iter() {
+                at[q.0] = usize::MAX;
+            }
+            let last = seq[kept - 1].0;
+            let total = seq.iter().map(|p| p.1).sum::<f64>() + gout[last];
+            let mu = total / (kept + 1) as f64;
+            *top = top.max(mu);
+            *rounds += 1;
+            st.batched += 1;
+            let mut acc = 0.0;
+            for &(p, l) in seq.iter() {
+                acc += mu - l;
+                m.parent[p] = ground;
+                m.off[p] = acc;
+                live[p] = false;
+                live_root[p] = false;
+            }
+            for &(p, _) in seq.iter() {
+                let up = m.off[p];
+                for k in outs.row(p) {
+                    let b = outs.nb[k] as usize;
+                    if live[b] {
+                        gin[b] = gin[b].max(outs.l[k] - up);
+                    }
+                }
+                for k in ins.row(p) {
+                    let a = ins.nb[k] as usize;
+                    if live[a] {
+                        gout[a] = gout[a].max(ins.l[k] + up);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::layered;
+    use super::super::{contract_howard, keep_largest_parallel, reach, QEdge};
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A layered graph (ground = last vertex) made cyclic without the ground: vertex `i` of layer
+    /// `k + 2` tied to vertex `i` of layer `k` with probability `tie` (a residual add: one vertex
+    /// with edges into and out of the block), and back edges from a layer to an earlier one with
+    /// probability `back` (recurrent units). Returns `n`, the edges and which vertices lie on no
+    /// cycle through the ground (held).
+    fn cyclic(seed: u64, widths: &[usize], tie: f64, back: f64) -> (usize, Vec<QEdge>, Vec<bool>) {
+        let (n, mut edges) = layered(seed, widths, 0.1, 0.2);
+        let ground = (n - 1) as u32;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let mut start = vec![0u32];
+        for &w in widths {
+            start.push(start.last().unwrap() + w as u32);
+        }
+        let mut map: Vec<u32> = (0..n as u32).collect();
+        for k in 0..widths.len().saturating_sub(2) {
+            for i in 0..widths[k].min(widths[k + 2]) as u32 {
+                if rng.random_bool(tie) {
+                    let root = map[(start[k] + i) as usize];
+                    map[(start[k + 2] + i) as usize] = root;
+                }
+            }
+        }
+        for e in edges.iter_mut() {
+            e.a = map[e.a as usize];
+            e.b = map[e.b as usize];
+        }
+        let inner: Vec<(u32, u32)> = edges
+            .iter()
+            .filter(|e| e.a != ground && e.b != ground)
+            .map(|e| (e.a, e.b))
+            .collect();
+        for (a, b) in inner {
+            if rng.random_bool(back) {
+                edges.push(QEdge {
+                    a: b,
+                    b: a,
+                    l: rng.random_range(-4.0..1.0),
+                });
+            }
+        }
+        edges.retain(|e| e.a != e.b);
+        keep_largest_parallel(&mut edges);
+        let fwd = reach(n, &edges, ground, true);
+        let bwd = reach(n, &edges, ground, false);
+        let held: Vec<bool> = (0..n - 1).map(|v| !(fwd[v] && bwd[v])).collect();
+        edges.retain(|e| {
+            (e.a == ground || !held[e.a as usize]) && (e.b == ground || !held[e.b as usize])
+        });
+        (n, edges, held)
+    }
+
+    #[test]
+    fn the_walk_batches_agree_with_howard_on_cyclic_graphs() {
+        let mut kinds = [0usize; 4];
+        for seed in 0..60u64 {
+            let widths: Vec<usize> = match seed % 4 {
+                0 => vec![3, 4, 3, 4, 3],
+                1 => vec![2, 5, 5, 4, 5, 2],
+                2 => vec![6; 7],
+                _ => vec![1, 3, 2, 4, 1, 3, 2],
+            };
+            let (tie, back) = match seed % 3 {
+                0 => (0.7, 0.0),  // residual ties only
+                1 => (0.0, 0.08), // recurrent back edges only
+                _ => (0.4, 0.03),
+            };
+            let (n, edges, held) = cyclic(seed, &widths, tie, back);
+            let ground = (n - 1) as u32;
+            let (u_w, rounds_w, top_w, _, st) = contract_ground_walks(n, &edges, ground, &held);
+            let (u_h, rounds_h, top_h, _) = contract_howard(n, &edges, ground, &held);
+            kinds[0] += st.batched;
+            kinds[1] += st.howard_steps;
+            kinds[2] += st.handed_to_dag as usize;
+            kinds[3] += st.howard_runs;
+            assert!((top_w - top_h).abs() < 1e-12, "seed {seed}");
+            assert_eq!(rounds_w, rounds_h, "seed {seed}");
+            // the balanced log-weights agree
+            let uu = |u: &[f64], v: u32| if v == ground { 0.0 } else { u[v as usize] };
+            for e in &edges {
+                let lw = e.l + uu(&u_w, e.b) - uu(&u_w, e.a);
+                let lh = e.l + uu(&u_h, e.b) - uu(&u_h, e.a);
+                assert!((lw - lh).abs() < 1e-12, "seed {seed}: {lw} vs {lh}");
+            }
+            // max-balanced: every vertex's largest in equals its largest out
+            let mut flows = vec![(f64::NEG_INFINITY, f64::NEG_INFINITY); n];
+            for e in &edges {
+                let l = e.l + uu(&u_w, e.b) - uu(&u_w, e.a);
+                flows[e.b as usize].0 = flows[e.b as usize].0.max(l);
+                flows[e.a as usize].1 = flows[e.a as usize].1.max(l);
+            }
+            for (g, &(i, o)) in flows[..n - 1].iter().enumerate() {
+                if !held[g] {
+                    assert!((i - o).abs() < 1e-12, "seed {seed} vertex {g}: {i} vs {o}");
+                }
+            }
+        }
+        // every route of the search ran: batches, single Howard contractions, the hand-over to
+        // the ground-DAG programmes
+        assert!(kinds[0] > 0 && kinds[1] > 0 && kinds[2] > 0, "{kinds:?}");
+    }
+}
