@@ -76,12 +76,6 @@ pub(super) struct WalkStats {
     pub(super) batched: usize,
     /// Contractions taken from Howard on the whole graph.
     pub(super) howard_steps: usize,
-    /// Howard runs on the ground-free part (for `M`).
-    pub(super) ground_free_runs: usize,
-    /// Bellman–Ford potentials computed.
-    pub(super) potentials: usize,
-    /// Largest `L` used.
-    pub(super) longest_walk: usize,
     /// Whether the graph was handed to `contract_ground_dag` (the ground-free part became
     /// acyclic) or to `contract_howard`.
     pub(super) handed_to_dag: bool,
@@ -486,7 +480,6 @@ fn epoch(
             Some((_, z)) => z.iter().any(|&w| !live[w as usize]),
         };
         if gf_stale {
-            st.ground_free_runs += 1;
             gf = howard_max_cycle(&outs, &ins, &live, &mut pi);
             if gf.is_none() {
                 // the part without the ground is acyclic now
@@ -499,7 +492,6 @@ fn epoch(
             .as_ref()
             .is_none_or(|p| p.0 > want + MARGIN * (1.0 + big_m.abs()))
         {
-            st.potentials += 1;
             pot = potential(&ins, &verts, &live, want).map(|p| (want, p));
         }
         let Some((mm, phi)) = pot.as_ref() else {
@@ -539,7 +531,6 @@ fn epoch(
         let (mut pins, mut pouts): (Csr, Csr);
         let (c_max, lam) = loop {
             st.passes += 1;
-            st.longest_walk = st.longest_walk.max(walk_len);
             let lam = long(walk_len);
             // edges on no walk of mean >= Λ: with r_e = ℓ_e − M' − π_b + π_a <= 0, a walk of k
             // edges through e weighs at most A + (k − 2)M' + r_e, so its mean reaches
