@@ -30,7 +30,9 @@
 //! over *walks* of at most `L` edges, with a potential bound for longer walks and Howard's policy
 //! iteration for the maximum cycle mean of the ground-free part (see the `walks` module); where
 //! those bounds cannot certify a cycle (a cycle that avoids the ground is the maximum), Howard's
-//! policy iteration on the whole graph contracts until cycles through the ground come back.
+//! policy iteration on the whole graph contracts until cycles through the ground come back; its
+//! iterations scan a working set of edges, and one pass over all edges checks the optimality
+//! condition before each contraction (see `howard_rounds`).
 //!
 //! **Unique and not.** The max-balanced *weights* are unique (Schneider & Schneider 1991); the L_p
 //! balanced states converge to them as `p → ∞` (tests/maxnorm.rs measures it). The *log-scales*
@@ -939,6 +941,14 @@ fn contract_howard(
 /// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
 /// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
 /// ground. Returns the contractions, the largest mean and the policy iterations.
+///
+/// An edge `a → b` improves the policy when `η_b > η_a`, or `η_b = η_a` and
+/// `ℓ_e − η_a + x_b > x_a` (`η` the mean of the policy cycle a vertex leads to, `x` the potential
+/// along the policy). With `working_set`, the iterations scan only the policy edges and the edges
+/// taken in earlier checks; when none of them improves, one pass over all edges applies the same
+/// test and adds each vertex's best improving edge, and the policy is optimal (its best cycle a
+/// maximum-mean cycle of the whole graph) when that pass finds none. Without it every iteration
+/// scans all edges (the reference).
 pub(crate) fn howard_rounds(
     n: usize,
     edges: &[QEdge],
