@@ -11,7 +11,8 @@
 //! ```
 //! `--quick` runs a VGG-11 with a 256-wide head and an MLP of depth 8 × 256. `--p 2,inf` runs each
 //! model for each exponent (default `2`; `inf` is exact max-norm balance). `--onnx FILE` (repeatable)
-//! adds an ONNX model, run the same way without `--arch`. `--timeout SECS` stops each run after
+//! adds an ONNX model, run the same way without `--arch`; `--onnx-only` leaves out the two written
+//! models. `--timeout SECS` stops each run after
 //! `SECS` seconds (coreutils `timeout`; the row then shows the limit as wall time and exit 124). `--billion` adds an
 //! f32 MLP of depth 16 × width 8192 (1.07 B weights, 4.3 GB file), written tensor by tensor
 //! without holding it in memory, and runs only the last binary given on it.
@@ -218,6 +219,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let billion = args.iter().any(|a| a == "--billion");
+    let onnx_only = args.iter().any(|a| a == "--onnx-only");
     let mut binaries: Vec<(String, PathBuf)> = args
         .windows(2)
         .filter(|w| w[0] == "--binary")
@@ -247,7 +249,9 @@ fn main() {
     }
     let dir = PathBuf::from("target/examples-out/model_perf");
     std::fs::create_dir_all(&dir).expect("create output directory");
-    let models = if quick {
+    let models = if onnx_only {
+        vec![]
+    } else if quick {
         vec![vgg11(32, 256), mlp(8, 256)]
     } else {
         vec![vgg11(32, 4096), mlp(24, 1024)]

@@ -30,7 +30,9 @@
 //! over *walks* of at most `L` edges, with a potential bound for longer walks and Howard's policy
 //! iteration for the maximum cycle mean of the ground-free part (see the `walks` module); where
 //! those bounds cannot certify a cycle (a cycle that avoids the ground is the maximum), Howard's
-//! policy iteration on the whole graph contracts until cycles through the ground come back.
+//! policy iteration on the whole graph contracts until cycles through the ground come back; its
+//! iterations scan a working set of edges, and one pass over all edges checks the optimality
+//! condition before each contraction (see `howard_rounds`).
 //!
 //! **Unique and not.** The max-balanced *weights* are unique (Schneider & Schneider 1991); the L_p
 //! balanced states converge to them as `p → ∞` (tests/maxnorm.rs measures it). The *log-scales*
@@ -882,6 +884,21 @@ impl Merged {
     }
 }
 
+/// Maps the endpoints of `e` to their current roots, the log-weight relative to them (from the
+/// quotient edge `edges[e.orig]`); false when both lie in one root (the edge is gone).
+fn to_roots(e: &mut CEdge, edges: &[QEdge], m: &mut Merged) -> bool {
+    let o = edges[e.orig as usize];
+    let (ra, pa) = m.find(o.a);
+    let (rb, pb) = m.find(o.b);
+    *e = CEdge {
+        a: ra,
+        b: rb,
+        l: o.l + pb - pa,
+        orig: e.orig,
+    };
+    ra != rb
+}
+
 /// An edge of the contracted graph: endpoints as current roots, its log-weight relative to them,
 /// and the edge of the quotient graph it comes from.
 #[derive(Clone, Copy)]
@@ -910,7 +927,7 @@ fn contract_howard(
         parent: (0..n as u32).collect(),
         off: vec![0.0; n],
     };
-    let (rounds, top, passes) = howard_rounds(n, edges, ground, held, &mut m, usize::MAX);
+    let (rounds, top, passes) = howard_rounds(n, edges, ground, held, &mut m, usize::MAX, false);
     let mut u = vec![0.0f64; groups];
     for (g, ug) in u.iter_mut().enumerate() {
         if !held[g] {
@@ -924,6 +941,14 @@ fn contract_howard(
 /// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
 /// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
 /// ground. Returns the contractions, the largest mean and the policy iterations.
+///
+/// An edge `a → b` improves the policy when `η_b > η_a`, or `η_b = η_a` and
+/// `ℓ_e − η_a + x_b > x_a` (`η` the mean of the policy cycle a vertex leads to, `x` the potential
+/// along the policy). With `working_set`, the iterations scan only the policy edges and the edges
+/// taken in earlier checks; when none of them improves, one pass over all edges applies the same
+/// test and adds each vertex's best improving edge, and the policy is optimal (its best cycle a
+/// maximum-mean cycle of the whole graph) when that pass finds none. Without it every iteration
+/// scans all edges (the reference).
 pub(crate) fn howard_rounds(
     n: usize,
     edges: &[QEdge],
@@ -931,6 +956,7 @@ pub(crate) fn howard_rounds(
     held: &[bool],
     m: &mut Merged,
     ground_streak: usize,
+    working_set: bool,
 ) -> (usize, f64, usize) {
     const NONE: u32 = u32::MAX;
     let groups = n - 1;
@@ -956,6 +982,21 @@ pub(crate) fn howard_rounds(
             pi[e.a as usize] = e.orig;
         }
     }
+    // the edges the improvement step scans: all of them, or (`working_set`) the policy edges and
+    // the edges a check over all edges (`cur`) found improving
+    let mut in_work = vec![!working_set; edges.len()];
+    let mut cand: Vec<Option<((u8, f64), CEdge)>> = vec![None; n];
+    let mut work: Vec<CEdge> = if working_set {
+        cur.iter()
+            .filter(|e| pi[e.a as usize] == e.orig)
+            .map(|e| {
+                in_work[e.orig as usize] = true;
+                *e
+            })
+            .collect()
+    } else {
+        std::mem::take(&mut cur)
+    };
     let mut eta = vec![0.0f64; n];
     let mut x = vec![0.0f64; n];
     let mut state = vec![0u8; n];
@@ -970,7 +1011,7 @@ pub(crate) fn howard_rounds(
         debug_assert_ne!(ra, rb);
         (rb, e.l + pb - pa)
     };
-    while !cur.is_empty() {
+    while !work.is_empty() {
         // Howard's policy iteration on the live roots
         let mut best_cycle: (f64, u32);
         loop {
@@ -1034,7 +1075,7 @@ pub(crate) fn howard_rounds(
             let uniform = verts
                 .iter()
                 .all(|&v| eta[v as usize] == eta[verts[0] as usize]);
-            for e in cur.iter().filter(|_| !uniform) {
+            for e in work.iter().filter(|_| !uniform) {
                 let (a, b) = (e.a as usize, e.b as usize);
                 if eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
                     eta2[a] = eta[b];
@@ -1043,7 +1084,7 @@ pub(crate) fn howard_rounds(
                 }
             }
             if !changed {
-                for e in &cur {
+                for e in &work {
                     let (a, b) = (e.a as usize, e.b as usize);
                     if (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
                         let val = e.l - eta[a] + x[b];
@@ -1054,6 +1095,40 @@ pub(crate) fn howard_rounds(
                         }
                     }
                 }
+            }
+            if !changed && working_set {
+                // optimal on the working set: check every edge with the same tests (endpoints
+                // of merged vertices mapped to their roots on the way) and take the improving
+                // ones into the working set; the policy is optimal when there are none
+                let mut found = false;
+                cur.retain_mut(|e| {
+                    if (!live[e.a as usize] || !live[e.b as usize]) && !to_roots(e, edges, m) {
+                        return false;
+                    }
+                    let (a, b) = (e.a as usize, e.b as usize);
+                    // the best improving edge per vertex: a larger mean first, then a larger
+                    // potential
+                    let key = if (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
+                        let val = e.l - eta[a] + x[b];
+                        (val > x[a] + 1e-13 * (1.0 + x[a].abs())).then_some((0u8, val))
+                    } else {
+                        (eta[b] > eta[a] + 1e-13 * (1.0 + eta[a].abs())).then_some((1u8, eta[b]))
+                    };
+                    if let Some(k) = key {
+                        if !in_work[e.orig as usize] && cand[a].is_none_or(|(c, _)| k > c) {
+                            cand[a] = Some((k, *e));
+                        }
+                    }
+                    true
+                });
+                for &v in &verts {
+                    if let Some((_, e)) = cand[v as usize].take() {
+                        in_work[e.orig as usize] = true;
+                        work.push(e);
+                        found = true;
+                    }
+                }
+                changed = found;
             }
             std::mem::swap(&mut eta, &mut eta2);
             std::mem::swap(&mut x, &mut x2);
@@ -1094,29 +1169,31 @@ pub(crate) fn howard_rounds(
         if streak >= ground_streak {
             break;
         }
-        // the contracted graph: edges between distinct roots, log-weights relative to them
-        best[rep as usize] = f64::NEG_INFINITY;
-        cur.retain_mut(|e| {
-            if !live[e.a as usize] || !live[e.b as usize] {
-                let o = edges[e.orig as usize];
-                let (ra, pa) = m.find(o.a);
-                let (rb, pb) = m.find(o.b);
-                *e = CEdge {
-                    a: ra,
-                    b: rb,
-                    l: o.l + pb - pa,
-                    orig: e.orig,
-                };
-            }
-            if e.a == e.b {
+        // the contracted graph: edges between distinct roots, log-weights relative to them;
+        // the policy of `rep` is its best out-edge in the working set, else in all edges
+        let mut rep_best = (f64::NEG_INFINITY, NONE);
+        let keep = |e: &mut CEdge, m: &mut Merged, rb: &mut (f64, u32)| {
+            if (!live[e.a as usize] || !live[e.b as usize]) && !to_roots(e, edges, m) {
                 return false;
             }
-            if e.a == rep && e.l > best[rep as usize] {
-                best[rep as usize] = e.l;
-                pi[rep as usize] = e.orig;
+            if e.a == rep && e.l > rb.0 {
+                *rb = (e.l, e.orig);
             }
             true
-        });
+        };
+        work.retain_mut(|e| keep(e, m, &mut rep_best));
+        if rep_best.1 == NONE && working_set {
+            cur.retain_mut(|e| keep(e, m, &mut rep_best));
+            if let Some(e) = cur.iter().find(|e| e.orig == rep_best.1) {
+                if !in_work[e.orig as usize] {
+                    in_work[e.orig as usize] = true;
+                    work.push(*e);
+                }
+            }
+        }
+        if rep_best.1 != NONE {
+            pi[rep as usize] = rep_best.1;
+        }
         verts.retain(|&w| live[w as usize]);
     }
     (rounds, top, passes)

@@ -391,8 +391,15 @@ pub(super) fn contract_ground_walks(
                     parent: (0..n as u32).collect(),
                     off: vec![0.0; n],
                 };
-                let (r, t, p) =
-                    howard_rounds(n, &cur, ground, &root_held, &mut hm, HOWARD_GROUND_STREAK);
+                let (r, t, p) = howard_rounds(
+                    n,
+                    &cur,
+                    ground,
+                    &root_held,
+                    &mut hm,
+                    HOWARD_GROUND_STREAK,
+                    true,
+                );
                 for (v, lr) in live_root.iter_mut().enumerate().take(groups) {
                     if *lr {
                         let (root, off) = hm.find(v as u32);
@@ -667,7 +674,7 @@ fn epoch(
 #[cfg(test)]
 mod tests {
     use super::super::tests::layered;
-    use super::super::{contract_howard, keep_largest_parallel, reach, QEdge};
+    use super::super::{contract_howard, keep_largest_parallel, reach, Merged, QEdge};
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -721,6 +728,71 @@ mod tests {
             (e.a == ground || !held[e.a as usize]) && (e.b == ground || !held[e.b as usize])
         });
         (n, edges, held)
+    }
+
+    /// Strongly connected components of `edges` without the ground with more than one vertex.
+    fn ground_free_sccs(n: usize, edges: &[QEdge], ground: u32) -> usize {
+        let inner: Vec<QEdge> = edges
+            .iter()
+            .copied()
+            .filter(|e| e.a != ground && e.b != ground)
+            .collect();
+        let mut comp = vec![usize::MAX; n];
+        let mut count = 0;
+        for v in 0..n as u32 {
+            if v == ground || comp[v as usize] != usize::MAX {
+                continue;
+            }
+            // the component of v: reachable from v and reaching v
+            let (fwd, bwd) = (reach(n, &inner, v, true), reach(n, &inner, v, false));
+            let members: Vec<usize> = (0..n).filter(|&w| fwd[w] && bwd[w]).collect();
+            for &w in &members {
+                comp[w] = v as usize;
+            }
+            count += (members.len() > 1) as usize;
+        }
+        count
+    }
+
+    #[test]
+    fn howard_with_a_working_set_agrees_with_the_full_scan() {
+        let mut most_sccs = 0;
+        for seed in 0..40u64 {
+            let widths: Vec<usize> = match seed % 4 {
+                0 => vec![3, 4, 3, 4, 3, 4, 3],
+                1 => vec![2, 5, 5, 4, 5, 2],
+                2 => vec![6; 7],
+                _ => vec![4, 3, 2, 4, 1, 3, 2, 4],
+            };
+            let (tie, back) = match seed % 3 {
+                0 => (0.5, 0.0),
+                1 => (0.0, 0.05),
+                _ => (0.3, 0.02),
+            };
+            let (n, edges, held) = cyclic(seed, &widths, tie, back);
+            let ground = (n - 1) as u32;
+            most_sccs = most_sccs.max(ground_free_sccs(n, &edges, ground));
+            let (u_ref, rounds_ref, top_ref, _) = contract_howard(n, &edges, ground, &held);
+            let mut m = Merged {
+                parent: (0..n as u32).collect(),
+                off: vec![0.0; n],
+            };
+            let (rounds, top, _) =
+                howard_rounds(n, &edges, ground, &held, &mut m, usize::MAX, true);
+            assert_eq!(rounds, rounds_ref, "seed {seed}");
+            assert!((top - top_ref).abs() < 1e-12, "seed {seed}");
+            let u: Vec<f64> = (0..n - 1)
+                .map(|g| if held[g] { 0.0 } else { m.find(g as u32).1 })
+                .collect();
+            let uu = |u: &[f64], v: u32| if v == ground { 0.0 } else { u[v as usize] };
+            for e in &edges {
+                let lw = e.l + uu(&u, e.b) - uu(&u, e.a);
+                let lh = e.l + uu(&u_ref, e.b) - uu(&u_ref, e.a);
+                assert!((lw - lh).abs() < 1e-12, "seed {seed}: {lw} vs {lh}");
+            }
+        }
+        // graphs whose part without the ground has several strongly connected components
+        assert!(most_sccs >= 2, "at most {most_sccs} ground-free components");
     }
 
     #[test]
