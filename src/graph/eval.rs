@@ -379,76 +379,120 @@ fn conv(
         )));
     }
     let (kh, kw) = hw(&w.shape[2..], axes, 1);
-    let k = kh * kw;
     if groups == 0 || ch % groups != 0 {
         return Err(c.shape(format!("{ch} input channels in {groups} groups")));
     }
-    let ipg = ch / groups;
-    if !transposed {
-        let out = w.shape[0];
-        if w.shape[1] != ipg || out % groups != 0 {
-            return Err(c.shape(format!(
-                "weight of shape {:?} with {groups} groups does not fit {ch} input channels",
-                w.shape
-            )));
-        }
-        let opg = out / groups;
-        let g = geometry(c, a, (h, wd, axes), (kh, kw), (1, 1), false)?;
-        let (oh, ow) = (g.oh, g.ow);
-        let ohw = oh * ow;
-        let mut y = vec![0.0f32; n * out * ohw];
-        y.par_chunks_mut(out * ohw)
-            .zip(x.data.par_chunks(ch * h * wd))
-            .for_each(|(ys, xs)| {
-                let mut cols = vec![0.0f32; ipg * k * ohw];
-                for gi in 0..groups {
-                    cols.iter_mut().for_each(|v| *v = 0.0);
-                    for ci in 0..ipg {
-                        let plane = &xs[(gi * ipg + ci) * h * wd..(gi * ipg + ci + 1) * h * wd];
-                        for i in 0..kh {
-                            for j in 0..kw {
-                                let row = &mut cols[((ci * kh + i) * kw + j) * ohw..][..ohw];
-                                for oy in 0..oh {
-                                    let iy = (oy * g.sh + i * g.dh) as isize - g.ph as isize;
-                                    if iy < 0 || iy >= h as isize {
-                                        continue;
-                                    }
-                                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                                    for ox in 0..ow {
-                                        let ix = (ox * g.sw + j * g.dw) as isize - g.pw as isize;
-                                        if ix >= 0 && ix < wd as isize {
-                                            row[oy * ow + ox] = src[ix as usize];
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    let wg = MatRef::from_row_major_slice(
-                        &w.data[gi * opg * ipg * k..(gi + 1) * opg * ipg * k],
-                        opg,
-                        ipg * k,
-                    );
-                    let cm = MatRef::from_row_major_slice(&cols, ipg * k, ohw);
-                    let dst = MatMut::from_row_major_slice_mut(
-                        &mut ys[gi * opg * ohw..(gi + 1) * opg * ohw],
-                        opg,
-                        ohw,
-                    );
-                    matmul(dst, Accum::Replace, wg, cm, 1.0f32, Par::Seq);
-                }
-            });
-        return conv_output(c, y, [n, out, oh, ow], axes, b);
+    let d = ConvDims {
+        n,
+        ch,
+        h,
+        wd,
+        axes,
+        kh,
+        kw,
+        groups,
+    };
+    if transposed {
+        conv_transposed(c, a, x, w, b, &d)
+    } else {
+        conv_direct(c, a, x, w, b, &d)
     }
-    // Transposed: out = (in − 1)·s − 2p + d·(k − 1) + output_padding + 1.
-    if w.shape[0] != ch {
+}
+
+/// The sizes of a convolution: batch `n`, input channels `ch`, input plane `h × wd` with `axes`
+/// spatial axes, kernel `kh × kw`, `groups`.
+struct ConvDims {
+    n: usize,
+    ch: usize,
+    h: usize,
+    wd: usize,
+    axes: usize,
+    kh: usize,
+    kw: usize,
+    groups: usize,
+}
+
+/// A convolution as one matrix product per sample and group: `Y_g = W_g · cols_g`, with
+/// `cols_g` the input patches ([`im2col`]).
+fn conv_direct(
+    c: &Ctx,
+    a: &ForwardAttrs,
+    x: &EvalTensor,
+    w: &EvalTensor,
+    b: Option<&EvalTensor>,
+    d: &ConvDims,
+) -> Result<EvalTensor, EvalError> {
+    let (ch, h, wd, groups) = (d.ch, d.h, d.wd, d.groups);
+    let k = d.kh * d.kw;
+    let ipg = ch / groups;
+    let out = w.shape[0];
+    if w.shape[1] != ipg || out % groups != 0 {
         return Err(c.shape(format!(
-            "transposed weight of shape {:?} does not fit {ch} input channels",
+            "weight of shape {:?} with {groups} groups does not fit {ch} input channels",
             w.shape
         )));
     }
-    let opg = w.shape[1];
-    let out = opg * groups;
+    let opg = out / groups;
+    let g = geometry(c, a, (h, wd, d.axes), (d.kh, d.kw), (1, 1), false)?;
+    let (oh, ow) = (g.oh, g.ow);
+    let ohw = oh * ow;
+    let mut y = vec![0.0f32; d.n * out * ohw];
+    y.par_chunks_mut(out * ohw)
+        .zip(x.data.par_chunks(ch * h * wd))
+        .for_each(|(ys, xs)| {
+            let mut cols = vec![0.0f32; ipg * k * ohw];
+            for gi in 0..groups {
+                cols.iter_mut().for_each(|v| *v = 0.0);
+                for ci in 0..ipg {
+                    let plane = &xs[(gi * ipg + ci) * h * wd..(gi * ipg + ci + 1) * h * wd];
+                    im2col(&mut cols[ci * k * ohw..(ci + 1) * k * ohw], plane, d, &g);
+                }
+                let wg = MatRef::from_row_major_slice(
+                    &w.data[gi * opg * ipg * k..(gi + 1) * opg * ipg * k],
+                    opg,
+                    ipg * k,
+                );
+                let cm = MatRef::from_row_major_slice(&cols, ipg * k, ohw);
+                let dst = MatMut::from_row_major_slice_mut(
+                    &mut ys[gi * opg * ohw..(gi + 1) * opg * ohw],
+                    opg,
+                    ohw,
+                );
+                matmul(dst, Accum::Replace, wg, cm, 1.0f32, Par::Seq);
+            }
+        });
+    conv_output(c, y, [d.n, out, oh, ow], d.axes, b)
+}
+
+/// The patches of one input channel `plane` (`h × wd`): row `i·kw + j` of `cols` holds, for
+/// every output position `(oy, ox)`, the input at `(oy·sh + i·dh − ph, ox·sw + j·dw − pw)`, or
+/// leaves 0 where that is padding.
+fn im2col(cols: &mut [f32], plane: &[f32], d: &ConvDims, g: &Geo) {
+    let (h, wd, oh, ow) = (d.h, d.wd, g.oh, g.ow);
+    for i in 0..d.kh {
+        for j in 0..d.kw {
+            let row = &mut cols[(i * d.kw + j) * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                let iy = (oy * g.sh + i * g.dh) as isize - g.ph as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                for ox in 0..ow {
+                    let ix = (ox * g.sw + j * g.dw) as isize - g.pw as isize;
+                    if ix >= 0 && ix < wd as isize {
+                        row[oy * ow + ox] = src[ix as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The geometry of a transposed convolution: output size
+/// `(in − 1)·s − 2p + d·(k − 1) + output_padding + 1` per axis.
+fn transposed_geometry(c: &Ctx, a: &ForwardAttrs, d: &ConvDims) -> Result<Geo, EvalError> {
+    let axes = d.axes;
     let (sh, sw) = hw(&pair(&a.stride, 1, axes), axes, 1);
     let (dh, dw) = hw(&pair(&a.dilation, 1, axes), axes, 1);
     let (ph, pw) = match &a.padding {
@@ -462,14 +506,48 @@ fn conv(
     if sh == 0 || sw == 0 || dh == 0 || dw == 0 {
         return Err(c.shape("`stride` and `dilation` must be at least 1"));
     }
-    let full_h = (h - 1) * sh + dh * (kh - 1) + oph + 1;
-    let full_w = (wd - 1) * sw + dw * (kw - 1) + opw + 1;
+    let full_h = (d.h - 1) * sh + dh * (d.kh - 1) + oph + 1;
+    let full_w = (d.wd - 1) * sw + dw * (d.kw - 1) + opw + 1;
     if full_h <= 2 * ph || full_w <= 2 * pw {
         return Err(c.shape("the padding removes the whole output"));
     }
-    let (oh, ow) = (full_h - 2 * ph, full_w - 2 * pw);
-    let hw_in = h * wd;
-    let mut y = vec![0.0f32; n * out * oh * ow];
+    Ok(Geo {
+        sh,
+        sw,
+        ph,
+        pw,
+        dh,
+        dw,
+        oh: full_h - 2 * ph,
+        ow: full_w - 2 * pw,
+    })
+}
+
+/// A transposed convolution: per sample and group `cols = W_gᵀ · x_g`, then every column
+/// scattered onto the output planes ([`col2im`]).
+fn conv_transposed(
+    c: &Ctx,
+    a: &ForwardAttrs,
+    x: &EvalTensor,
+    w: &EvalTensor,
+    b: Option<&EvalTensor>,
+    d: &ConvDims,
+) -> Result<EvalTensor, EvalError> {
+    let (ch, groups) = (d.ch, d.groups);
+    let k = d.kh * d.kw;
+    let ipg = ch / groups;
+    if w.shape[0] != ch {
+        return Err(c.shape(format!(
+            "transposed weight of shape {:?} does not fit {ch} input channels",
+            w.shape
+        )));
+    }
+    let opg = w.shape[1];
+    let out = opg * groups;
+    let g = transposed_geometry(c, a, d)?;
+    let (oh, ow) = (g.oh, g.ow);
+    let hw_in = d.h * d.wd;
+    let mut y = vec![0.0f32; d.n * out * oh * ow];
     y.par_chunks_mut(out * oh * ow)
         .zip(x.data.par_chunks(ch * hw_in))
         .for_each(|(ys, xs)| {
@@ -496,27 +574,35 @@ fn conv(
                 );
                 for oc in 0..opg {
                     let plane = &mut ys[(gi * opg + oc) * oh * ow..][..oh * ow];
-                    for i in 0..kh {
-                        for j in 0..kw {
-                            let row = &cols[((oc * kh + i) * kw + j) * hw_in..][..hw_in];
-                            for iy in 0..h {
-                                let y0 = (iy * sh + i * dh) as isize - ph as isize;
-                                if y0 < 0 || y0 >= oh as isize {
-                                    continue;
-                                }
-                                for ix in 0..wd {
-                                    let x0 = (ix * sw + j * dw) as isize - pw as isize;
-                                    if x0 >= 0 && x0 < ow as isize {
-                                        plane[y0 as usize * ow + x0 as usize] += row[iy * wd + ix];
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    col2im(plane, &cols[oc * k * hw_in..(oc + 1) * k * hw_in], d, &g);
                 }
             }
         });
-    conv_output(c, y, [n, out, oh, ow], axes, b)
+    conv_output(c, y, [d.n, out, oh, ow], d.axes, b)
+}
+
+/// Adds the columns of one output channel onto its `plane` (`oh × ow`): the entry of row
+/// `i·kw + j` for input position `(iy, ix)` goes to `(iy·sh + i·dh − ph, ix·sw + j·dw − pw)`
+/// when that is inside the output.
+fn col2im(plane: &mut [f32], cols: &[f32], d: &ConvDims, g: &Geo) {
+    let (h, wd, oh, ow) = (d.h, d.wd, g.oh, g.ow);
+    for i in 0..d.kh {
+        for j in 0..d.kw {
+            let row = &cols[(i * d.kw + j) * h * wd..][..h * wd];
+            for iy in 0..h {
+                let y0 = (iy * g.sh + i * g.dh) as isize - g.ph as isize;
+                if y0 < 0 || y0 >= oh as isize {
+                    continue;
+                }
+                for ix in 0..wd {
+                    let x0 = (ix * g.sw + j * g.dw) as isize - g.pw as isize;
+                    if x0 >= 0 && x0 < ow as isize {
+                        plane[y0 as usize * ow + x0 as usize] += row[iy * wd + ix];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The output of a convolution: `y` shaped `[n, out, oh, ow]` (`[n, out, ow]` with one spatial
