@@ -38,6 +38,13 @@ use synbal::solve::{balance, Settings};
 
 const TOL: f64 = 1e-10;
 
+const USAGE: &str =
+    "usage: json_io [--width 64] [--depth 64] [--runs 5] [--compare SYNBAL_BINARY]... [--keep DIR]
+  --width, --depth  the ReLU MLP (depth weight layers of width units, 10 outputs)
+  --runs N          best of N fresh processes per figure
+  --compare PATH    also time the whole process of another synbal binary, side by side
+  --keep DIR        leave in.json and out.json in DIR (for profiling the same input)";
+
 /// Peak resident memory of this process so far (`VmHWM`), in bytes.
 fn peak_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -241,7 +248,14 @@ fn main() {
             "--runs" => runs = value().parse().expect("--runs N"),
             "--compare" => compare.push(PathBuf::from(value())),
             "--keep" => keep = Some(PathBuf::from(value())),
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     let mut sizes = vec![width; depth];

@@ -379,76 +379,120 @@ fn conv(
         )));
     }
     let (kh, kw) = hw(&w.shape[2..], axes, 1);
-    let k = kh * kw;
     if groups == 0 || ch % groups != 0 {
         return Err(c.shape(format!("{ch} input channels in {groups} groups")));
     }
-    let ipg = ch / groups;
-    if !transposed {
-        let out = w.shape[0];
-        if w.shape[1] != ipg || out % groups != 0 {
-            return Err(c.shape(format!(
-                "weight of shape {:?} with {groups} groups does not fit {ch} input channels",
-                w.shape
-            )));
-        }
-        let opg = out / groups;
-        let g = geometry(c, a, (h, wd, axes), (kh, kw), (1, 1), false)?;
-        let (oh, ow) = (g.oh, g.ow);
-        let ohw = oh * ow;
-        let mut y = vec![0.0f32; n * out * ohw];
-        y.par_chunks_mut(out * ohw)
-            .zip(x.data.par_chunks(ch * h * wd))
-            .for_each(|(ys, xs)| {
-                let mut cols = vec![0.0f32; ipg * k * ohw];
-                for gi in 0..groups {
-                    cols.iter_mut().for_each(|v| *v = 0.0);
-                    for ci in 0..ipg {
-                        let plane = &xs[(gi * ipg + ci) * h * wd..(gi * ipg + ci + 1) * h * wd];
-                        for i in 0..kh {
-                            for j in 0..kw {
-                                let row = &mut cols[((ci * kh + i) * kw + j) * ohw..][..ohw];
-                                for oy in 0..oh {
-                                    let iy = (oy * g.sh + i * g.dh) as isize - g.ph as isize;
-                                    if iy < 0 || iy >= h as isize {
-                                        continue;
-                                    }
-                                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                                    for ox in 0..ow {
-                                        let ix = (ox * g.sw + j * g.dw) as isize - g.pw as isize;
-                                        if ix >= 0 && ix < wd as isize {
-                                            row[oy * ow + ox] = src[ix as usize];
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    let wg = MatRef::from_row_major_slice(
-                        &w.data[gi * opg * ipg * k..(gi + 1) * opg * ipg * k],
-                        opg,
-                        ipg * k,
-                    );
-                    let cm = MatRef::from_row_major_slice(&cols, ipg * k, ohw);
-                    let dst = MatMut::from_row_major_slice_mut(
-                        &mut ys[gi * opg * ohw..(gi + 1) * opg * ohw],
-                        opg,
-                        ohw,
-                    );
-                    matmul(dst, Accum::Replace, wg, cm, 1.0f32, Par::Seq);
-                }
-            });
-        return conv_output(c, y, [n, out, oh, ow], axes, b);
+    let d = ConvDims {
+        n,
+        ch,
+        h,
+        wd,
+        axes,
+        kh,
+        kw,
+        groups,
+    };
+    if transposed {
+        conv_transposed(c, a, x, w, b, &d)
+    } else {
+        conv_direct(c, a, x, w, b, &d)
     }
-    // Transposed: out = (in − 1)·s − 2p + d·(k − 1) + output_padding + 1.
-    if w.shape[0] != ch {
+}
+
+/// The sizes of a convolution: batch `n`, input channels `ch`, input plane `h × wd` with `axes`
+/// spatial axes, kernel `kh × kw`, `groups`.
+struct ConvDims {
+    n: usize,
+    ch: usize,
+    h: usize,
+    wd: usize,
+    axes: usize,
+    kh: usize,
+    kw: usize,
+    groups: usize,
+}
+
+/// A convolution as one matrix product per sample and group: `Y_g = W_g · cols_g`, with
+/// `cols_g` the input patches ([`im2col`]).
+fn conv_direct(
+    c: &Ctx,
+    a: &ForwardAttrs,
+    x: &EvalTensor,
+    w: &EvalTensor,
+    b: Option<&EvalTensor>,
+    d: &ConvDims,
+) -> Result<EvalTensor, EvalError> {
+    let (ch, h, wd, groups) = (d.ch, d.h, d.wd, d.groups);
+    let k = d.kh * d.kw;
+    let ipg = ch / groups;
+    let out = w.shape[0];
+    if w.shape[1] != ipg || out % groups != 0 {
         return Err(c.shape(format!(
-            "transposed weight of shape {:?} does not fit {ch} input channels",
+            "weight of shape {:?} with {groups} groups does not fit {ch} input channels",
             w.shape
         )));
     }
-    let opg = w.shape[1];
-    let out = opg * groups;
+    let opg = out / groups;
+    let g = geometry(c, a, (h, wd, d.axes), (d.kh, d.kw), (1, 1), false)?;
+    let (oh, ow) = (g.oh, g.ow);
+    let ohw = oh * ow;
+    let mut y = vec![0.0f32; d.n * out * ohw];
+    y.par_chunks_mut(out * ohw)
+        .zip(x.data.par_chunks(ch * h * wd))
+        .for_each(|(ys, xs)| {
+            let mut cols = vec![0.0f32; ipg * k * ohw];
+            for gi in 0..groups {
+                cols.iter_mut().for_each(|v| *v = 0.0);
+                for ci in 0..ipg {
+                    let plane = &xs[(gi * ipg + ci) * h * wd..(gi * ipg + ci + 1) * h * wd];
+                    im2col(&mut cols[ci * k * ohw..(ci + 1) * k * ohw], plane, d, &g);
+                }
+                let wg = MatRef::from_row_major_slice(
+                    &w.data[gi * opg * ipg * k..(gi + 1) * opg * ipg * k],
+                    opg,
+                    ipg * k,
+                );
+                let cm = MatRef::from_row_major_slice(&cols, ipg * k, ohw);
+                let dst = MatMut::from_row_major_slice_mut(
+                    &mut ys[gi * opg * ohw..(gi + 1) * opg * ohw],
+                    opg,
+                    ohw,
+                );
+                matmul(dst, Accum::Replace, wg, cm, 1.0f32, Par::Seq);
+            }
+        });
+    conv_output(c, y, [d.n, out, oh, ow], d.axes, b)
+}
+
+/// The patches of one input channel `plane` (`h × wd`): row `i·kw + j` of `cols` holds, for
+/// every output position `(oy, ox)`, the input at `(oy·sh + i·dh − ph, ox·sw + j·dw − pw)`, or
+/// leaves 0 where that is padding.
+fn im2col(cols: &mut [f32], plane: &[f32], d: &ConvDims, g: &Geo) {
+    let (h, wd, oh, ow) = (d.h, d.wd, g.oh, g.ow);
+    for i in 0..d.kh {
+        for j in 0..d.kw {
+            let row = &mut cols[(i * d.kw + j) * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                let iy = (oy * g.sh + i * g.dh) as isize - g.ph as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                for ox in 0..ow {
+                    let ix = (ox * g.sw + j * g.dw) as isize - g.pw as isize;
+                    if ix >= 0 && ix < wd as isize {
+                        row[oy * ow + ox] = src[ix as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The geometry of a transposed convolution: output size
+/// `(in − 1)·s − 2p + d·(k − 1) + output_padding + 1` per axis.
+fn transposed_geometry(c: &Ctx, a: &ForwardAttrs, d: &ConvDims) -> Result<Geo, EvalError> {
+    let axes = d.axes;
     let (sh, sw) = hw(&pair(&a.stride, 1, axes), axes, 1);
     let (dh, dw) = hw(&pair(&a.dilation, 1, axes), axes, 1);
     let (ph, pw) = match &a.padding {
@@ -462,14 +506,48 @@ fn conv(
     if sh == 0 || sw == 0 || dh == 0 || dw == 0 {
         return Err(c.shape("`stride` and `dilation` must be at least 1"));
     }
-    let full_h = (h - 1) * sh + dh * (kh - 1) + oph + 1;
-    let full_w = (wd - 1) * sw + dw * (kw - 1) + opw + 1;
+    let full_h = (d.h - 1) * sh + dh * (d.kh - 1) + oph + 1;
+    let full_w = (d.wd - 1) * sw + dw * (d.kw - 1) + opw + 1;
     if full_h <= 2 * ph || full_w <= 2 * pw {
         return Err(c.shape("the padding removes the whole output"));
     }
-    let (oh, ow) = (full_h - 2 * ph, full_w - 2 * pw);
-    let hw_in = h * wd;
-    let mut y = vec![0.0f32; n * out * oh * ow];
+    Ok(Geo {
+        sh,
+        sw,
+        ph,
+        pw,
+        dh,
+        dw,
+        oh: full_h - 2 * ph,
+        ow: full_w - 2 * pw,
+    })
+}
+
+/// A transposed convolution: per sample and group `cols = W_gᵀ · x_g`, then every column
+/// scattered onto the output planes ([`col2im`]).
+fn conv_transposed(
+    c: &Ctx,
+    a: &ForwardAttrs,
+    x: &EvalTensor,
+    w: &EvalTensor,
+    b: Option<&EvalTensor>,
+    d: &ConvDims,
+) -> Result<EvalTensor, EvalError> {
+    let (ch, groups) = (d.ch, d.groups);
+    let k = d.kh * d.kw;
+    let ipg = ch / groups;
+    if w.shape[0] != ch {
+        return Err(c.shape(format!(
+            "transposed weight of shape {:?} does not fit {ch} input channels",
+            w.shape
+        )));
+    }
+    let opg = w.shape[1];
+    let out = opg * groups;
+    let g = transposed_geometry(c, a, d)?;
+    let (oh, ow) = (g.oh, g.ow);
+    let hw_in = d.h * d.wd;
+    let mut y = vec![0.0f32; d.n * out * oh * ow];
     y.par_chunks_mut(out * oh * ow)
         .zip(x.data.par_chunks(ch * hw_in))
         .for_each(|(ys, xs)| {
@@ -496,27 +574,35 @@ fn conv(
                 );
                 for oc in 0..opg {
                     let plane = &mut ys[(gi * opg + oc) * oh * ow..][..oh * ow];
-                    for i in 0..kh {
-                        for j in 0..kw {
-                            let row = &cols[((oc * kh + i) * kw + j) * hw_in..][..hw_in];
-                            for iy in 0..h {
-                                let y0 = (iy * sh + i * dh) as isize - ph as isize;
-                                if y0 < 0 || y0 >= oh as isize {
-                                    continue;
-                                }
-                                for ix in 0..wd {
-                                    let x0 = (ix * sw + j * dw) as isize - pw as isize;
-                                    if x0 >= 0 && x0 < ow as isize {
-                                        plane[y0 as usize * ow + x0 as usize] += row[iy * wd + ix];
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    col2im(plane, &cols[oc * k * hw_in..(oc + 1) * k * hw_in], d, &g);
                 }
             }
         });
-    conv_output(c, y, [n, out, oh, ow], axes, b)
+    conv_output(c, y, [d.n, out, oh, ow], d.axes, b)
+}
+
+/// Adds the columns of one output channel onto its `plane` (`oh × ow`): the entry of row
+/// `i·kw + j` for input position `(iy, ix)` goes to `(iy·sh + i·dh − ph, ix·sw + j·dw − pw)`
+/// when that is inside the output.
+fn col2im(plane: &mut [f32], cols: &[f32], d: &ConvDims, g: &Geo) {
+    let (h, wd, oh, ow) = (d.h, d.wd, g.oh, g.ow);
+    for i in 0..d.kh {
+        for j in 0..d.kw {
+            let row = &cols[(i * d.kw + j) * h * wd..][..h * wd];
+            for iy in 0..h {
+                let y0 = (iy * g.sh + i * g.dh) as isize - g.ph as isize;
+                if y0 < 0 || y0 >= oh as isize {
+                    continue;
+                }
+                for ix in 0..wd {
+                    let x0 = (ix * g.sw + j * g.dw) as isize - g.pw as isize;
+                    if x0 >= 0 && x0 < ow as isize {
+                        plane[y0 as usize * ow + x0 as usize] += row[iy * wd + ix];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The output of a convolution: `y` shaped `[n, out, oh, ow]` (`[n, out, ow]` with one spatial
@@ -837,228 +923,19 @@ pub fn evaluate(
                     .ok_or_else(|| c.shape(format!("reads node {i}, which has no value")))
             })
             .collect::<Result<_, _>>()?;
-        let first = || -> Result<EvalTensor, EvalError> {
-            inputs
-                .first()
-                .map(|t| (*t).clone())
-                .ok_or_else(|| c.shape("has no input"))
+        let mut step = Step {
+            c,
+            a,
+            tensor,
+            inputs,
+            last: node.inputs.first().is_some_and(|&i| channels_last[i]),
         };
-        let opt = |b: &Option<String>| b.as_deref().map(tensor).transpose();
-        let mut last = node.inputs.first().is_some_and(|&i| channels_last[i]);
-        let out = match &node.op {
-            Op::Input { channels } => {
-                if input.shape.get(1) != Some(channels) && *channels != 0 {
-                    return Err(c.shape(format!(
-                        "the model has {channels} input channels, the input has shape {:?}",
-                        input.shape
-                    )));
-                }
-                input.clone()
-            }
-            Op::Linear {
-                weight,
-                in_major,
-                bias,
-            } => {
-                last = false;
-                linear(
-                    &c,
-                    &first()?,
-                    &tensor(weight)?,
-                    *in_major,
-                    opt(bias)?.as_ref(),
-                )?
-            }
-            Op::Conv {
-                weight,
-                bias,
-                groups,
-                transposed,
-            } => {
-                last = false;
-                conv(
-                    &c,
-                    a,
-                    &first()?,
-                    &tensor(weight)?,
-                    opt(bias)?.as_ref(),
-                    *groups,
-                    *transposed,
-                )?
-            }
-            Op::PassThrough { kind } => {
-                let mut x = first()?;
-                match kind.as_str() {
-                    "relu" => x.data.par_iter_mut().for_each(|v| *v = v.max(0.0)),
-                    "leakyrelu" => {
-                        let s = a.negative_slope.unwrap_or(0.01) as f32;
-                        x.data
-                            .par_iter_mut()
-                            .for_each(|v| *v = if *v >= 0.0 { *v } else { s * *v });
-                    }
-                    "prelu" => {
-                        let name = a.slope.as_ref().ok_or_else(|| {
-                            c.unsupported("a PReLU needs its slope tensor (`weight` or `prefix`)")
-                        })?;
-                        let s = tensor(name)?;
-                        per_channel(
-                            &c,
-                            &mut x,
-                            |k, v| if v >= 0.0 { v } else { s.data[k] * v },
-                            s.data.len(),
-                        )?;
-                    }
-                    "identity" | "linearactivation" | "dropout" | "dropout1d" | "dropout2d"
-                    | "dropout3d" => {}
-                    "permute" | "transpose" => {
-                        let dims = a
-                            .dims
-                            .as_ref()
-                            .ok_or_else(|| c.shape("a permute needs `dims`"))?;
-                        last = dims.iter().position(|&d| d == 1) == Some(dims.len() - 1);
-                        x = permute(&c, &x, dims)?;
-                    }
-                    "maxpool1d" | "maxpool2d" => x = pool(&c, a, &x, true)?,
-                    "avgpool1d" | "avgpool2d" => x = pool(&c, a, &x, false)?,
-                    "adaptiveavgpool1d" | "adaptiveavgpool2d" => {
-                        x = adaptive_pool(&c, a, &x, false)?
-                    }
-                    "adaptivemaxpool1d" | "adaptivemaxpool2d" => {
-                        x = adaptive_pool(&c, a, &x, true)?
-                    }
-                    "globalavgpool" | "globalaveragepool" | "globalmaxpool" => {
-                        let global = ForwardAttrs::default();
-                        x = adaptive_pool(&c, &global, &x, kind == "globalmaxpool")?
-                    }
-                    "mul" | "scale" | "div" => {
-                        let v = a.value.ok_or_else(|| c.shape("needs `value`"))? as f32;
-                        let f = if kind == "div" { 1.0 / v } else { v };
-                        x.data.par_iter_mut().for_each(|e| *e *= f);
-                    }
-                    "upsample" | "upsamplingnearest2d" | "interpolate" | "resize" => {
-                        x = upsample(&c, a, &x)?
-                    }
-                    "pad" | "zeropad1d" | "zeropad2d" | "constantpad1d" | "constantpad2d" => {
-                        x = pad(&c, a, &x)?
-                    }
-                    other => {
-                        return Err(c.unsupported(format!(
-                            "the forward pass of `{other}` is not implemented"
-                        )))
-                    }
-                }
-                x
-            }
-            Op::Fixed { kind } => {
-                let mut x = first()?;
-                match kind.as_str() {
-                    "softmax" | "logsoftmax" => {
-                        softmax(&c, &mut x, a.dim.unwrap_or(1), kind == "logsoftmax")?
-                    }
-                    k => {
-                        let f = elementwise(k, a).ok_or_else(|| {
-                            c.unsupported(format!(
-                                "the forward pass of `{k}` is not implemented (its parameters are not part of the architecture description)"
-                            ))
-                        })?;
-                        x.data.par_iter_mut().for_each(|v| *v = f(*v));
-                    }
-                }
-                x
-            }
-            Op::AddBias { bias } => {
-                let mut x = first()?;
-                let b = tensor(bias)?;
-                per_channel(&c, &mut x, |k, v| v + b.data[k], b.data.len())?;
-                x
-            }
-            Op::BatchNorm {
-                weight,
-                bias,
-                mean,
-                var,
-                eps,
-            } => {
-                let mut x = first()?;
-                let (m, v) = (tensor(mean)?, tensor(var)?);
-                let (g, b) = (opt(weight)?, opt(bias)?);
-                let ch = m.data.len();
-                for t in [Some(&v), g.as_ref(), b.as_ref()].into_iter().flatten() {
-                    if t.data.len() != ch {
-                        return Err(c.shape("BatchNorm tensors of different lengths"));
-                    }
-                }
-                let eps = *eps as f32;
-                per_channel(
-                    &c,
-                    &mut x,
-                    |k, val| {
-                        let gamma = g.as_ref().map_or(1.0, |g| g.data[k]);
-                        let beta = b.as_ref().map_or(0.0, |b| b.data[k]);
-                        gamma * (val - m.data[k]) / (v.data[k] + eps).sqrt() + beta
-                    },
-                    ch,
-                )?;
-                x
-            }
-            Op::Add => {
-                let mut x = first()?;
-                for t in &inputs[1..] {
-                    if t.shape != x.shape {
-                        return Err(c.shape(format!(
-                            "adds inputs of shapes {:?} and {:?}",
-                            x.shape, t.shape
-                        )));
-                    }
-                    x.data.iter_mut().zip(&t.data).for_each(|(a, b)| *a += b);
-                }
-                x
-            }
-            Op::Concat => {
-                last = false;
-                concat(&c, &inputs)?
-            }
-            Op::Slice { start, end } => {
-                let x = first()?;
-                let ch = x.channels();
-                if *end > ch || start >= end {
-                    return Err(c.shape(format!("channels {start}..{end} of an input with {ch}")));
-                }
-                let inner = x.inner().max(1);
-                let mut data = Vec::new();
-                for s in 0..x.shape[0] {
-                    let base = s * ch * inner;
-                    data.extend_from_slice(&x.data[base + start * inner..base + end * inner]);
-                }
-                let mut shape = x.shape.clone();
-                shape[1] = end - start;
-                EvalTensor { shape, data }
-            }
-            Op::Flatten { .. } => {
-                let mut x = first()?;
-                if a.channels_last && !last && x.shape.len() > 2 {
-                    let mut dims: Vec<usize> = vec![0];
-                    dims.extend(2..x.shape.len());
-                    dims.push(1);
-                    x = permute(&c, &x, &dims)?;
-                }
-                last = false;
-                let nb = x.shape[0];
-                let rest = x.data.len() / nb.max(1);
-                EvalTensor {
-                    shape: vec![nb, rest],
-                    data: x.data,
-                }
-            }
-            Op::Rnn { .. } => {
-                return Err(c.unsupported("the forward pass of an RNN is not implemented"))
-            }
-        };
+        let out = step.run(&node.op, input)?;
         if out.data.iter().any(|v| v.is_nan()) {
-            return Err(c.shape("the output contains NaN"));
+            return Err(step.c.shape("the output contains NaN"));
         }
+        channels_last[id] = step.last;
         values[id] = Some(out);
-        channels_last[id] = last;
         for &i in &node.inputs {
             uses[i] -= 1;
             if uses[i] == 0 {
@@ -1078,6 +955,260 @@ pub fn evaluate(
             })
         })
         .collect()
+}
+
+/// The evaluation of one node: its context, forward attributes, input values and whether its
+/// value is channels-last (a permute to channels-last sets it, a layer that mixes channels
+/// clears it; otherwise it is that of the first input).
+struct Step<'a> {
+    c: Ctx<'a>,
+    a: &'a ForwardAttrs,
+    tensor: &'a dyn Fn(&str) -> Result<EvalTensor, EvalError>,
+    inputs: Vec<&'a EvalTensor>,
+    last: bool,
+}
+
+impl Step<'_> {
+    /// A copy of the first input.
+    fn first(&self) -> Result<EvalTensor, EvalError> {
+        self.inputs
+            .first()
+            .map(|t| (*t).clone())
+            .ok_or_else(|| self.c.shape("has no input"))
+    }
+
+    /// The stored tensor `name`, if a name is given.
+    fn opt(&self, name: &Option<String>) -> Result<Option<EvalTensor>, EvalError> {
+        name.as_deref().map(self.tensor).transpose()
+    }
+
+    /// The value of the node with operation `op`; `input` is the model input.
+    fn run(&mut self, op: &Op, input: &EvalTensor) -> Result<EvalTensor, EvalError> {
+        let (c, tensor) = (&self.c, self.tensor);
+        match op {
+            Op::Input { channels } => {
+                if input.shape.get(1) != Some(channels) && *channels != 0 {
+                    return Err(c.shape(format!(
+                        "the model has {channels} input channels, the input has shape {:?}",
+                        input.shape
+                    )));
+                }
+                Ok(input.clone())
+            }
+            Op::Linear {
+                weight,
+                in_major,
+                bias,
+            } => {
+                self.last = false;
+                let (x, w) = (self.first()?, tensor(weight)?);
+                linear(c, &x, &w, *in_major, self.opt(bias)?.as_ref())
+            }
+            Op::Conv {
+                weight,
+                bias,
+                groups,
+                transposed,
+            } => {
+                self.last = false;
+                let (x, w) = (self.first()?, tensor(weight)?);
+                let b = self.opt(bias)?;
+                conv(c, self.a, &x, &w, b.as_ref(), *groups, *transposed)
+            }
+            Op::PassThrough { kind } => self.pass_through(kind),
+            Op::Fixed { kind } => self.fixed(kind),
+            Op::AddBias { bias } => {
+                let mut x = self.first()?;
+                let b = tensor(bias)?;
+                per_channel(c, &mut x, |k, v| v + b.data[k], b.data.len())?;
+                Ok(x)
+            }
+            Op::BatchNorm {
+                weight,
+                bias,
+                mean,
+                var,
+                eps,
+            } => self.batch_norm(weight, bias, mean, var, *eps),
+            Op::Add => self.add(),
+            Op::Concat => {
+                self.last = false;
+                concat(c, &self.inputs)
+            }
+            Op::Slice { start, end } => self.slice(*start, *end),
+            Op::Flatten { .. } => self.flatten(),
+            Op::Rnn { .. } => Err(c.unsupported("the forward pass of an RNN is not implemented")),
+        }
+    }
+
+    /// A scale-equivariant op: activations, pooling, permutes, constant scaling, padding.
+    fn pass_through(&mut self, kind: &str) -> Result<EvalTensor, EvalError> {
+        let (c, a) = (&self.c, self.a);
+        let mut x = self.first()?;
+        match kind {
+            "relu" => x.data.par_iter_mut().for_each(|v| *v = v.max(0.0)),
+            "leakyrelu" => {
+                let s = a.negative_slope.unwrap_or(0.01) as f32;
+                x.data
+                    .par_iter_mut()
+                    .for_each(|v| *v = if *v >= 0.0 { *v } else { s * *v });
+            }
+            "prelu" => {
+                let name = a.slope.as_ref().ok_or_else(|| {
+                    c.unsupported("a PReLU needs its slope tensor (`weight` or `prefix`)")
+                })?;
+                let s = (self.tensor)(name)?;
+                per_channel(
+                    c,
+                    &mut x,
+                    |k, v| if v >= 0.0 { v } else { s.data[k] * v },
+                    s.data.len(),
+                )?;
+            }
+            "identity" | "linearactivation" | "dropout" | "dropout1d" | "dropout2d"
+            | "dropout3d" => {}
+            "permute" | "transpose" => {
+                let dims = a
+                    .dims
+                    .as_ref()
+                    .ok_or_else(|| c.shape("a permute needs `dims`"))?;
+                self.last = dims.iter().position(|&d| d == 1) == Some(dims.len() - 1);
+                x = permute(c, &x, dims)?;
+            }
+            "maxpool1d" | "maxpool2d" => x = pool(c, a, &x, true)?,
+            "avgpool1d" | "avgpool2d" => x = pool(c, a, &x, false)?,
+            "adaptiveavgpool1d" | "adaptiveavgpool2d" => x = adaptive_pool(c, a, &x, false)?,
+            "adaptivemaxpool1d" | "adaptivemaxpool2d" => x = adaptive_pool(c, a, &x, true)?,
+            "globalavgpool" | "globalaveragepool" | "globalmaxpool" => {
+                let global = ForwardAttrs::default();
+                x = adaptive_pool(c, &global, &x, kind == "globalmaxpool")?
+            }
+            "mul" | "scale" | "div" => {
+                let v = a.value.ok_or_else(|| c.shape("needs `value`"))? as f32;
+                let f = if kind == "div" { 1.0 / v } else { v };
+                x.data.par_iter_mut().for_each(|e| *e *= f);
+            }
+            "upsample" | "upsamplingnearest2d" | "interpolate" | "resize" => {
+                x = upsample(c, a, &x)?
+            }
+            "pad" | "zeropad1d" | "zeropad2d" | "constantpad1d" | "constantpad2d" => {
+                x = pad(c, a, &x)?
+            }
+            other => {
+                return Err(
+                    c.unsupported(format!("the forward pass of `{other}` is not implemented"))
+                )
+            }
+        }
+        Ok(x)
+    }
+
+    /// A fixed (non-homogeneous) op: softmax over `dim`, or an element-wise function.
+    fn fixed(&self, kind: &str) -> Result<EvalTensor, EvalError> {
+        let mut x = self.first()?;
+        match kind {
+            "softmax" | "logsoftmax" => softmax(
+                &self.c,
+                &mut x,
+                self.a.dim.unwrap_or(1),
+                kind == "logsoftmax",
+            )?,
+            k => {
+                let f = elementwise(k, self.a).ok_or_else(|| {
+                    self.c.unsupported(format!(
+                        "the forward pass of `{k}` is not implemented (its parameters are not part of the architecture description)"
+                    ))
+                })?;
+                x.data.par_iter_mut().for_each(|v| *v = f(*v));
+            }
+        }
+        Ok(x)
+    }
+
+    /// Batch normalisation with running statistics: `γ (x − μ) / √(σ² + ε) + β` per channel.
+    fn batch_norm(
+        &self,
+        weight: &Option<String>,
+        bias: &Option<String>,
+        mean: &str,
+        var: &str,
+        eps: f64,
+    ) -> Result<EvalTensor, EvalError> {
+        let mut x = self.first()?;
+        let (m, v) = ((self.tensor)(mean)?, (self.tensor)(var)?);
+        let (g, b) = (self.opt(weight)?, self.opt(bias)?);
+        let ch = m.data.len();
+        for t in [Some(&v), g.as_ref(), b.as_ref()].into_iter().flatten() {
+            if t.data.len() != ch {
+                return Err(self.c.shape("BatchNorm tensors of different lengths"));
+            }
+        }
+        let eps = eps as f32;
+        per_channel(
+            &self.c,
+            &mut x,
+            |k, val| {
+                let gamma = g.as_ref().map_or(1.0, |g| g.data[k]);
+                let beta = b.as_ref().map_or(0.0, |b| b.data[k]);
+                gamma * (val - m.data[k]) / (v.data[k] + eps).sqrt() + beta
+            },
+            ch,
+        )?;
+        Ok(x)
+    }
+
+    /// The element-wise sum of the inputs, which must have one shape.
+    fn add(&self) -> Result<EvalTensor, EvalError> {
+        let mut x = self.first()?;
+        for t in &self.inputs[1..] {
+            if t.shape != x.shape {
+                return Err(self.c.shape(format!(
+                    "adds inputs of shapes {:?} and {:?}",
+                    x.shape, t.shape
+                )));
+            }
+            x.data.iter_mut().zip(&t.data).for_each(|(a, b)| *a += b);
+        }
+        Ok(x)
+    }
+
+    /// Channels `start..end` of the input.
+    fn slice(&self, start: usize, end: usize) -> Result<EvalTensor, EvalError> {
+        let x = self.first()?;
+        let ch = x.channels();
+        if end > ch || start >= end {
+            return Err(self
+                .c
+                .shape(format!("channels {start}..{end} of an input with {ch}")));
+        }
+        let inner = x.inner().max(1);
+        let mut data = Vec::new();
+        for s in 0..x.shape[0] {
+            let base = s * ch * inner;
+            data.extend_from_slice(&x.data[base + start * inner..base + end * inner]);
+        }
+        let mut shape = x.shape.clone();
+        shape[1] = end - start;
+        Ok(EvalTensor { shape, data })
+    }
+
+    /// `[N, rest]`, channels-last order first if the description says so and the input is not.
+    fn flatten(&mut self) -> Result<EvalTensor, EvalError> {
+        let mut x = self.first()?;
+        if self.a.channels_last && !self.last && x.shape.len() > 2 {
+            let mut dims: Vec<usize> = vec![0];
+            dims.extend(2..x.shape.len());
+            dims.push(1);
+            x = permute(&self.c, &x, &dims)?;
+        }
+        self.last = false;
+        let nb = x.shape[0];
+        let rest = x.data.len() / nb.max(1);
+        Ok(EvalTensor {
+            shape: vec![nb, rest],
+            data: x.data,
+        })
+    }
 }
 
 /// Nearest-neighbour upsampling by an integer `scale_factor`.

@@ -487,6 +487,270 @@ pub fn activation_layer(name: &str) -> Option<LayerKind> {
     }
 }
 
+/// One entry of `layers` while it is parsed: its position, its `type` as written and normalised
+/// ([`norm`]), and its fields.
+struct LayerSpec {
+    index: usize,
+    ty: String,
+    n: String,
+    r: RawLayer,
+}
+
+impl LayerSpec {
+    /// Reads the fields of entry `index`; its `type` must be a nonempty string.
+    fn new(index: usize, v: serde_json::Value) -> Result<Self, ArchError> {
+        let ty = v
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_string();
+        let mut spec = LayerSpec {
+            index,
+            n: norm(&ty),
+            ty,
+            r: RawLayer::default(),
+        };
+        if spec.ty.is_empty() {
+            return Err(spec.err("missing string field `type`".into()));
+        }
+        spec.r = serde_json::from_value(v).map_err(|e| spec.err(e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// An error about this layer.
+    fn err(&self, message: String) -> ArchError {
+        ArchError::Layer {
+            index: self.index,
+            kind: self.ty.clone(),
+            message,
+        }
+    }
+
+    /// A required tensor name: `field` if given, else `{prefix}.{suffix}`.
+    fn named(&self, field: Option<String>, suffix: &str, what: &str) -> Result<String, ArchError> {
+        match (field, &self.r.prefix) {
+            (Some(f), _) => Ok(f),
+            (None, Some(p)) => Ok(format!("{p}.{suffix}")),
+            (None, None) => Err(self.err(format!("needs `{what}` or `prefix`"))),
+        }
+    }
+
+    /// An optional tensor name: `field` if given, else `{prefix}.{suffix}` if there is a prefix.
+    fn opt(&self, field: &Option<String>, suffix: &str) -> Option<String> {
+        field
+            .clone()
+            .or_else(|| self.r.prefix.as_ref().map(|p| format!("{p}.{suffix}")))
+    }
+
+    /// The layer of this entry with `kind` and `save`, and the entry's name, inputs, tie flag and
+    /// forward-pass attributes.
+    fn layer(&self, kind: LayerKind, save: Option<String>) -> Layer {
+        Layer {
+            kind,
+            save,
+            name: self.r.name.clone(),
+            inputs: self.r.inputs.clone(),
+            tied: self.r.tied.unwrap_or(false),
+            forward: self.r.forward(&self.n),
+        }
+    }
+
+    /// The kind of a one-layer entry (every type but `rnn`), with its fields checked.
+    fn kind(&self) -> Result<LayerKind, ArchError> {
+        let r = &self.r;
+        Ok(match self.n.as_str() {
+            "linear" | "matmul" | "gemm" => LayerKind::Linear {
+                weight: self.named(r.weight.clone(), "weight", "weight")?,
+                in_major: r.in_major.unwrap_or(self.n == "matmul"),
+                bias: self.opt(&r.bias, "bias"),
+                bias_optional: r.bias.is_none(),
+            },
+            c if conv_dims(c).is_some() => self.conv(conv_dims(c).unwrap_or((2, false)))?,
+            "flatten" | "reshape" | "view" => LayerKind::Flatten {
+                channels_last: r.channels_last.unwrap_or(false),
+            },
+            "permute" | "transpose" => self.permute()?,
+            "concat" | "cat" => LayerKind::Concat,
+            "slice" | "split" | "narrow" => self.slice()?,
+            "addbias" | "addconstant" => LayerKind::AddBias {
+                bias: self.named(r.bias.clone(), "bias", "bias")?,
+            },
+            "mul" | "div" | "scale" => self.constant_scale()?,
+            "batchnorm" | "batchnorm1d" | "batchnorm2d" | "batchnorm3d" => self.batch_norm()?,
+            "add" => self.add()?,
+            "fixed" => LayerKind::Fixed(
+                r.op.as_deref()
+                    .map_or("fixed".into(), |o| format!("fixed ({o})")),
+            ),
+            other if PASS.contains(&other) => LayerKind::PassThrough(other.to_string()),
+            other if FIXED.contains(&other) => LayerKind::Fixed(other.to_string()),
+            _ => {
+                return Err(ArchError::UnknownType {
+                    index: self.index,
+                    name: self.ty.clone(),
+                })
+            }
+        })
+    }
+
+    /// `conv{1,2,3}d` and `convtranspose{1,2,3}d`: `groups` at least 1.
+    fn conv(&self, (dims, transposed): (usize, bool)) -> Result<LayerKind, ArchError> {
+        let r = &self.r;
+        let groups = r.groups.unwrap_or(1);
+        if groups == 0 {
+            return Err(self.err("`groups` must be at least 1".into()));
+        }
+        Ok(LayerKind::Conv {
+            dims,
+            transposed,
+            weight: self.named(r.weight.clone(), "weight", "weight")?,
+            bias: self.opt(&r.bias, "bias"),
+            bias_optional: r.bias.is_none(),
+            groups,
+        })
+    }
+
+    /// `permute`: `dims` keeps the batch axis first; channels last iff axis 1 goes last.
+    fn permute(&self) -> Result<LayerKind, ArchError> {
+        let dims =
+            self.r.dims.clone().ok_or_else(|| {
+                self.err("needs `dims` (the axis order, e.g. [0, 2, 3, 1])".into())
+            })?;
+        let channels_last = match dims.iter().position(|&d| d == 1) {
+            Some(p) => p + 1 == dims.len(),
+            None => return Err(self.err("`dims` must contain the channel axis 1".into())),
+        };
+        if dims.first() != Some(&0) {
+            return Err(self.err("`dims` must keep the batch axis 0 first".into()));
+        }
+        Ok(LayerKind::Permute { channels_last })
+    }
+
+    /// `slice`: `start..end`, or part `index` of consecutive parts of `sizes`.
+    fn slice(&self) -> Result<LayerKind, ArchError> {
+        let r = &self.r;
+        let (start, end) = match (&r.sizes, r.index, r.start, r.end) {
+            (Some(sizes), Some(k), _, _) if k < sizes.len() => {
+                let start: usize = sizes[..k].iter().sum();
+                (start, start + sizes[k])
+            }
+            (None, _, Some(a), Some(b)) if a < b => (a, b),
+            _ => {
+                return Err(self.err(
+                    "needs `start` < `end`, or `sizes` and an `index` below their count".into(),
+                ))
+            }
+        };
+        Ok(LayerKind::Slice { start, end })
+    }
+
+    /// `mul`, `div`, `scale` by a finite nonzero constant: passes scales through.
+    fn constant_scale(&self) -> Result<LayerKind, ArchError> {
+        match self.r.value {
+            Some(v) if v.is_finite() && v != 0.0 => Ok(LayerKind::PassThrough(self.n.clone())),
+            _ => Err(self.err(
+                "needs a finite, nonzero constant `value` (a positive scale or its inverse)".into(),
+            )),
+        }
+    }
+
+    /// `batchnorm*`: running statistics required, `eps` finite and ≥ 0 (default 1e-5).
+    fn batch_norm(&self) -> Result<LayerKind, ArchError> {
+        let r = &self.r;
+        let eps = r.eps.unwrap_or(1e-5);
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(self.err(format!("`eps` must be finite and >= 0, got {eps}")));
+        }
+        Ok(LayerKind::BatchNorm {
+            weight: self.opt(&r.weight, "weight"),
+            bias: self.opt(&r.bias, "bias"),
+            running_mean: self.named(r.running_mean.clone(), "running_mean", "running_mean")?,
+            running_var: self.named(r.running_var.clone(), "running_var", "running_var")?,
+            eps,
+        })
+    }
+
+    /// `add`: a saved name in `from`, or at least two `inputs`.
+    fn add(&self) -> Result<LayerKind, ArchError> {
+        if self.r.from.is_none() && self.r.inputs.as_ref().is_none_or(|i| i.len() < 2) {
+            return Err(
+                self.err("needs `from` (a saved name or `input`) or at least two `inputs`".into())
+            );
+        }
+        Ok(LayerKind::Add {
+            from: self.r.from.clone(),
+        })
+    }
+
+    /// `rnn`: `num_layers` stacked layers `layer`, `layer + 1`, …, each with tensors
+    /// `{prefix}.weight_ih_l{k}` etc. unless named explicitly (then one layer). Only the first
+    /// reads the entry's inputs; only the last has its name and `save`.
+    fn rnn(&self, layers: &mut Vec<Layer>) -> Result<(), ArchError> {
+        let r = &self.r;
+        if r.bidirectional == Some(true) {
+            return Err(self.err("bidirectional RNNs are not supported".into()));
+        }
+        let nonlinearity = match r.nonlinearity.as_deref().map(norm).as_deref() {
+            None | Some("tanh") => RnnNonlinearity::Tanh,
+            Some("relu") => RnnNonlinearity::Relu,
+            Some(other) => {
+                return Err(self.err(format!(
+                    "`nonlinearity` must be `tanh` or `relu`, got `{other}`"
+                )))
+            }
+        };
+        let explicit = r.weight_ih.is_some() || r.weight_hh.is_some();
+        let count = r.num_layers.unwrap_or(1);
+        if count == 0 || (explicit && count != 1) {
+            return Err(
+                self.err("`num_layers` must be >= 1, and 1 with explicit tensor names".into())
+            );
+        }
+        let first = r.layer.unwrap_or(0);
+        for k in first..first + count {
+            let name = |field: &Option<String>, stem: &str| {
+                self.named(field.clone(), &format!("{stem}_l{k}"), stem)
+            };
+            let optional =
+                |field: &Option<String>, stem: &str| self.opt(field, &format!("{stem}_l{k}"));
+            let last = k + 1 == first + count;
+            let mut layer = self.layer(
+                LayerKind::Rnn {
+                    weight_ih: name(&r.weight_ih, "weight_ih")?,
+                    weight_hh: name(&r.weight_hh, "weight_hh")?,
+                    bias_ih: optional(&r.bias_ih, "bias_ih"),
+                    bias_hh: optional(&r.bias_hh, "bias_hh"),
+                    bias_optional: r.bias_ih.is_none() && r.bias_hh.is_none(),
+                    nonlinearity,
+                },
+                if last { r.save.clone() } else { None },
+            );
+            if k > first {
+                layer.inputs = None;
+            }
+            if !last {
+                layer.name = None;
+            }
+            layers.push(layer);
+        }
+        Ok(())
+    }
+}
+
+/// The dimensions of a convolution type (`conv2d` → 2) and whether it is transposed.
+fn conv_dims(n: &str) -> Option<(usize, bool)> {
+    let (rest, transposed) = match n.strip_prefix("convtranspose") {
+        Some(rest) => (rest, true),
+        None => (n.strip_prefix("conv")?, false),
+    };
+    match rest {
+        "1d" => Some((1, transposed)),
+        "2d" => Some((2, transposed)),
+        "3d" => Some((3, transposed)),
+        _ => None,
+    }
+}
+
 impl Architecture {
     /// Parses a JSON description.
     ///
@@ -505,267 +769,12 @@ impl Architecture {
             serde_json::from_str(text).map_err(|e| ArchError::Json(e.to_string()))?;
         let mut layers = Vec::new();
         for (index, v) in raw.layers.into_iter().enumerate() {
-            let ty = v
-                .get("type")
-                .and_then(|t| t.as_str())
-                .unwrap_or("")
-                .to_string();
-            let err = |message: String| ArchError::Layer {
-                index,
-                kind: ty.clone(),
-                message,
-            };
-            if ty.is_empty() {
-                return Err(err("missing string field `type`".into()));
-            }
-            let r: RawLayer = serde_json::from_value(v).map_err(|e| err(e.to_string()))?;
-            let n = norm(&ty);
-            let named = |field: Option<String>, suffix: &str, what: &str| -> Result<String, _> {
-                match (field, &r.prefix) {
-                    (Some(f), _) => Ok(f),
-                    (None, Some(p)) => Ok(format!("{p}.{suffix}")),
-                    (None, None) => Err(err(format!("needs `{what}` or `prefix`"))),
-                }
-            };
-            let opt = |field: &Option<String>, suffix: &str| -> Option<String> {
-                field
-                    .clone()
-                    .or_else(|| r.prefix.as_ref().map(|p| format!("{p}.{suffix}")))
-            };
-            let bias_optional = r.bias.is_none();
-            let push = |layers: &mut Vec<Layer>, kind: LayerKind, save: Option<String>| {
-                layers.push(Layer {
-                    kind,
-                    save,
-                    name: r.name.clone(),
-                    inputs: r.inputs.clone(),
-                    tied: r.tied.unwrap_or(false),
-                    forward: r.forward(&n),
-                });
-            };
-            let conv_dims = |n: &str| -> Option<(usize, bool)> {
-                let (rest, transposed) = match n.strip_prefix("convtranspose") {
-                    Some(rest) => (rest, true),
-                    None => (n.strip_prefix("conv")?, false),
-                };
-                match rest {
-                    "1d" => Some((1, transposed)),
-                    "2d" => Some((2, transposed)),
-                    "3d" => Some((3, transposed)),
-                    _ => None,
-                }
-            };
-            match n.as_str() {
-                "linear" | "matmul" | "gemm" => push(
-                    &mut layers,
-                    LayerKind::Linear {
-                        weight: named(r.weight.clone(), "weight", "weight")?,
-                        in_major: r.in_major.unwrap_or(n == "matmul"),
-                        bias: opt(&r.bias, "bias"),
-                        bias_optional,
-                    },
-                    r.save.clone(),
-                ),
-                c if conv_dims(c).is_some() => {
-                    let (dims, transposed) = conv_dims(c).unwrap_or((2, false));
-                    let groups = r.groups.unwrap_or(1);
-                    if groups == 0 {
-                        return Err(err("`groups` must be at least 1".into()));
-                    }
-                    push(
-                        &mut layers,
-                        LayerKind::Conv {
-                            dims,
-                            transposed,
-                            weight: named(r.weight.clone(), "weight", "weight")?,
-                            bias: opt(&r.bias, "bias"),
-                            bias_optional,
-                            groups,
-                        },
-                        r.save.clone(),
-                    )
-                }
-                "flatten" | "reshape" | "view" => push(
-                    &mut layers,
-                    LayerKind::Flatten {
-                        channels_last: r.channels_last.unwrap_or(false),
-                    },
-                    r.save.clone(),
-                ),
-                "permute" | "transpose" => {
-                    let dims = r.dims.clone().ok_or_else(|| {
-                        err("needs `dims` (the axis order, e.g. [0, 2, 3, 1])".into())
-                    })?;
-                    let channels_last = match dims.iter().position(|&d| d == 1) {
-                        Some(p) => p + 1 == dims.len(),
-                        None => return Err(err("`dims` must contain the channel axis 1".into())),
-                    };
-                    if dims.first() != Some(&0) {
-                        return Err(err("`dims` must keep the batch axis 0 first".into()));
-                    }
-                    push(
-                        &mut layers,
-                        LayerKind::Permute { channels_last },
-                        r.save.clone(),
-                    )
-                }
-                "concat" | "cat" => push(&mut layers, LayerKind::Concat, r.save.clone()),
-                "slice" | "split" | "narrow" => {
-                    let (start, end) = match (&r.sizes, r.index, r.start, r.end) {
-                        (Some(sizes), Some(k), _, _) if k < sizes.len() => {
-                            let start: usize = sizes[..k].iter().sum();
-                            (start, start + sizes[k])
-                        }
-                        (None, _, Some(a), Some(b)) if a < b => (a, b),
-                        _ => return Err(err(
-                            "needs `start` < `end`, or `sizes` and an `index` below their count"
-                                .into(),
-                        )),
-                    };
-                    push(&mut layers, LayerKind::Slice { start, end }, r.save.clone())
-                }
-                "addbias" | "addconstant" => push(
-                    &mut layers,
-                    LayerKind::AddBias {
-                        bias: named(r.bias.clone(), "bias", "bias")?,
-                    },
-                    r.save.clone(),
-                ),
-                "mul" | "div" | "scale" => {
-                    match r.value {
-                        Some(v) if v.is_finite() && v != 0.0 => {}
-                        _ => {
-                            return Err(err(
-                                "needs a finite, nonzero constant `value` (a positive scale or its inverse)"
-                                    .into(),
-                            ))
-                        }
-                    }
-                    push(
-                        &mut layers,
-                        LayerKind::PassThrough(n.clone()),
-                        r.save.clone(),
-                    )
-                }
-                "batchnorm" | "batchnorm1d" | "batchnorm2d" | "batchnorm3d" => {
-                    let eps = r.eps.unwrap_or(1e-5);
-                    if !(eps.is_finite() && eps >= 0.0) {
-                        return Err(err(format!("`eps` must be finite and >= 0, got {eps}")));
-                    }
-                    push(
-                        &mut layers,
-                        LayerKind::BatchNorm {
-                            weight: opt(&r.weight, "weight"),
-                            bias: opt(&r.bias, "bias"),
-                            running_mean: named(
-                                r.running_mean.clone(),
-                                "running_mean",
-                                "running_mean",
-                            )?,
-                            running_var: named(
-                                r.running_var.clone(),
-                                "running_var",
-                                "running_var",
-                            )?,
-                            eps,
-                        },
-                        r.save.clone(),
-                    )
-                }
-                "add" => {
-                    if r.from.is_none() && r.inputs.as_ref().is_none_or(|i| i.len() < 2) {
-                        return Err(err(
-                            "needs `from` (a saved name or `input`) or at least two `inputs`"
-                                .into(),
-                        ));
-                    }
-                    push(
-                        &mut layers,
-                        LayerKind::Add {
-                            from: r.from.clone(),
-                        },
-                        r.save.clone(),
-                    )
-                }
-                "rnn" => {
-                    if r.bidirectional == Some(true) {
-                        return Err(err("bidirectional RNNs are not supported".into()));
-                    }
-                    let nonlinearity = match r.nonlinearity.as_deref().map(norm).as_deref() {
-                        None | Some("tanh") => RnnNonlinearity::Tanh,
-                        Some("relu") => RnnNonlinearity::Relu,
-                        Some(other) => {
-                            return Err(err(format!(
-                                "`nonlinearity` must be `tanh` or `relu`, got `{other}`"
-                            )))
-                        }
-                    };
-                    let explicit = r.weight_ih.is_some() || r.weight_hh.is_some();
-                    let count = r.num_layers.unwrap_or(1);
-                    if count == 0 || (explicit && count != 1) {
-                        return Err(err(
-                            "`num_layers` must be >= 1, and 1 with explicit tensor names".into(),
-                        ));
-                    }
-                    let first = r.layer.unwrap_or(0);
-                    for k in first..first + count {
-                        let name = |field: &Option<String>, stem: &str| -> Result<String, _> {
-                            match (field, &r.prefix) {
-                                (Some(f), _) => Ok(f.clone()),
-                                (None, Some(p)) => Ok(format!("{p}.{stem}_l{k}")),
-                                (None, None) => Err(err(format!("needs `{stem}` or `prefix`"))),
-                            }
-                        };
-                        let optional = |field: &Option<String>, stem: &str| {
-                            field
-                                .clone()
-                                .or_else(|| r.prefix.as_ref().map(|p| format!("{p}.{stem}_l{k}")))
-                        };
-                        let save = if k + 1 == first + count {
-                            r.save.clone()
-                        } else {
-                            None
-                        };
-                        push(
-                            &mut layers,
-                            LayerKind::Rnn {
-                                weight_ih: name(&r.weight_ih, "weight_ih")?,
-                                weight_hh: name(&r.weight_hh, "weight_hh")?,
-                                bias_ih: optional(&r.bias_ih, "bias_ih"),
-                                bias_hh: optional(&r.bias_hh, "bias_hh"),
-                                bias_optional: r.bias_ih.is_none() && r.bias_hh.is_none(),
-                                nonlinearity,
-                            },
-                            save,
-                        );
-                        // Only the first layer reads the given inputs; only the last is named.
-                        if let Some(l) = layers.last_mut() {
-                            if k > first {
-                                l.inputs = None;
-                            }
-                            if k + 1 < first + count {
-                                l.name = None;
-                            }
-                        }
-                    }
-                }
-                "fixed" => {
-                    let kind =
-                        r.op.as_deref()
-                            .map_or("fixed".into(), |o| format!("fixed ({o})"));
-                    push(&mut layers, LayerKind::Fixed(kind), r.save.clone())
-                }
-                other if PASS.contains(&other) => push(
-                    &mut layers,
-                    LayerKind::PassThrough(other.to_string()),
-                    r.save.clone(),
-                ),
-                other if FIXED.contains(&other) => push(
-                    &mut layers,
-                    LayerKind::Fixed(other.to_string()),
-                    r.save.clone(),
-                ),
-                _ => return Err(ArchError::UnknownType { index, name: ty }),
+            let spec = LayerSpec::new(index, v)?;
+            if spec.n == "rnn" {
+                spec.rnn(&mut layers)?;
+            } else {
+                let kind = spec.kind()?;
+                layers.push(spec.layer(kind, spec.r.save.clone()));
             }
         }
         Ok(Architecture {
@@ -1249,5 +1258,131 @@ impl Architecture {
             "the architecture has no layer with weights reading the input (give `input_size`)"
                 .into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of the error `from_json` gives for a description with the single layer
+    /// `layer`.
+    fn error(layer: &str) -> String {
+        Architecture::from_json(&format!(r#"{{"layers": [{layer}]}}"#))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn every_layer_check_names_the_layer_and_the_problem() {
+        let cases = [
+            (r#"{"prefix": "a"}"#, "layer 0 (``): missing string field `type`"),
+            (r#"{"type": "linear"}"#, "layer 0 (`linear`): needs `weight` or `prefix`"),
+            (r#"{"type": "conv2d", "prefix": "c", "groups": 0}"#, "layer 0 (`conv2d`): `groups` must be at least 1"),
+            (r#"{"type": "permute"}"#, "layer 0 (`permute`): needs `dims` (the axis order, e.g. [0, 2, 3, 1])"),
+            (r#"{"type": "permute", "dims": [0, 2, 3]}"#, "layer 0 (`permute`): `dims` must contain the channel axis 1"),
+            (r#"{"type": "permute", "dims": [2, 0, 1]}"#, "layer 0 (`permute`): `dims` must keep the batch axis 0 first"),
+            (r#"{"type": "slice", "start": 3, "end": 3}"#, "layer 0 (`slice`): needs `start` < `end`, or `sizes` and an `index` below their count"),
+            (r#"{"type": "split", "sizes": [2, 2], "index": 2}"#, "layer 0 (`split`): needs `start` < `end`, or `sizes` and an `index` below their count"),
+            (r#"{"type": "add_bias"}"#, "layer 0 (`add_bias`): needs `bias` or `prefix`"),
+            (r#"{"type": "mul", "value": 0.0}"#, "layer 0 (`mul`): needs a finite, nonzero constant `value` (a positive scale or its inverse)"),
+            (r#"{"type": "batch_norm2d", "prefix": "bn", "eps": -1.0}"#, "layer 0 (`batch_norm2d`): `eps` must be finite and >= 0, got -1"),
+            (r#"{"type": "batchnorm", "running_mean": "m"}"#, "layer 0 (`batchnorm`): needs `running_var` or `prefix`"),
+            (r#"{"type": "add", "inputs": ["a"]}"#, "layer 0 (`add`): needs `from` (a saved name or `input`) or at least two `inputs`"),
+            (r#"{"type": "rnn", "prefix": "r", "bidirectional": true}"#, "layer 0 (`rnn`): bidirectional RNNs are not supported"),
+            (r#"{"type": "rnn", "prefix": "r", "nonlinearity": "gelu"}"#, "layer 0 (`rnn`): `nonlinearity` must be `tanh` or `relu`, got `gelu`"),
+            (r#"{"type": "rnn", "prefix": "r", "num_layers": 0}"#, "layer 0 (`rnn`): `num_layers` must be >= 1, and 1 with explicit tensor names"),
+            (r#"{"type": "rnn", "weight_ih": "a", "weight_hh": "b", "num_layers": 2}"#, "layer 0 (`rnn`): `num_layers` must be >= 1, and 1 with explicit tensor names"),
+            (r#"{"type": "rnn", "weight_ih": "a"}"#, "layer 0 (`rnn`): needs `weight_hh` or `prefix`"),
+        ];
+        for (layer, message) in cases {
+            assert_eq!(error(layer), message, "{layer}");
+        }
+        assert!(error(r#"{"type": "lstm"}"#).starts_with("layer 0: unknown layer type `lstm`"));
+    }
+
+    #[test]
+    fn layer_kinds_from_names_and_prefixes() {
+        let a = Architecture::from_json(
+            r#"{"layers": [
+                {"type": "Conv2d", "prefix": "c", "groups": 2, "save": "s"},
+                {"type": "ConvTranspose1d", "weight": "t.w", "bias": "t.b"},
+                {"type": "permute", "dims": [0, 2, 3, 1]},
+                {"type": "narrow", "sizes": [2, 3, 4], "index": 1},
+                {"type": "scale", "value": 2.0},
+                {"type": "BatchNorm1d", "prefix": "bn"},
+                {"type": "fixed", "op": "erf"},
+                {"type": "MatMul", "weight": "m"}]}"#,
+        )
+        .unwrap();
+        let kinds: Vec<&LayerKind> = a.layers.iter().map(|l| &l.kind).collect();
+        let conv =
+            |dims, transposed, weight: &str, bias: &str, bias_optional, groups| LayerKind::Conv {
+                dims,
+                transposed,
+                weight: weight.into(),
+                bias: Some(bias.into()),
+                bias_optional,
+                groups,
+            };
+        assert_eq!(kinds[0], &conv(2, false, "c.weight", "c.bias", true, 2));
+        assert_eq!(a.layers[0].save.as_deref(), Some("s"));
+        assert_eq!(kinds[1], &conv(1, true, "t.w", "t.b", false, 1));
+        assert_eq!(
+            kinds[2],
+            &LayerKind::Permute {
+                channels_last: true
+            }
+        );
+        assert_eq!(kinds[3], &LayerKind::Slice { start: 2, end: 5 });
+        assert_eq!(kinds[4], &LayerKind::PassThrough("scale".into()));
+        assert_eq!(
+            kinds[5],
+            &LayerKind::BatchNorm {
+                weight: Some("bn.weight".into()),
+                bias: Some("bn.bias".into()),
+                running_mean: "bn.running_mean".into(),
+                running_var: "bn.running_var".into(),
+                eps: 1e-5,
+            }
+        );
+        assert_eq!(kinds[6], &LayerKind::Fixed("fixed (erf)".into()));
+        assert_eq!(
+            kinds[7],
+            &LayerKind::Linear {
+                weight: "m".into(),
+                in_major: true,
+                bias: None,
+                bias_optional: true,
+            }
+        );
+    }
+
+    #[test]
+    fn stacked_rnn_layers_share_the_entry_as_documented() {
+        let a = Architecture::from_json(
+            r#"{"layers": [{"type": "rnn", "prefix": "r", "num_layers": 3, "layer": 1,
+                "name": "rec", "inputs": ["input"], "save": "h"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.layers.len(), 3);
+        for (j, l) in a.layers.iter().enumerate() {
+            let k = j + 1;
+            assert_eq!(
+                l.kind,
+                LayerKind::Rnn {
+                    weight_ih: format!("r.weight_ih_l{k}"),
+                    weight_hh: format!("r.weight_hh_l{k}"),
+                    bias_ih: Some(format!("r.bias_ih_l{k}")),
+                    bias_hh: Some(format!("r.bias_hh_l{k}")),
+                    bias_optional: true,
+                    nonlinearity: RnnNonlinearity::Tanh,
+                }
+            );
+            let (first, last) = (j == 0, j == 2);
+            assert_eq!(l.inputs.is_some(), first, "layer {j} inputs");
+            assert_eq!(l.name.is_some(), last, "layer {j} name");
+            assert_eq!(l.save.is_some(), last, "layer {j} save");
+        }
     }
 }

@@ -2,13 +2,108 @@
 //! `Value`. Numbers go through `serde_json`'s own formatter (shortest round-trip form for floats),
 //! so the bytes are those `serde_json` writes for the same document.
 
-use super::{activation_to_json, edge_form, Field, JsonNetwork, NeuronForm};
+use super::doc::{edge_form, Field, JsonError, JsonNetwork, NeuronForm};
+use super::values::activation_to_json;
+use crate::io::atomic;
 use crate::network::Network;
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter};
 use serde_json::Value;
 use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes `doc` with the weights and biases of `net` to `path` atomically (temporary file in the
+/// same directory, fsync, rename): on error an existing file at `path` is left untouched. The
+/// network is checked against the document first, so nothing is written when it does not fit.
+pub fn write_network(
+    path: impl AsRef<Path>,
+    doc: &JsonNetwork,
+    net: &Network,
+) -> Result<(), JsonError> {
+    doc.check(net)?;
+    atomic::write_with(path.as_ref(), |w| doc.write_checked(net, w))?;
+    Ok(())
+}
+
+impl JsonNetwork {
+    /// The document as a `serde_json::Value` (key order preserved): what
+    /// [`JsonNetwork::to_string_with`] writes for the network read, parsed. It is built on demand;
+    /// reading and writing never hold it.
+    pub fn document(&self) -> Value {
+        self.patched(&self.network)
+            .expect("the document's own network always fits it")
+    }
+
+    /// The document with the weights and biases of `net` as a `serde_json::Value` (see
+    /// [`JsonNetwork::to_string_with`]).
+    pub fn patched(&self, net: &Network) -> Result<Value, JsonError> {
+        let text = self.to_string_with(net)?;
+        Ok(serde_json::from_str(&text).expect("the writer emits valid JSON"))
+    }
+
+    /// The document with the weights and biases of `net`, which must have the document's
+    /// structure (same neuron count, same edges in the same order). Values that did not change
+    /// keep their spelling; a neuron without `bias` gets one (as its last field) only if its bias
+    /// became nonzero. Every other field is kept as it was. Layout: the top-level object with one
+    /// key per line and, for arrays such as `neurons` and `edges`, one element per line (compact
+    /// JSON inside).
+    pub fn to_string_with(&self, net: &Network) -> Result<String, JsonError> {
+        self.check(net)?;
+        let mut out = Vec::new();
+        self.write_checked(net, &mut out)
+            .expect("writing to memory cannot fail");
+        Ok(String::from_utf8(out).expect("the writer emits UTF-8"))
+    }
+
+    /// Checks that `net` can be written with this document: the same structure, and every weight
+    /// and bias that changed is finite (edges first, then neurons). [`write_network`] and
+    /// [`JsonNetwork::to_string_with`] do this before writing anything.
+    pub fn check(&self, net: &Network) -> Result<(), JsonError> {
+        let old = &self.network;
+        if net.num_neurons() != old.num_neurons() || net.num_edges() != old.num_edges() {
+            return Err(JsonError::Mismatch(format!(
+                "{} neurons and {} edges given, the document has {} and {}",
+                net.num_neurons(),
+                net.num_edges(),
+                old.num_neurons(),
+                old.num_edges()
+            )));
+        }
+        let (same_src, same_dst) = (
+            net.sources() == old.sources(),
+            net.targets() == old.targets(),
+        );
+        if !(same_src && same_dst) {
+            let e = (0..net.num_edges())
+                .find(|&e| net.edge(e) != old.edge(e))
+                .unwrap_or(0);
+            return Err(JsonError::Mismatch(format!(
+                "edge {e} is {:?} in the network but {:?} in the document",
+                net.edge(e),
+                old.edge(e)
+            )));
+        }
+        let changed_non_finite = |new: &[f64], old: &[f64]| {
+            new.iter()
+                .zip(old)
+                .position(|(x, y)| x.to_bits() != y.to_bits() && !x.is_finite())
+        };
+        if let Some(e) = changed_non_finite(net.weights(), old.weights()) {
+            return Err(JsonError::NonFinite {
+                at: format!("edges[{e}][2]"),
+                value: net.weights()[e],
+            });
+        }
+        if let Some(i) = changed_non_finite(net.biases(), old.biases()) {
+            return Err(JsonError::NonFinite {
+                at: format!("neurons[{i}].bias"),
+                value: net.biases()[i],
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Output is collected in memory and handed to the writer in chunks of about this size.
 const CHUNK: usize = 1 << 16;

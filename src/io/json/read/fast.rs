@@ -8,8 +8,9 @@
 //! on both paths: rows are added by the same [`Edges::add`] and the whole is checked by the same
 //! [`Top::finish`].
 
-use super::{Edges, Expect, Found, NeuronsBody, Row, Top, EXACT_INT};
-use crate::io::json::edge_form;
+use super::parts::{Edges, Found, Neurons, Row, Top, EXACT_INT};
+use super::visit::{Expect, NeuronsBody};
+use crate::io::json::doc::edge_form;
 use rayon::prelude::*;
 use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
@@ -95,7 +96,7 @@ pub(super) fn parse(text: &str) -> Option<Top> {
 }
 
 /// The `neurons` array from its text, as the general reader reads it.
-fn neurons(text: &str) -> Option<Found<super::Neurons>> {
+fn neurons(text: &str) -> Option<Found<Neurons>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let found = Expect(NeuronsBody).deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -320,7 +321,7 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// One row `[from, to, weight]` or `[from, to, weight, alpha]` that [`super::typed_row`]
+    /// One row `[from, to, weight]` or `[from, to, weight, alpha]` that [`typed_row`](super::parts::typed_row)
     /// would accept with the same result: integer indices, `alpha ≥ 0`, integer weights and
     /// alphas within ±2^53 (larger ones are left to the general reader).
     fn row(&mut self) -> Option<Row> {
