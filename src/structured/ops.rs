@@ -308,6 +308,10 @@ pub(crate) struct Engine<'s, 'a> {
     pub passes: usize,
     /// Use at most one thread.
     pub sequential: bool,
+    /// Passes that ran on more than one thread (for the tests of the routing by size).
+    pub parallel_passes: usize,
+    /// The block groups of the last pass's thread count ([`block_groups`]).
+    groups: Option<(usize, Option<Vec<(usize, usize)>>)>,
     /// Per block: its tasks `tasks[t0..t1]`.
     block_tasks: Vec<(usize, usize)>,
     /// Per variable: its contributions `contrib[contrib_ptr[v]..contrib_ptr[v + 1]]`, in the
@@ -395,6 +399,8 @@ impl<'s, 'a> Engine<'s, 'a> {
             unary_power,
             passes: 0,
             sequential: false,
+            parallel_passes: 0,
+            groups: None,
             block_tasks,
             contrib_ptr: vec![0; n + 1],
             contrib: Vec::new(),
@@ -484,10 +490,50 @@ impl<'s, 'a> Engine<'s, 'a> {
         }
     }
 
+    /// Threads a pass or a reduction runs on: 1 when `sequential`, else the rayon pool's.
+    fn threads(&self) -> usize {
+        if self.sequential {
+            1
+        } else {
+            rayon::current_num_threads()
+        }
+    }
+
     /// One pass over every block: the line factors, the line sums `w.sides` of every dense
     /// block (their `ln`) and the terms of the sparse blocks.
+    ///
+    /// When the blocks split into one contiguous group per thread with at most
+    /// [`GROUP_SLACK`] more terms than an equal share ([`block_groups`]; always on one
+    /// thread), the pass is one parallel region: each group runs, block after block, the line
+    /// factors, the tasks and the line logs of its blocks (one synchronisation per pass, and
+    /// each thread reads the same blocks pass after pass). Otherwise (a few large blocks: every
+    /// task of a large block is needed to keep two threads busy) the three steps run as three
+    /// parallel regions over blocks, tasks and blocks. Both compute every block with the same
+    /// operations in the same order, so the sums are bit for bit the same.
     fn line_sums(&mut self, x: &[f64]) {
         self.passes += 1;
+        let threads = self.threads();
+        if threads > 1 {
+            self.parallel_passes += 1;
+        }
+        if self.groups.as_ref().is_none_or(|g| g.0 != threads) {
+            self.groups = Some((threads, block_groups(&self.st.blocks, threads)));
+        }
+        match self.groups.take() {
+            Some((t, Some(groups))) => {
+                self.grouped_pass(x, &groups);
+                self.groups = Some((t, Some(groups)));
+            }
+            other => {
+                self.groups = other;
+                self.split_pass(x);
+            }
+        }
+    }
+
+    /// The pass of [`Engine::line_sums`] as three regions: line factors per block, sums per
+    /// task, line logs per block.
+    fn split_pass(&mut self, x: &[f64]) {
         let deg = &self.st.degree;
         self.each_dense(|_, d, w| line_factors(d, w, x, deg));
         self.run_tasks(|t, tw, blk, w| match blk {
@@ -506,7 +552,52 @@ impl<'s, 'a> Engine<'s, 'a> {
         self.block_tasks = bt;
     }
 
+    /// The pass of [`Engine::line_sums`] as one region over the block groups `groups`
+    /// (`(first block, end block)`, contiguous, in block order).
+    fn grouped_pass(&mut self, x: &[f64], groups: &[(usize, usize)]) {
+        let (blocks, deg) = (&self.st.blocks, &self.st.degree);
+        let (tasks, bt) = (&self.tasks, &self.block_tasks);
+        // split the block and task scratch into the groups' disjoint ranges
+        let mut parts = Vec::with_capacity(groups.len());
+        let (mut bw, mut tw) = (&mut self.bw[..], &mut self.tw[..]);
+        for &(b0, b1) in groups {
+            let nt = bt[b1 - 1].1 - bt[b0].0;
+            let (gb, rb) = std::mem::take(&mut bw).split_at_mut(b1 - b0);
+            let (gt, rt) = std::mem::take(&mut tw).split_at_mut(nt);
+            parts.push((b0, gb, gt));
+            (bw, tw) = (rb, rt);
+        }
+        let group = |(b0, gb, gt): (usize, &mut [BlockWork], &mut [TaskWork])| {
+            let t0 = bt[b0].0;
+            for (i, w) in gb.iter_mut().enumerate() {
+                let (t_lo, t_hi) = bt[b0 + i];
+                let tws = &mut gt[t_lo - t0..t_hi - t0];
+                match &blocks[b0 + i] {
+                    Block::Dense(d) => {
+                        line_factors(d, w, x, deg);
+                        for (t, tw) in tasks[t_lo..t_hi].iter().zip(tws.iter_mut()) {
+                            dense_sums(d, t.a0, t.a1, w, tw);
+                        }
+                        finish_lines(d, w, &tasks[t_lo..t_hi], tws);
+                    }
+                    Block::Sparse(s) => tws.iter_mut().for_each(|tw| sparse_terms(s, deg, x, tw)),
+                }
+            }
+        };
+        if parts.len() == 1 {
+            parts.into_iter().for_each(group);
+        } else {
+            parts.into_par_iter().with_max_len(1).for_each(group);
+        }
+    }
+
     /// Gathers the per-line sums into per-variable flows (per variable: maxima, then sums).
+    ///
+    /// With one power on several threads, one parallel region over one contiguous range of
+    /// variables per thread computes each variable's flows and then its gradient parts (they
+    /// read only that variable's flows); otherwise the flows of every power, then the gradient
+    /// parts, each over ranges of at least [`VARS_PER_TASK`] variables. The same operations
+    /// per variable either way.
     fn reduce_flows(&self, x: &[f64], fl: &mut Flows) {
         let st = self.st;
         let n = st.num_vars();
@@ -514,6 +605,31 @@ impl<'s, 'a> Engine<'s, 'a> {
         let neg = f64::NEG_INFINITY;
         fl.ln_in.resize(n * np, neg);
         fl.ln_out.resize(n * np, neg);
+        fl.ln_gp.resize(n, neg);
+        fl.ln_gm.resize(n, neg);
+        fl.ln_hd.resize(n, neg);
+        let threads = self.threads();
+        if np == 1 && threads > 1 {
+            let per = n.div_ceil(threads).max(1);
+            let body = |(k, ((((ins, outs), gp), gm), hd)): (usize, VarOut<'_>)| {
+                for j in 0..ins.len() {
+                    let v = k * per + j;
+                    let (i, o) = self.var_ln(x, v, 0);
+                    (ins[j], outs[j]) = (i, o);
+                    (gp[j], gm[j], hd[j]) = self.gradient_parts(x, v, |_| (i, o));
+                }
+            };
+            fl.ln_in
+                .par_chunks_mut(per)
+                .zip(fl.ln_out.par_chunks_mut(per))
+                .zip(fl.ln_gp.par_chunks_mut(per))
+                .zip(fl.ln_gm.par_chunks_mut(per))
+                .zip(fl.ln_hd.par_chunks_mut(per))
+                .enumerate()
+                .for_each(body);
+            fl.ln_f = self.ln_cost(x);
+            return;
+        }
         for qi in 0..np {
             let ins = &mut fl.ln_in[qi * n..(qi + 1) * n];
             let outs = &mut fl.ln_out[qi * n..(qi + 1) * n];
@@ -533,12 +649,9 @@ impl<'s, 'a> Engine<'s, 'a> {
                     .for_each(body);
             }
         }
-        fl.ln_gp.resize(n, neg);
-        fl.ln_gm.resize(n, neg);
-        fl.ln_hd.resize(n, neg);
         let (li, lo) = (&fl.ln_in, &fl.ln_out);
         let body = |(v, ((gp, gm), hd)): (usize, ((&mut f64, &mut f64), &mut f64))| {
-            (*gp, *gm, *hd) = self.gradient_parts(x, v, li, lo);
+            (*gp, *gm, *hd) = self.gradient_parts(x, v, |qi| (li[qi * n + v], lo[qi * n + v]));
         };
         let (gp, gm, hd) = (&mut fl.ln_gp, &mut fl.ln_gm, &mut fl.ln_hd);
         if self.sequential {
@@ -558,22 +671,20 @@ impl<'s, 'a> Engine<'s, 'a> {
         fl.ln_f = self.ln_cost(x);
     }
 
-    /// `(ln g⁺, ln g⁻, ln h)` of variable `v` from the flows `ln_in`, `ln_out` (indexed
-    /// `[qi·n + v]`) and its generic unary terms.
+    /// `(ln g⁺, ln g⁻, ln h)` of variable `v` from its flows `flows(qi) = (ln In_q, ln Out_q)`
+    /// and its generic unary terms.
     fn gradient_parts(
         &self,
         x: &[f64],
         v: usize,
-        ln_in: &[f64],
-        ln_out: &[f64],
+        flows: impl Fn(usize) -> (f64, f64),
     ) -> (f64, f64, f64) {
         let st = self.st;
-        let n = st.num_vars();
         let neg = f64::NEG_INFINITY;
         let lc = self.ln_degree[v];
         let (mut gp, mut gm, mut hd) = (neg, neg, neg);
         for (qi, &lq) in self.ln_powers.iter().enumerate() {
-            let (i, o) = (ln_in[qi * n + v], ln_out[qi * n + v]);
+            let (i, o) = flows(qi);
             gp = lse(gp, lq + i);
             gm = lse(gm, lc + lq + o);
             hd = lse(hd, 2.0 * lq + i);
@@ -1341,6 +1452,64 @@ fn map_in_order<T: Sync, R: Send>(
 /// depend on the number of threads).
 const VAR_CHUNK: usize = 4096;
 
+/// The outputs of one range of variables in [`Engine::reduce_flows`]: `ln In`, `ln Out`,
+/// `ln g⁺`, `ln g⁻`, `ln h`.
+type VarOut<'f> = (
+    (
+        ((&'f mut [f64], &'f mut [f64]), &'f mut [f64]),
+        &'f mut [f64],
+    ),
+    &'f mut [f64],
+);
+
+/// A group of [`block_groups`] may hold at most this fraction more terms than an equal share.
+pub(crate) const GROUP_SLACK: f64 = 0.125;
+
+/// Contiguous groups of blocks (`(first, end)`), one per thread, each with at most
+/// `(1 + GROUP_SLACK)·terms/threads` terms (a sparse block counts its terms, a dense block its
+/// `major·minor`): group `g` ends at the block boundary nearest to `(g + 1)/threads` of the
+/// terms. `None` when no such split exists (fewer blocks than threads, or a block too large).
+/// One thread: one group.
+pub(crate) fn block_groups(blocks: &[Block<'_>], threads: usize) -> Option<Vec<(usize, usize)>> {
+    if threads <= 1 {
+        return (!blocks.is_empty()).then(|| vec![(0, blocks.len())]);
+    }
+    if blocks.len() < threads {
+        return None;
+    }
+    let terms: Vec<f64> = blocks
+        .iter()
+        .map(|b| match b {
+            Block::Dense(d) => (d.major * d.minor) as f64,
+            Block::Sparse(s) => s.len() as f64,
+        })
+        .collect();
+    let total: f64 = terms.iter().sum();
+    let share = total / threads as f64;
+    let mut groups = Vec::with_capacity(threads);
+    let (mut b0, mut acc) = (0, 0.0);
+    for g in 0..threads {
+        let goal = share * (g + 1) as f64;
+        let mut b1 = b0;
+        // every remaining group keeps at least one block
+        let last = blocks.len() - (threads - 1 - g);
+        while b1 < last && (g + 1 == threads || acc + terms[b1] / 2.0 <= goal) {
+            acc += terms[b1];
+            b1 += 1;
+        }
+        if b1 == b0 {
+            return None;
+        }
+        groups.push((b0, b1));
+        b0 = b1;
+    }
+    let ok = groups.iter().all(|&(a, b)| {
+        let t: f64 = terms[a..b].iter().sum();
+        t <= (1.0 + GROUP_SLACK) * share
+    });
+    ok.then_some(groups)
+}
+
 /// The line factors of dense block `d` at `x` for the sides `w.sides`: `la_a`, `lb_b` (row
 /// side `p·(ln r_o + x_o)`, column side `−p·c_v·x_v`), their maxima (`0` when not finite) and
 /// `ea = e^{la − max la}`, `eb = e^{lb − max lb}`. The direct form reads `eb` only for the major
@@ -2102,6 +2271,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn grouped_and_split_passes_and_both_reductions_agree_bit_for_bit() {
+        let st = chain(2.0, 23, 37);
+        let x: Vec<f64> = (0..st.num_vars())
+            .map(|v| 0.1 * ((v * 5 % 13) as f64 - 6.0))
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut eng = Engine::new(&st);
+            let (mut a, mut b, mut c) = (Flows::default(), Flows::default(), Flows::default());
+            // one group (both blocks), then the three-region pass; the fused reduction
+            eng.grouped_pass(&x, &[(0, 2)]);
+            eng.reduce_flows(&x, &mut a);
+            eng.split_pass(&x);
+            eng.reduce_flows(&x, &mut b);
+            // the two-region reduction (one thread)
+            eng.sequential = true;
+            eng.reduce_flows(&x, &mut c);
+            for f in [&b, &c] {
+                assert_eq!(a.ln_in, f.ln_in);
+                assert_eq!(a.ln_out, f.ln_out);
+                assert_eq!(a.ln_gp, f.ln_gp);
+                assert_eq!(a.ln_gm, f.ln_gm);
+                assert_eq!(a.ln_hd, f.ln_hd);
+                assert_eq!(a.ln_f.to_bits(), f.ln_f.to_bits());
+            }
+            assert!(a.ln_in.iter().all(|v| v.is_finite()));
+        });
     }
 
     #[test]
