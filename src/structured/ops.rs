@@ -74,6 +74,26 @@ pub(crate) fn lse(a: f64, b: f64) -> f64 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
+/// Relative imbalance `|g⁺ − g⁻|/(g⁺ + g⁻) = |tanh((ln g⁺ − ln g⁻)/2)|` from `a = ln g⁺`,
+/// `b = ln g⁻` (0 when both vanish or are equal).
+#[inline]
+fn rel_of(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY && b == f64::NEG_INFINITY {
+        return 0.0;
+    }
+    if a == b {
+        return 0.0;
+    }
+    ((a - b) * 0.5).tanh().abs()
+}
+
+/// `(rel_of(a, b), (e^a − e^b)²)`: a variable's relative imbalance and squared gradient.
+#[inline]
+fn rel_sq(a: f64, b: f64) -> (f64, f64) {
+    let d = a.exp() - b.exp();
+    (rel_of(a, b), d * d)
+}
+
 /// `x^p` for the common exponents.
 #[derive(Clone, Copy, Debug)]
 enum Pow {
@@ -230,20 +250,39 @@ pub(crate) struct Flows {
     pub ln_hd: Vec<f64>,
     /// `ln F`.
     pub ln_f: f64,
+    /// Per variable, when the fused reduction of [`Engine::reduce_flows`] computed them with
+    /// the gradient parts (in its parallel region; empty otherwise): the relative imbalance
+    /// [`Flows::rel`] and `(g⁺ − g⁻)²`, so that [`Flows::max_rel`] and [`Flows::deficit`] are
+    /// folds of stored values (the same operations in the same order, so the same results).
+    pub rel_sq: Vec<(f64, f64)>,
 }
+
+/// Values below which a fold without transcendental functions (over the stored
+/// [`Flows::rel_sq`], or the maximum of the line sums in `ln F`) runs on one thread: a fold
+/// costs about a nanosecond per value, less than handing work to another thread.
+const FOLD_MIN_VARS: usize = 8 * VAR_CHUNK;
 
 impl Flows {
     /// Relative imbalance `|g⁺ − g⁻|/(g⁺ + g⁻)` of variable `v` (0 when both vanish).
     #[inline]
     pub(crate) fn rel(&self, v: usize) -> f64 {
-        let (a, b) = (self.ln_gp[v], self.ln_gm[v]);
-        if a == f64::NEG_INFINITY && b == f64::NEG_INFINITY {
-            return 0.0;
+        rel_of(self.ln_gp[v], self.ln_gm[v])
+    }
+
+    /// `(rel, (g⁺ − g⁻)²)` of variable `v`: from [`Flows::rel_sq`] when stored.
+    #[inline]
+    fn rel_sq_of(&self, v: usize) -> (f64, f64) {
+        if self.rel_sq.len() == self.ln_gp.len() {
+            self.rel_sq[v]
+        } else {
+            rel_sq(self.ln_gp[v], self.ln_gm[v])
         }
-        if a == b {
-            return 0.0;
-        }
-        ((a - b) * 0.5).tanh().abs()
+    }
+
+    /// Whether the folds over the variables run on one thread: one chunk, or stored values of
+    /// fewer than [`FOLD_MIN_VARS`] variables.
+    fn fold_sequentially(&self, chunks: usize) -> bool {
+        chunks < 2 || (self.rel_sq.len() == self.ln_gp.len() && self.rel_sq.len() < FOLD_MIN_VARS)
     }
 
     /// Maximum relative imbalance over the free variables (NaN if one is NaN), over chunks of
@@ -253,7 +292,7 @@ impl Flows {
             let mut m = 0.0f64;
             for (j, &fr) in f.iter().enumerate() {
                 if fr {
-                    let r = self.rel(k * VAR_CHUNK + j);
+                    let r = self.rel_sq_of(k * VAR_CHUNK + j).0;
                     if r.is_nan() {
                         return f64::NAN;
                     }
@@ -263,7 +302,7 @@ impl Flows {
             m
         };
         let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
-        let ms = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        let ms = map_in_order(self.fold_sequentially(chunks.len()), &chunks, |&c| chunk(c));
         ms.into_iter().fold(0.0, |a, b| {
             if a.is_nan() || b.is_nan() {
                 f64::NAN
@@ -280,15 +319,13 @@ impl Flows {
             let mut s = 0.0f64;
             for (j, &fr) in f.iter().enumerate() {
                 if fr {
-                    let v = k * VAR_CHUNK + j;
-                    let d = self.ln_gp[v].exp() - self.ln_gm[v].exp();
-                    s += d * d;
+                    s += self.rel_sq_of(k * VAR_CHUNK + j).1;
                 }
             }
             s
         };
         let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
-        let ss = map_in_order(chunks.len() < 2, &chunks, |&c| chunk(c));
+        let ss = map_in_order(self.fold_sequentially(chunks.len()), &chunks, |&c| chunk(c));
         ss.into_iter().fold(0.0, |a, b| a + b).min(f64::MAX)
     }
 }
@@ -611,12 +648,14 @@ impl<'s, 'a> Engine<'s, 'a> {
         let threads = self.threads();
         if np == 1 && threads > 1 {
             let per = n.div_ceil(threads).max(1);
-            let body = |(k, ((((ins, outs), gp), gm), hd)): (usize, VarOut<'_>)| {
+            fl.rel_sq.resize(n, (0.0, 0.0));
+            let body = |(k, (((((ins, outs), gp), gm), hd), rs)): (usize, VarOut<'_>)| {
                 for j in 0..ins.len() {
                     let v = k * per + j;
                     let (i, o) = self.var_ln(x, v, 0);
                     (ins[j], outs[j]) = (i, o);
                     (gp[j], gm[j], hd[j]) = self.gradient_parts(x, v, |_| (i, o));
+                    rs[j] = rel_sq(gp[j], gm[j]);
                 }
             };
             fl.ln_in
@@ -625,11 +664,13 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .zip(fl.ln_gp.par_chunks_mut(per))
                 .zip(fl.ln_gm.par_chunks_mut(per))
                 .zip(fl.ln_hd.par_chunks_mut(per))
+                .zip(fl.rel_sq.par_chunks_mut(per))
                 .enumerate()
                 .for_each(body);
             fl.ln_f = self.ln_cost(x);
             return;
         }
+        fl.rel_sq.clear();
         for qi in 0..np {
             let ins = &mut fl.ln_in[qi * n..(qi + 1) * n];
             let outs = &mut fl.ln_out[qi * n..(qi + 1) * n];
@@ -784,9 +825,13 @@ impl<'s, 'a> Engine<'s, 'a> {
             .collect();
         segs.push(&unary);
         let live = |s: &[f64]| s.iter().copied().filter(|&v| v != neg).fold(neg, f64::max);
-        let m = map_in_order(self.sequential, &segs, |s| live(s))
-            .into_iter()
-            .fold(st.ln_const, f64::max);
+        // a maximum costs about a nanosecond per value: one thread below FOLD_MIN_VARS values
+        let values: usize = segs.iter().map(|s| s.len()).sum();
+        let m = map_in_order(self.sequential || values < FOLD_MIN_VARS, &segs, |s| {
+            live(s)
+        })
+        .into_iter()
+        .fold(st.ln_const, f64::max);
         if m == neg {
             return neg;
         }
@@ -1453,13 +1498,16 @@ fn map_in_order<T: Sync, R: Send>(
 const VAR_CHUNK: usize = 4096;
 
 /// The outputs of one range of variables in [`Engine::reduce_flows`]: `ln In`, `ln Out`,
-/// `ln g⁺`, `ln g⁻`, `ln h`.
+/// `ln g⁺`, `ln g⁻`, `ln h`, `(rel, (g⁺ − g⁻)²)`.
 type VarOut<'f> = (
     (
-        ((&'f mut [f64], &'f mut [f64]), &'f mut [f64]),
+        (
+            ((&'f mut [f64], &'f mut [f64]), &'f mut [f64]),
+            &'f mut [f64],
+        ),
         &'f mut [f64],
     ),
-    &'f mut [f64],
+    &'f mut [(f64, f64)],
 );
 
 /// A group of [`block_groups`] may hold at most this fraction more terms than an equal share.
@@ -2303,6 +2351,13 @@ mod tests {
                 assert_eq!(a.ln_f.to_bits(), f.ln_f.to_bits());
             }
             assert!(a.ln_in.iter().all(|v| v.is_finite()));
+            // stored (fused reduction) and recomputed imbalances and deficit
+            assert_eq!(a.rel_sq.len(), st.num_vars());
+            assert!(c.rel_sq.is_empty());
+            let free = &st.free;
+            assert_eq!(a.max_rel(free).to_bits(), c.max_rel(free).to_bits());
+            assert_eq!(a.deficit(free).to_bits(), c.deficit(free).to_bits());
+            assert!(a.deficit(free) > 0.0);
         });
     }
 
