@@ -3,11 +3,12 @@
 //! the parallel colour sweep on the same problem, in one process, interleaved.
 //!
 //! ```text
-//! cargo run --release --example sweep_perf                 # bandwidth + every case
+//! cargo run --release --example sweep_perf                 # bandwidth + every case (0.1 M to 28 M)
 //! cargo run --release --example sweep_perf -- --bandwidth  # bandwidth only
 //! cargo run --release --example sweep_perf -- --case mlp:24:1024
 //! cargo run --release --example sweep_perf -- --threshold        # the size threshold
 //! cargo run --release --example sweep_perf -- --route parallel mlp:24:1024 10   # one route
+//! cargo run --release --example sweep_perf -- --reps 9 ...        # 9 repetitions (default 5)
 //! ```
 //!
 //! Bandwidth: the sum of a 256 MiB `f32` buffer (read only), each thread reading its own half
@@ -21,9 +22,11 @@
 //! sweep is taken between the observer's calls after sweep 1 and after the last sweep (building
 //! the blocks and the first pass are left out). Routes: `cyclic` (one variable at a time, one
 //! thread), `colour-1t` (the colour-class sweep on one thread) and `parallel` (the colour-class
-//! sweep on a two-thread pool). The runs of a case alternate between the routes [`REPS`] times;
-//! the table gives the median time per sweep and the speed-up of `parallel` over the fastest
-//! sequential route.
+//! sweep on a two-thread pool: the parallel code from `LOCAL_PARALLEL_MIN_TERMS` terms up, the
+//! one-thread code below). The runs of a case alternate between the routes [`REPS`] times; the
+//! table gives the median time per sweep and the speed-up of `parallel` over the fastest
+//! sequential route. `--threshold` sets the local threshold so that the one-thread code or the
+//! parallel code runs on the two-thread pool, per size.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

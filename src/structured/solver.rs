@@ -65,9 +65,12 @@ pub(crate) fn runs_sequentially(st: &Structured<'_>) -> bool {
 
 /// Below this many terms a colour-class sweep (the `parallel` local schedule, and the sweeps
 /// of Newton far from balance) runs on one thread whatever the pool (the default of
-/// [`set_local_parallel_min_terms`]); measured with `examples/sweep_perf -- --threshold`
-/// (docs/performance.md, "Parallel sweeps on the structured core").
-pub const LOCAL_PARALLEL_MIN_TERMS: usize = 200_000;
+/// [`set_local_parallel_min_terms`]). Chosen from `examples/sweep_perf -- --threshold` on the
+/// nearly idle machine (docs/performance.md, "Parallel sweeps on the structured core"): between
+/// 200,000 terms and 1 M the one-thread code's time per sweep was 0.89x–1.13x the two-thread
+/// code's, no consistent gain, so below 1 M a sweep runs on one thread (never slower than the
+/// sequential sweep: it is that sweep). Newton's passes keep [`PARALLEL_MIN_TERMS`].
+pub const LOCAL_PARALLEL_MIN_TERMS: usize = 1_000_000;
 
 /// The local threshold in force (see [`set_local_parallel_min_terms`]).
 static LOCAL_MIN_TERMS: AtomicUsize = AtomicUsize::new(LOCAL_PARALLEL_MIN_TERMS);
