@@ -19,7 +19,7 @@
 //! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
 //! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
 //! colour classes, each class at once over all blocks in parallel (on one thread below
-//! [`PARALLEL_MIN_TERMS`] terms). Every reduction runs in a fixed order, so one and two threads
+//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool). Every reduction runs in a fixed order, so one and two threads
 //! give identical results.
 //!
 //! Both run under the one driver ([`crate::driver`]), which owns the tolerance, the
@@ -44,15 +44,17 @@ use std::time::Instant;
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
 const SWEEP_ABOVE: f64 = 0.5;
 
-/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread (the
-/// default of [`set_parallel_min_terms`]).
+/// Below this many terms every pass of Newton (flows, products) runs on one thread (the
+/// default of [`set_parallel_min_terms`]); colour-class sweeps have their own threshold,
+/// [`LOCAL_PARALLEL_MIN_TERMS`].
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
 
 /// The threshold in force (see [`set_parallel_min_terms`]).
 static MIN_TERMS: AtomicUsize = AtomicUsize::new(PARALLEL_MIN_TERMS);
 
-/// Sets, for the whole process, the number of terms below which every pass runs on one thread
-/// (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the threshold.
+/// Sets, for the whole process, the number of terms below which every pass of Newton runs on
+/// one thread (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the
+/// threshold.
 #[doc(hidden)]
 pub fn set_parallel_min_terms(terms: usize) {
     MIN_TERMS.store(terms, Ordering::Relaxed);
