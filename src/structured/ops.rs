@@ -347,8 +347,10 @@ pub(crate) struct Engine<'s, 'a> {
     pub sequential: bool,
     /// Passes that ran on more than one thread (for the tests of the routing by size).
     pub parallel_passes: usize,
-    /// The block groups of the last pass's thread count ([`block_groups`]).
-    groups: Option<(usize, Option<Vec<(usize, usize)>>)>,
+    /// The thread count `groups` was computed for (0: not yet).
+    groups_threads: usize,
+    /// The block groups for `groups_threads` threads ([`block_groups`]).
+    groups: Option<Vec<(usize, usize)>>,
     /// Per block: its tasks `tasks[t0..t1]`.
     block_tasks: Vec<(usize, usize)>,
     /// Per variable: its contributions `contrib[contrib_ptr[v]..contrib_ptr[v + 1]]`, in the
@@ -437,6 +439,7 @@ impl<'s, 'a> Engine<'s, 'a> {
             passes: 0,
             sequential: false,
             parallel_passes: 0,
+            groups_threads: 0,
             groups: None,
             block_tasks,
             contrib_ptr: vec![0; n + 1],
@@ -553,18 +556,16 @@ impl<'s, 'a> Engine<'s, 'a> {
         if threads > 1 {
             self.parallel_passes += 1;
         }
-        if self.groups.as_ref().is_none_or(|g| g.0 != threads) {
-            self.groups = Some((threads, block_groups(&self.st.blocks, threads)));
+        if self.groups_threads != threads {
+            self.groups = block_groups(&self.st.blocks, threads);
+            self.groups_threads = threads;
         }
         match self.groups.take() {
-            Some((t, Some(groups))) => {
+            Some(groups) => {
                 self.grouped_pass(x, &groups);
-                self.groups = Some((t, Some(groups)));
+                self.groups = Some(groups);
             }
-            other => {
-                self.groups = other;
-                self.split_pass(x);
-            }
+            None => self.split_pass(x),
         }
     }
 
