@@ -3,11 +3,12 @@
 //! the parallel colour sweep on the same problem, in one process, interleaved.
 //!
 //! ```text
-//! cargo run --release --example sweep_perf                 # bandwidth + every case
+//! cargo run --release --example sweep_perf                 # bandwidth + every case (0.1 M to 28 M)
 //! cargo run --release --example sweep_perf -- --bandwidth  # bandwidth only
 //! cargo run --release --example sweep_perf -- --case mlp:24:1024
 //! cargo run --release --example sweep_perf -- --threshold        # the size threshold
 //! cargo run --release --example sweep_perf -- --route parallel mlp:24:1024 10   # one route
+//! cargo run --release --example sweep_perf -- --reps 9 ...        # 9 repetitions (default 5)
 //! ```
 //!
 //! Bandwidth: the sum of a 256 MiB `f32` buffer (read only), each thread reading its own half
@@ -21,9 +22,11 @@
 //! sweep is taken between the observer's calls after sweep 1 and after the last sweep (building
 //! the blocks and the first pass are left out). Routes: `cyclic` (one variable at a time, one
 //! thread), `colour-1t` (the colour-class sweep on one thread) and `parallel` (the colour-class
-//! sweep on a two-thread pool). The runs of a case alternate between the routes [`REPS`] times;
-//! the table gives the median time per sweep and the speed-up of `parallel` over the fastest
-//! sequential route.
+//! sweep on a two-thread pool: the parallel code from `LOCAL_PARALLEL_MIN_TERMS` terms up, the
+//! one-thread code below). The runs of a case alternate between the routes [`REPS`] times; the
+//! table gives the median time per sweep and the speed-up of `parallel` over the fastest
+//! sequential route. `--threshold` sets the local threshold so that the one-thread code or the
+//! parallel code runs on the two-thread pool, per size.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,10 +35,15 @@ use synbal::regularizer::Regularizer;
 use synbal::solve::{Method, Schedule, Settings, TraceEntry};
 use synbal::structured::memory::MemorySource;
 use synbal::structured::spec::{ElementType, Layout, ProblemSpec, UnitSet, WeightUse, FIXED};
-use synbal::structured::{set_parallel_min_terms, solve, PARALLEL_MIN_TERMS};
+use synbal::structured::{set_local_parallel_min_terms, solve, LOCAL_PARALLEL_MIN_TERMS};
 
-/// Repetitions of every measurement (1 and 2 threads, or the routes, alternating).
-const REPS: usize = 5;
+/// Repetitions of every measurement (1 and 2 threads, or the routes, alternating); `--reps N`
+/// changes it.
+static REPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(5);
+
+fn reps() -> usize {
+    REPS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Elements of the bandwidth buffer (256 MiB of `f32`).
 const BUF: usize = 1 << 26;
@@ -90,7 +98,7 @@ fn bandwidth() {
     let ops = 400_000_000usize;
     let (mut bw, mut cp) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     let mut check = 0.0;
-    for _ in 0..REPS {
+    for _ in 0..reps() {
         for (k, threads) in [1usize, 2].into_iter().enumerate() {
             let (s, v) = timed(threads, |i, n| {
                 let len = BUF / n;
@@ -247,17 +255,17 @@ fn build(case: &str) -> Model {
 
 /// Seconds per sweep of `route` (sweeps 2..=`sweeps`), and the final imbalance.
 fn per_sweep(m: &Model, route: &str, sweeps: usize) -> (f64, f64) {
-    // `seq-code` and `par-code`: the colour sweep on two threads with the size threshold set so
-    // that the one-thread code runs (`seq-code`) or the parallel code runs (`par-code`)
+    // `seq-code` and `par-code`: the colour sweep on two threads with the local size threshold
+    // set so that the one-thread code runs (`seq-code`) or the parallel code runs (`par-code`)
     let (schedule, threads, min_terms) = match route {
-        "cyclic" => (Schedule::Cyclic, 1, PARALLEL_MIN_TERMS),
-        "colour-1t" => (Schedule::Parallel, 1, PARALLEL_MIN_TERMS),
-        "parallel" => (Schedule::Parallel, 2, PARALLEL_MIN_TERMS),
+        "cyclic" => (Schedule::Cyclic, 1, LOCAL_PARALLEL_MIN_TERMS),
+        "colour-1t" => (Schedule::Parallel, 1, LOCAL_PARALLEL_MIN_TERMS),
+        "parallel" => (Schedule::Parallel, 2, LOCAL_PARALLEL_MIN_TERMS),
         "seq-code" => (Schedule::Parallel, 2, usize::MAX),
         "par-code" => (Schedule::Parallel, 2, 0),
         _ => panic!("unknown route {route}"),
     };
-    set_parallel_min_terms(min_terms);
+    set_local_parallel_min_terms(min_terms);
     let settings = Settings {
         method: Method::Local(schedule),
         tol: 1e-300,
@@ -288,7 +296,7 @@ fn sweeps(case: &str) {
     let routes = ["cyclic", "colour-1t", "parallel"];
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); routes.len()];
     let mut imb = vec![0.0; routes.len()];
-    for _ in 0..REPS {
+    for _ in 0..reps() {
         for (k, r) in routes.iter().enumerate() {
             let (s, i) = per_sweep(&m, r, sweeps);
             t[k].push(s);
@@ -301,8 +309,13 @@ fn sweeps(case: &str) {
     } else {
         (med[1], routes[1])
     };
+    let code = if weights >= LOCAL_PARALLEL_MIN_TERMS {
+        "parallel"
+    } else {
+        "one-thread"
+    };
     println!(
-        "| {case} | {:.2} M | {sweeps} | {:.2} ms | {:.2} ms | {:.2} ms | {best_name} | {:.2}x | {:.1e} / {:.1e} |",
+        "| {case} | {:.2} M | {sweeps} | {:.2} ms | {:.2} ms | {:.2} ms ({code} code) | {best_name} | {:.2}x | {:.1e} / {:.1e} |",
         weights as f64 / 1e6,
         med[0] * 1e3,
         med[1] * 1e3,
@@ -338,7 +351,7 @@ fn threshold(cases: &[String]) {
         let weights: usize = m.spec.weights.iter().map(|w| w.layout.numel()).sum();
         let sweeps = (200_000_000 / weights.max(1)).clamp(4, 200);
         let (mut s, mut p) = (Vec::new(), Vec::new());
-        for _ in 0..REPS {
+        for _ in 0..reps() {
             s.push(per_sweep(&m, "seq-code", sweeps).0);
             p.push(per_sweep(&m, "par-code", sweeps).0);
         }
@@ -350,11 +363,16 @@ fn threshold(cases: &[String]) {
             s / p
         );
     }
-    set_parallel_min_terms(PARALLEL_MIN_TERMS);
+    set_local_parallel_min_terms(LOCAL_PARALLEL_MIN_TERMS);
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--reps") {
+        let n: usize = args[i + 1].parse().expect("a number of repetitions");
+        REPS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+        args.drain(i..i + 2);
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average at start: {}\n",
@@ -384,9 +402,18 @@ fn main() {
     let only_bw = args.iter().any(|a| a == "--bandwidth");
     let cases: Vec<String> = match args.iter().position(|a| a == "--case") {
         Some(i) => args[i + 1..].to_vec(),
-        None => ["mlp:24:1024", "vgg11", "mlp:16:256", "mlp:8:112"]
-            .map(String::from)
-            .to_vec(),
+        None => [
+            "mlp:8:112",
+            "mlp:8:160",
+            "mlp:8:256",
+            "mlp:16:256",
+            "mlp:8:512",
+            "mlp:20:512",
+            "mlp:24:1024",
+            "vgg11",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     if args.iter().all(|a| a != "--case") || only_bw {
         bandwidth();

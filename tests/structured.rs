@@ -426,6 +426,39 @@ fn identical_with_one_and_two_threads() {
     }
 }
 
+#[test]
+fn parallel_local_sweeps_are_identical_with_one_and_two_threads_above_the_local_threshold() {
+    // 374,400 terms: below the default local threshold, so the threshold is lowered to run the
+    // parallel code (a process-wide setting: it changes where other tests' sweeps run, not
+    // their results, which is what this test checks)
+    let net = random_mlp(&[16, 600, 600, 8], 16);
+    let reg = Regularizer::lp(2.0).unwrap();
+    synbal::structured::set_local_parallel_min_terms(0);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            synbal::balance_observed(
+                &net,
+                &reg,
+                &Settings {
+                    tol: 1e-12,
+                    ..Settings::with_method(Method::Local(Schedule::Parallel))
+                },
+                &mut NoObserver,
+            )
+            .unwrap()
+        })
+    };
+    let (a, b) = (run(1), run(2));
+    synbal::structured::set_local_parallel_min_terms(synbal::structured::LOCAL_PARALLEL_MIN_TERMS);
+    assert_eq!(a.log_scales, b.log_scales);
+    assert_eq!(a.iterations, b.iterations);
+    assert!(a.iterations > 0);
+}
+
 /// A spec with one use `layout` of tensor `t` from 4 input channels (fixed) to 4 free
 /// channels, and a Linear head to 2 fixed outputs.
 fn one_layer_spec(t: &str, layout: Layout) -> ProblemSpec {

@@ -34,8 +34,10 @@ mod store;
 pub use error::StructuredError;
 pub(crate) use network::balance_network;
 #[doc(hidden)]
+pub use solver::set_local_parallel_min_terms;
+#[doc(hidden)]
 pub use solver::set_parallel_min_terms;
-pub use solver::PARALLEL_MIN_TERMS;
+pub use solver::{LOCAL_PARALLEL_MIN_TERMS, PARALLEL_MIN_TERMS};
 
 use crate::regularizer::Regularizer;
 use crate::settings::{Method, Settings};

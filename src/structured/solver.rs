@@ -19,7 +19,7 @@
 //! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
 //! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
 //! colour classes, each class at once over all blocks in parallel (on one thread below
-//! [`PARALLEL_MIN_TERMS`] terms). Every reduction runs in a fixed order, so one and two threads
+//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool). Every reduction runs in a fixed order, so one and two threads
 //! give identical results.
 //!
 //! Both run under the one driver ([`crate::driver`]), which owns the tolerance, the
@@ -44,15 +44,17 @@ use std::time::Instant;
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
 const SWEEP_ABOVE: f64 = 0.5;
 
-/// Below this many terms every pass (flows, products, colour sweeps) runs on one thread (the
-/// default of [`set_parallel_min_terms`]).
+/// Below this many terms every pass of Newton (flows, products) runs on one thread (the
+/// default of [`set_parallel_min_terms`]); colour-class sweeps have their own threshold,
+/// [`LOCAL_PARALLEL_MIN_TERMS`].
 pub const PARALLEL_MIN_TERMS: usize = 200_000;
 
 /// The threshold in force (see [`set_parallel_min_terms`]).
 static MIN_TERMS: AtomicUsize = AtomicUsize::new(PARALLEL_MIN_TERMS);
 
-/// Sets, for the whole process, the number of terms below which every pass runs on one thread
-/// (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the threshold.
+/// Sets, for the whole process, the number of terms below which every pass of Newton runs on
+/// one thread (default [`PARALLEL_MIN_TERMS`]): for the benchmark harness that measures the
+/// threshold.
 #[doc(hidden)]
 pub fn set_parallel_min_terms(terms: usize) {
     MIN_TERMS.store(terms, Ordering::Relaxed);
@@ -63,8 +65,31 @@ pub(crate) fn runs_sequentially(st: &Structured<'_>) -> bool {
     st.num_terms() < MIN_TERMS.load(Ordering::Relaxed)
 }
 
-/// Fewest variables of a colour class per parallel task of its local steps.
-const VARS_PER_TASK: usize = 1024;
+/// Below this many terms a colour-class sweep (the `parallel` local schedule, and the sweeps
+/// of Newton far from balance) runs on one thread whatever the pool (the default of
+/// [`set_local_parallel_min_terms`]). Chosen from `examples/sweep_perf -- --threshold` on the
+/// nearly idle machine (docs/performance.md, "Parallel sweeps on the structured core"): between
+/// 200,000 terms and 1 M the one-thread code's time per sweep was 0.89x–1.13x the two-thread
+/// code's, no consistent gain, so below 1 M a sweep runs on one thread (never slower than the
+/// sequential sweep: it is that sweep). Newton's passes keep [`PARALLEL_MIN_TERMS`].
+pub const LOCAL_PARALLEL_MIN_TERMS: usize = 1_000_000;
+
+/// The local threshold in force (see [`set_local_parallel_min_terms`]).
+static LOCAL_MIN_TERMS: AtomicUsize = AtomicUsize::new(LOCAL_PARALLEL_MIN_TERMS);
+
+/// Sets, for the whole process, the number of terms below which a colour-class sweep runs on
+/// one thread (default [`LOCAL_PARALLEL_MIN_TERMS`]): for the benchmark harness that measures
+/// the threshold.
+#[doc(hidden)]
+pub fn set_local_parallel_min_terms(terms: usize) {
+    LOCAL_MIN_TERMS.store(terms, Ordering::Relaxed);
+}
+
+/// Whether a colour-class sweep over `terms` terms runs on one thread: fewer terms than
+/// `min_terms`, or a pool of one thread (then the one-thread code, without rayon's splitting).
+pub(crate) fn sweep_runs_sequentially(terms: usize, threads: usize, min_terms: usize) -> bool {
+    threads < 2 || terms < min_terms
+}
 
 /// The last Newton step aims at a predicted imbalance this factor below the tolerance.
 const FINAL_MARGIN: f64 = 0.01;
@@ -109,6 +134,9 @@ pub(crate) struct Core<'s, 'a> {
     pub tol: f64,
     /// When the time limit expires: CG stops early and the driver stops after the iteration.
     pub deadline: Option<Instant>,
+    /// Terms below which a colour-class sweep runs on one thread (see
+    /// [`set_local_parallel_min_terms`]).
+    pub local_min_terms: usize,
     max_p: f64,
     /// The maximum relative imbalance before the last full Newton step and whether that step
     /// was a full step (`t = 1`): with the imbalance after it, an estimate of the constant `C`
@@ -161,6 +189,7 @@ impl<'s, 'a> Core<'s, 'a> {
             sweeps: 0,
             tol: 1e-12,
             deadline: None,
+            local_min_terms: LOCAL_MIN_TERMS.load(Ordering::Relaxed),
             max_p,
             last_step: None,
         }
@@ -245,7 +274,18 @@ impl<'s, 'a> Core<'s, 'a> {
     /// Balances every colour class exactly, one class after the other (one pass each). The
     /// pass after a class computes only the line sums the next class needs (bit for bit what a
     /// full pass gives them); the pass after the last class computes every flow.
+    ///
+    /// What runs where: on one thread below `local_min_terms` terms or on a one-thread pool
+    /// ([`sweep_runs_sequentially`]); otherwise, per class, one parallel region for the local
+    /// steps (one contiguous range of the class per thread) and one for the pass after it
+    /// ([`Engine`]'s grouped pass when the blocks split evenly into one group per thread),
+    /// then, after the last class, one region for the per-variable flows and the cost's. The
+    /// steps and sums do not depend on the split, so one and two threads give the same state.
     pub(crate) fn colour_sweep(&mut self) {
+        let threads = rayon::current_num_threads();
+        let newton_sequential = self.eng.sequential;
+        self.eng.sequential =
+            sweep_runs_sequentially(self.st().num_terms(), threads, self.local_min_terms);
         let classes = std::mem::take(&mut self.classes);
         for (k, class) in classes.iter().enumerate() {
             // the first class reads the flows of the last full pass, the others the line
@@ -263,7 +303,7 @@ impl<'s, 'a> Core<'s, 'a> {
             } else {
                 class
                     .par_iter()
-                    .with_min_len(VARS_PER_TASK)
+                    .with_min_len(class.len().div_ceil(threads).max(1))
                     .map(step)
                     .collect()
             };
@@ -278,6 +318,7 @@ impl<'s, 'a> Core<'s, 'a> {
             }
         }
         self.classes = classes;
+        self.eng.sequential = newton_sequential;
     }
 
     /// The flows of one variable at the current `x`, evaluated afresh from its occurrences
@@ -755,6 +796,135 @@ pub(crate) fn cholesky_solve(l: &[f64], m: usize, b: &mut [f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::structured::ops::block_groups;
+    use crate::structured::store::{Dense, Elems};
+    use std::borrow::Cow;
+
+    /// A chain of `layers` row-major `f32` blocks of `width × width` between free variables
+    /// (fixed inputs and outputs), p = 2, pseudo-random magnitudes of a few scales.
+    fn chain(layers: usize, width: usize) -> Structured<'static> {
+        let mut seed = 99u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * (1 + seed % 7) as f32
+                })
+                .collect()
+        };
+        let vars = |l: usize| -> Vec<u32> {
+            if l == 0 || l == layers {
+                vec![FIXED; width]
+            } else {
+                ((l - 1) * width..l * width).map(|v| v as u32).collect()
+            }
+        };
+        let blocks = (0..layers)
+            .map(|l| {
+                let d = Dense::new(
+                    Elems::F32(Cow::Owned(rnd(width * width))),
+                    true,
+                    vars(l + 1),
+                    vars(l),
+                    None,
+                    1.0,
+                    2.0,
+                    format!("fc{l}"),
+                )
+                .unwrap();
+                Block::Dense(d)
+            })
+            .collect();
+        let n = (layers - 1) * width;
+        let mut st = Structured {
+            degree: vec![1.0; n],
+            free: vec![true; n],
+            blocks,
+            unary: Vec::new(),
+            ln_const: f64::NEG_INFINITY,
+            powers: Vec::new(),
+        };
+        crate::structured::build::finish_powers(&mut st);
+        st
+    }
+
+    /// `sweeps` colour sweeps on a pool of `threads` threads with the local threshold
+    /// `min_terms`: the log-scales, `ln F`, the relative imbalances and the parallel passes.
+    fn sweeps(
+        st: &Structured<'_>,
+        threads: usize,
+        min_terms: usize,
+        sweeps: usize,
+    ) -> (Vec<f64>, f64, Vec<f64>, usize) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let n = st.num_vars();
+            let mut core = Core::new(st, vec![0; n], 1);
+            core.local_min_terms = min_terms;
+            let before = core.eng.parallel_passes;
+            for _ in 0..sweeps {
+                core.colour_sweep();
+            }
+            let rel = (0..n).map(|v| core.fl.rel(v)).collect();
+            let par = core.eng.parallel_passes - before;
+            (core.x.clone(), core.fl.ln_f, rel, par)
+        })
+    }
+
+    #[test]
+    fn colour_sweeps_route_by_size_and_give_one_state_on_one_and_two_threads() {
+        // 6 equal blocks: one group of 3 blocks per thread (the grouped pass)
+        let st = chain(6, 48);
+        let terms = st.num_terms();
+        assert_eq!(block_groups(&st.blocks, 2), Some(vec![(0, 3), (3, 6)]));
+        let one = sweeps(&st, 1, 0, 5);
+        let below = sweeps(&st, 2, terms + 1, 5);
+        let above = sweeps(&st, 2, terms, 5);
+        // routing: 2 passes per sweep (2 colour classes) on two threads from the threshold up
+        assert_eq!(one.3, 0, "a one-thread pool runs the one-thread code");
+        assert_eq!(
+            below.3, 0,
+            "below the threshold the sweep runs on one thread"
+        );
+        assert_eq!(
+            above.3, 10,
+            "from the threshold up every pass runs on two threads"
+        );
+        // identical results whatever ran where
+        for r in [&below, &above] {
+            assert_eq!(one.0, r.0, "log-scales");
+            assert_eq!(one.1.to_bits(), r.1.to_bits(), "ln F");
+            assert_eq!(one.2, r.2, "relative imbalances");
+        }
+        assert!(one.0.iter().any(|&v| v != 0.0), "the sweeps moved");
+    }
+
+    #[test]
+    fn blocks_group_evenly_or_not_at_all() {
+        let st = chain(6, 48);
+        assert_eq!(block_groups(&st.blocks, 1), Some(vec![(0, 6)]));
+        assert_eq!(
+            block_groups(&st.blocks, 3),
+            Some(vec![(0, 2), (2, 4), (4, 6)])
+        );
+        assert_eq!(
+            block_groups(&st.blocks[..1], 2),
+            None,
+            "fewer blocks than threads"
+        );
+        // 1,600 and 40,000 terms: no split within 1/8 of an equal share
+        let (small, large) = (chain(2, 40), chain(2, 200));
+        let blocks = vec![
+            small.blocks.into_iter().next().unwrap(),
+            large.blocks.into_iter().next().unwrap(),
+        ];
+        assert_eq!(block_groups(&blocks, 2), None);
+    }
 
     #[test]
     fn cholesky_solves_spd_system() {
