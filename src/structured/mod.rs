@@ -34,6 +34,7 @@ mod store;
 pub use error::StructuredError;
 pub(crate) use network::balance_network;
 #[doc(hidden)]
+pub use solver::set_coarse_shift;
 pub use solver::set_parallel_min_terms;
 pub use solver::PARALLEL_MIN_TERMS;
 
