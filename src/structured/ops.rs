@@ -1153,7 +1153,7 @@ impl<'s, 'a> Engine<'s, 'a> {
         if st.ln_const > f64::NEG_INFINITY {
             groups.push(CoarseGroup::new(none, 0.0, none, 0.0, st.ln_const));
         }
-        groups.sort_by(|a, b| a.key().cmp(&b.key()));
+        groups.sort_by_key(|g| g.key());
         let mut merged: Vec<CoarseGroup> = Vec::with_capacity(groups.len());
         for g in groups {
             match merged.last_mut() {
