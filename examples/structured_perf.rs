@@ -312,6 +312,10 @@ fn child(case: &str, route: &str, threads: usize, trace: bool) {
     let reg = Regularizer::lp(2.0).unwrap();
     let method = match route {
         "newton" | "net-core" => Method::Newton,
+        "newton-shift" => {
+            synbal::structured::set_coarse_shift(true);
+            Method::Newton
+        }
         "parallel" | "colour-1t" => Method::Local(Schedule::Parallel),
         "cyclic" => Method::Local(Schedule::Cyclic),
         _ => panic!("unknown route {route}"),

@@ -36,6 +36,8 @@ pub(crate) use network::balance_network;
 #[doc(hidden)]
 pub use solver::set_local_parallel_min_terms;
 #[doc(hidden)]
+pub use solver::set_coarse_shift;
+#[doc(hidden)]
 pub use solver::set_parallel_min_terms;
 pub use solver::{LOCAL_PARALLEL_MIN_TERMS, PARALLEL_MIN_TERMS};
 

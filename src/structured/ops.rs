@@ -218,6 +218,45 @@ impl Sides {
     }
 }
 
+/// One group of terms of the cost as a function of the mode shifts (see
+/// [`Engine::coarse_groups`]): `A·e^{a_r·s_{m_r} + a_c·s_{m_c}}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CoarseGroup {
+    /// First mode (`u32::MAX`: none) and its slope.
+    pub m_r: u32,
+    pub a_r: f64,
+    /// Second mode and its slope.
+    pub m_c: u32,
+    pub a_c: f64,
+    /// `ln A`.
+    pub ln_a: f64,
+}
+
+impl CoarseGroup {
+    /// A group, with the slope of a missing mode set to 0 (so equal groups merge).
+    fn new(m_r: u32, a_r: f64, m_c: u32, a_c: f64, ln_a: f64) -> Self {
+        let (a_r, a_c) = (
+            if m_r == u32::MAX { 0.0 } else { a_r },
+            if m_c == u32::MAX { 0.0 } else { a_c },
+        );
+        let (m_r, m_c) = (
+            if a_r == 0.0 { u32::MAX } else { m_r },
+            if a_c == 0.0 { u32::MAX } else { m_c },
+        );
+        CoarseGroup {
+            m_r,
+            a_r,
+            m_c,
+            a_c,
+            ln_a,
+        }
+    }
+
+    fn key(&self) -> (u32, u32, u64, u64) {
+        (self.m_r, self.m_c, self.a_r.to_bits(), self.a_c.to_bits())
+    }
+}
+
 /// Range of the line maxima for which a dense block with `p ∈ {1, 2}` forms `|q|^p` directly:
 /// every non-empty line's maximum `M` has `1/RAW_RANGE ≤ M ≤ RAW_RANGE`, so its largest term
 /// `M^p` lies within `[1e-100, 1e100]`, far from the `f64` range limits even after the factors.
@@ -1176,6 +1215,181 @@ impl<'s, 'a> Engine<'s, 'a> {
                 }
             }
         }
+        true
+    }
+
+    /// The cost at the last full pass as a function of one shift `s_m` per mode (`x_v + s_{m(v)}`
+    /// for the free variables of mode `m`; fixed variables and variables of no mode do not
+    /// move): a list of groups `(m_r, a_r, m_c, a_c, ln A)` with
+    /// `F(x + V·s) = e^{ln_const} + Σ_g A_g·e^{a_r·s_{m_r} + a_c·s_{m_c}}` exactly (`u32::MAX`:
+    /// no shift). A dense block contributes its line sums on one side when every variable of
+    /// the other side has the same mode (or none) and degree: `A = Σ V` over the line,
+    /// `a_r = p`, `a_c = −p·c`; a sparse term is its own group; a unary term
+    /// `e^{ln K + s·x_v}` has `a_r = s`. Groups with the same modes and slopes are merged (their
+    /// `ln` sums added). `None` when some dense block mixes modes on both sides.
+    pub(crate) fn coarse_groups(&self, x: &[f64], mode: &[u32]) -> Option<Vec<CoarseGroup>> {
+        let st = self.st;
+        let none = u32::MAX;
+        let mv = |v: u32| {
+            if v == FIXED || !st.free[v as usize] {
+                none
+            } else {
+                mode[v as usize]
+            }
+        };
+        let deg = |v: u32| {
+            if mv(v) == none {
+                1.0
+            } else {
+                st.degree[v as usize]
+            }
+        };
+        let uniform = |vars: &[u32]| -> Option<(u32, f64)> {
+            let first = *vars.first()?;
+            let (m, c) = (mv(first), deg(first));
+            vars.iter()
+                .all(|&v| mv(v) == m && (m == none || deg(v) == c))
+                .then_some((m, c))
+        };
+        let mut groups = Vec::new();
+        for (b, w) in st.blocks.iter().zip(&self.bw) {
+            match b {
+                Block::Dense(d) => {
+                    // lines of side `major` (true) against the uniform other side
+                    let (by_major, (mu, cu)) =
+                        match (uniform(d.minor_vars()), uniform(d.major_vars())) {
+                            (Some(u), _) => (true, u),
+                            (None, Some(u)) => (false, u),
+                            _ => return None,
+                        };
+                    let (lines, sums) = if by_major {
+                        (d.major_vars(), &w.ln_major)
+                    } else {
+                        (d.minor_vars(), &w.ln_minor)
+                    };
+                    // whether the lines are the rows
+                    let lines_are_rows = by_major == d.rows_major;
+                    for (k, &v) in lines.iter().enumerate() {
+                        if sums[k] == f64::NEG_INFINITY {
+                            continue;
+                        }
+                        let (mr, mc, c) = if lines_are_rows {
+                            (mv(v), mu, cu)
+                        } else {
+                            (mu, mv(v), deg(v))
+                        };
+                        groups.push(CoarseGroup::new(mr, d.p, mc, -d.p * c, sums[k]));
+                    }
+                }
+                Block::Sparse(s) => {
+                    let terms = &self.tw[w.sparse_task].major;
+                    for e in 0..s.len() {
+                        if terms[e] == f64::NEG_INFINITY {
+                            continue;
+                        }
+                        let (r, c) = (s.row[e], s.col[e]);
+                        groups.push(CoarseGroup::new(mv(r), s.p, mv(c), -s.p * deg(c), terms[e]));
+                    }
+                }
+            }
+        }
+        for u in &st.unary {
+            let xv = if u.var == FIXED {
+                0.0
+            } else {
+                x[u.var as usize]
+            };
+            groups.push(CoarseGroup::new(
+                mv(u.var),
+                u.s,
+                none,
+                0.0,
+                u.ln_k + u.s * xv,
+            ));
+        }
+        if st.ln_const > f64::NEG_INFINITY {
+            groups.push(CoarseGroup::new(none, 0.0, none, 0.0, st.ln_const));
+        }
+        groups.sort_by_key(|g| g.key());
+        let mut merged: Vec<CoarseGroup> = Vec::with_capacity(groups.len());
+        for g in groups {
+            match merged.last_mut() {
+                Some(l) if l.key() == g.key() => l.ln_a = lse(l.ln_a, g.ln_a),
+                _ => merged.push(g),
+            }
+        }
+        Some(merged)
+    }
+
+    /// Moves the state of the last full pass to `x = x₀ + V·s` (`x` given, `s` one shift per
+    /// mode, see [`Engine::coarse_groups`]) without a pass, when every dense block has one mode
+    /// (or none) and one degree on each side: every term of such a block is multiplied by the
+    /// same `e^{δ}`, `δ = p·(s_{m_r} − c·s_{m_c})`, so its line sums move by `δ`; a sparse term
+    /// moves by its own `δ`; the line factors are recomputed at `x` and the flows gathered
+    /// again into `fl`. Returns `false` (and changes nothing) when some dense block mixes modes.
+    pub(crate) fn shift_modes(
+        &mut self,
+        x: &[f64],
+        mode: &[u32],
+        s: &[f64],
+        fl: &mut Flows,
+    ) -> bool {
+        let st = self.st;
+        let none = u32::MAX;
+        let mv = |v: u32| {
+            if v == FIXED || !st.free[v as usize] {
+                none
+            } else {
+                mode[v as usize]
+            }
+        };
+        let shift = |m: u32| if m == none { 0.0 } else { s[m as usize] };
+        let uniform = |vars: &[u32]| -> Option<(u32, f64)> {
+            let first = *vars.first()?;
+            let m = mv(first);
+            let c = if m == none {
+                1.0
+            } else {
+                st.degree[first as usize]
+            };
+            vars.iter()
+                .all(|&v| mv(v) == m && (m == none || st.degree[v as usize] == c))
+                .then_some((m, c))
+        };
+        let mut deltas = Vec::with_capacity(st.blocks.len());
+        for b in &st.blocks {
+            match b {
+                Block::Dense(d) => {
+                    let (Some((mr, _)), Some((mc, c))) = (uniform(&d.row_var), uniform(&d.col_var))
+                    else {
+                        return false;
+                    };
+                    deltas.push(d.p * (shift(mr) - c * shift(mc)));
+                }
+                Block::Sparse(_) => deltas.push(0.0),
+            }
+        }
+        let deg = &st.degree;
+        for ((b, w), delta) in st.blocks.iter().zip(self.bw.iter_mut()).zip(deltas) {
+            match b {
+                Block::Dense(d) => {
+                    for l in w.ln_major.iter_mut().chain(w.ln_minor.iter_mut()) {
+                        *l += delta;
+                    }
+                    w.sides = Sides::Both;
+                    line_factors(d, w, x, deg);
+                }
+                Block::Sparse(sp) => {
+                    let terms = &mut self.tw[w.sparse_task].major;
+                    for e in 0..sp.len() {
+                        let (r, c) = (sp.row[e], sp.col[e]);
+                        let cd = if mv(c) == none { 1.0 } else { deg[c as usize] };
+                        terms[e] += sp.p * (shift(mv(r)) - cd * shift(mv(c)));
+                    }
+                }
+            }
+        }
+        self.reduce_flows(x, fl);
         true
     }
 
@@ -2267,6 +2481,101 @@ mod tests {
         };
         crate::structured::build::finish_powers(&mut st);
         st
+    }
+
+    /// `ln G(s)` of the groups.
+    fn ln_groups(groups: &[CoarseGroup], s: &[f64]) -> f64 {
+        let e = |m: u32, a: f64| {
+            if m == u32::MAX {
+                0.0
+            } else {
+                a * s[m as usize]
+            }
+        };
+        groups
+            .iter()
+            .map(|g| (g.ln_a + e(g.m_r, g.a_r) + e(g.m_c, g.a_c)).exp())
+            .sum::<f64>()
+            .ln()
+    }
+
+    #[test]
+    fn coarse_groups_give_the_cost_at_shifted_points() {
+        // `small()` with modes {0, 1} → 0 and {2} → 1: the dense block's rows are one mode,
+        // its columns mix a fixed unit and both modes; the sparse terms and the bias each a
+        // group of their own
+        let st = small();
+        let mode = [0u32, 0, 1];
+        let x = [0.1, -0.3, 0.2];
+        let mut eng = Engine::new(&st);
+        let mut fl = Flows::default();
+        eng.flows(&x, &mut fl);
+        let groups = eng.coarse_groups(&x, &mode).unwrap();
+        assert!((ln_groups(&groups, &[0.0, 0.0]) - fl.ln_f).abs() < 1e-14);
+        let s = [0.3, -0.45];
+        let xs: Vec<f64> = (0..3).map(|v| x[v] + s[mode[v] as usize]).collect();
+        let mut fs = Flows::default();
+        eng.flows(&xs, &mut fs);
+        assert!((ln_groups(&groups, &s) - fs.ln_f).abs() < 1e-13);
+        // one mode per variable: both sides of the dense block mix modes
+        assert!(eng.coarse_groups(&x, &[0, 1, 2]).is_none());
+        // the columns mix modes, so the state cannot be shifted without a pass
+        eng.flows(&x, &mut fl);
+        assert!(!eng.shift_modes(&xs, &mode, &s, &mut fl));
+    }
+
+    #[test]
+    fn shifting_modes_matches_a_fresh_pass() {
+        let (rows, cols) = (5, 7);
+        let mut st = chain(2.0, rows, cols);
+        st.unary.push(Unary {
+            var: 1,
+            ln_k: 0.3f64.ln(),
+            s: 2.0,
+            bias: true,
+        });
+        let mode: Vec<u32> = (0..rows + cols).map(|v| (v >= rows) as u32).collect();
+        let x: Vec<f64> = (0..rows + cols).map(|v| 0.05 * v as f64 - 0.2).collect();
+        let s = [0.4, -0.25];
+        let xs: Vec<f64> = x
+            .iter()
+            .zip(&mode)
+            .map(|(x, &m)| x + s[m as usize])
+            .collect();
+        let mut eng = Engine::new(&st);
+        let mut fl = Flows::default();
+        eng.flows(&x, &mut fl);
+        let groups = eng.coarse_groups(&x, &mode).unwrap();
+        // one group per pair of modes: the first block and the bias (mode 0 against nothing,
+        // slope 2) merge, the second block (mode 1 against mode 0)
+        assert_eq!(groups.len(), 2);
+        let passes = eng.passes;
+        assert!(eng.shift_modes(&xs, &mode, &s, &mut fl));
+        assert_eq!(eng.passes, passes);
+        let mut fresh = Flows::default();
+        let mut eng2 = Engine::new(&st);
+        eng2.flows(&xs, &mut fresh);
+        assert!((fl.ln_f - fresh.ln_f).abs() < 1e-13);
+        assert!((ln_groups(&groups, &s) - fresh.ln_f).abs() < 1e-13);
+        for v in 0..rows + cols {
+            for (a, b) in [
+                (fl.ln_gp[v], fresh.ln_gp[v]),
+                (fl.ln_gm[v], fresh.ln_gm[v]),
+                (fl.ln_hd[v], fresh.ln_hd[v]),
+            ] {
+                assert!(a == b || (a - b).abs() < 1e-13, "{v}: {a} vs {b}");
+            }
+        }
+        // the Hessian products at the shifted state are those of a fresh pass
+        eng.prepare_hessian(&fl, &xs);
+        eng2.prepare_hessian(&fresh, &xs);
+        let y: Vec<f64> = (0..rows + cols).map(|v| (v as f64).sin()).collect();
+        let (mut o1, mut o2) = (vec![0.0; rows + cols], vec![0.0; rows + cols]);
+        eng.apply_s(&y, &mut o1);
+        eng2.apply_s(&y, &mut o2);
+        for v in 0..rows + cols {
+            assert!((o1[v] - o2[v]).abs() < 1e-13 * (1.0 + o2[v].abs()));
+        }
     }
 
     #[test]
