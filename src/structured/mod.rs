@@ -34,9 +34,9 @@ mod store;
 pub use error::StructuredError;
 pub(crate) use network::balance_network;
 #[doc(hidden)]
-pub use solver::set_local_parallel_min_terms;
-#[doc(hidden)]
 pub use solver::set_coarse_shift;
+#[doc(hidden)]
+pub use solver::set_local_parallel_min_terms;
 #[doc(hidden)]
 pub use solver::set_parallel_min_terms;
 pub use solver::{LOCAL_PARALLEL_MIN_TERMS, PARALLEL_MIN_TERMS};
