@@ -46,7 +46,7 @@
 //! the passes resume on the rebuilt graph; when the ground-free part has become acyclic, the
 //! ground-DAG programmes finish.
 
-use super::{
+use super::contract::{
     contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
     Csr, Merged, QEdge,
 };
