@@ -397,30 +397,35 @@ fn spec_errors_name_the_tensor() {
     );
 }
 
+/// `balance_observed` of `net` under L2 to `1e-12` with `method` on a pool of `threads` threads.
+fn balance_on_threads(net: &Network, method: Method, threads: usize) -> synbal::Solution {
+    let reg = Regularizer::lp(2.0).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        synbal::balance_observed(
+            net,
+            &reg,
+            &Settings {
+                tol: 1e-12,
+                ..Settings::with_method(method)
+            },
+            &mut NoObserver,
+        )
+        .unwrap()
+    })
+}
+
 #[test]
 fn identical_with_one_and_two_threads() {
     let net = random_mlp(&[16, 600, 600, 8], 16);
-    let reg = Regularizer::lp(2.0).unwrap();
-    let run = |threads: usize, method: Method| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            synbal::balance_observed(
-                &net,
-                &reg,
-                &Settings {
-                    tol: 1e-12,
-                    ..Settings::with_method(method)
-                },
-                &mut NoObserver,
-            )
-            .unwrap()
-        })
-    };
     for method in [Method::Newton, Method::Local(Schedule::Parallel)] {
-        let (a, b) = (run(1, method), run(2, method));
+        let (a, b) = (
+            balance_on_threads(&net, method, 1),
+            balance_on_threads(&net, method, 2),
+        );
         assert_eq!(a.log_scales, b.log_scales, "{method}");
         assert_eq!(a.iterations, b.iterations);
     }
@@ -432,27 +437,12 @@ fn parallel_local_sweeps_are_identical_with_one_and_two_threads_above_the_local_
     // parallel code (a process-wide setting: it changes where other tests' sweeps run, not
     // their results, which is what this test checks)
     let net = random_mlp(&[16, 600, 600, 8], 16);
-    let reg = Regularizer::lp(2.0).unwrap();
+    let method = Method::Local(Schedule::Parallel);
     synbal::structured::set_local_parallel_min_terms(0);
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            synbal::balance_observed(
-                &net,
-                &reg,
-                &Settings {
-                    tol: 1e-12,
-                    ..Settings::with_method(Method::Local(Schedule::Parallel))
-                },
-                &mut NoObserver,
-            )
-            .unwrap()
-        })
-    };
-    let (a, b) = (run(1), run(2));
+    let (a, b) = (
+        balance_on_threads(&net, method, 1),
+        balance_on_threads(&net, method, 2),
+    );
     synbal::structured::set_local_parallel_min_terms(synbal::structured::LOCAL_PARALLEL_MIN_TERMS);
     assert_eq!(a.log_scales, b.log_scales);
     assert_eq!(a.iterations, b.iterations);

@@ -401,6 +401,15 @@ pub(crate) struct Engine<'s, 'a> {
     ln_powers: Vec<f64>,
 }
 
+/// The coarse mode `m(v)` of variable `v`, or `u32::MAX` for a fixed or held variable.
+fn coarse_mode(st: &Structured<'_>, mode: &[u32], v: u32) -> u32 {
+    if v == FIXED || !st.free[v as usize] {
+        u32::MAX
+    } else {
+        mode[v as usize]
+    }
+}
+
 impl<'s, 'a> Engine<'s, 'a> {
     /// Splits the blocks into tasks and allocates every scratch buffer once.
     pub(crate) fn new(st: &'s Structured<'a>) -> Self {
@@ -1230,13 +1239,7 @@ impl<'s, 'a> Engine<'s, 'a> {
     pub(crate) fn coarse_groups(&self, x: &[f64], mode: &[u32]) -> Option<Vec<CoarseGroup>> {
         let st = self.st;
         let none = u32::MAX;
-        let mv = |v: u32| {
-            if v == FIXED || !st.free[v as usize] {
-                none
-            } else {
-                mode[v as usize]
-            }
-        };
+        let mv = |v: u32| coarse_mode(st, mode, v);
         let deg = |v: u32| {
             if mv(v) == none {
                 1.0
@@ -1336,13 +1339,7 @@ impl<'s, 'a> Engine<'s, 'a> {
     ) -> bool {
         let st = self.st;
         let none = u32::MAX;
-        let mv = |v: u32| {
-            if v == FIXED || !st.free[v as usize] {
-                none
-            } else {
-                mode[v as usize]
-            }
-        };
+        let mv = |v: u32| coarse_mode(st, mode, v);
         let shift = |m: u32| if m == none { 0.0 } else { s[m as usize] };
         let uniform = |vars: &[u32]| -> Option<(u32, f64)> {
             let first = *vars.first()?;
