@@ -785,19 +785,35 @@ impl Iterate for LocalRun<'_, '_, '_> {
     }
 }
 
-/// The dense Cholesky factor of the coarse operator over its active modes.
+/// A mode coupled to more than this many other modes (a tied residual stream, a concatenation)
+/// is ordered after the others before the coarse matrix is factorised (see [`Coarse::factor`]).
+const HUB_DEGREE: usize = 4;
+
+/// The Cholesky factor of the coarse operator over its active modes, in envelope (skyline)
+/// form.
 pub(crate) struct Coarse {
     m: usize,
-    /// Lower-triangular factor, row-major `m × m` (inactive modes: identity rows).
+    /// Lower-triangular factor of the reordered matrix, row-major `m × m` (inactive modes:
+    /// identity rows).
     l: Vec<f64>,
-    /// Half-bandwidth of `E` (and of `l`).
-    band: usize,
+    /// Per row of `l`, the column of its first non-zero entry.
+    first: Vec<usize>,
+    /// Per row of `l`, the row of the last non-zero entry in its column.
+    last: Vec<usize>,
+    /// The mode at each position of the order, when the modes were reordered.
+    order: Option<Vec<usize>>,
     active: Vec<bool>,
 }
 
 impl Coarse {
     /// Factorises `E` (`m × m`, row-major); modes with a zero diagonal are left out. `None` if
     /// `E` is not positive definite on the rest.
+    ///
+    /// The factor keeps the envelope of `E` (row `i` from its first non-zero column), so the
+    /// work is `Σ_i (i − first_i)²`: `O(m·band²)` on a chain of unit sets. A mode coupled to
+    /// more than [`HUB_DEGREE`] others (a residual stream tied over many blocks) would stretch
+    /// the envelope of every row after it to the full width; such modes are moved after all
+    /// the others (order otherwise kept), where they add one long row each and no fill.
     pub(crate) fn factor(mut e: Vec<f64>, m: usize) -> Option<Coarse> {
         let active: Vec<bool> = (0..m).map(|i| e[i * m + i] > 0.0).collect();
         for i in 0..m {
@@ -809,13 +825,46 @@ impl Coarse {
                 e[i * m + i] = 1.0;
             }
         }
-        let band = bandwidth(&e, m);
-        cholesky_in_place(&mut e, m, band).then_some(Coarse {
+        let hub = |i: usize| (0..m).filter(|&j| j != i && e[i * m + j] != 0.0).count() > HUB_DEGREE;
+        let hubs: Vec<bool> = (0..m).map(hub).collect();
+        let order = hubs.contains(&true).then(|| {
+            let order: Vec<usize> = (0..m)
+                .filter(|&i| !hubs[i])
+                .chain((0..m).filter(|&i| hubs[i]))
+                .collect();
+            let mut pe = vec![0.0; m * m];
+            for (a, &i) in order.iter().enumerate() {
+                for (b, &j) in order.iter().enumerate() {
+                    pe[a * m + b] = e[i * m + j];
+                }
+            }
+            e = pe;
+            order
+        });
+        let first = envelope(&e, m);
+        let last = column_ends(&first);
+        cholesky_envelope(&mut e, m, &first).then_some(Coarse {
             m,
             l: e,
-            band,
+            first,
+            last,
+            order,
             active,
         })
+    }
+
+    /// Solves `E·w = b` in place (`b` indexed by mode).
+    fn solve(&self, b: &mut [f64]) {
+        match &self.order {
+            None => envelope_solve(&self.l, self.m, &self.first, &self.last, b),
+            Some(order) => {
+                let mut w: Vec<f64> = order.iter().map(|&i| b[i]).collect();
+                envelope_solve(&self.l, self.m, &self.first, &self.last, &mut w);
+                for (a, &i) in order.iter().enumerate() {
+                    b[i] = w[a];
+                }
+            }
+        }
     }
 
     /// `z += V·E⁻¹·Vᵀ·r` with `V = sd` on each mode.
@@ -827,7 +876,7 @@ impl Coarse {
                 w[md as usize] += sd[v] * r[v];
             }
         }
-        cholesky_solve(&self.l, self.m, self.band, &mut w);
+        self.solve(&mut w);
         for v in 0..r.len() {
             let md = mode[v];
             if md != u32::MAX && sd[v] > 0.0 && self.active[md as usize] {
@@ -896,7 +945,7 @@ fn minimize_coarse(groups: &[CoarseGroup], m: usize) -> Option<Vec<f64>> {
         last = worst;
         let c = Coarse::factor(h, m)?;
         let mut d: Vec<f64> = grad.iter().map(|g| -g).collect();
-        cholesky_solve(&c.l, m, c.band, &mut d);
+        c.solve(&mut d);
         for k in 0..m {
             if !c.active[k] {
                 d[k] = 0.0;
@@ -924,6 +973,7 @@ fn minimize_coarse(groups: &[CoarseGroup], m: usize) -> Option<Vec<f64>> {
 
 /// The half-bandwidth of a symmetric `m × m` row-major matrix: the largest `i − j` with
 /// `a[i][j] ≠ 0` (0 for a diagonal matrix).
+#[cfg(test)]
 pub(crate) fn bandwidth(a: &[f64], m: usize) -> usize {
     (0..m)
         .map(|i| (0..i).find(|&j| a[i * m + j] != 0.0).map_or(0, |j| i - j))
@@ -931,49 +981,85 @@ pub(crate) fn bandwidth(a: &[f64], m: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// In-place Cholesky `A = L·Lᵀ` of a symmetric `m × m` row-major matrix whose entries vanish
-/// beyond the half-bandwidth `band` (`|i − j| > band`; `L` has the same band, so the work is
-/// `O(m·band²)`; `band = m − 1` is the dense factorisation). The lower band is written, the
-/// rest left as is; `false` if a pivot is not positive.
-pub(crate) fn cholesky_in_place(a: &mut [f64], m: usize, band: usize) -> bool {
-    for j in 0..m {
-        let k0 = j.saturating_sub(band);
-        let mut d = a[j * m + j];
-        for k in k0..j {
-            d -= a[j * m + k] * a[j * m + k];
+/// Per row `i` of a symmetric `m × m` row-major matrix, the column of its first non-zero
+/// entry (`i` when none is left of the diagonal): the envelope, which a Cholesky factor keeps.
+pub(crate) fn envelope(a: &[f64], m: usize) -> Vec<usize> {
+    (0..m)
+        .map(|i| (0..i).find(|&j| a[i * m + j] != 0.0).unwrap_or(i))
+        .collect()
+}
+
+/// Per column `j` of a lower-triangular factor with row envelope `first`, the last row `k`
+/// whose envelope reaches it (`first_k ≤ j`; at least `j`).
+fn column_ends(first: &[usize]) -> Vec<usize> {
+    let mut last: Vec<usize> = (0..first.len()).collect();
+    for (k, &f) in first.iter().enumerate() {
+        for l in &mut last[f..k] {
+            *l = (*l).max(k);
         }
-        if d.is_nan() || d <= 0.0 {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * m + j] = d;
-        for i in j + 1..m.min(j + band + 1) {
+    }
+    last
+}
+
+/// In-place Cholesky `A = L·Lᵀ` of a symmetric `m × m` row-major matrix with row envelope
+/// `first` (entries of row `i` left of column `first_i` vanish; `L` has the same envelope):
+/// `L_ij = (A_ij − Σ_{k = max(first_i, first_j)}^{j−1} L_ik·L_jk) / L_jj`, `L_ii = √(A_ii −
+/// Σ_k L_ik²)`, so the work is `Σ_i (i − first_i)²` (`O(m·band²)` for a band). The lower
+/// envelope is written, the rest left as is; `false` if a pivot is not positive.
+pub(crate) fn cholesky_envelope(a: &mut [f64], m: usize, first: &[usize]) -> bool {
+    for i in 0..m {
+        for j in first[i]..=i {
             let mut s = a[i * m + j];
-            for k in i.saturating_sub(band).max(k0)..j {
+            for k in first[i].max(first[j])..j {
                 s -= a[i * m + k] * a[j * m + k];
             }
-            a[i * m + j] = s / d;
+            if j < i {
+                a[i * m + j] = s / a[j * m + j];
+            } else if s.is_nan() || s <= 0.0 {
+                return false;
+            } else {
+                a[i * m + i] = s.sqrt();
+            }
         }
     }
     true
 }
 
-/// Solves `L·Lᵀ·x = b` in place with the factor of [`cholesky_in_place`] (same `band`).
-pub(crate) fn cholesky_solve(l: &[f64], m: usize, band: usize, b: &mut [f64]) {
+/// Solves `L·Lᵀ·x = b` in place with the factor of [`cholesky_envelope`] (row envelope
+/// `first`, column ends `last` from [`column_ends`]).
+fn envelope_solve(l: &[f64], m: usize, first: &[usize], last: &[usize], b: &mut [f64]) {
     for i in 0..m {
         let mut s = b[i];
-        for k in i.saturating_sub(band)..i {
+        for k in first[i]..i {
             s -= l[i * m + k] * b[k];
         }
         b[i] = s / l[i * m + i];
     }
     for i in (0..m).rev() {
         let mut s = b[i];
-        for k in i + 1..m.min(i + band + 1) {
-            s -= l[k * m + i] * b[k];
+        for k in i + 1..=last[i] {
+            if first[k] <= i {
+                s -= l[k * m + i] * b[k];
+            }
         }
         b[i] = s / l[i * m + i];
     }
+}
+
+/// In-place Cholesky `A = L·Lᵀ` of a symmetric `m × m` row-major matrix whose entries vanish
+/// beyond the half-bandwidth `band` (`|i − j| > band`; `band = m − 1` is the dense
+/// factorisation): [`cholesky_envelope`] with the envelope of the band.
+#[cfg(test)]
+pub(crate) fn cholesky_in_place(a: &mut [f64], m: usize, band: usize) -> bool {
+    let first: Vec<usize> = (0..m).map(|i| i.saturating_sub(band)).collect();
+    cholesky_envelope(a, m, &first)
+}
+
+/// Solves `L·Lᵀ·x = b` in place with the factor of [`cholesky_in_place`] (same `band`).
+#[cfg(test)]
+pub(crate) fn cholesky_solve(l: &[f64], m: usize, band: usize, b: &mut [f64]) {
+    let first: Vec<usize> = (0..m).map(|i| i.saturating_sub(band)).collect();
+    envelope_solve(l, m, &first, &column_ends(&first), b);
 }
 
 #[cfg(test)]
@@ -1147,6 +1233,49 @@ mod tests {
         }
         let mut bad = vec![1.0, 2.0, 2.0, 1.0];
         assert!(!cholesky_in_place(&mut bad, 2, 1));
+    }
+
+    #[test]
+    fn coarse_factor_orders_a_hub_last_and_solves_exactly() {
+        // an arrow: mode 0 coupled to every other mode (a tied residual stream), the others
+        // a chain; an inactive mode (zero diagonal) is left out
+        let m = 12;
+        let mut e = vec![0.0; m * m];
+        for i in 0..m {
+            e[i * m + i] = if i == 5 { 0.0 } else { 20.0 + i as f64 };
+        }
+        for i in 1..m {
+            if i != 5 {
+                e[i * m] = -1.0 - 0.1 * i as f64;
+                e[i] = e[i * m];
+            }
+            if i + 1 < m && i != 4 && i != 5 {
+                e[i * m + i + 1] = 0.5;
+                e[(i + 1) * m + i] = 0.5;
+            }
+        }
+        let c = Coarse::factor(e.clone(), m).unwrap();
+        let order = c.order.as_ref().expect("mode 0 is a hub");
+        assert_eq!(order[m - 1], 0);
+        // after the hub moves last, no row's envelope reaches back further than the chain's
+        assert!((0..m - 1).all(|a| a - c.first[a] <= 1));
+        let rhs: Vec<f64> = (0..m).map(|i| (i as f64 - 4.0) * 0.7).collect();
+        let mut x = rhs.clone();
+        c.solve(&mut x);
+        for i in (0..m).filter(|&i| i != 5) {
+            let r: f64 = (0..m).map(|j| e[i * m + j] * x[j]).sum();
+            assert!((r - rhs[i]).abs() < 1e-13, "row {i}: {r} vs {}", rhs[i]);
+        }
+        // the same system factorised densely in the original order
+        let mut dense = e.clone();
+        dense[5 * m + 5] = 1.0;
+        assert!(cholesky_in_place(&mut dense, m, m - 1));
+        let mut y = rhs.clone();
+        y[5] = 0.0;
+        cholesky_solve(&dense, m, m - 1, &mut y);
+        for i in (0..m).filter(|&i| i != 5) {
+            assert!((x[i] - y[i]).abs() < 1e-14 * (1.0 + y[i].abs()));
+        }
     }
 
     #[test]
