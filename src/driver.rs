@@ -8,7 +8,8 @@
 //!   observer at the start and after every iteration that changed the point;
 //! - then, in this order: a NaN imbalance or cost stops as [`Status::NumericalTrouble`]; a
 //!   maximum relative imbalance below `Settings::tol` stops as [`Status::Converged`] if the
-//!   method confirms it ([`Iterate::confirm`]); no new best imbalance for [`STALL_WINDOW`]
+//!   method confirms it ([`Iterate::confirm`]; a method may ask for one more iteration to refine
+//!   the point, [`Verdict::Refine`], which runs only within the cap and the time limit); no new best imbalance for [`STALL_WINDOW`]
 //!   iterations stops as [`Status::Stalled`]; the iteration cap stops as
 //!   [`Status::MaxIterations`]; an expired time limit stops as [`Status::TimeLimit`];
 //! - an iteration that cannot move the point ([`Step::Stalled`]) stops as [`Status::Stalled`]
@@ -64,6 +65,10 @@ pub(crate) enum Verdict {
     Continue,
     /// Not reachable: stop as [`Status::Stalled`].
     GiveUp,
+    /// Converged, but the method asks for one more iteration to refine the point when the
+    /// iteration cap and the time limit allow it (otherwise: converged as it is). The
+    /// iteration must not leave the tolerance: it keeps the point when it cannot improve it.
+    Refine,
 }
 
 /// An iterative method run by [`drive`].
@@ -126,6 +131,8 @@ pub(crate) fn drive(
             };
             match verdict {
                 Verdict::Accept => Some(Status::Converged),
+                Verdict::Refine if k >= cap || expired() => Some(Status::Converged),
+                Verdict::Refine => None,
                 Verdict::GiveUp => Some(Status::Stalled),
                 Verdict::Continue if k - best_at >= STALL_WINDOW => Some(Status::Stalled),
                 Verdict::Continue if k >= cap => Some(Status::MaxIterations),
