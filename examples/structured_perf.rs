@@ -6,11 +6,16 @@
 //! cargo run --release --example structured_perf -- --quick # smaller cases
 //! cargo run --release --example structured_perf -- --cases mlp:64:64,mlp:64:256 \
 //!     --routes newton --compare /path/to/older/structured_perf  # chosen rows, two builds
+//! cargo run --release --example structured_perf -- --cases mlp:64:64,vgg11 \
+//!     --routes newton,newton-noshift --check    # with and without the coarse correction
 //! ```
 //!
-//! One row alone, in this process: `structured_perf --case CASE ROUTE [--threads N] [--trace]`;
-//! `--trace` also prints the maximum relative imbalance after every iteration (on the
-//! specification routes).
+//! One row alone, in this process: `structured_perf --case CASE ROUTE [--threads N] [--trace]
+//! [--check]`; `--trace` also prints the maximum relative imbalance after every iteration (on the
+//! specification routes); `--check` (also for the whole table) solves a Newton row a second time,
+//! untimed, with the nonlinear coarse correction switched the other way, and reports how far
+//! apart the two balanced states are: `max_v |e^{x_v − x'_v} − 1|` over the log-scales `x`, `x'`
+//! (the relative difference of the scales, so of every weight), column `Δ state`.
 //!
 //! `--cases` keeps only the listed cases (a case not in the default list runs Newton, and for an
 //! MLP also the two network routes), `--routes` only the listed routes, and every `--compare
@@ -22,8 +27,9 @@
 //! wall time and CPU time (user + system, all threads) of the solve (building the blocks
 //! included), time per sweep for the local schedules (10 sweeps each), iterations (Newton
 //! steps or sweeps), CG iterations, passes over all cost blocks, final maximum relative
-//! imbalance, peak memory and its ratio to the f32 tensors. Routes: `newton`, `parallel` (colour
-//! sweeps, 2 threads), `colour-1t` (the same on one thread), `cyclic` (one variable at a time)
+//! imbalance, peak memory and its ratio to the f32 tensors. Routes: `newton` (the default
+//! settings), `newton-noshift` (the same without the nonlinear coarse correction,
+//! `structured::set_coarse_shift(false)`), `parallel` (colour sweeps, 2 threads), `colour-1t` (the same on one thread), `cyclic` (one variable at a time)
 //! on the structured core; for MLPs also `net-core` (`structured::balance_network` on the
 //! equivalent `Network`: the default route of `solve::balance`).
 
@@ -306,14 +312,15 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The child: one case, one route; prints one `RESULT` line.
-fn child(case: &str, route: &str, threads: usize, trace: bool) {
+/// The child: one case, one route; prints one `RESULT` line (and, with `check` on a Newton
+/// route, one `CHECK` line: see the module documentation).
+fn child(case: &str, route: &str, threads: usize, trace: bool, check: bool) {
     let model = build(case, route == "net-core");
     let reg = Regularizer::lp(2.0).unwrap();
     let method = match route {
         "newton" | "net-core" => Method::Newton,
-        "newton-shift" => {
-            synbal::structured::set_coarse_shift(true);
+        "newton-noshift" => {
+            synbal::structured::set_coarse_shift(false);
             Method::Newton
         }
         "parallel" | "colour-1t" => Method::Local(Schedule::Parallel),
@@ -339,6 +346,7 @@ fn child(case: &str, route: &str, threads: usize, trace: bool) {
         .unwrap();
     let file = model.src.bytes();
     let cpu0 = cpu_seconds();
+    let mut scales = Vec::new();
     let (secs, iters, passes, imb, status, cg) = pool.install(|| {
         if route == "net-core" {
             let net: Network = from_layers(&model.layers).unwrap();
@@ -355,14 +363,16 @@ fn child(case: &str, route: &str, threads: usize, trace: bool) {
         } else {
             let t = Instant::now();
             let s = solve(&model.spec, &model.src, &reg, &settings, &mut NoObserver).unwrap();
+            let secs = t.elapsed().as_secs_f64();
             for e in &s.trace {
                 eprintln!(
                     "TRACE iteration {} max relative imbalance {:.3e}",
                     e.iteration, e.max_relative_imbalance
                 );
             }
+            scales = s.var_log_scales;
             (
-                t.elapsed().as_secs_f64(),
+                secs,
                 s.iterations,
                 s.block_passes,
                 s.max_relative_imbalance,
@@ -385,6 +395,17 @@ fn child(case: &str, route: &str, threads: usize, trace: bool) {
         cg,
         cpu_seconds() - cpu0
     );
+    if check && matches!(route, "newton" | "newton-noshift") {
+        // the same problem with the coarse correction switched the other way, untimed
+        synbal::structured::set_coarse_shift(route == "newton-noshift");
+        let other = pool
+            .install(|| solve(&model.spec, &model.src, &reg, &settings, &mut NoObserver).unwrap());
+        let apart = scales
+            .iter()
+            .zip(&other.var_log_scales)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs().exp_m1()));
+        println!("CHECK {apart:.1e}");
+    }
 }
 
 fn main() {
@@ -399,9 +420,11 @@ fn main() {
             &args[i + 2],
             threads,
             args.iter().any(|a| a == "--trace"),
+            args.iter().any(|a| a == "--check"),
         );
         return;
     }
+    let check = args.iter().any(|a| a == "--check");
     let quick = args.iter().any(|a| a == "--quick");
     // `--cases A,B`: only these cases; `--routes R,S`: only these routes; `--compare EXE`: every
     // row also run by EXE (this example built from another commit), side by side
@@ -424,6 +447,7 @@ fn main() {
     };
     for case in &big {
         runs.push((case.to_string(), "newton", 2));
+        runs.push((case.to_string(), "newton-noshift", 2));
         runs.push((case.to_string(), "parallel", 2));
         runs.push((case.to_string(), "colour-1t", 1));
         runs.push((case.to_string(), "cyclic", 1));
@@ -438,8 +462,10 @@ fn main() {
     }
     let depths: &[usize] = if quick { &[4, 16] } else { &[4, 16, 64, 256] };
     for &d in depths {
-        runs.push((format!("conv:{d}:64"), "newton", 2));
-        runs.push((format!("res:{d}:64"), "newton", 2));
+        for net in ["conv", "res"] {
+            runs.push((format!("{net}:{d}:64"), "newton", 2));
+            runs.push((format!("{net}:{d}:64"), "newton-noshift", 2));
+        }
     }
     if let Some(cases) = &only_cases {
         runs.retain(|(c, ..)| cases.contains(c));
@@ -447,6 +473,7 @@ fn main() {
         for c in cases {
             if !runs.iter().any(|(r, ..)| r == c) {
                 runs.push((c.clone(), "newton", 2));
+                runs.push((c.clone(), "newton-noshift", 2));
                 if c.starts_with("mlp") {
                     runs.push((c.clone(), "net-core", 2));
                     runs.push((c.clone(), "old-newton", 2));
@@ -461,11 +488,13 @@ fn main() {
     let exes: Vec<String> = std::iter::once(own.clone()).chain(compare).collect();
     let label = if exes.len() > 1 { "| binary " } else { "" };
     println!(
-        "{label}| case | route | threads | weights | solve s | CPU s | s per sweep | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |"
+        "{label}| case | route | threads | weights | solve s | CPU s | s per sweep | iterations | CG | block passes | max imbalance | status | peak MiB | peak / f32 tensors |{}",
+        if check { " Δ state |" } else { "" }
     );
     println!(
-        "{}|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        if exes.len() > 1 { "|---" } else { "" }
+        "{}|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}",
+        if exes.len() > 1 { "|---" } else { "" },
+        if check { "---|" } else { "" }
     );
     let runs: Vec<(String, &str, usize, &String)> = runs
         .into_iter()
@@ -475,10 +504,12 @@ fn main() {
         if exes.len() > 1 {
             print!("| {} ", if *exe == own { "this" } else { exe.as_str() });
         }
-        let out = Command::new(exe)
-            .args(["--case", &case, route, "--threads", &threads.to_string()])
-            .output()
-            .expect("child runs");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--case", &case, route, "--threads", &threads.to_string()]);
+        if check {
+            cmd.arg("--check");
+        }
+        let out = cmd.output().expect("child runs");
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(line) = text.lines().find(|l| l.starts_with("RESULT")) else {
             println!(
@@ -495,8 +526,12 @@ fn main() {
         let weights: f64 = f[1].parse().unwrap();
         let file: f64 = f[2].parse().unwrap();
         let hwm_kib: f64 = f[8].parse().unwrap();
+        let apart = text
+            .lines()
+            .find_map(|l| l.strip_prefix("CHECK "))
+            .unwrap_or("—");
         println!(
-            "| {case} | {route} | {threads} | {:.1} M | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2}x |",
+            "| {case} | {route} | {threads} | {:.1} M | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2}x |{}",
             weights / 1e6,
             f[3],
             f[11],
@@ -507,7 +542,8 @@ fn main() {
             f[6],
             f[7],
             hwm_kib / 1024.0,
-            hwm_kib * 1024.0 / file
+            hwm_kib * 1024.0 / file,
+            if check { format!(" {apart} |") } else { String::new() }
         );
     }
 }
