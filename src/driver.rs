@@ -169,3 +169,70 @@ pub(crate) fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::solution::NoObserver;
+
+    /// Halves its imbalance each iteration from 1e-3; below the tolerance it asks once for a
+    /// refining iteration.
+    struct Halving {
+        max: f64,
+        asked: bool,
+    }
+
+    impl Iterate for Halving {
+        fn state(&self) -> Measured {
+            Measured {
+                max: self.max,
+                cost: 1.0,
+                deficit: 0.0,
+            }
+        }
+        fn iterate(&mut self) -> Step {
+            self.max /= 2.0;
+            Step::Progress
+        }
+        fn confirm(&mut self, _tol: f64) -> Verdict {
+            if std::mem::replace(&mut self.asked, true) {
+                Verdict::Accept
+            } else {
+                Verdict::Refine
+            }
+        }
+    }
+
+    fn run(max_iterations: Option<usize>) -> (Outcome, f64) {
+        let settings = Settings {
+            tol: 1e-3 / 7.0,
+            max_iterations,
+            ..Settings::default()
+        };
+        let mut it = Halving {
+            max: 1e-3,
+            asked: false,
+        };
+        let out = drive(
+            &mut it,
+            &settings,
+            Method::Newton,
+            &mut NoObserver,
+            Instant::now(),
+        );
+        (out, it.max)
+    }
+
+    #[test]
+    fn refine_takes_one_more_iteration_within_the_cap_and_converges_at_the_cap() {
+        // 1e-3 → 1.25e-4 after 3 halvings is the first point below 1e-3/7: one refining
+        // iteration follows
+        let (out, max) = run(None);
+        assert_eq!((out.status, out.iterations), (Status::Converged, 4));
+        assert_eq!(max, 1e-3 / 16.0);
+        // the cap reached at the first point below the tolerance: converged there
+        let (out, max) = run(Some(3));
+        assert_eq!((out.status, out.iterations), (Status::Converged, 3));
+        assert_eq!(max, 1e-3 / 8.0);
+    }
+}
