@@ -48,10 +48,9 @@
 
 use super::contract::{
     contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
-    Csr, Merged, QEdge,
+    Csr, Howard, Merged, QEdge, NONE,
 };
 
-const NONE: u32 = u32::MAX;
 /// Relative margin `δ/(1 + |M|)` of `M' = M + δ` over the ground-free maximum cycle mean.
 const MARGIN: f64 = 1e-9;
 /// Longest walk length `L` the programme runs before it falls back to Howard.
@@ -84,15 +83,45 @@ pub(super) struct WalkStats {
 }
 
 /// Maximum cycle mean over the `alive` vertices of `outs` (rows by source) and a cycle attaining
-/// it, by Howard's policy iteration (Cochet-Terrasson et al. 1998), warm-started from `pi` (row
-/// positions, `NONE` or stale entries are re-initialised to the largest out-edge). Vertices with
-/// no alive out-edge are trimmed first (they lie on no cycle). `None` when there is no cycle.
+/// it, by [`Howard`]'s policy iteration, warm-started from `pi` (row positions, `NONE` or stale
+/// entries are re-initialised to the largest out-edge). Vertices with no alive out-edge are
+/// trimmed first (they lie on no cycle). `None` when there is no cycle.
 fn howard_max_cycle(
     outs: &Csr,
     ins: &Csr,
     alive_in: &[bool],
     pi: &mut [u32],
 ) -> Option<(f64, Vec<u32>)> {
+    let n = alive_in.len();
+    let alive = on_cycles(outs, ins, alive_in);
+    let verts: Vec<u32> = (0..n as u32).filter(|&v| alive[v as usize]).collect();
+    if verts.is_empty() {
+        return None;
+    }
+    warm_start(outs, &alive, &verts, pi);
+    let mut howard = Howard::new(n);
+    let policy = |pi: &[u32], v: u32| -> (u32, f64) {
+        let k = pi[v as usize] as usize;
+        (outs.nb[k], outs.l[k])
+    };
+    let scan = || {
+        verts.iter().flat_map(|&a| {
+            outs.row(a as usize)
+                .filter(|&k| alive[outs.nb[k] as usize])
+                .map(move |k| (a, outs.nb[k], outs.l[k], k as u32))
+        })
+    };
+    loop {
+        let (mu, start) = howard.evaluate(&verts, |v| policy(pi, v));
+        if !howard.improve(&verts, scan, pi) {
+            return Some((mu, Howard::cycle(start, |v| policy(pi, v))));
+        }
+    }
+}
+
+/// The `alive` vertices of `outs` that remain after trimming, repeatedly, those with no alive
+/// out-edge (`ins` holds the same edges by target): the vertices that lead to a cycle.
+fn on_cycles(outs: &Csr, ins: &Csr, alive_in: &[bool]) -> Vec<bool> {
     let n = alive_in.len();
     let mut alive = alive_in.to_vec();
     let mut outdeg = vec![0usize; n];
@@ -117,11 +146,13 @@ fn howard_max_cycle(
             }
         }
     }
-    let verts: Vec<u32> = (0..n as u32).filter(|&v| alive[v as usize]).collect();
-    if verts.is_empty() {
-        return None;
-    }
-    for &v in &verts {
+    alive
+}
+
+/// Keeps each vertex's policy edge `pi[v]` (a row position of `outs`) if it is still an edge of
+/// `v` into an `alive` vertex, else sets it to the largest such out-edge.
+fn warm_start(outs: &Csr, alive: &[bool], verts: &[u32], pi: &mut [u32]) {
+    for &v in verts {
         let v = v as usize;
         let ok = pi[v] != NONE
             && outs.row(v).contains(&(pi[v] as usize))
@@ -134,99 +165,6 @@ fn howard_max_cycle(
                 }
             }
             pi[v] = best.1;
-        }
-    }
-    let mut eta = vec![0.0f64; n];
-    let mut x = vec![0.0f64; n];
-    let mut state = vec![0u8; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let head = |pi: &[u32], v: u32| -> (u32, f64) {
-        let k = pi[v as usize] as usize;
-        (outs.nb[k], outs.l[k])
-    };
-    loop {
-        for &v in &verts {
-            state[v as usize] = 0;
-        }
-        let mut best_cycle = (f64::NEG_INFINITY, NONE);
-        for &s in &verts {
-            if state[s as usize] != 0 {
-                continue;
-            }
-            stack.clear();
-            let mut v = s;
-            while state[v as usize] == 0 {
-                state[v as usize] = 1;
-                stack.push(v);
-                v = head(pi, v).0;
-            }
-            if state[v as usize] == 1 {
-                let pos = stack.iter().position(|&w| w == v).expect("on the path");
-                let cyc = &stack[pos..];
-                let total: f64 = cyc.iter().map(|&w| head(pi, w).1).sum();
-                let mu = total / cyc.len() as f64;
-                x[v as usize] = 0.0;
-                eta[v as usize] = mu;
-                for &w in cyc[1..].iter().rev() {
-                    let (h, l) = head(pi, w);
-                    x[w as usize] = l - mu + x[h as usize];
-                    eta[w as usize] = mu;
-                }
-                for &w in cyc {
-                    state[w as usize] = 2;
-                }
-                if mu > best_cycle.0 {
-                    best_cycle = (mu, v);
-                }
-                stack.truncate(pos);
-            }
-            while let Some(w) = stack.pop() {
-                let (h, l) = head(pi, w);
-                eta[w as usize] = eta[h as usize];
-                x[w as usize] = l - eta[h as usize] + x[h as usize];
-                state[w as usize] = 2;
-            }
-        }
-        let mut changed = false;
-        let (mut eta2, mut x2) = (eta.clone(), x.clone());
-        for &a in &verts {
-            let a = a as usize;
-            for k in outs.row(a) {
-                let b = outs.nb[k] as usize;
-                if alive[b] && eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
-                    eta2[a] = eta[b];
-                    pi[a] = k as u32;
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            for &a in &verts {
-                let a = a as usize;
-                for k in outs.row(a) {
-                    let b = outs.nb[k] as usize;
-                    if alive[b] && (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
-                        let val = outs.l[k] - eta[a] + x[b];
-                        if val > x2[a] + 1e-13 * (1.0 + x2[a].abs()) {
-                            x2[a] = val;
-                            pi[a] = k as u32;
-                            changed = true;
-                        }
-                    }
-                }
-            }
-        }
-        std::mem::swap(&mut eta, &mut eta2);
-        std::mem::swap(&mut x, &mut x2);
-        if !changed {
-            let (mu, start) = best_cycle;
-            let mut cyc = vec![start];
-            let mut v = head(pi, start).0;
-            while v != start {
-                cyc.push(v);
-                v = head(pi, v).0;
-            }
-            return Some((mu, cyc));
         }
     }
 }
