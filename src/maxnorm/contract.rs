@@ -359,15 +359,7 @@ pub(super) fn contract_ground_dag(
     ground: u32,
     order: &[u32],
 ) -> (Vec<f64>, usize, f64, usize) {
-    let mut gin = vec![f64::NEG_INFINITY; n];
-    let mut gout = vec![f64::NEG_INFINITY; n];
-    for &e in edges {
-        if e.a == ground {
-            gin[e.b as usize] = gin[e.b as usize].max(e.l);
-        } else if e.b == ground {
-            gout[e.a as usize] = gout[e.a as usize].max(e.l);
-        }
-    }
+    let (mut gin, mut gout) = ground_edges(n, edges, ground);
     let inner = |e: &QEdge| e.a != ground && e.b != ground;
     let mut ins = Csr::new(n, edges, false, inner);
     let mut outs = Csr::new(n, edges, true, inner);
@@ -545,6 +537,21 @@ pub(super) struct CEdge {
     pub(super) b: u32,
     pub(super) l: f64,
     pub(super) orig: u32,
+}
+
+/// The largest log-weight of an edge from the ground into each vertex (`gin`) and from each
+/// vertex into the ground (`gout`), `−∞` where there is none.
+pub(super) fn ground_edges(n: usize, edges: &[QEdge], ground: u32) -> (Vec<f64>, Vec<f64>) {
+    let mut gin = vec![f64::NEG_INFINITY; n];
+    let mut gout = vec![f64::NEG_INFINITY; n];
+    for &e in edges {
+        if e.a == ground {
+            gin[e.b as usize] = gin[e.b as usize].max(e.l);
+        } else if e.b == ground {
+            gout[e.a as usize] = gout[e.a as usize].max(e.l);
+        }
+    }
+    (gin, gout)
 }
 
 /// Contraction on a general graph (cycles that avoid the ground): each round Howard's policy

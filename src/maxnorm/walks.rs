@@ -47,8 +47,8 @@
 //! ground-DAG programmes finish.
 
 use super::contract::{
-    contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
-    Csr, Howard, Merged, QEdge, NONE,
+    contract_ground_dag, ground_edges, howard_rounds, keep_largest_parallel, topo_without_ground,
+    upper_hull, Csr, Howard, Merged, QEdge, NONE,
 };
 
 /// Relative margin `δ/(1 + |M|)` of `M' = M + δ` over the ground-free maximum cycle mean.
@@ -481,15 +481,7 @@ struct Epoch {
 
 impl Epoch {
     fn new(n: usize, cur: &[QEdge], ground: u32, live_root: &[bool]) -> Self {
-        let mut gin = vec![f64::NEG_INFINITY; n];
-        let mut gout = vec![f64::NEG_INFINITY; n];
-        for &e in cur {
-            if e.a == ground {
-                gin[e.b as usize] = gin[e.b as usize].max(e.l);
-            } else if e.b == ground {
-                gout[e.a as usize] = gout[e.a as usize].max(e.l);
-            }
-        }
+        let (gin, gout) = ground_edges(n, cur, ground);
         let inner = |e: &QEdge| e.a != ground && e.b != ground;
         let live: Vec<bool> = (0..n)
             .map(|v| v != ground as usize && live_root[v])
