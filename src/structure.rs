@@ -20,7 +20,7 @@
 //! [`prune`] instead zeroes exactly the weights that can carry no signal to an output (this keeps
 //! the network's function) so that the balanced state of what remains is the limit state.
 
-use crate::network::{Network, Role, NO_GROUP};
+use crate::network::{Network, Role};
 use crate::regularizer::Regularizer;
 
 /// The outcome of [`analyze`]: per scale group, whether it is a variable of the problem.
@@ -388,12 +388,7 @@ impl MergedGraph {
 
 /// The vertex of neuron `i` in the merged graph: its group, or the ground (`k`) when it has none.
 fn vertex(net: &Network, i: usize) -> usize {
-    let g = net.groups().group_of(i);
-    if g == NO_GROUP {
-        net.groups().len()
-    } else {
-        g as usize
-    }
+    net.groups().group(i).unwrap_or(net.groups().len())
 }
 
 /// [`MergedGraph::build`] with its scratch: stamps marking the vertices on either side of a
