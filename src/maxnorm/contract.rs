@@ -1,7 +1,9 @@
 //! The contraction engine of max-balancing on a quotient graph: edges `a → b` with log-weights
 //! ([`QEdge`]), the weighted union-find of merged vertices ([`Merged`]), the path programmes for
-//! graphs whose part without the ground is acyclic ([`contract_ground_dag`]) and Howard's policy
-//! iteration for the general case ([`howard_rounds`]). It depends on no other part of `maxnorm`:
+//! graphs whose part without the ground is acyclic ([`contract_ground_dag`]), and Howard's policy
+//! iteration ([`Howard`]) with its contraction rounds for the general case ([`howard_rounds`]);
+//! the ground-walk search runs the same [`Howard`] for its ground-free maximum cycle mean. It
+//! depends on no other part of `maxnorm`:
 //! the solver (`maxnorm`) and the ground-walk search (`maxnorm::walks`) both build on it.
 
 /// An edge of the quotient graph: `a → b` with log-weight `l`.
