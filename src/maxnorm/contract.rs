@@ -3,8 +3,8 @@
 //! graphs whose part without the ground is acyclic ([`contract_ground_dag`]), and Howard's policy
 //! iteration ([`Howard`]) with its contraction rounds for the general case ([`howard_rounds`]);
 //! the ground-walk search runs the same [`Howard`] for its ground-free maximum cycle mean. It
-//! depends on no other part of `maxnorm`:
-//! the solver (`maxnorm`) and the ground-walk search (`maxnorm::walks`) both build on it.
+//! depends on no other part of `maxnorm`: the solver (`maxnorm`) and the ground-walk search
+//! (`maxnorm::walks`) both build on it.
 
 /// An edge of the quotient graph: `a → b` with log-weight `l`.
 #[derive(Debug, Clone, Copy)]
