@@ -20,7 +20,7 @@
 //! [`prune`] instead zeroes exactly the weights that can carry no signal to an output (this keeps
 //! the network's function) so that the balanced state of what remains is the limit state.
 
-use crate::network::{Network, Role, NO_GROUP};
+use crate::network::{Network, Role};
 use crate::regularizer::Regularizer;
 
 /// The outcome of [`analyze`]: per scale group, whether it is a variable of the problem.
@@ -227,44 +227,206 @@ pub(crate) fn scc(n: usize, ptr: &[usize], adj: &[u32]) -> Vec<u32> {
 /// assert!(s.held[0].is_some() && s.held[1].is_none());
 /// ```
 pub fn analyze(net: &Network, reg: &Regularizer) -> Structure {
-    let groups = net.groups();
-    let k = groups.len();
-    let ground = k;
-    let vertex = |i: usize| -> usize {
-        let g = groups.group_of(i);
-        if g == NO_GROUP {
-            ground
-        } else {
-            g as usize
-        }
-    };
-    // Positive-cost arcs between different vertices of the merged graph. A complete bipartite
-    // run of edges (a dense layer pair, see [`dense_run`]) whose edges all have positive cost,
-    // between disjoint vertex sets A and B, goes through one extra *hub* vertex h instead:
-    // arcs A → h → B. That keeps reachability between the vertices of the graph, hence their
-    // SCCs, which SCCs touch positive cost outside themselves and which groups have an arc in
-    // and out, with |A| + |B| arcs instead of |A|·|B|.
-    let mut arcs: Vec<(u32, u32)> = Vec::new();
-    let mut has_term = vec![false; k];
-    let mut zero_cost_edges = 0;
-    let (src, dst) = (net.sources(), net.targets());
-    let m = net.num_edges();
-    let mut hubs = 0usize;
-    let mut mark = vec![0usize; k + 1];
-    let mut stamp = 0usize;
-    let (mut side_a, mut side_b) = (Vec::new(), Vec::new());
-    let mut e = 0;
-    while e < m {
-        let Some((len, lines, rows_major)) = dense_run(src, dst, e, m) else {
-            if !edge_has_cost(net, reg, e) {
-                zero_cost_edges += 1;
-            } else {
-                let (j, i) = net.edge(e);
-                edge_arc(vertex(j), vertex(i), ground, &mut arcs, &mut has_term, net);
-            }
-            e += 1;
-            continue;
+    let graph = MergedGraph::build(net, reg);
+    let (ptr, adj) = graph.csr();
+    let comp = scc(graph.nv, &ptr, &adj);
+    graph.classify(net, &comp)
+}
+
+/// The merged graph of [`analyze`]: vertices `0..k` the groups, `k` the ground, then the hubs;
+/// positive-cost arcs between different vertices. A complete bipartite run of edges (a dense
+/// layer pair, see [`dense_run`]) whose edges all have positive cost, between disjoint vertex
+/// sets A and B, goes through one extra *hub* vertex h instead: arcs A → h → B. That keeps
+/// reachability between the vertices of the graph, hence their SCCs, which SCCs touch positive
+/// cost outside themselves and which groups have an arc in and out, with |A| + |B| arcs instead
+/// of |A|·|B|.
+struct MergedGraph {
+    /// Number of groups (`k`, also the ground vertex).
+    k: usize,
+    /// Number of vertices: groups, ground and hubs.
+    nv: usize,
+    arcs: Vec<(u32, u32)>,
+    /// Per group: whether it has a term of positive cost.
+    has_term: Vec<bool>,
+    zero_cost_edges: usize,
+}
+
+impl MergedGraph {
+    fn build(net: &Network, reg: &Regularizer) -> Self {
+        let k = net.groups().len();
+        let mut b = ArcBuilder {
+            graph: MergedGraph {
+                k,
+                nv: k + 1,
+                arcs: Vec::new(),
+                has_term: vec![false; k],
+                zero_cost_edges: 0,
+            },
+            mark: vec![0usize; k + 1],
+            stamp: 0,
+            side_a: Vec::new(),
+            side_b: Vec::new(),
         };
+        let (src, dst) = (net.sources(), net.targets());
+        let m = net.num_edges();
+        let mut e = 0;
+        while e < m {
+            match dense_run(src, dst, e, m) {
+                Some((len, lines, rows_major)) => {
+                    b.dense(net, reg, e, len, lines, rows_major);
+                    e += len;
+                }
+                None => {
+                    b.edge(net, reg, e);
+                    e += 1;
+                }
+            }
+        }
+        let ground = k;
+        for i in 0..net.num_neurons() {
+            let v = vertex(net, i);
+            if v != ground && bias_has_cost(net, reg, i) {
+                b.graph.has_term[v] = true;
+                b.graph.arcs.push((ground as u32, v as u32));
+            }
+        }
+        b.graph
+    }
+
+    /// The arcs as CSR adjacency by source: `(ptr, adj)`.
+    fn csr(&self) -> (Vec<usize>, Vec<u32>) {
+        let nv = self.nv;
+        let mut ptr = vec![0usize; nv + 1];
+        for &(a, _) in &self.arcs {
+            ptr[a as usize + 1] += 1;
+        }
+        for v in 0..nv {
+            ptr[v + 1] += ptr[v];
+        }
+        let mut fill = ptr.clone();
+        let mut adj = vec![0u32; self.arcs.len()];
+        for &(a, b) in &self.arcs {
+            adj[fill[a as usize]] = b;
+            fill[a as usize] += 1;
+        }
+        (ptr, adj)
+    }
+
+    /// The groups held fixed and grounded, from the component `comp` of every vertex (see the
+    /// module documentation).
+    fn classify(self, net: &Network, comp: &[u32]) -> Structure {
+        let (k, arcs) = (self.k, &self.arcs);
+        let groups = net.groups();
+        let gcomp = comp[k];
+        let ncomp = comp.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+        // Per component: touches positive cost outside itself? contains a degree ≠ 1?
+        let mut touches = vec![false; ncomp];
+        for &(a, b) in arcs {
+            let (ca, cb) = (comp[a as usize], comp[b as usize]);
+            if ca != cb {
+                touches[ca as usize] = true;
+                touches[cb as usize] = true;
+            }
+        }
+        let mut non_unit = vec![false; ncomp];
+        for g in 0..k {
+            if groups.degree(g) != 1.0 {
+                non_unit[comp[g] as usize] = true;
+            }
+        }
+        // Input and output sides of each group, for the reasons given.
+        let mut has_in = vec![false; k];
+        let mut has_out = vec![false; k];
+        for &(a, b) in arcs {
+            if (a as usize) < k {
+                has_out[a as usize] = true;
+            }
+            if (b as usize) < k {
+                has_in[b as usize] = true;
+            }
+        }
+        let mut held = vec![None; k];
+        let mut grounded = vec![false; k];
+        let mut floating_seen = vec![false; ncomp];
+        let mut floating_components = 0;
+        for g in 0..k {
+            let c = comp[g];
+            if !self.has_term[g] {
+                held[g] = Some("no edge or bias of positive cost: every scale is optimal".into());
+            } else if c == gcomp {
+                continue;
+            } else if !touches[c as usize] {
+                if non_unit[c as usize] {
+                    held[g] = Some(
+                        "isolated free component with a degree c != 1: no finite optimum guaranteed"
+                            .into(),
+                    );
+                } else if !floating_seen[c as usize] {
+                    floating_seen[c as usize] = true;
+                    floating_components += 1;
+                    grounded[g] = true;
+                }
+            } else if !has_in[g] {
+                held[g] =
+                    Some("input cost is 0 (no incoming weight or bias of positive cost)".into());
+            } else if !has_out[g] {
+                held[g] = Some("output cost is 0 (no outgoing weight of positive cost)".into());
+            } else {
+                held[g] = Some(
+                    "on an edge of positive cost that lies on no cycle through the ground".into(),
+                );
+            }
+        }
+        Structure {
+            held,
+            grounded,
+            floating_components,
+            zero_cost_edges: self.zero_cost_edges,
+        }
+    }
+}
+
+/// The vertex of neuron `i` in the merged graph: its group, or the ground (`k`) when it has none.
+fn vertex(net: &Network, i: usize) -> usize {
+    net.groups().group(i).unwrap_or(net.groups().len())
+}
+
+/// [`MergedGraph::build`] with its scratch: stamps marking the vertices on either side of a
+/// dense run.
+struct ArcBuilder {
+    graph: MergedGraph,
+    mark: Vec<usize>,
+    stamp: usize,
+    side_a: Vec<usize>,
+    side_b: Vec<usize>,
+}
+
+impl ArcBuilder {
+    /// One edge outside a dense run: its arc when it has positive cost.
+    fn edge(&mut self, net: &Network, reg: &Regularizer, e: usize) {
+        let g = &mut self.graph;
+        if !edge_has_cost(net, reg, e) {
+            g.zero_cost_edges += 1;
+        } else {
+            let (j, i) = net.edge(e);
+            let (vj, vi) = (vertex(net, j), vertex(net, i));
+            edge_arc(vj, vi, g.k, &mut g.arcs, &mut g.has_term, net);
+        }
+    }
+
+    /// The dense run of `len` edges from `e` (`lines` major lines, see [`dense_run`]): through a
+    /// hub when all its edges have positive cost and its two sides are disjoint, else edge by
+    /// edge.
+    fn dense(
+        &mut self,
+        net: &Network,
+        reg: &Regularizer,
+        e: usize,
+        len: usize,
+        lines: usize,
+        rows_major: bool,
+    ) {
+        let (src, dst) = (net.sources(), net.targets());
         let end = e + len;
         let costly = (e..end).filter(|&f| edge_has_cost(net, reg, f)).count();
         let n = len / lines;
@@ -280,137 +442,61 @@ pub fn analyze(net: &Network, reg: &Regularizer) -> Structure {
                 (e..e + n).map(|f| dst[f] as usize).collect(),
             )
         };
-        stamp += 2;
-        side_a.clear();
-        side_b.clear();
-        let mut disjoint = costly == len;
-        for &j in &sources {
-            let v = vertex(j);
-            if mark[v] != stamp {
-                mark[v] = stamp;
-                side_a.push(v);
-            }
-        }
-        for &i in &targets {
-            let v = vertex(i);
-            if mark[v] == stamp {
-                disjoint = false;
-            } else if mark[v] != stamp + 1 {
-                mark[v] = stamp + 1;
-                side_b.push(v);
-            }
-        }
+        let disjoint = self.sides(net, &sources, &targets) && costly == len;
+        let g = &mut self.graph;
+        let ground = g.k;
         if disjoint {
-            let hub = (k + 1 + hubs) as u32;
-            hubs += 1;
-            for &v in &side_a {
+            let hub = g.nv as u32;
+            g.nv += 1;
+            for &v in &self.side_a {
                 if v != ground {
-                    has_term[v] = true;
+                    g.has_term[v] = true;
                 }
-                arcs.push((v as u32, hub));
+                g.arcs.push((v as u32, hub));
             }
-            for &v in &side_b {
+            for &v in &self.side_b {
                 if v != ground {
-                    has_term[v] = true;
+                    g.has_term[v] = true;
                 }
-                arcs.push((hub, v as u32));
+                g.arcs.push((hub, v as u32));
             }
         } else {
-            zero_cost_edges += len - costly;
+            g.zero_cost_edges += len - costly;
             for f in e..end {
                 if edge_has_cost(net, reg, f) {
                     let (j, i) = net.edge(f);
-                    edge_arc(vertex(j), vertex(i), ground, &mut arcs, &mut has_term, net);
+                    let (vj, vi) = (vertex(net, j), vertex(net, i));
+                    edge_arc(vj, vi, ground, &mut g.arcs, &mut g.has_term, net);
                 }
             }
         }
-        e = end;
     }
-    for i in 0..net.num_neurons() {
-        let v = vertex(i);
-        if v != ground && bias_has_cost(net, reg, i) {
-            has_term[v] = true;
-            arcs.push((ground as u32, v as u32));
-        }
-    }
-    let nv = k + 1 + hubs;
-    let mut ptr = vec![0usize; nv + 1];
-    for &(a, _) in &arcs {
-        ptr[a as usize + 1] += 1;
-    }
-    for v in 0..nv {
-        ptr[v + 1] += ptr[v];
-    }
-    let mut fill = ptr.clone();
-    let mut adj = vec![0u32; arcs.len()];
-    for &(a, b) in &arcs {
-        adj[fill[a as usize]] = b;
-        fill[a as usize] += 1;
-    }
-    let comp = scc(nv, &ptr, &adj);
-    let gcomp = comp[ground];
-    let ncomp = comp.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
-    // Per component: touches positive cost outside itself? contains a degree ≠ 1?
-    let mut touches = vec![false; ncomp];
-    for &(a, b) in &arcs {
-        let (ca, cb) = (comp[a as usize], comp[b as usize]);
-        if ca != cb {
-            touches[ca as usize] = true;
-            touches[cb as usize] = true;
-        }
-    }
-    let mut non_unit = vec![false; ncomp];
-    for g in 0..k {
-        if groups.degree(g) != 1.0 {
-            non_unit[comp[g] as usize] = true;
-        }
-    }
-    // Input and output sides of each group, for the reasons given.
-    let mut has_in = vec![false; k];
-    let mut has_out = vec![false; k];
-    for &(a, b) in &arcs {
-        if (a as usize) < k {
-            has_out[a as usize] = true;
-        }
-        if (b as usize) < k {
-            has_in[b as usize] = true;
-        }
-    }
-    let mut held = vec![None; k];
-    let mut grounded = vec![false; k];
-    let mut floating_seen = vec![false; ncomp];
-    let mut floating_components = 0;
-    for g in 0..k {
-        let c = comp[g];
-        if !has_term[g] {
-            held[g] = Some("no edge or bias of positive cost: every scale is optimal".into());
-        } else if c == gcomp {
-            continue;
-        } else if !touches[c as usize] {
-            if non_unit[c as usize] {
-                held[g] = Some(
-                    "isolated free component with a degree c != 1: no finite optimum guaranteed"
-                        .into(),
-                );
-            } else if !floating_seen[c as usize] {
-                floating_seen[c as usize] = true;
-                floating_components += 1;
-                grounded[g] = true;
+
+    /// The distinct vertices of `sources` (`side_a`) and of `targets` (`side_b`); whether the
+    /// two sets are disjoint.
+    fn sides(&mut self, net: &Network, sources: &[usize], targets: &[usize]) -> bool {
+        self.stamp += 2;
+        let stamp = self.stamp;
+        self.side_a.clear();
+        self.side_b.clear();
+        let mut disjoint = true;
+        for &j in sources {
+            let v = vertex(net, j);
+            if self.mark[v] != stamp {
+                self.mark[v] = stamp;
+                self.side_a.push(v);
             }
-        } else if !has_in[g] {
-            held[g] = Some("input cost is 0 (no incoming weight or bias of positive cost)".into());
-        } else if !has_out[g] {
-            held[g] = Some("output cost is 0 (no outgoing weight of positive cost)".into());
-        } else {
-            held[g] =
-                Some("on an edge of positive cost that lies on no cycle through the ground".into());
         }
-    }
-    Structure {
-        held,
-        grounded,
-        floating_components,
-        zero_cost_edges,
+        for &i in targets {
+            let v = vertex(net, i);
+            if self.mark[v] == stamp {
+                disjoint = false;
+            } else if self.mark[v] != stamp + 1 {
+                self.mark[v] = stamp + 1;
+                self.side_b.push(v);
+            }
+        }
+        disjoint
     }
 }
 

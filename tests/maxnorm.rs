@@ -9,7 +9,7 @@ use synbal::maxnorm::{
 };
 use synbal::measure::relative_distance;
 use synbal::network::builders::{chain, random_dag, random_mlp, random_recurrent};
-use synbal::network::{Activation, Network, NetworkBuilder, Role, NO_GROUP};
+use synbal::network::{Activation, Network, NetworkBuilder, Role};
 use synbal::regularizer::Regularizer;
 
 /// An MLP 3 → 4 → 4 → 2 whose two hidden layers are joined by identity skips `h1_k → h2_k`
@@ -134,12 +134,7 @@ fn the_cycle_search_matches_the_graph() {
 
 /// Vertex of a neuron in the group graph: its group, or `ground` for a fixed neuron.
 fn vertex(net: &Network, i: usize) -> usize {
-    let g = net.groups().group_of(i);
-    if g == NO_GROUP {
-        net.groups().len()
-    } else {
-        g as usize
-    }
+    net.groups().group(i).unwrap_or(net.groups().len())
 }
 
 /// For every proper nonempty vertex set S of the group graph (ground included): the largest

@@ -1,8 +1,10 @@
 //! The contraction engine of max-balancing on a quotient graph: edges `a → b` with log-weights
 //! ([`QEdge`]), the weighted union-find of merged vertices ([`Merged`]), the path programmes for
-//! graphs whose part without the ground is acyclic ([`contract_ground_dag`]) and Howard's policy
-//! iteration for the general case ([`howard_rounds`]). It depends on no other part of `maxnorm`:
-//! the solver (`maxnorm`) and the ground-walk search (`maxnorm::walks`) both build on it.
+//! graphs whose part without the ground is acyclic ([`contract_ground_dag`]), and Howard's policy
+//! iteration ([`Howard`]) with its contraction rounds for the general case ([`howard_rounds`]);
+//! the ground-walk search runs the same [`Howard`] for its ground-free maximum cycle mean. It
+//! depends on no other part of `maxnorm`: the solver (`maxnorm`) and the ground-walk search
+//! (`maxnorm::walks`) both build on it.
 
 /// An edge of the quotient graph: `a → b` with log-weight `l`.
 #[derive(Debug, Clone, Copy)]
@@ -359,15 +361,7 @@ pub(super) fn contract_ground_dag(
     ground: u32,
     order: &[u32],
 ) -> (Vec<f64>, usize, f64, usize) {
-    let mut gin = vec![f64::NEG_INFINITY; n];
-    let mut gout = vec![f64::NEG_INFINITY; n];
-    for &e in edges {
-        if e.a == ground {
-            gin[e.b as usize] = gin[e.b as usize].max(e.l);
-        } else if e.b == ground {
-            gout[e.a as usize] = gout[e.a as usize].max(e.l);
-        }
-    }
+    let (mut gin, mut gout) = ground_edges(n, edges, ground);
     let inner = |e: &QEdge| e.a != ground && e.b != ground;
     let mut ins = Csr::new(n, edges, false, inner);
     let mut outs = Csr::new(n, edges, true, inner);
@@ -547,6 +541,21 @@ pub(super) struct CEdge {
     pub(super) orig: u32,
 }
 
+/// The largest log-weight of an edge from the ground into each vertex (`gin`) and from each
+/// vertex into the ground (`gout`), `−∞` where there is none.
+pub(super) fn ground_edges(n: usize, edges: &[QEdge], ground: u32) -> (Vec<f64>, Vec<f64>) {
+    let mut gin = vec![f64::NEG_INFINITY; n];
+    let mut gout = vec![f64::NEG_INFINITY; n];
+    for &e in edges {
+        if e.a == ground {
+            gin[e.b as usize] = gin[e.b as usize].max(e.l);
+        } else if e.b == ground {
+            gout[e.a as usize] = gout[e.a as usize].max(e.l);
+        }
+    }
+    (gin, gout)
+}
+
 /// Contraction on a general graph (cycles that avoid the ground): each round Howard's policy
 /// iteration finds a maximum-mean cycle of the contracted graph (Cochet-Terrasson et al. 1998),
 /// which is merged into one vertex (the ground when it passes through it). The policy of the
@@ -576,17 +585,201 @@ pub(super) fn contract_howard(
     (u, rounds, top, passes)
 }
 
+/// No edge / no vertex.
+pub(super) const NONE: u32 = u32::MAX;
+
+/// Whether `a` exceeds `b` by more than the relative tolerance of policy iteration,
+/// `a > b + 10⁻¹³·(1 + |b|)`.
+fn above(a: f64, b: f64) -> bool {
+    a > b + 1e-13 * (1.0 + b.abs())
+}
+
+/// Whether `a` equals `b` to the relative tolerance of policy iteration,
+/// `|a − b| ≤ 10⁻¹³·(1 + |b|)`.
+fn level(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-13 * (1.0 + b.abs())
+}
+
+/// Howard's policy iteration for the maximum cycle mean (Cochet-Terrasson et al. 1998) on the
+/// vertices `0..n`. A policy gives each vertex one out-edge (its index, owned by the caller). Its
+/// value is `η_v`, the mean of the policy cycle `v` leads to, and the potential `x_v` with
+/// `x_v = ℓ_{π(v)} − η_v + x_{π-head(v)}` (`x = 0` at one vertex of each cycle). An edge `a → b`
+/// improves the policy when `η_b > η_a`, or `η_b = η_a` and `ℓ_e − η_a + x_b > x_a`; a policy no
+/// edge improves is optimal and its best cycle is a maximum-mean cycle.
+pub(super) struct Howard {
+    /// `η` per vertex of the last evaluated policy.
+    pub(super) eta: Vec<f64>,
+    /// `x` per vertex of the last evaluated policy.
+    pub(super) x: Vec<f64>,
+    /// `η` and `x` as the improvement step raises them.
+    eta2: Vec<f64>,
+    x2: Vec<f64>,
+    /// Per vertex during evaluation: 0 unvisited, 1 on the current path, 2 done.
+    state: Vec<u8>,
+    stack: Vec<u32>,
+}
+
+impl Howard {
+    pub(super) fn new(n: usize) -> Self {
+        Howard {
+            eta: vec![0.0; n],
+            x: vec![0.0; n],
+            eta2: Vec::new(),
+            x2: Vec::new(),
+            state: vec![0; n],
+            stack: Vec::new(),
+        }
+    }
+
+    /// Evaluates the policy on `verts`, whose policy edges (`policy(v)` = head and log-weight)
+    /// lead into `verts`: sets `η` and `x` of every vertex of `verts` and returns the largest
+    /// policy cycle mean with a vertex on that cycle (`(−∞, NONE)` when `verts` is empty).
+    pub(super) fn evaluate(
+        &mut self,
+        verts: &[u32],
+        mut policy: impl FnMut(u32) -> (u32, f64),
+    ) -> (f64, u32) {
+        let Howard {
+            eta,
+            x,
+            state,
+            stack,
+            ..
+        } = self;
+        for &v in verts {
+            state[v as usize] = 0;
+        }
+        let mut best_cycle = (f64::NEG_INFINITY, NONE);
+        for &s in verts {
+            if state[s as usize] != 0 {
+                continue;
+            }
+            stack.clear();
+            let mut v = s;
+            while state[v as usize] == 0 {
+                state[v as usize] = 1;
+                stack.push(v);
+                v = policy(v).0;
+            }
+            if state[v as usize] == 1 {
+                // a new cycle starting at v: its mean, then x around it with x[v] = 0
+                let pos = stack
+                    .iter()
+                    .position(|&w| w == v)
+                    .expect("v is on the path");
+                let cyc = &stack[pos..];
+                let mut total = 0.0;
+                for &w in cyc {
+                    total += policy(w).1;
+                }
+                let mu = total / cyc.len() as f64;
+                x[v as usize] = 0.0;
+                eta[v as usize] = mu;
+                for &w in cyc[1..].iter().rev() {
+                    let (h, l) = policy(w);
+                    x[w as usize] = l - mu + x[h as usize];
+                    eta[w as usize] = mu;
+                }
+                for &w in cyc {
+                    state[w as usize] = 2;
+                }
+                if mu > best_cycle.0 {
+                    best_cycle = (mu, v);
+                }
+                stack.truncate(pos);
+            }
+            // the rest of the path leads into finished vertices
+            while let Some(w) = stack.pop() {
+                let (h, l) = policy(w);
+                eta[w as usize] = eta[h as usize];
+                x[w as usize] = l - eta[h as usize] + x[h as usize];
+                state[w as usize] = 2;
+            }
+        }
+        best_cycle
+    }
+
+    /// One improvement step from the evaluated values over the edges `(a, b, ℓ, k)` that
+    /// `edges()` yields (both ends in `verts`, `k` the policy index of the edge), in that order:
+    /// first the cycle means, then, when no mean rises, the potentials among the edges that keep
+    /// the mean. Sets `pi[a] = k` for each improving edge; returns whether there was one. `η` and
+    /// `x` keep the evaluated values.
+    pub(super) fn improve<I>(
+        &mut self,
+        verts: &[u32],
+        edges: impl Fn() -> I,
+        pi: &mut [u32],
+    ) -> bool
+    where
+        I: Iterator<Item = (u32, u32, f64, u32)>,
+    {
+        let Howard {
+            eta, x, eta2, x2, ..
+        } = self;
+        eta2.clone_from(eta);
+        x2.clone_from(x);
+        let mut changed = false;
+        // when every vertex reaches a cycle of the same mean (in contraction rounds: all of them
+        // lead to the one cycle through the ground, the usual case) no edge raises a mean
+        let uniform = verts
+            .iter()
+            .all(|&v| eta[v as usize] == eta[verts[0] as usize]);
+        for (a, b, _, k) in edges().filter(|_| !uniform) {
+            let (a, b) = (a as usize, b as usize);
+            if above(eta[b], eta2[a]) {
+                eta2[a] = eta[b];
+                pi[a] = k;
+                changed = true;
+            }
+        }
+        if !changed {
+            for (a, b, l, k) in edges() {
+                let (a, b) = (a as usize, b as usize);
+                if level(eta[b], eta[a]) {
+                    let val = l - eta[a] + x[b];
+                    if above(val, x2[a]) {
+                        x2[a] = val;
+                        pi[a] = k;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// The policy cycle through `start`: `start` and the heads along the policy back to it.
+    pub(super) fn cycle(start: u32, mut policy: impl FnMut(u32) -> (u32, f64)) -> Vec<u32> {
+        let mut cyc = vec![start];
+        let mut v = policy(start).0;
+        while v != start {
+            cyc.push(v);
+            v = policy(v).0;
+        }
+        cyc
+    }
+}
+
+/// The current form (head, log-weight) of the quotient edge `k` leaving a root: its endpoints
+/// mapped to their roots in `m`, the log-weight relative to them.
+fn root_edge(edges: &[QEdge], m: &mut Merged, k: u32) -> (u32, f64) {
+    let e = edges[k as usize];
+    let (ra, pa) = m.find(e.a);
+    let (rb, pb) = m.find(e.b);
+    debug_assert_ne!(ra, rb);
+    (rb, e.l + pb - pa)
+}
+
 /// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
 /// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
 /// ground. Returns the contractions, the largest mean and the policy iterations.
 ///
-/// An edge `a → b` improves the policy when `η_b > η_a`, or `η_b = η_a` and
-/// `ℓ_e − η_a + x_b > x_a` (`η` the mean of the policy cycle a vertex leads to, `x` the potential
-/// along the policy). With `working_set`, the iterations scan only the policy edges and the edges
-/// taken in earlier checks; when none of them improves, one pass over all edges applies the same
-/// test and adds each vertex's best improving edge, and the policy is optimal (its best cycle a
-/// maximum-mean cycle of the whole graph) when that pass finds none. Without it every iteration
-/// scans all edges (the reference).
+/// Each round runs [`Howard`] on the live roots to an optimal policy, merges its best cycle and
+/// keeps the policy of the other vertices (warm start). With `working_set`, the iterations scan
+/// only the policy edges and the edges taken in earlier checks; when none of them improves, one
+/// pass over all edges applies the same test and adds each vertex's best improving edge, and the
+/// policy is optimal (its best cycle a maximum-mean cycle of the whole graph) when that pass finds
+/// none. Without it every iteration scans all edges (the reference).
 pub(crate) fn howard_rounds(
     n: usize,
     edges: &[QEdge],
@@ -596,196 +789,172 @@ pub(crate) fn howard_rounds(
     ground_streak: usize,
     working_set: bool,
 ) -> (usize, f64, usize) {
-    const NONE: u32 = u32::MAX;
-    let groups = n - 1;
-    let mut passes = 0usize;
-    let mut streak = 0usize;
-    let mut live: Vec<bool> = (0..n).map(|v| v == groups || !held[v]).collect();
-    let mut cur: Vec<CEdge> = edges
-        .iter()
-        .enumerate()
-        .map(|(k, e)| CEdge {
-            a: e.a,
-            b: e.b,
-            l: e.l,
-            orig: k as u32,
-        })
-        .collect();
-    // policy: one out-edge (index into `edges`) per live vertex
-    let mut pi = vec![NONE; n];
-    let mut best = vec![f64::NEG_INFINITY; n];
-    for e in &cur {
-        if e.l > best[e.a as usize] {
-            best[e.a as usize] = e.l;
-            pi[e.a as usize] = e.orig;
-        }
-    }
-    // the edges the improvement step scans: all of them, or (`working_set`) the policy edges and
-    // the edges a check over all edges (`cur`) found improving
-    let mut in_work = vec![!working_set; edges.len()];
-    let mut cand: Vec<Option<((u8, f64), CEdge)>> = vec![None; n];
-    let mut work: Vec<CEdge> = if working_set {
-        cur.iter()
-            .filter(|e| pi[e.a as usize] == e.orig)
-            .map(|e| {
-                in_work[e.orig as usize] = true;
-                *e
-            })
-            .collect()
-    } else {
-        std::mem::take(&mut cur)
-    };
-    let mut eta = vec![0.0f64; n];
-    let mut x = vec![0.0f64; n];
-    let mut state = vec![0u8; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let (mut rounds, mut top) = (0usize, f64::NEG_INFINITY);
-    let mut verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
-    // the current form (head, log-weight) of a policy edge of root `v`
-    let head = |m: &mut Merged, k: u32| -> (u32, f64) {
-        let e = edges[k as usize];
-        let (ra, pa) = m.find(e.a);
-        let (rb, pb) = m.find(e.b);
-        debug_assert_ne!(ra, rb);
-        (rb, e.l + pb - pa)
-    };
-    while !work.is_empty() {
-        // Howard's policy iteration on the live roots
-        let mut best_cycle: (f64, u32);
-        loop {
-            passes += 1;
-            for &v in &verts {
-                state[v as usize] = 0;
-            }
-            best_cycle = (f64::NEG_INFINITY, NONE);
-            for &s in &verts {
-                if state[s as usize] != 0 {
-                    continue;
-                }
-                stack.clear();
-                let mut v = s;
-                while state[v as usize] == 0 {
-                    state[v as usize] = 1;
-                    stack.push(v);
-                    v = head(m, pi[v as usize]).0;
-                }
-                if state[v as usize] == 1 {
-                    // a new cycle starting at v: its mean, then x around it with x[v] = 0
-                    let pos = stack
-                        .iter()
-                        .position(|&w| w == v)
-                        .expect("v is on the path");
-                    let cyc = &stack[pos..];
-                    let mut total = 0.0;
-                    for &w in cyc {
-                        total += head(m, pi[w as usize]).1;
-                    }
-                    let mu = total / cyc.len() as f64;
-                    x[v as usize] = 0.0;
-                    eta[v as usize] = mu;
-                    for &w in cyc[1..].iter().rev() {
-                        let (h, l) = head(m, pi[w as usize]);
-                        x[w as usize] = l - mu + x[h as usize];
-                        eta[w as usize] = mu;
-                    }
-                    for &w in cyc {
-                        state[w as usize] = 2;
-                    }
-                    if mu > best_cycle.0 {
-                        best_cycle = (mu, v);
-                    }
-                    stack.truncate(pos);
-                }
-                // the rest of the path leads into finished vertices
-                while let Some(w) = stack.pop() {
-                    let (h, l) = head(m, pi[w as usize]);
-                    eta[w as usize] = eta[h as usize];
-                    x[w as usize] = l - eta[h as usize] + x[h as usize];
-                    state[w as usize] = 2;
-                }
-            }
-            // improvement (from the values of this policy): first the cycle means, then the
-            // potentials among the edges that keep the mean
-            let mut changed = false;
-            let (mut eta2, mut x2) = (eta.clone(), x.clone());
-            // when every live vertex reaches a cycle of the same mean (all of them lead to the
-            // one cycle through the ground, the usual case) no edge raises a mean: skip the scan
-            let uniform = verts
-                .iter()
-                .all(|&v| eta[v as usize] == eta[verts[0] as usize]);
-            for e in work.iter().filter(|_| !uniform) {
-                let (a, b) = (e.a as usize, e.b as usize);
-                if eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
-                    eta2[a] = eta[b];
-                    pi[a] = e.orig;
-                    changed = true;
-                }
-            }
-            if !changed {
-                for e in &work {
-                    let (a, b) = (e.a as usize, e.b as usize);
-                    if (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
-                        let val = e.l - eta[a] + x[b];
-                        if val > x2[a] + 1e-13 * (1.0 + x2[a].abs()) {
-                            x2[a] = val;
-                            pi[a] = e.orig;
-                            changed = true;
-                        }
-                    }
-                }
-            }
-            if !changed && working_set {
-                // optimal on the working set: check every edge with the same tests (endpoints
-                // of merged vertices mapped to their roots on the way) and take the improving
-                // ones into the working set; the policy is optimal when there are none
-                let mut found = false;
-                cur.retain_mut(|e| {
-                    if (!live[e.a as usize] || !live[e.b as usize]) && !to_roots(e, edges, m) {
-                        return false;
-                    }
-                    let (a, b) = (e.a as usize, e.b as usize);
-                    // the best improving edge per vertex: a larger mean first, then a larger
-                    // potential
-                    let key = if (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
-                        let val = e.l - eta[a] + x[b];
-                        (val > x[a] + 1e-13 * (1.0 + x[a].abs())).then_some((0u8, val))
-                    } else {
-                        (eta[b] > eta[a] + 1e-13 * (1.0 + eta[a].abs())).then_some((1u8, eta[b]))
-                    };
-                    if let Some(k) = key {
-                        if !in_work[e.orig as usize] && cand[a].is_none_or(|(c, _)| k > c) {
-                            cand[a] = Some((k, *e));
-                        }
-                    }
-                    true
-                });
-                for &v in &verts {
-                    if let Some((_, e)) = cand[v as usize].take() {
-                        in_work[e.orig as usize] = true;
-                        work.push(e);
-                        found = true;
-                    }
-                }
-                changed = found;
-            }
-            std::mem::swap(&mut eta, &mut eta2);
-            std::mem::swap(&mut x, &mut x2);
-            if !changed {
-                break;
-            }
-        }
-        let (mu, start) = best_cycle;
+    let mut r = Rounds::new(n, edges, ground, held, working_set);
+    let (mut rounds, mut top, mut passes, mut streak) = (0usize, f64::NEG_INFINITY, 0usize, 0usize);
+    while !r.work.is_empty() {
+        let (mu, start) = r.optimal_policy(m, &mut passes);
         if start == NONE {
             break;
         }
-        // the cycle start → … → start, merged into the ground if on it, else into `start`
-        let mut cyc = vec![start];
-        let mut v = head(m, pi[start as usize]).0;
-        while v != start {
-            cyc.push(v);
-            v = head(m, pi[v as usize]).0;
+        let rep = r.merge_cycle(m, mu, start);
+        rounds += 1;
+        top = top.max(mu);
+        streak = if rep == ground { streak + 1 } else { 0 };
+        if streak >= ground_streak {
+            break;
         }
-        let r = cyc.iter().position(|&w| w == ground).unwrap_or(0);
+        r.contract(m, rep);
+    }
+    (rounds, top, passes)
+}
+
+/// The state of [`howard_rounds`] between its steps.
+struct Rounds<'a> {
+    edges: &'a [QEdge],
+    ground: u32,
+    working_set: bool,
+    /// The roots not merged into another vertex (and not held).
+    live: Vec<bool>,
+    /// `live` as a list.
+    verts: Vec<u32>,
+    /// All edges between distinct roots (`working_set`), else empty.
+    cur: Vec<CEdge>,
+    /// The edges the improvement step scans: all of them, or (`working_set`) the policy edges
+    /// and the edges a check over all edges found improving.
+    work: Vec<CEdge>,
+    in_work: Vec<bool>,
+    /// The best improving edge per vertex found by a check over all edges.
+    cand: Vec<Option<((u8, f64), CEdge)>>,
+    /// The policy: one out-edge (index into `edges`) per live vertex.
+    pi: Vec<u32>,
+    howard: Howard,
+}
+
+impl<'a> Rounds<'a> {
+    /// The live vertices, and the first policy: each vertex's out-edge of largest log-weight.
+    fn new(n: usize, edges: &'a [QEdge], ground: u32, held: &[bool], working_set: bool) -> Self {
+        let groups = n - 1;
+        let live: Vec<bool> = (0..n).map(|v| v == groups || !held[v]).collect();
+        let mut cur: Vec<CEdge> = edges
+            .iter()
+            .enumerate()
+            .map(|(k, e)| CEdge {
+                a: e.a,
+                b: e.b,
+                l: e.l,
+                orig: k as u32,
+            })
+            .collect();
+        let mut pi = vec![NONE; n];
+        let mut best = vec![f64::NEG_INFINITY; n];
+        for e in &cur {
+            if e.l > best[e.a as usize] {
+                best[e.a as usize] = e.l;
+                pi[e.a as usize] = e.orig;
+            }
+        }
+        let mut in_work = vec![!working_set; edges.len()];
+        let work: Vec<CEdge> = if working_set {
+            cur.iter()
+                .filter(|e| pi[e.a as usize] == e.orig)
+                .map(|e| {
+                    in_work[e.orig as usize] = true;
+                    *e
+                })
+                .collect()
+        } else {
+            std::mem::take(&mut cur)
+        };
+        let verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
+        Rounds {
+            edges,
+            ground,
+            working_set,
+            live,
+            verts,
+            cur,
+            work,
+            in_work,
+            cand: vec![None; n],
+            pi,
+            howard: Howard::new(n),
+        }
+    }
+
+    /// Policy iteration on the live roots until no edge improves the policy; adds the
+    /// iterations to `passes` and returns the best cycle (mean, a vertex on it).
+    fn optimal_policy(&mut self, m: &mut Merged, passes: &mut usize) -> (f64, u32) {
+        loop {
+            *passes += 1;
+            let (edges, pi) = (self.edges, &self.pi);
+            let best = self
+                .howard
+                .evaluate(&self.verts, |v| root_edge(edges, m, pi[v as usize]));
+            let work = &self.work;
+            let scan = || work.iter().map(|e| (e.a, e.b, e.l, e.orig));
+            let mut changed = self.howard.improve(&self.verts, scan, &mut self.pi);
+            if !changed && self.working_set {
+                changed = self.widen(m);
+            }
+            if !changed {
+                return best;
+            }
+        }
+    }
+
+    /// The policy is optimal on the working set: checks every edge with the same tests (endpoints
+    /// of merged vertices mapped to their roots on the way) and takes each vertex's best improving
+    /// edge into the working set. Returns whether there was one (else the policy is optimal).
+    fn widen(&mut self, m: &mut Merged) -> bool {
+        let Rounds {
+            edges,
+            live,
+            verts,
+            cur,
+            work,
+            in_work,
+            cand,
+            howard,
+            ..
+        } = self;
+        let (eta, x) = (&howard.eta, &howard.x);
+        cur.retain_mut(|e| {
+            if (!live[e.a as usize] || !live[e.b as usize]) && !to_roots(e, edges, m) {
+                return false;
+            }
+            let (a, b) = (e.a as usize, e.b as usize);
+            // the best improving edge per vertex: a larger mean first, then a larger potential
+            let key = if level(eta[b], eta[a]) {
+                let val = e.l - eta[a] + x[b];
+                above(val, x[a]).then_some((0u8, val))
+            } else {
+                above(eta[b], eta[a]).then_some((1u8, eta[b]))
+            };
+            if let Some(k) = key {
+                if !in_work[e.orig as usize] && cand[a].is_none_or(|(c, _)| k > c) {
+                    cand[a] = Some((k, *e));
+                }
+            }
+            true
+        });
+        let mut found = false;
+        for &v in verts.iter() {
+            if let Some((_, e)) = cand[v as usize].take() {
+                in_work[e.orig as usize] = true;
+                work.push(e);
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Merges the policy cycle through `start` (mean `mu`) into the ground if it passes through
+    /// it, else into `start`, with potentials making each of its edges `mu`. Returns the vertex
+    /// it was merged into.
+    fn merge_cycle(&mut self, m: &mut Merged, mu: f64, start: u32) -> u32 {
+        let (edges, pi) = (self.edges, &self.pi);
+        let cyc = Howard::cycle(start, |v| root_edge(edges, m, pi[v as usize]));
+        let r = cyc.iter().position(|&w| w == self.ground).unwrap_or(0);
         let k = cyc.len();
         let rep = cyc[r];
         let mut acc = 0.0;
@@ -793,22 +962,22 @@ pub(crate) fn howard_rounds(
         for t in 0..k {
             let w = cyc[(r + t) % k];
             pots.push((w, acc));
-            let l = head(m, pi[w as usize]).1;
+            let l = root_edge(edges, m, pi[w as usize]).1;
             acc += mu - l;
         }
         for &(w, u) in &pots[1..] {
             m.parent[w as usize] = rep;
             m.off[w as usize] = u;
-            live[w as usize] = false;
+            self.live[w as usize] = false;
         }
-        rounds += 1;
-        top = top.max(mu);
-        streak = if rep == ground { streak + 1 } else { 0 };
-        if streak >= ground_streak {
-            break;
-        }
-        // the contracted graph: edges between distinct roots, log-weights relative to them;
-        // the policy of `rep` is its best out-edge in the working set, else in all edges
+        rep
+    }
+
+    /// The contracted graph after a merge into `rep`: edges between distinct roots, log-weights
+    /// relative to them; the policy of `rep` is its best out-edge in the working set, else in all
+    /// edges.
+    fn contract(&mut self, m: &mut Merged, rep: u32) {
+        let (edges, live) = (self.edges, &self.live);
         let mut rep_best = (f64::NEG_INFINITY, NONE);
         let keep = |e: &mut CEdge, m: &mut Merged, rb: &mut (f64, u32)| {
             if (!live[e.a as usize] || !live[e.b as usize]) && !to_roots(e, edges, m) {
@@ -819,20 +988,19 @@ pub(crate) fn howard_rounds(
             }
             true
         };
-        work.retain_mut(|e| keep(e, m, &mut rep_best));
-        if rep_best.1 == NONE && working_set {
-            cur.retain_mut(|e| keep(e, m, &mut rep_best));
-            if let Some(e) = cur.iter().find(|e| e.orig == rep_best.1) {
-                if !in_work[e.orig as usize] {
-                    in_work[e.orig as usize] = true;
-                    work.push(*e);
+        self.work.retain_mut(|e| keep(e, m, &mut rep_best));
+        if rep_best.1 == NONE && self.working_set {
+            self.cur.retain_mut(|e| keep(e, m, &mut rep_best));
+            if let Some(e) = self.cur.iter().find(|e| e.orig == rep_best.1) {
+                if !self.in_work[e.orig as usize] {
+                    self.in_work[e.orig as usize] = true;
+                    self.work.push(*e);
                 }
             }
         }
         if rep_best.1 != NONE {
-            pi[rep as usize] = rep_best.1;
+            self.pi[rep as usize] = rep_best.1;
         }
-        verts.retain(|&w| live[w as usize]);
+        self.verts.retain(|&w| live[w as usize]);
     }
-    (rounds, top, passes)
 }

@@ -47,11 +47,10 @@
 //! ground-DAG programmes finish.
 
 use super::contract::{
-    contract_ground_dag, howard_rounds, keep_largest_parallel, topo_without_ground, upper_hull,
-    Csr, Merged, QEdge,
+    contract_ground_dag, ground_edges, howard_rounds, keep_largest_parallel, topo_without_ground,
+    upper_hull, Csr, Howard, Merged, QEdge, NONE,
 };
 
-const NONE: u32 = u32::MAX;
 /// Relative margin `δ/(1 + |M|)` of `M' = M + δ` over the ground-free maximum cycle mean.
 const MARGIN: f64 = 1e-9;
 /// Longest walk length `L` the programme runs before it falls back to Howard.
@@ -84,15 +83,45 @@ pub(super) struct WalkStats {
 }
 
 /// Maximum cycle mean over the `alive` vertices of `outs` (rows by source) and a cycle attaining
-/// it, by Howard's policy iteration (Cochet-Terrasson et al. 1998), warm-started from `pi` (row
-/// positions, `NONE` or stale entries are re-initialised to the largest out-edge). Vertices with
-/// no alive out-edge are trimmed first (they lie on no cycle). `None` when there is no cycle.
+/// it, by [`Howard`]'s policy iteration, warm-started from `pi` (row positions, `NONE` or stale
+/// entries are re-initialised to the largest out-edge). Vertices with no alive out-edge are
+/// trimmed first (they lie on no cycle). `None` when there is no cycle.
 fn howard_max_cycle(
     outs: &Csr,
     ins: &Csr,
     alive_in: &[bool],
     pi: &mut [u32],
 ) -> Option<(f64, Vec<u32>)> {
+    let n = alive_in.len();
+    let alive = on_cycles(outs, ins, alive_in);
+    let verts: Vec<u32> = (0..n as u32).filter(|&v| alive[v as usize]).collect();
+    if verts.is_empty() {
+        return None;
+    }
+    warm_start(outs, &alive, &verts, pi);
+    let mut howard = Howard::new(n);
+    let policy = |pi: &[u32], v: u32| -> (u32, f64) {
+        let k = pi[v as usize] as usize;
+        (outs.nb[k], outs.l[k])
+    };
+    let scan = || {
+        verts.iter().flat_map(|&a| {
+            outs.row(a as usize)
+                .filter(|&k| alive[outs.nb[k] as usize])
+                .map(move |k| (a, outs.nb[k], outs.l[k], k as u32))
+        })
+    };
+    loop {
+        let (mu, start) = howard.evaluate(&verts, |v| policy(pi, v));
+        if !howard.improve(&verts, scan, pi) {
+            return Some((mu, Howard::cycle(start, |v| policy(pi, v))));
+        }
+    }
+}
+
+/// The `alive` vertices of `outs` that remain after trimming, repeatedly, those with no alive
+/// out-edge (`ins` holds the same edges by target): the vertices that lead to a cycle.
+fn on_cycles(outs: &Csr, ins: &Csr, alive_in: &[bool]) -> Vec<bool> {
     let n = alive_in.len();
     let mut alive = alive_in.to_vec();
     let mut outdeg = vec![0usize; n];
@@ -117,11 +146,13 @@ fn howard_max_cycle(
             }
         }
     }
-    let verts: Vec<u32> = (0..n as u32).filter(|&v| alive[v as usize]).collect();
-    if verts.is_empty() {
-        return None;
-    }
-    for &v in &verts {
+    alive
+}
+
+/// Keeps each vertex's policy edge `pi[v]` (a row position of `outs`) if it is still an edge of
+/// `v` into an `alive` vertex, else sets it to the largest such out-edge.
+fn warm_start(outs: &Csr, alive: &[bool], verts: &[u32], pi: &mut [u32]) {
+    for &v in verts {
         let v = v as usize;
         let ok = pi[v] != NONE
             && outs.row(v).contains(&(pi[v] as usize))
@@ -134,99 +165,6 @@ fn howard_max_cycle(
                 }
             }
             pi[v] = best.1;
-        }
-    }
-    let mut eta = vec![0.0f64; n];
-    let mut x = vec![0.0f64; n];
-    let mut state = vec![0u8; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let head = |pi: &[u32], v: u32| -> (u32, f64) {
-        let k = pi[v as usize] as usize;
-        (outs.nb[k], outs.l[k])
-    };
-    loop {
-        for &v in &verts {
-            state[v as usize] = 0;
-        }
-        let mut best_cycle = (f64::NEG_INFINITY, NONE);
-        for &s in &verts {
-            if state[s as usize] != 0 {
-                continue;
-            }
-            stack.clear();
-            let mut v = s;
-            while state[v as usize] == 0 {
-                state[v as usize] = 1;
-                stack.push(v);
-                v = head(pi, v).0;
-            }
-            if state[v as usize] == 1 {
-                let pos = stack.iter().position(|&w| w == v).expect("on the path");
-                let cyc = &stack[pos..];
-                let total: f64 = cyc.iter().map(|&w| head(pi, w).1).sum();
-                let mu = total / cyc.len() as f64;
-                x[v as usize] = 0.0;
-                eta[v as usize] = mu;
-                for &w in cyc[1..].iter().rev() {
-                    let (h, l) = head(pi, w);
-                    x[w as usize] = l - mu + x[h as usize];
-                    eta[w as usize] = mu;
-                }
-                for &w in cyc {
-                    state[w as usize] = 2;
-                }
-                if mu > best_cycle.0 {
-                    best_cycle = (mu, v);
-                }
-                stack.truncate(pos);
-            }
-            while let Some(w) = stack.pop() {
-                let (h, l) = head(pi, w);
-                eta[w as usize] = eta[h as usize];
-                x[w as usize] = l - eta[h as usize] + x[h as usize];
-                state[w as usize] = 2;
-            }
-        }
-        let mut changed = false;
-        let (mut eta2, mut x2) = (eta.clone(), x.clone());
-        for &a in &verts {
-            let a = a as usize;
-            for k in outs.row(a) {
-                let b = outs.nb[k] as usize;
-                if alive[b] && eta[b] > eta2[a] + 1e-13 * (1.0 + eta2[a].abs()) {
-                    eta2[a] = eta[b];
-                    pi[a] = k as u32;
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            for &a in &verts {
-                let a = a as usize;
-                for k in outs.row(a) {
-                    let b = outs.nb[k] as usize;
-                    if alive[b] && (eta[b] - eta[a]).abs() <= 1e-13 * (1.0 + eta[a].abs()) {
-                        let val = outs.l[k] - eta[a] + x[b];
-                        if val > x2[a] + 1e-13 * (1.0 + x2[a].abs()) {
-                            x2[a] = val;
-                            pi[a] = k as u32;
-                            changed = true;
-                        }
-                    }
-                }
-            }
-        }
-        std::mem::swap(&mut eta, &mut eta2);
-        std::mem::swap(&mut x, &mut x2);
-        if !changed {
-            let (mu, start) = best_cycle;
-            let mut cyc = vec![start];
-            let mut v = head(pi, start).0;
-            while v != start {
-                cyc.push(v);
-                v = head(pi, v).0;
-            }
-            return Some((mu, cyc));
         }
     }
 }
@@ -429,7 +367,9 @@ pub(super) fn contract_ground_walks(
     (u, rounds, top, passes, st)
 }
 
-/// The passes on one build of the graph `cur` (see the module documentation).
+/// The passes on one build of the graph `cur` (see the module documentation): each pass bounds
+/// the walks ([`Epoch::bound`]), runs the walk programmes until a candidate reaches `Λ`
+/// ([`Epoch::pass`]) and merges the certified cycles into the ground ([`Epoch::accept`]).
 #[allow(clippy::too_many_arguments)]
 fn epoch(
     n: usize,
@@ -441,233 +381,384 @@ fn epoch(
     top: &mut f64,
     st: &mut WalkStats,
 ) -> EpochEnd {
-    let mut gin = vec![f64::NEG_INFINITY; n];
-    let mut gout = vec![f64::NEG_INFINITY; n];
-    for &e in cur {
-        if e.a == ground {
-            gin[e.b as usize] = gin[e.b as usize].max(e.l);
-        } else if e.b == ground {
-            gout[e.a as usize] = gout[e.a as usize].max(e.l);
-        }
-    }
-    let inner = |e: &QEdge| e.a != ground && e.b != ground;
-    let mut ins = Csr::new(n, cur, false, inner);
-    let mut outs = Csr::new(n, cur, true, inner);
-    let mut live: Vec<bool> = (0..n)
-        .map(|v| v != ground as usize && live_root[v])
-        .collect();
-    let mut verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
-    let mut compacted_at = verts.len();
-    // the ground-free maximum cycle mean, the cycle attaining it, the potential and its M'
-    let mut pi = vec![NONE; n];
-    let mut gf: Option<(f64, Vec<u32>)> = None;
-    let mut pot: Option<(f64, Vec<f64>)> = None;
-    let mut walk_len = MIN_WALK;
-    let mut c_hint: Option<f64> = None;
-    let (mut fw, mut bw) = (Walks::new(n), Walks::new(n));
-    let mut hull_f = vec![0u32; MAX_WALK];
-    let mut hull_b = vec![0u32; MAX_WALK];
-    let mut cand: Vec<(f64, u32, u32, u32)> = Vec::new();
-    let mut seq: Vec<(usize, f64)> = Vec::new();
-    let mut at = vec![usize::MAX; n];
+    let mut ep = Epoch::new(n, cur, ground, live_root);
     loop {
-        verts.retain(|&v| live[v as usize]);
-        if verts.is_empty() {
+        if !ep.compact() {
             return EpochEnd::Done;
         }
-        if 2 * verts.len() < compacted_at {
-            ins.retain_live(&live);
-            outs.retain_live(&live);
-            pi.fill(NONE);
-            compacted_at = verts.len();
-        }
-        // M: recomputed when the cycle attaining it has lost a vertex
-        let gf_stale = match &gf {
-            None => true,
-            Some((_, z)) => z.iter().any(|&w| !live[w as usize]),
+        let bound = match ep.bound() {
+            Ok(b) => b,
+            Err(end) => return end,
         };
-        if gf_stale {
-            gf = howard_max_cycle(&outs, &ins, &live, &mut pi);
-            if gf.is_none() {
-                // the part without the ground is acyclic now
-                return EpochEnd::Rebuild;
+        let (lam, pins, pouts) = match ep.pass(bound, st) {
+            Ok(p) => p,
+            Err(end) => return end,
+        };
+        ep.accept(lam, &pins, &pouts, m, live_root, rounds, top, st);
+    }
+}
+
+/// The bound of a pass: `M'` (`mm`) and `d = A − 2M'` (see the module documentation).
+#[derive(Clone, Copy)]
+struct Bound {
+    mm: f64,
+    d: f64,
+}
+
+impl Bound {
+    /// `Λ = M' + max(0, d)/(len + 1)`, the bound on the mean of walks longer than `len`.
+    fn long(self, len: usize) -> f64 {
+        if self.d > 0.0 {
+            self.mm + self.d / (len + 1) as f64
+        } else {
+            self.mm
+        }
+    }
+
+    /// The walk length `L` that puts the acceptance window `[Λ, c]` halfway down from the last
+    /// accepted mean `c` to `M'` (`L + 1 = ⌈WINDOW·d/(c − M')⌉`, at least [`MIN_WALK`]), or
+    /// [`MAX_WALK`] when that is not below it (candidates of the next pass lie below `c`).
+    fn window(self, c: f64) -> usize {
+        if self.d > 0.0 && c > self.mm {
+            let need = (WINDOW * self.d / (c - self.mm)).ceil();
+            if need < MAX_WALK as f64 {
+                return (need as usize).max(MIN_WALK);
             }
         }
-        let big_m = gf.as_ref().expect("computed above").0;
+        MAX_WALK
+    }
+
+    /// The smallest reduced weight `r_e = ℓ_e − M' − π_b + π_a` of an edge on a walk of mean
+    /// `≥ Λ` for walks of at most `len` edges: a walk of `k` edges through `e` weighs at most
+    /// `A + (k − 2)M' + r_e`, so its mean reaches `Λ = M' + d/(len + 1)` only if
+    /// `r_e ≥ 3d/(len + 1) − d` (less a rounding margin).
+    fn cut(self, len: usize) -> f64 {
+        let d = self.d;
+        if d > 0.0 {
+            3.0 * d / (len + 1) as f64 - d - 1e-12 * (1.0 + d)
+        } else {
+            f64::NEG_INFINITY
+        }
+    }
+}
+
+/// The state of one epoch: the graph without the ground as rows by target (`ins`) and by source
+/// (`outs`), the largest log-weights from the ground (`gin`) and into it (`gout`), the live
+/// vertices, the ground-free maximum cycle and the potential, the walk programmes and the
+/// candidates of the last pass.
+struct Epoch {
+    n: usize,
+    ground: u32,
+    gin: Vec<f64>,
+    gout: Vec<f64>,
+    ins: Csr,
+    outs: Csr,
+    live: Vec<bool>,
+    /// `live` as a list, refreshed at the start of each pass.
+    verts: Vec<u32>,
+    /// The number of vertices when `ins` and `outs` were last compacted.
+    compacted_at: usize,
+    /// The warm-start policy of [`howard_max_cycle`].
+    pi: Vec<u32>,
+    /// The ground-free maximum cycle mean `M` and a cycle attaining it.
+    gf: Option<(f64, Vec<u32>)>,
+    /// `M'` and the potential `π` for it.
+    pot: Option<(f64, Vec<f64>)>,
+    walk_len: usize,
+    /// The mean of the last accepted walk.
+    c_hint: Option<f64>,
+    fw: Walks,
+    bw: Walks,
+    hull_f: Vec<u32>,
+    hull_b: Vec<u32>,
+    /// `(c(v), v, s, t)`: the best mean through `v`, of `s` edges from the ground and `t` back.
+    cand: Vec<(f64, u32, u32, u32)>,
+    /// The recorded walk being accepted: each vertex with the log-weight of the edge into it.
+    seq: Vec<(usize, f64)>,
+    /// Position of a vertex in `seq` during loop erasure (`usize::MAX` outside).
+    at: Vec<usize>,
+}
+
+impl Epoch {
+    fn new(n: usize, cur: &[QEdge], ground: u32, live_root: &[bool]) -> Self {
+        let (gin, gout) = ground_edges(n, cur, ground);
+        let inner = |e: &QEdge| e.a != ground && e.b != ground;
+        let live: Vec<bool> = (0..n)
+            .map(|v| v != ground as usize && live_root[v])
+            .collect();
+        let verts: Vec<u32> = (0..n as u32).filter(|&v| live[v as usize]).collect();
+        Epoch {
+            n,
+            ground,
+            gin,
+            gout,
+            ins: Csr::new(n, cur, false, inner),
+            outs: Csr::new(n, cur, true, inner),
+            live,
+            compacted_at: verts.len(),
+            verts,
+            pi: vec![NONE; n],
+            gf: None,
+            pot: None,
+            walk_len: MIN_WALK,
+            c_hint: None,
+            fw: Walks::new(n),
+            bw: Walks::new(n),
+            hull_f: vec![0u32; MAX_WALK],
+            hull_b: vec![0u32; MAX_WALK],
+            cand: Vec::new(),
+            seq: Vec::new(),
+            at: vec![usize::MAX; n],
+        }
+    }
+
+    /// Drops the merged vertices from `verts`, and from the rows once half of them are gone;
+    /// false when no vertex is left.
+    fn compact(&mut self) -> bool {
+        let live = &self.live;
+        self.verts.retain(|&v| live[v as usize]);
+        if self.verts.is_empty() {
+            return false;
+        }
+        if 2 * self.verts.len() < self.compacted_at {
+            self.ins.retain_live(live);
+            self.outs.retain_live(live);
+            self.pi.fill(NONE);
+            self.compacted_at = self.verts.len();
+        }
+        true
+    }
+
+    /// `M` (recomputed when the cycle attaining it has lost a vertex), `π` for `M' = M + δ`
+    /// (recomputed when the last `M'` exceeds the new one by more than `δ`) and
+    /// `d = A − 2M'`. `Err` when the part without the ground has become acyclic (rebuild) or the
+    /// potential has not settled (Howard).
+    fn bound(&mut self) -> Result<Bound, EpochEnd> {
+        let gf_stale = match &self.gf {
+            None => true,
+            Some((_, z)) => z.iter().any(|&w| !self.live[w as usize]),
+        };
+        if gf_stale {
+            self.gf = howard_max_cycle(&self.outs, &self.ins, &self.live, &mut self.pi);
+            if self.gf.is_none() {
+                // the part without the ground is acyclic now
+                return Err(EpochEnd::Rebuild);
+            }
+        }
+        let big_m = self.gf.as_ref().expect("computed above").0;
         let want = big_m + MARGIN * (1.0 + big_m.abs());
-        if pot
+        if self
+            .pot
             .as_ref()
             .is_none_or(|p| p.0 > want + MARGIN * (1.0 + big_m.abs()))
         {
-            pot = potential(&ins, &verts, &live, want).map(|p| (want, p));
+            self.pot = potential(&self.ins, &self.verts, &self.live, want).map(|p| (want, p));
         }
-        let Some((mm, phi)) = pot.as_ref() else {
-            return EpochEnd::HowardStep;
+        let Some((mm, phi)) = self.pot.as_ref() else {
+            return Err(EpochEnd::HowardStep);
         };
         let mm = *mm;
-        let a_in = verts
+        let a_in = self
+            .verts
             .iter()
-            .map(|&v| gin[v as usize] - phi[v as usize])
+            .map(|&v| self.gin[v as usize] - phi[v as usize])
             .fold(f64::NEG_INFINITY, f64::max);
-        let a_out = verts
+        let a_out = self
+            .verts
             .iter()
-            .map(|&v| gout[v as usize] + phi[v as usize])
+            .map(|&v| self.gout[v as usize] + phi[v as usize])
             .fold(f64::NEG_INFINITY, f64::max);
-        let d = a_in + a_out - 2.0 * mm;
-        let long = |len: usize| {
-            if d > 0.0 {
-                mm + d / (len + 1) as f64
-            } else {
-                mm
-            }
-        };
-        // the walk length: the acceptance window [Λ, c] reaches halfway down from the last
-        // accepted mean to M' (candidates of the next pass lie below it)
-        let window = |c: f64| {
-            if d > 0.0 && c > mm {
-                let need = (WINDOW * d / (c - mm)).ceil();
-                if need < MAX_WALK as f64 {
-                    return (need as usize).max(MIN_WALK);
-                }
-            }
-            MAX_WALK
-        };
-        if let Some(c) = c_hint {
-            walk_len = window(c);
+        Ok(Bound {
+            mm,
+            d: a_in + a_out - 2.0 * mm,
+        })
+    }
+
+    /// Runs the walk programmes on the edges that can lie on a walk of mean `≥ Λ` and collects
+    /// the candidates, growing the walk length until the best candidate reaches `Λ`. Returns `Λ`
+    /// and the rows the walks were recorded on; `Err` (Howard) when the length cannot grow.
+    fn pass(&mut self, b: Bound, st: &mut WalkStats) -> Result<(f64, Csr, Csr), EpochEnd> {
+        if let Some(c) = self.c_hint {
+            self.walk_len = b.window(c);
         }
-        let (mut pins, mut pouts): (Csr, Csr);
-        let (c_max, lam) = loop {
+        let mm = b.mm;
+        loop {
             st.passes += 1;
-            let lam = long(walk_len);
-            // edges on no walk of mean >= Λ: with r_e = ℓ_e − M' − π_b + π_a <= 0, a walk of k
-            // edges through e weighs at most A + (k − 2)M' + r_e, so its mean reaches
-            // Λ = M' + d/(L + 1) only if r_e >= 3d/(L + 1) − d
-            let cut = if d > 0.0 {
-                3.0 * d / (walk_len + 1) as f64 - d - 1e-12 * (1.0 + d)
-            } else {
-                f64::NEG_INFINITY
-            };
+            let lam = b.long(self.walk_len);
+            let cut = b.cut(self.walk_len);
+            let phi = &self.pot.as_ref().expect("set by bound").1;
             let keep_in = |v: usize, a: usize, l: f64| l - mm - phi[v] + phi[a] >= cut;
-            pins = ins.filtered(&live, keep_in);
+            let pins = self.ins.filtered(&self.live, keep_in);
             let keep_out = |v: usize, b: usize, l: f64| l - mm - phi[b] + phi[v] >= cut;
-            pouts = outs.filtered(&live, keep_out);
-            fw.run(walk_len - 1, &verts, &pins, &live, &gin);
-            bw.run(walk_len - 1, &verts, &pouts, &live, &gout);
-            cand.clear();
-            for &v in &verts {
-                let v_ = v as usize;
-                let kf = upper_hull(|s| fw.val[s * n + v_], walk_len - 1, &mut hull_f);
-                let kb = upper_hull(|t| bw.val[t * n + v_], walk_len - 1, &mut hull_b);
-                let mut best: Option<(f64, u32, u32)> = None;
-                for &s in &hull_f[..kf] {
-                    let fs = fw.val[s as usize * n + v_];
-                    for &t in &hull_b[..kb] {
-                        let mean = (fs + bw.val[t as usize * n + v_]) / (s + t) as f64;
-                        if best.is_none_or(|b| mean > b.0) {
-                            best = Some((mean, s, t));
-                        }
-                    }
-                }
-                if let Some((mean, s, t)) = best {
-                    cand.push((mean, v, s, t));
-                }
-            }
-            cand.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
-            let c_max = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
+            let pouts = self.outs.filtered(&self.live, keep_out);
+            let len = self.walk_len - 1;
+            self.fw.run(len, &self.verts, &pins, &self.live, &self.gin);
+            self.bw
+                .run(len, &self.verts, &pouts, &self.live, &self.gout);
+            self.collect_candidates();
+            let c_max = self.cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
             if c_max >= lam {
-                break (c_max, lam);
+                return Ok((lam, pins, pouts));
             }
             // nothing can be taken: a longer walk bound, else Howard
-            let next = window(c_max);
-            if next <= walk_len || next >= MAX_WALK {
-                return EpochEnd::HowardStep;
+            let next = b.window(c_max);
+            if next <= self.walk_len || next >= MAX_WALK {
+                return Err(EpochEnd::HowardStep);
             }
-            walk_len = next;
-        };
-        let _ = c_max;
-        for &(c, v, s, t) in &cand {
+            self.walk_len = next;
+        }
+    }
+
+    /// `cand`: per live vertex `v` the best `(F_s(v) + B_t(v))/(s + t)` over the upper hulls of
+    /// the two walk programmes, in decreasing order.
+    fn collect_candidates(&mut self) {
+        let n = self.n;
+        let (fw, bw) = (&self.fw, &self.bw);
+        let len = self.walk_len - 1;
+        self.cand.clear();
+        for &v in &self.verts {
+            let v_ = v as usize;
+            let kf = upper_hull(|s| fw.val[s * n + v_], len, &mut self.hull_f);
+            let kb = upper_hull(|t| bw.val[t * n + v_], len, &mut self.hull_b);
+            let mut best: Option<(f64, u32, u32)> = None;
+            for &s in &self.hull_f[..kf] {
+                let fs = fw.val[s as usize * n + v_];
+                for &t in &self.hull_b[..kb] {
+                    let mean = (fs + bw.val[t as usize * n + v_]) / (s + t) as f64;
+                    if best.is_none_or(|b| mean > b.0) {
+                        best = Some((mean, s, t));
+                    }
+                }
+            }
+            if let Some((mean, s, t)) = best {
+                self.cand.push((mean, v, s, t));
+            }
+        }
+        self.cand.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
+    }
+
+    /// Merges into the ground, in decreasing order of `c`, the loop-erased recorded walks of the
+    /// candidates with `c ≥ Λ`, until one has lost a vertex.
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &mut self,
+        lam: f64,
+        pins: &Csr,
+        pouts: &Csr,
+        m: &mut Merged,
+        live_root: &mut [bool],
+        rounds: &mut usize,
+        top: &mut f64,
+        st: &mut WalkStats,
+    ) {
+        for i in 0..self.cand.len() {
+            let (c, v, s, t) = self.cand[i];
             if c < lam {
                 break;
             }
             let v = v as usize;
-            if !live[v] {
+            if !self.live[v] {
                 continue;
             }
-            // the recorded walk ground → p_1 → … → p_s = v → q_2 → … → q_t → ground, with the
-            // log-weight of the edge into each vertex
-            seq.clear();
-            seq.resize(s as usize, (0, 0.0));
-            let mut w = v;
-            for step in (1..=s as usize).rev() {
-                if step == 1 {
-                    seq[0] = (w, gin[w]);
-                } else {
-                    let k = fw.via[step * n + w] as usize;
-                    seq[step - 1] = (w, pins.l[k]);
-                    w = pins.nb[k] as usize;
-                }
-            }
-            let mut w = v;
-            for step in (2..=t as usize).rev() {
-                let k = bw.via[step * n + w] as usize;
-                w = pouts.nb[k] as usize;
-                seq.push((w, pouts.l[k]));
-            }
-            if seq.iter().any(|p| !live[p.0]) {
+            if !self.record_walk(v, s as usize, t as usize, pins, pouts) {
                 // a vertex of the walk has been merged since the pass: recompute
                 break;
             }
-            seq[0].1 = gin[seq[0].0];
-            c_hint = Some(c);
-            // loop erasure: the simple cycle through the ground
-            let mut kept = 0usize;
-            for i in 0..seq.len() {
-                let (p, l) = seq[i];
-                if at[p] != usize::MAX && at[p] < kept {
-                    for q in &seq[at[p] + 1..kept] {
-                        at[q.0] = usize::MAX;
-                    }
-                    kept = at[p] + 1;
-                } else {
-                    seq[kept] = (p, l);
-                    at[p] = kept;
-                    kept += 1;
-                }
-            }
-            seq.truncate(kept);
-            for q in seq.iter() {
-                at[q.0] = usize::MAX;
-            }
-            let last = seq[kept - 1].0;
-            let total = seq.iter().map(|p| p.1).sum::<f64>() + gout[last];
-            let mu = total / (kept + 1) as f64;
+            self.c_hint = Some(c);
+            self.erase_loops();
+            let mu = self.merge_walk(m, live_root);
             *top = top.max(mu);
             *rounds += 1;
             st.batched += 1;
-            let mut acc = 0.0;
-            for &(p, l) in seq.iter() {
-                acc += mu - l;
-                m.parent[p] = ground;
-                m.off[p] = acc;
-                live[p] = false;
-                live_root[p] = false;
+        }
+    }
+
+    /// `seq`: the recorded walk ground → p_1 → … → p_s = v → q_2 → … → q_t → ground, with the
+    /// log-weight of the edge into each vertex. False when a vertex of it is no longer live.
+    fn record_walk(&mut self, v: usize, s: usize, t: usize, pins: &Csr, pouts: &Csr) -> bool {
+        let n = self.n;
+        let seq = &mut self.seq;
+        seq.clear();
+        seq.resize(s, (0, 0.0));
+        let mut w = v;
+        for step in (1..=s).rev() {
+            if step == 1 {
+                seq[0] = (w, self.gin[w]);
+            } else {
+                let k = self.fw.via[step * n + w] as usize;
+                seq[step - 1] = (w, pins.l[k]);
+                w = pins.nb[k] as usize;
             }
-            for &(p, _) in seq.iter() {
-                let up = m.off[p];
-                for k in outs.row(p) {
-                    let b = outs.nb[k] as usize;
-                    if live[b] {
-                        gin[b] = gin[b].max(outs.l[k] - up);
-                    }
+        }
+        let mut w = v;
+        for step in (2..=t).rev() {
+            let k = self.bw.via[step * n + w] as usize;
+            w = pouts.nb[k] as usize;
+            seq.push((w, pouts.l[k]));
+        }
+        if seq.iter().any(|p| !self.live[p.0]) {
+            return false;
+        }
+        seq[0].1 = self.gin[seq[0].0];
+        true
+    }
+
+    /// Loop erasure of `seq`: the simple cycle through the ground that the walk contains.
+    fn erase_loops(&mut self) {
+        let (seq, at) = (&mut self.seq, &mut self.at);
+        let mut kept = 0usize;
+        for i in 0..seq.len() {
+            let (p, l) = seq[i];
+            if at[p] != usize::MAX && at[p] < kept {
+                for q in &seq[at[p] + 1..kept] {
+                    at[q.0] = usize::MAX;
                 }
-                for k in ins.row(p) {
-                    let a = ins.nb[k] as usize;
-                    if live[a] {
-                        gout[a] = gout[a].max(ins.l[k] + up);
-                    }
+                kept = at[p] + 1;
+            } else {
+                seq[kept] = (p, l);
+                at[p] = kept;
+                kept += 1;
+            }
+        }
+        seq.truncate(kept);
+        for q in seq.iter() {
+            at[q.0] = usize::MAX;
+        }
+    }
+
+    /// Merges the cycle ground → `seq` → ground into the ground with potentials making each of
+    /// its edges its mean `μ`, and raises `gin` and `gout` by the edges of its vertices. Returns
+    /// `μ`.
+    fn merge_walk(&mut self, m: &mut Merged, live_root: &mut [bool]) -> f64 {
+        let seq = &self.seq;
+        let kept = seq.len();
+        let last = seq[kept - 1].0;
+        let total = seq.iter().map(|p| p.1).sum::<f64>() + self.gout[last];
+        let mu = total / (kept + 1) as f64;
+        let mut acc = 0.0;
+        for &(p, l) in seq.iter() {
+            acc += mu - l;
+            m.parent[p] = self.ground;
+            m.off[p] = acc;
+            self.live[p] = false;
+            live_root[p] = false;
+        }
+        for &(p, _) in seq.iter() {
+            let up = m.off[p];
+            for k in self.outs.row(p) {
+                let b = self.outs.nb[k] as usize;
+                if self.live[b] {
+                    self.gin[b] = self.gin[b].max(self.outs.l[k] - up);
+                }
+            }
+            for k in self.ins.row(p) {
+                let a = self.ins.nb[k] as usize;
+                if self.live[a] {
+                    self.gout[a] = self.gout[a].max(self.ins.l[k] + up);
                 }
             }
         }
+        mu
     }
 }
 

@@ -128,6 +128,13 @@ impl ScaleGroups {
         self.group_of[i]
     }
 
+    /// The group of neuron `i`, `None` for a fixed neuron.
+    #[inline]
+    pub fn group(&self, i: usize) -> Option<usize> {
+        let g = self.group_of[i];
+        (g != NO_GROUP).then_some(g as usize)
+    }
+
     /// Group of each neuron ([`NO_GROUP`] for fixed ones).
     #[inline]
     pub fn group_index(&self) -> &[u32] {

@@ -174,33 +174,12 @@ fn pct(x: Option<f64>) -> String {
 pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
     let t0 = Instant::now();
     let Setup { split, out } = setup(options)?;
-    let f = split.train.features;
-    let (clf_default, ae_default) = if options.quick {
-        (vec![f, 32, 10], vec![f, 32, 16, 32, f])
-    } else {
-        (
-            adapt(&[784, 100, 10], f, 10),
-            adapt(&[784, 200, 100, 50, 100, 200, 784], f, f),
-        )
-    };
-    let (clf, ae) = match &options.sizes {
-        Some(s) => (s[0].clone(), s.get(1).cloned().unwrap_or(ae_default)),
-        None => (clf_default, ae_default),
-    };
-    check_arch(&clf, &split, Task::Classify)?;
-    check_arch(&ae, &split, Task::Autoencode)?;
+    let (clf, ae) = e1_sizes(options, &split)?;
     let epochs = options.epochs.unwrap_or(if options.quick { 8 } else { 20 });
     let mu = options.penalty.unwrap_or(1e-3);
     let momentum = options.momentum.unwrap_or(0.9);
     let batch = options.batch.unwrap_or(64);
-    let mut csv = format!("model,penalty,{ROW_HEADER}\n");
-    let mut table = String::from(
-        "| model | penalty | balance measured with | test loss | test acc | cost-weighted imbalance (start → end) | max relative imbalance (start → end) | deficit (start → end) | distance to exact state (end) |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
-    let mut weighted_series = Vec::new();
-    let mut imb_series = Vec::new();
-    let mut def_series = Vec::new();
-    let mut metrics = Vec::new();
+    let mut results = E1Results::new();
     for (model, sizes, task, loss, lr) in [
         (
             "classifier",
@@ -219,7 +198,6 @@ pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
     ] {
         let init = Mlp::new(sizes, Activation::Relu, 1)?;
         for penalty in [Penalty::None, Penalty::L2(mu), Penalty::L1(mu / 10.0)] {
-            let p = penalty.p();
             let config = TrainConfig {
                 lr,
                 momentum,
@@ -238,99 +216,15 @@ pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
                     exact_p: if penalty == Penalty::None {
                         vec![2.0, 1.0]
                     } else {
-                        vec![p]
+                        vec![penalty.p()]
                     },
                 },
                 &split,
             )?;
-            let label = format!("{model} {}", penalty.name());
-            for r in &rows {
-                csv.push_str(&format!("{model},{},{}\n", penalty.name(), row_csv(r)));
-            }
-            let pick = |r: &EpochRow, p: f64| if p == 1.0 { r.l1 } else { r.l2 };
-            let series = |f: &dyn Fn(&BalanceRecord) -> f64| Series {
-                label: format!("{label} (p = {p})"),
-                points: rows
-                    .iter()
-                    .map(|r| (r.epoch as f64, f(&pick(r, p))))
-                    .collect(),
-            };
-            weighted_series.push(series(&|b| b.weighted_imbalance));
-            imb_series.push(series(&|b| b.max_imbalance));
-            def_series.push(series(&|b| b.deficit));
-            let (a, z) = (&rows[0], rows.last().expect("epoch 0 at least"));
-            let measured: &[f64] = if penalty == Penalty::None {
-                &[2.0, 1.0]
-            } else if p == 1.0 {
-                &[1.0]
-            } else {
-                &[2.0]
-            };
-            for &q in measured {
-                let (ba, bz) = (pick(a, q), pick(z, q));
-                table.push_str(&format!(
-                    "| {model} {} | {} | L{q} | {:.4} | {} | {} → {} | {} → {} | {} → {} | {} |\n",
-                    join(sizes),
-                    penalty.name(),
-                    z.test_loss,
-                    pct(z.test_acc),
-                    sci(ba.weighted_imbalance),
-                    sci(bz.weighted_imbalance),
-                    sci(ba.max_imbalance),
-                    sci(bz.max_imbalance),
-                    sci(ba.deficit),
-                    sci(bz.deficit),
-                    bz.distance_to_exact.map(sci).unwrap_or_default(),
-                ));
-                metrics.push((
-                    format!(
-                        "{model} {} final weighted imbalance (p = {q})",
-                        penalty.name()
-                    ),
-                    bz.weighted_imbalance,
-                ));
-            }
-            metrics.push((
-                format!("{model} {} final test loss", penalty.name()),
-                z.test_loss,
-            ));
+            results.add(model, sizes, penalty, &rows);
         }
     }
-    let mut files = vec![
-        write_atomic(&out.join("e1.csv"), &csv)?,
-        write_atomic(&out.join("e1.md"), &table)?,
-    ];
-    for (stem, title, y_label, series) in [
-        (
-            "e1",
-            "E1: cost-weighted imbalance Σ|In − Out| / Σ(In + Out)",
-            "cost-weighted relative imbalance",
-            weighted_series,
-        ),
-        (
-            "e1_max",
-            "E1: maximum relative imbalance over hidden units",
-            "max relative imbalance",
-            imb_series,
-        ),
-        (
-            "e1_deficit",
-            "E1: balance deficit Σ(In − Out)²",
-            "deficit",
-            def_series,
-        ),
-    ] {
-        let plot = LinePlot {
-            title: title.into(),
-            x_label: "epoch".into(),
-            y_label: y_label.into(),
-            log_x: false,
-            log_y: true,
-            series,
-        };
-        let (png, svg) = plot.write(&out.join(stem))?;
-        files.extend([png, svg]);
-    }
+    let (table, metrics, files) = results.write(&out)?;
     Ok(Report {
         name: "e1".into(),
         data: split.name,
@@ -339,6 +233,157 @@ pub fn e1_emergence(options: &Options) -> Result<Report, ExperimentError> {
         files,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The classifier and autoencoder of E1: `--sizes` (classifier; autoencoder second) if given,
+/// else the defaults adapted to the data's feature count, checked against the data.
+fn e1_sizes(options: &Options, split: &Split) -> Result<(Vec<usize>, Vec<usize>), ExperimentError> {
+    let f = split.train.features;
+    let (clf_default, ae_default) = if options.quick {
+        (vec![f, 32, 10], vec![f, 32, 16, 32, f])
+    } else {
+        (
+            adapt(&[784, 100, 10], f, 10),
+            adapt(&[784, 200, 100, 50, 100, 200, 784], f, f),
+        )
+    };
+    let (clf, ae) = match &options.sizes {
+        Some(s) => (s[0].clone(), s.get(1).cloned().unwrap_or(ae_default)),
+        None => (clf_default, ae_default),
+    };
+    check_arch(&clf, split, Task::Classify)?;
+    check_arch(&ae, split, Task::Autoencode)?;
+    Ok((clf, ae))
+}
+
+/// What E1 collects over its runs: the CSV rows, the markdown table, the three plotted series
+/// (cost-weighted imbalance, maximum relative imbalance, deficit) and the headline metrics.
+struct E1Results {
+    csv: String,
+    table: String,
+    weighted: Vec<Series>,
+    imbalance: Vec<Series>,
+    deficit: Vec<Series>,
+    metrics: Vec<(String, f64)>,
+}
+
+impl E1Results {
+    fn new() -> Self {
+        E1Results {
+            csv: format!("model,penalty,{ROW_HEADER}\n"),
+            table: String::from(
+                "| model | penalty | balance measured with | test loss | test acc | cost-weighted imbalance (start → end) | max relative imbalance (start → end) | deficit (start → end) | distance to exact state (end) |\n|---|---|---|---|---|---|---|---|---|\n",
+            ),
+            weighted: Vec::new(),
+            imbalance: Vec::new(),
+            deficit: Vec::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// The history `rows` of one run (`model` of `sizes` trained with `penalty`): its CSV rows,
+    /// its series at the penalty's `p` (L2 without a penalty), a table row and a metric per `p`
+    /// it is measured with (L2 and L1 without a penalty), and its final test loss.
+    fn add(&mut self, model: &str, sizes: &[usize], penalty: Penalty, rows: &[EpochRow]) {
+        let p = penalty.p();
+        let label = format!("{model} {}", penalty.name());
+        for r in rows {
+            self.csv
+                .push_str(&format!("{model},{},{}\n", penalty.name(), row_csv(r)));
+        }
+        let pick = |r: &EpochRow, p: f64| if p == 1.0 { r.l1 } else { r.l2 };
+        let series = |f: &dyn Fn(&BalanceRecord) -> f64| Series {
+            label: format!("{label} (p = {p})"),
+            points: rows
+                .iter()
+                .map(|r| (r.epoch as f64, f(&pick(r, p))))
+                .collect(),
+        };
+        self.weighted.push(series(&|b| b.weighted_imbalance));
+        self.imbalance.push(series(&|b| b.max_imbalance));
+        self.deficit.push(series(&|b| b.deficit));
+        let (a, z) = (&rows[0], rows.last().expect("epoch 0 at least"));
+        let measured: &[f64] = if penalty == Penalty::None {
+            &[2.0, 1.0]
+        } else if p == 1.0 {
+            &[1.0]
+        } else {
+            &[2.0]
+        };
+        for &q in measured {
+            let (ba, bz) = (pick(a, q), pick(z, q));
+            self.table.push_str(&format!(
+                "| {model} {} | {} | L{q} | {:.4} | {} | {} → {} | {} → {} | {} → {} | {} |\n",
+                join(sizes),
+                penalty.name(),
+                z.test_loss,
+                pct(z.test_acc),
+                sci(ba.weighted_imbalance),
+                sci(bz.weighted_imbalance),
+                sci(ba.max_imbalance),
+                sci(bz.max_imbalance),
+                sci(ba.deficit),
+                sci(bz.deficit),
+                bz.distance_to_exact.map(sci).unwrap_or_default(),
+            ));
+            self.metrics.push((
+                format!(
+                    "{model} {} final weighted imbalance (p = {q})",
+                    penalty.name()
+                ),
+                bz.weighted_imbalance,
+            ));
+        }
+        self.metrics.push((
+            format!("{model} {} final test loss", penalty.name()),
+            z.test_loss,
+        ));
+    }
+
+    /// Writes `e1.csv`, `e1.md` and the three plots into `out`; returns the table, the metrics
+    /// and the files written.
+    #[allow(clippy::type_complexity)]
+    fn write(
+        self,
+        out: &std::path::Path,
+    ) -> Result<(String, Vec<(String, f64)>, Vec<std::path::PathBuf>), ExperimentError> {
+        let mut files = vec![
+            write_atomic(&out.join("e1.csv"), &self.csv)?,
+            write_atomic(&out.join("e1.md"), &self.table)?,
+        ];
+        for (stem, title, y_label, series) in [
+            (
+                "e1",
+                "E1: cost-weighted imbalance Σ|In − Out| / Σ(In + Out)",
+                "cost-weighted relative imbalance",
+                self.weighted,
+            ),
+            (
+                "e1_max",
+                "E1: maximum relative imbalance over hidden units",
+                "max relative imbalance",
+                self.imbalance,
+            ),
+            (
+                "e1_deficit",
+                "E1: balance deficit Σ(In − Out)²",
+                "deficit",
+                self.deficit,
+            ),
+        ] {
+            let plot = LinePlot {
+                title: title.into(),
+                x_label: "epoch".into(),
+                y_label: y_label.into(),
+                log_x: false,
+                log_y: true,
+                series,
+            };
+            let (png, svg) = plot.write(&out.join(stem))?;
+            files.extend([png, svg]);
+        }
+        Ok((self.table, self.metrics, files))
+    }
 }
 
 /// Least-squares slope of `ln y` on `ln x` over the points with `x, y > 0`.
