@@ -32,16 +32,17 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::analysis::{colour_classes, Occurrences};
-use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides};
+use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides, TEAM_PIECES};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
+use super::team::Team;
 use crate::driver::{Iterate, Measured, Step};
 use crate::settings::Schedule;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
@@ -316,6 +317,29 @@ impl<'s, 'a> Core<'s, 'a> {
         let newton_sequential = self.eng.sequential;
         self.eng.sequential =
             sweep_runs_sequentially(self.st().num_terms(), threads, self.local_min_terms);
+        if self.eng.sequential {
+            self.sweep_classes(1);
+        } else {
+            // one team for the whole sweep: one helper job per other thread of the pool
+            let team = Arc::new(Team::default());
+            self.eng.team = Some(team.clone());
+            rayon::scope(|s| {
+                let leader = rayon::current_thread_index();
+                for _ in 1..threads {
+                    let t = &*team;
+                    s.spawn(move |_| t.help(leader));
+                }
+                self.sweep_classes(threads);
+                team.close();
+            });
+            self.eng.team = None;
+        }
+        self.eng.sequential = newton_sequential;
+    }
+
+    /// The classes of [`Core::colour_sweep`] one after the other, the steps of a class in
+    /// [`TEAM_PIECES`] pieces per thread on the sweep's team (one piece without a team).
+    fn sweep_classes(&mut self, threads: usize) {
         let classes = std::mem::take(&mut self.classes);
         for (k, class) in classes.iter().enumerate() {
             // the first class reads the flows of the last full pass, the others the line
@@ -328,14 +352,17 @@ impl<'s, 'a> Core<'s, 'a> {
                     this.delta_from_lines(v as usize)
                 }
             };
-            let deltas: Vec<f64> = if this.eng.sequential {
-                class.iter().map(step).collect()
-            } else {
-                class
-                    .par_iter()
-                    .with_min_len(class.len().div_ceil(threads).max(1))
-                    .map(step)
-                    .collect()
+            let deltas: Vec<f64> = match &this.eng.team {
+                Some(team) => {
+                    let mut out = vec![0.0; class.len()];
+                    let per = class.len().div_ceil(TEAM_PIECES * threads).max(1);
+                    let ranges: Vec<_> = class.chunks(per).zip(out.chunks_mut(per)).collect();
+                    team.for_each(ranges, |(vs, ds)| {
+                        vs.iter().zip(ds).for_each(|(v, d)| *d = step(v))
+                    });
+                    out
+                }
+                None => class.iter().map(step).collect(),
             };
             for (&v, d) in class.iter().zip(deltas) {
                 if d.is_finite() {
@@ -348,7 +375,6 @@ impl<'s, 'a> Core<'s, 'a> {
             }
         }
         self.classes = classes;
-        self.eng.sequential = newton_sequential;
     }
 
     /// The flows of one variable at the current `x`, evaluated afresh from its occurrences
@@ -1085,6 +1111,56 @@ mod tests {
             assert_eq!(one.2, r.2, "relative imbalances");
         }
         assert!(one.0.iter().any(|&v| v != 0.0), "the sweeps moved");
+        // a team of three threads gives the same state
+        let three = sweeps(&st, 3, terms, 5);
+        assert_eq!(one.0, three.0, "log-scales on three threads");
+        assert_eq!(one.1.to_bits(), three.1.to_bits(), "ln F on three threads");
+    }
+
+    /// The state after `n` colour sweeps run on the current pool with the parallel code.
+    fn sweeps_here(st: &Structured<'_>, n: usize) -> Vec<f64> {
+        let mut core = Core::new(st, vec![0; st.num_vars()], 1);
+        core.local_min_terms = 0;
+        for _ in 0..n {
+            core.colour_sweep();
+        }
+        core.x
+    }
+
+    #[test]
+    fn colour_sweeps_inside_other_parallel_jobs_finish_with_the_same_state() {
+        use rayon::prelude::*;
+        let st = chain(6, 48);
+        let want = sweeps(&st, 1, 0, 5).0;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // two sweeps at once, one per worker, each team's helper competing for the other
+        let states: Vec<Vec<f64>> = pool.install(|| {
+            (0..4)
+                .into_par_iter()
+                .map(|_| sweeps_here(&st, 5))
+                .collect()
+        });
+        for s in &states {
+            assert_eq!(*s, want, "sweeps inside a parallel iterator");
+        }
+        // the other worker busy for the whole run: the leader runs every piece itself
+        let busy = AtomicBool::new(true);
+        let alone = pool.install(|| {
+            rayon::scope(|s| {
+                s.spawn(|_| {
+                    while busy.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                });
+                let x = sweeps_here(&st, 5);
+                busy.store(false, Ordering::Release);
+                x
+            })
+        });
+        assert_eq!(alone, want, "sweeps while the other worker is busy");
     }
 
     #[test]
