@@ -22,8 +22,9 @@
 //! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
 //! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
 //! colour classes, each class at once over all blocks in parallel (on one thread below
-//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool). Every reduction runs in a fixed order, so one and two threads
-//! give identical results.
+//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool; otherwise on a team of the
+//! pool's threads for the whole sweep, `super::team`). Every reduction runs in a fixed order,
+//! so one and two threads give identical results.
 //!
 //! Both run under the one driver ([`crate::driver`]), which owns the tolerance, the
 //! iteration cap, the time limit, the trace, the observer and the stop reason.
@@ -307,11 +308,13 @@ impl<'s, 'a> Core<'s, 'a> {
     /// full pass gives them); the pass after the last class computes every flow.
     ///
     /// What runs where: on one thread below `local_min_terms` terms or on a one-thread pool
-    /// ([`sweep_runs_sequentially`]); otherwise, per class, one parallel region for the local
-    /// steps (one contiguous range of the class per thread) and one for the pass after it
-    /// ([`Engine`]'s grouped pass when the blocks split evenly into one group per thread),
-    /// then, after the last class, one region for the per-variable flows and the cost's. The
-    /// steps and sums do not depend on the split, so one and two threads give the same state.
+    /// ([`sweep_runs_sequentially`]); otherwise on one [`Team`] for the whole sweep (one helper
+    /// job per other thread of the pool, the parallel steps handed over without a fork-join):
+    /// per class one step for the local steps ([`TEAM_PIECES`] contiguous ranges of the class
+    /// per thread) and one for the pass after it ([`Engine`]'s grouped pass when the blocks
+    /// split evenly into one group per thread), then, after the last class, one step for the
+    /// per-variable flows and one for the cost's. The steps and sums do not depend on the split
+    /// nor on which thread runs a piece, so any number of threads gives the same state.
     pub(crate) fn colour_sweep(&mut self) {
         let threads = rayon::current_num_threads();
         let newton_sequential = self.eng.sequential;

@@ -25,10 +25,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Spins of a waiter before it yields its core at every check.
-const SPINS: u32 = 512;
+const SPINS: u32 = 64;
 
-/// A helper that finds no piece to claim for this long leaves the team.
-const IDLE_LIMIT: Duration = Duration::from_millis(1);
+/// A helper that finds no piece to claim for this long leaves the team (longer than the work
+/// the leader does alone between two steps, so a helper leaves only when the leader is not
+/// running; on a loaded machine a helper that stayed would take the leader's share of it).
+const IDLE_LIMIT: Duration = Duration::from_micros(100);
 
 /// Bits of the piece count and of the next piece in [`Team::state`] (the generation takes the
 /// remaining 24 bits).
