@@ -9,6 +9,7 @@
 //! cargo run --release --example sweep_perf -- --threshold        # the size threshold
 //! cargo run --release --example sweep_perf -- --route parallel mlp:24:1024 10   # one route
 //! cargo run --release --example sweep_perf -- --reps 9 ...        # 9 repetitions (default 5)
+//! cargo run --release --example sweep_perf -- --handoff   # what handing work to a second thread costs
 //! ```
 //!
 //! Bandwidth: the sum of a 256 MiB `f32` buffer (read only), each thread reading its own half
@@ -134,6 +135,101 @@ fn bandwidth() {
     if check.is_nan() {
         println!("(NaN)");
     }
+}
+
+/// Busy-waits `us` microseconds.
+fn busy(us: f64) {
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() * 1e6 < us {
+        std::hint::spin_loop();
+    }
+}
+
+/// The `q`-quantile of `v` (NaN when empty).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q) as usize]
+}
+
+/// What handing work to the second thread of a two-thread pool costs (see the module
+/// documentation).
+fn handoff() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let joins = 1000;
+    println!("| gap before the join | work per half | second half on the other worker | its start after the join, median / p90 | join time beyond one half, median |");
+    println!("|---|---|---|---|---|");
+    for gap in [0.0, 50.0] {
+        for work in [20.0, 100.0, 300.0] {
+            pool.install(|| {
+                let (mut start, mut extra, mut stolen) = (Vec::new(), Vec::new(), 0);
+                for _ in 0..joins {
+                    busy(gap);
+                    let me = rayon::current_thread_index();
+                    let t = Instant::now();
+                    let (_, (other, s)) = rayon::join(
+                        || busy(work),
+                        || {
+                            let s = t.elapsed().as_secs_f64() * 1e6;
+                            busy(work);
+                            (rayon::current_thread_index(), s)
+                        },
+                    );
+                    extra.push(t.elapsed().as_secs_f64() * 1e6 - work);
+                    if other != me {
+                        stolen += 1;
+                        start.push(s);
+                    }
+                }
+                println!(
+                    "| {gap} µs | {work} µs | {stolen} of {joins} | {:.1} / {:.1} µs | {:.1} µs |",
+                    quantile(&mut start, 0.5),
+                    quantile(&mut start, 0.9),
+                    quantile(&mut extra, 0.5)
+                );
+            });
+        }
+    }
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (flag, seen) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut trip = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut last = 0;
+            loop {
+                let v = flag.load(Ordering::Acquire);
+                if v == u64::MAX {
+                    return;
+                }
+                if v != last {
+                    last = v;
+                    seen.store(v, Ordering::Release);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        for i in 1..=20_000u64 {
+            let t = Instant::now();
+            flag.store(i, Ordering::Release);
+            while seen.load(Ordering::Acquire) != i {
+                std::hint::spin_loop();
+            }
+            trip.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        flag.store(u64::MAX, Ordering::Release);
+    });
+    println!(
+        "\nspinning partner, round trip of a flag (20,000 trips): median {:.2} µs, p90 {:.2} µs, p99 {:.1} µs",
+        quantile(&mut trip, 0.5),
+        quantile(&mut trip, 0.9),
+        quantile(&mut trip, 0.99)
+    );
 }
 
 /// A model: units, tensors, uses (weights only; biases do not change the sweep's cost much).
@@ -393,6 +489,10 @@ fn main() {
             "{route} {case}: {:.3} ms per sweep (median of {runs})",
             median(t) * 1e3
         );
+        return;
+    }
+    if args.iter().any(|a| a == "--handoff") {
+        handoff();
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--threshold") {

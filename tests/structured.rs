@@ -439,14 +439,54 @@ fn parallel_local_sweeps_are_identical_with_one_and_two_threads_above_the_local_
     let net = random_mlp(&[16, 600, 600, 8], 16);
     let method = Method::Local(Schedule::Parallel);
     synbal::structured::set_local_parallel_min_terms(0);
-    let (a, b) = (
+    let (a, b, c) = (
         balance_on_threads(&net, method, 1),
         balance_on_threads(&net, method, 2),
+        balance_on_threads(&net, method, 3),
     );
+    // inside another parallel job on a two-thread pool (as `verify` runs balances): two
+    // balances at once, one per worker, each sweep's team competing for the other worker
+    let reg = Regularizer::lp(2.0).unwrap();
+    let settings = Settings {
+        tol: 1e-12,
+        ..Settings::with_method(method)
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let nested: Vec<synbal::Solution> = pool.install(|| {
+        use rayon::prelude::*;
+        (0..2)
+            .into_par_iter()
+            .map(|_| synbal::balance_observed(&net, &reg, &settings, &mut NoObserver).unwrap())
+            .collect()
+    });
+    // the observer is called after every sweep, and a time limit stops the run
+    let mut seen = 0;
+    let mut count = |_: Method, _: &TraceEntry| seen += 1;
+    let observed = pool
+        .install(|| synbal::balance_observed(&net, &reg, &settings, &mut count))
+        .unwrap();
+    let limited = Settings {
+        time_limit: Some(std::time::Duration::ZERO),
+        ..settings.clone()
+    };
+    let stopped = pool
+        .install(|| synbal::balance_observed(&net, &reg, &limited, &mut NoObserver))
+        .unwrap();
     synbal::structured::set_local_parallel_min_terms(synbal::structured::LOCAL_PARALLEL_MIN_TERMS);
-    assert_eq!(a.log_scales, b.log_scales);
-    assert_eq!(a.iterations, b.iterations);
+    for (what, s) in [("two threads", &b), ("three threads", &c)]
+        .into_iter()
+        .chain(nested.iter().map(|s| ("inside a parallel job", s)))
+        .chain([("observed", &observed)])
+    {
+        assert_eq!(a.log_scales, s.log_scales, "{what}");
+        assert_eq!(a.iterations, s.iterations, "{what}");
+    }
     assert!(a.iterations > 0);
+    assert_eq!(seen, observed.iterations + 1);
+    assert_eq!(stopped.status, Status::TimeLimit);
 }
 
 /// A spec with one use `layout` of tensor `t` from 4 input channels (fixed) to 4 free

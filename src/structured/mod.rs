@@ -30,6 +30,7 @@ mod run;
 mod solver;
 pub mod spec;
 mod store;
+mod team;
 
 pub use error::StructuredError;
 pub(crate) use network::balance_network;

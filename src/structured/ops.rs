@@ -25,7 +25,9 @@
 
 use super::spec::FIXED;
 use super::store::{Block, Dense, Sparse, Structured};
+use super::team::{par_items, Team};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Runs `$body` with `$s` bound to the block's magnitudes as a typed slice.
 macro_rules! with_elems {
@@ -56,6 +58,10 @@ pub(crate) const TASK_TERMS: usize = 1 << 18;
 
 /// Fewest variables per parallel task of the per-variable reductions.
 const VARS_PER_TASK: usize = 1024;
+
+/// Pieces per thread of the per-variable reduction on a sweep's team (the pieces are claimed
+/// as threads come free, so a thread that starts late takes fewer).
+pub(crate) const TEAM_PIECES: usize = 4;
 
 /// `ln(e^a + e^b)`, robust to `−∞`.
 #[inline]
@@ -386,6 +392,9 @@ pub(crate) struct Engine<'s, 'a> {
     pub sequential: bool,
     /// Passes that ran on more than one thread (for the tests of the routing by size).
     pub parallel_passes: usize,
+    /// The team of a colour-class sweep while one runs: the parallel steps run on it instead
+    /// of rayon's fork-joins ([`super::team`]).
+    pub team: Option<Arc<Team>>,
     /// The thread count `groups` was computed for (0: not yet).
     groups_threads: usize,
     /// The block groups for `groups_threads` threads ([`block_groups`]).
@@ -487,6 +496,7 @@ impl<'s, 'a> Engine<'s, 'a> {
             passes: 0,
             sequential: false,
             parallel_passes: 0,
+            team: None,
             groups_threads: 0,
             groups: None,
             block_tasks,
@@ -529,6 +539,8 @@ impl<'s, 'a> Engine<'s, 'a> {
         let body = |(t, w): (&Task, &mut TaskWork)| f(t, w, &blocks[t.block], &bw[t.block]);
         if self.sequential {
             self.tasks.iter().zip(self.tw.iter_mut()).for_each(body);
+        } else if let Some(team) = &self.team {
+            team.for_each(self.tasks.iter().zip(self.tw.iter_mut()).collect(), body);
         } else {
             self.tasks
                 .par_iter()
@@ -569,6 +581,9 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .zip(self.bw.iter_mut())
                 .enumerate()
                 .for_each(body);
+        } else if let Some(team) = &self.team {
+            let items = blocks.iter().zip(self.bw.iter_mut()).enumerate();
+            team.for_each(items.collect(), body);
         } else {
             blocks
                 .par_iter()
@@ -673,7 +688,7 @@ impl<'s, 'a> Engine<'s, 'a> {
         if parts.len() == 1 {
             parts.into_iter().for_each(group);
         } else {
-            parts.into_par_iter().with_max_len(1).for_each(group);
+            par_items(self.team.as_deref(), parts, group);
         }
     }
 
@@ -696,7 +711,9 @@ impl<'s, 'a> Engine<'s, 'a> {
         fl.ln_hd.resize(n, neg);
         let threads = self.threads();
         if np == 1 && threads > 1 {
-            let per = n.div_ceil(threads).max(1);
+            // a team takes pieces as its threads come free: a few per thread
+            let pieces = threads * if self.team.is_some() { TEAM_PIECES } else { 1 };
+            let per = n.div_ceil(pieces).max(1);
             fl.rel_sq.resize(n, (0.0, 0.0));
             let body = |(k, (((((ins, outs), gp), gm), hd), rs)): (usize, VarOut<'_>)| {
                 for j in 0..ins.len() {
@@ -707,15 +724,17 @@ impl<'s, 'a> Engine<'s, 'a> {
                     rs[j] = rel_sq(gp[j], gm[j]);
                 }
             };
-            fl.ln_in
-                .par_chunks_mut(per)
-                .zip(fl.ln_out.par_chunks_mut(per))
-                .zip(fl.ln_gp.par_chunks_mut(per))
-                .zip(fl.ln_gm.par_chunks_mut(per))
-                .zip(fl.ln_hd.par_chunks_mut(per))
-                .zip(fl.rel_sq.par_chunks_mut(per))
+            let ranges: Vec<(usize, VarOut<'_>)> = fl
+                .ln_in
+                .chunks_mut(per)
+                .zip(fl.ln_out.chunks_mut(per))
+                .zip(fl.ln_gp.chunks_mut(per))
+                .zip(fl.ln_gm.chunks_mut(per))
+                .zip(fl.ln_hd.chunks_mut(per))
+                .zip(fl.rel_sq.chunks_mut(per))
                 .enumerate()
-                .for_each(body);
+                .collect();
+            par_items(self.team.as_deref(), ranges, body);
             fl.ln_f = self.ln_cost(x);
             return;
         }
@@ -851,6 +870,25 @@ impl<'s, 'a> Engine<'s, 'a> {
         }
     }
 
+    /// `f` of every item, in item order: on one thread when `sequential`, else on the sweep's
+    /// team when one runs, else on rayon's pool.
+    fn map_in_order<T: Sync, R: Send + Copy + Default>(
+        &self,
+        sequential: bool,
+        items: &[T],
+        f: impl Fn(&T) -> R + Sync + Send,
+    ) -> Vec<R> {
+        match &self.team {
+            Some(team) if !sequential => {
+                let mut out = vec![R::default(); items.len()];
+                let pairs: Vec<(&T, &mut R)> = items.iter().zip(out.iter_mut()).collect();
+                team.for_each(pairs, |(t, r)| *r = f(t));
+                out
+            }
+            _ => map_in_order(sequential, items, f),
+        }
+    }
+
     /// `ln F` from the line sums and terms of the last pass: the constant and the row-side
     /// contributions (every term once: the row-side line sums of the dense blocks, the sparse
     /// terms, the unary terms), maximum first, then the sum of the shifted exponentials of each
@@ -876,11 +914,12 @@ impl<'s, 'a> Engine<'s, 'a> {
         let live = |s: &[f64]| s.iter().copied().filter(|&v| v != neg).fold(neg, f64::max);
         // a maximum costs about a nanosecond per value: one thread below FOLD_MIN_VARS values
         let values: usize = segs.iter().map(|s| s.len()).sum();
-        let m = map_in_order(self.sequential || values < FOLD_MIN_VARS, &segs, |s| {
-            live(s)
-        })
-        .into_iter()
-        .fold(st.ln_const, f64::max);
+        let m = self
+            .map_in_order(self.sequential || values < FOLD_MIN_VARS, &segs, |s| {
+                live(s)
+            })
+            .into_iter()
+            .fold(st.ln_const, f64::max);
         if m == neg {
             return neg;
         }
@@ -889,7 +928,8 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .filter(|&&v| v != neg)
                 .fold(0.0, |acc, &v| acc + (v - m).exp())
         };
-        let f = map_in_order(self.sequential, &segs, |s| sum(s))
+        let f = self
+            .map_in_order(self.sequential, &segs, |s| sum(s))
             .into_iter()
             .fold((st.ln_const - m).exp(), |acc, v| acc + v);
         if f > 0.0 {

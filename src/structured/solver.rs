@@ -27,8 +27,9 @@
 //! **Local** schedules balance one variable at a time exactly (closed form for `L_p`, a 1-D
 //! Newton otherwise) in cyclic, reverse, random or greedy order; the parallel schedule sweeps the
 //! colour classes, each class at once over all blocks in parallel (on one thread below
-//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool). Every reduction runs in a fixed order, so one and two threads
-//! give identical results.
+//! [`LOCAL_PARALLEL_MIN_TERMS`] terms or on a one-thread pool; otherwise on a team of the
+//! pool's threads for the whole sweep, `super::team`). Every reduction runs in a fixed order,
+//! so one and two threads give identical results.
 //!
 //! Both run under the one driver ([`crate::driver`]), which owns the tolerance, the
 //! iteration cap, the time limit, the trace, the observer and the stop reason.
@@ -37,16 +38,17 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::analysis::{colour_classes, Occurrences};
-use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides};
+use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides, TEAM_PIECES};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
+use super::team::Team;
 use crate::driver::{Iterate, Measured, Step, Verdict};
 use crate::settings::Schedule;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Above this maximum relative imbalance a Newton iteration is a colour-class sweep.
@@ -313,16 +315,41 @@ impl<'s, 'a> Core<'s, 'a> {
     /// full pass gives them); the pass after the last class computes every flow.
     ///
     /// What runs where: on one thread below `local_min_terms` terms or on a one-thread pool
-    /// ([`sweep_runs_sequentially`]); otherwise, per class, one parallel region for the local
-    /// steps (one contiguous range of the class per thread) and one for the pass after it
-    /// ([`Engine`]'s grouped pass when the blocks split evenly into one group per thread),
-    /// then, after the last class, one region for the per-variable flows and the cost's. The
-    /// steps and sums do not depend on the split, so one and two threads give the same state.
+    /// ([`sweep_runs_sequentially`]); otherwise on one [`Team`] for the whole sweep (one helper
+    /// job per other thread of the pool, the parallel steps handed over without a fork-join):
+    /// per class one step for the local steps ([`TEAM_PIECES`] contiguous ranges of the class
+    /// per thread) and one for the pass after it ([`Engine`]'s grouped pass when the blocks
+    /// split evenly into one group per thread), then, after the last class, one step for the
+    /// per-variable flows and one for the cost's. The steps and sums do not depend on the split
+    /// nor on which thread runs a piece, so any number of threads gives the same state.
     pub(crate) fn colour_sweep(&mut self) {
         let threads = rayon::current_num_threads();
         let newton_sequential = self.eng.sequential;
         self.eng.sequential =
             sweep_runs_sequentially(self.st().num_terms(), threads, self.local_min_terms);
+        if self.eng.sequential {
+            self.sweep_classes(1);
+        } else {
+            // one team for the whole sweep: one helper job per other thread of the pool
+            let team = Arc::new(Team::default());
+            self.eng.team = Some(team.clone());
+            rayon::scope(|s| {
+                let leader = rayon::current_thread_index();
+                for _ in 1..threads {
+                    let t = &*team;
+                    s.spawn(move |_| t.help(leader));
+                }
+                self.sweep_classes(threads);
+                team.close();
+            });
+            self.eng.team = None;
+        }
+        self.eng.sequential = newton_sequential;
+    }
+
+    /// The classes of [`Core::colour_sweep`] one after the other, the steps of a class in
+    /// [`TEAM_PIECES`] pieces per thread on the sweep's team (one piece without a team).
+    fn sweep_classes(&mut self, threads: usize) {
         let classes = std::mem::take(&mut self.classes);
         for (k, class) in classes.iter().enumerate() {
             // the first class reads the flows of the last full pass, the others the line
@@ -335,14 +362,17 @@ impl<'s, 'a> Core<'s, 'a> {
                     this.delta_from_lines(v as usize)
                 }
             };
-            let deltas: Vec<f64> = if this.eng.sequential {
-                class.iter().map(step).collect()
-            } else {
-                class
-                    .par_iter()
-                    .with_min_len(class.len().div_ceil(threads).max(1))
-                    .map(step)
-                    .collect()
+            let deltas: Vec<f64> = match &this.eng.team {
+                Some(team) => {
+                    let mut out = vec![0.0; class.len()];
+                    let per = class.len().div_ceil(TEAM_PIECES * threads).max(1);
+                    let ranges: Vec<_> = class.chunks(per).zip(out.chunks_mut(per)).collect();
+                    team.for_each(ranges, |(vs, ds)| {
+                        vs.iter().zip(ds).for_each(|(v, d)| *d = step(v))
+                    });
+                    out
+                }
+                None => class.iter().map(step).collect(),
             };
             for (&v, d) in class.iter().zip(deltas) {
                 if d.is_finite() {
@@ -355,7 +385,6 @@ impl<'s, 'a> Core<'s, 'a> {
             }
         }
         self.classes = classes;
-        self.eng.sequential = newton_sequential;
     }
 
     /// The flows of one variable at the current `x`, evaluated afresh from its occurrences
@@ -1207,6 +1236,56 @@ mod tests {
             assert_eq!(one.2, r.2, "relative imbalances");
         }
         assert!(one.0.iter().any(|&v| v != 0.0), "the sweeps moved");
+        // a team of three threads gives the same state
+        let three = sweeps(&st, 3, terms, 5);
+        assert_eq!(one.0, three.0, "log-scales on three threads");
+        assert_eq!(one.1.to_bits(), three.1.to_bits(), "ln F on three threads");
+    }
+
+    /// The state after `n` colour sweeps run on the current pool with the parallel code.
+    fn sweeps_here(st: &Structured<'_>, n: usize) -> Vec<f64> {
+        let mut core = Core::new(st, vec![0; st.num_vars()], 1);
+        core.local_min_terms = 0;
+        for _ in 0..n {
+            core.colour_sweep();
+        }
+        core.x
+    }
+
+    #[test]
+    fn colour_sweeps_inside_other_parallel_jobs_finish_with_the_same_state() {
+        use rayon::prelude::*;
+        let st = chain(6, 48);
+        let want = sweeps(&st, 1, 0, 5).0;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // two sweeps at once, one per worker, each team's helper competing for the other
+        let states: Vec<Vec<f64>> = pool.install(|| {
+            (0..4)
+                .into_par_iter()
+                .map(|_| sweeps_here(&st, 5))
+                .collect()
+        });
+        for s in &states {
+            assert_eq!(*s, want, "sweeps inside a parallel iterator");
+        }
+        // the other worker busy for the whole run: the leader runs every piece itself
+        let busy = AtomicBool::new(true);
+        let alone = pool.install(|| {
+            rayon::scope(|s| {
+                s.spawn(|_| {
+                    while busy.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                });
+                let x = sweeps_here(&st, 5);
+                busy.store(false, Ordering::Release);
+                x
+            })
+        });
+        assert_eq!(alone, want, "sweeps while the other worker is busy");
     }
 
     #[test]
