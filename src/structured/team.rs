@@ -30,7 +30,9 @@ const SPINS: u32 = 64;
 /// A helper that finds no piece to claim for this long leaves the team (longer than the work
 /// the leader does alone between two steps, so a helper leaves only when the leader is not
 /// running; on a loaded machine a helper that stayed would take the leader's share of it).
-const IDLE_LIMIT: Duration = Duration::from_micros(100);
+/// With 100 µs the helper of a 25 M-weight sweep left between the steps and the rest of the
+/// sweep ran on one thread (1.5x instead of 2.0x on `mlp:24:1024`, docs/performance.md).
+const IDLE_LIMIT: Duration = Duration::from_micros(1000);
 
 /// Bits of the piece count and of the next piece in [`Team::state`] (the generation takes the
 /// remaining 24 bits).
