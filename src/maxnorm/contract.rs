@@ -292,6 +292,14 @@ impl Paths {
         &self.hull[v * self.slots..v * self.slots + self.hn[v]]
     }
 
+    /// `max_s (P_s(v) − s·λ)` over the hull points of `v` (`−∞` without one).
+    fn max_shifted(&self, v: usize, lambda: f64) -> f64 {
+        self.hull_of(v)
+            .iter()
+            .map(|&s| self.val[s as usize * self.n + v] - s as f64 * lambda)
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
     /// Recomputes the live vertices in `order` (each after its neighbours in `rows`), paths of
     /// `v` at most `bound[v]` edges long; only the hull points of each neighbour are extended.
     pub(super) fn extend<'o>(
@@ -470,19 +478,7 @@ pub(super) fn ground_dag_search(
         );
         cand.clear();
         for &v in &live_order {
-            let v_ = v as usize;
-            let mut best: Option<(f64, u32, u32)> = None;
-            for &s in fw.hull_of(v_) {
-                let fs = fw.val[s as usize * n + v_];
-                for &t in bw.hull_of(v_) {
-                    let total = fs + bw.val[t as usize * n + v_];
-                    let mean = total / (s + t) as f64;
-                    if best.is_none_or(|b| mean > b.0) {
-                        best = Some((mean, s, t));
-                    }
-                }
-            }
-            if let Some((mean, s, t)) = best {
+            if let Some((mean, s, t)) = best_split(&fw, &bw, v as usize) {
                 cand.push((mean, v, s, t));
             }
         }
@@ -504,32 +500,13 @@ pub(super) fn ground_dag_search(
             }
             // the recorded cycle: ground → p_1 → … → p_s = v → q_2 → … → q_t → ground, with the
             // log-weight of the edge into each vertex
-            cycle.clear();
-            cycle.resize(s as usize, (0, 0.0));
-            let mut cur = v;
-            let mut intact = true;
-            for step in (1..=s as usize).rev() {
-                intact &= live[cur];
-                if step == 1 {
-                    cycle[0] = (cur, gin[cur]);
-                } else {
-                    let k = fw.via[step * n + cur] as usize;
-                    cycle[step - 1] = (cur, pins.l[k]);
-                    cur = pins.nb[k] as usize;
-                }
-            }
-            let mut cur = v;
-            for step in (2..=t as usize).rev() {
-                let k = bw.via[step * n + cur] as usize;
-                cur = pouts.nb[k] as usize;
-                intact &= live[cur];
-                cycle.push((cur, pouts.l[k]));
-            }
-            if !intact {
+            let rows = (pins, pouts);
+            let Some(cur) = recorded_cycle(&fw, &bw, rows, &live, &gin, (v, s, t), &mut cycle)
+            else {
                 band_done = false;
                 stop = i;
                 break;
-            }
+            };
             let total = cycle.iter().map(|p| p.1).sum::<f64>() + gout[cur];
             let mu = total / (s + t) as f64;
             top = top.max(mu);
@@ -541,20 +518,7 @@ pub(super) fn ground_dag_search(
                 live[p] = false;
             }
             // the ground edges are raised over all edges, in the band or not
-            for &(p, _) in &cycle {
-                for k in outs.row(p) {
-                    let b = outs.nb[k] as usize;
-                    if live[b] {
-                        gin[b] = gin[b].max(outs.l[k] - u[p]);
-                    }
-                }
-                for k in ins.row(p) {
-                    let a = ins.nb[k] as usize;
-                    if live[a] {
-                        gout[a] = gout[a].max(ins.l[k] + u[p]);
-                    }
-                }
-            }
+            raise_ground_edges(&cycle, (&ins, &outs), &live, &u, (&mut gin, &mut gout));
         }
         live_order.retain(|&w| live[w as usize]);
         // a pass over all edges opens a band at the mean of the candidate a fixed share of the
@@ -570,14 +534,8 @@ pub(super) fn ground_dag_search(
             let low = lambda - BAND_MARGIN * (1.0 + lambda.abs());
             for &v in &live_order {
                 let v_ = v as usize;
-                let side = |p: &Paths| {
-                    p.hull_of(v_)
-                        .iter()
-                        .map(|&s| p.val[s as usize * n + v_] - s as f64 * low)
-                        .fold(f64::NEG_INFINITY, f64::max)
-                };
-                phi[v_] = side(&fw);
-                psi[v_] = side(&bw);
+                phi[v_] = fw.max_shifted(v_, low);
+                psi[v_] = bw.max_shifted(v_, low);
             }
             let keep_in = |b: usize, a: usize, l: f64| phi[a] + l + psi[b] >= low;
             let keep_out = |a: usize, b: usize, l: f64| phi[a] + l + psi[b] >= low;
@@ -593,6 +551,88 @@ pub(super) fn ground_dag_search(
         }
     }
     (u, rounds, top, passes, bands)
+}
+
+/// The best split of a cycle through the ground at `v`: the `(s, t)` of the hulls maximising
+/// the mean `(F_s(v) + B_t(v)) / (s + t)`, with that mean (the first maximum in hull order).
+fn best_split(fw: &Paths, bw: &Paths, v: usize) -> Option<(f64, u32, u32)> {
+    let n = fw.n;
+    let mut best: Option<(f64, u32, u32)> = None;
+    for &s in fw.hull_of(v) {
+        let fs = fw.val[s as usize * n + v];
+        for &t in bw.hull_of(v) {
+            let total = fs + bw.val[t as usize * n + v];
+            let mean = total / (s + t) as f64;
+            if best.is_none_or(|b| mean > b.0) {
+                best = Some((mean, s, t));
+            }
+        }
+    }
+    best
+}
+
+/// The cycle recorded for the candidate `(v, s, t)`: ground → p_1 → … → p_s = v → q_2 → … →
+/// q_t → ground, written into `cycle` as `(vertex, log-weight of the edge into it)` along the
+/// rows `(ins, outs)` the paths were extended on. Returns `q_t` (the vertex whose ground edge
+/// closes the cycle), or `None` when a vertex of the cycle has been merged since.
+fn recorded_cycle(
+    fw: &Paths,
+    bw: &Paths,
+    (ins, outs): (&Csr, &Csr),
+    live: &[bool],
+    gin: &[f64],
+    (v, s, t): (usize, u32, u32),
+    cycle: &mut Vec<(usize, f64)>,
+) -> Option<usize> {
+    let n = fw.n;
+    cycle.clear();
+    cycle.resize(s as usize, (0, 0.0));
+    let mut cur = v;
+    let mut intact = true;
+    for step in (1..=s as usize).rev() {
+        intact &= live[cur];
+        if step == 1 {
+            cycle[0] = (cur, gin[cur]);
+        } else {
+            let k = fw.via[step * n + cur] as usize;
+            cycle[step - 1] = (cur, ins.l[k]);
+            cur = ins.nb[k] as usize;
+        }
+    }
+    let mut cur = v;
+    for step in (2..=t as usize).rev() {
+        let k = bw.via[step * n + cur] as usize;
+        cur = outs.nb[k] as usize;
+        intact &= live[cur];
+        cycle.push((cur, outs.l[k]));
+    }
+    intact.then_some(cur)
+}
+
+/// After the vertices of `cycle` are merged into the ground with potentials `u`: the largest
+/// edges from and into the ground of their live neighbours, `gin[b] = max(gin[b], l − u_p)` over
+/// the edges `p → b` and `gout[a] = max(gout[a], l + u_p)` over `a → p` (all edges).
+fn raise_ground_edges(
+    cycle: &[(usize, f64)],
+    (ins, outs): (&Csr, &Csr),
+    live: &[bool],
+    u: &[f64],
+    (gin, gout): (&mut [f64], &mut [f64]),
+) {
+    for &(p, _) in cycle {
+        for k in outs.row(p) {
+            let b = outs.nb[k] as usize;
+            if live[b] {
+                gin[b] = gin[b].max(outs.l[k] - u[p]);
+            }
+        }
+        for k in ins.row(p) {
+            let a = ins.nb[k] as usize;
+            if live[a] {
+                gout[a] = gout[a].max(ins.l[k] + u[p]);
+            }
+        }
+    }
 }
 
 /// Weighted union-find over the quotient vertices: `parent` and the potential `off` of a vertex
