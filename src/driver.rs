@@ -9,9 +9,9 @@
 //! - then, in this order: a NaN imbalance or cost stops as [`Status::NumericalTrouble`]; a
 //!   maximum relative imbalance below `Settings::tol` stops as [`Status::Converged`] if the
 //!   method confirms it ([`Iterate::confirm`]; a method may ask for one more iteration to refine
-//!   the point, [`Verdict::Refine`], which runs only within the cap and the time limit); no new best imbalance for [`STALL_WINDOW`]
-//!   iterations stops as [`Status::Stalled`]; the iteration cap stops as
-//!   [`Status::MaxIterations`]; an expired time limit stops as [`Status::TimeLimit`];
+//!   the point, [`Verdict::Refine`], which runs only within the cap and the time limit); no new
+//!   best imbalance for [`STALL_WINDOW`] iterations stops as [`Status::Stalled`]; the iteration
+//!   cap stops as [`Status::MaxIterations`]; an expired time limit stops as [`Status::TimeLimit`];
 //! - an iteration that cannot move the point ([`Step::Stalled`]) stops as [`Status::Stalled`]
 //!   (as [`Status::TimeLimit`] once the time limit has expired); one that meets a non-finite
 //!   value ([`Step::Trouble`]) stops as [`Status::NumericalTrouble`]. Neither is counted nor
