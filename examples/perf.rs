@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use synbal::network::builders::{random_dag, random_layers, random_recurrent};
@@ -370,70 +370,104 @@ fn row(r: &CaseResult) -> String {
 
 const HEADER: &str = "| network | p | method | result | time | its/sweeps | edge passes | peak mem | mem / f64 weights | note |\n|---|---|---|---|---|---|---|---|---|---|";
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--case") {
-        let r = run_case(
-            &args[i + 1],
-            args[i + 2].parse().expect("p"),
-            &args[i + 3],
-            args[i + 4].parse().expect("budget"),
-        );
-        println!("{}", serde_json::to_string(&r).expect("serialisable"));
-        return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .map(|i| PathBuf::from(&args[i + 1]));
-    let started = Instant::now();
-    // budgets (seconds) for local methods and for everything else
-    let (local_budget, argmin_budget, newton_budget) = if quick {
-        (1.0f64, 1.0f64, 5.0f64)
-    } else {
-        (5.0, 10.0, 60.0)
-    };
-    // the general network uses 32 bytes per edge; keep it within reason
-    let max_general_edges = if quick { 300_000 } else { 5_000_000 };
+/// What one run of the harness measures: the cases and the time budgets (seconds).
+struct Plan {
+    quick: bool,
+    /// Budget of the local methods.
+    local_budget: f64,
+    /// Budget of argmin's LBFGS and Newton-CG.
+    argmin_budget: f64,
+    /// Budget of Newton.
+    newton_budget: f64,
+    /// The general network uses 32 bytes per edge; larger MLPs are skipped.
+    max_general_edges: usize,
+    /// `(width, depth)` of the MLPs at p = 2.
+    mlps: Vec<(usize, usize)>,
+    /// MLPs run at p = 1 and p = 4.
+    pspecs: Vec<String>,
+    /// The DAG, recurrent and CNN cases (p = 1, 2, 4).
+    others: Vec<&'static str>,
+    /// Networks written to JSON and read back.
+    json_specs: &'static [&'static str],
+    /// The case of the convergence plot.
+    plot_spec: &'static str,
+}
 
-    let mut mlps: Vec<(usize, usize)> = Vec::new();
-    if quick {
-        mlps.extend([(32, 4), (32, 16), (32, 64), (256, 4)]);
-    } else {
-        for w in [32, 256, 1024] {
-            for d in [4, 16, 64, 256] {
-                mlps.push((w, d));
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let (local_budget, argmin_budget, newton_budget) = if quick {
+            (1.0, 1.0, 5.0)
+        } else {
+            (5.0, 10.0, 60.0)
+        };
+        let mut mlps: Vec<(usize, usize)> = Vec::new();
+        if quick {
+            mlps.extend([(32, 4), (32, 16), (32, 64), (256, 4)]);
+        } else {
+            for w in [32, 256, 1024] {
+                for d in [4, 16, 64, 256] {
+                    mlps.push((w, d));
+                }
             }
         }
+        Plan {
+            quick,
+            local_budget,
+            argmin_budget,
+            newton_budget,
+            max_general_edges: if quick { 300_000 } else { 5_000_000 },
+            mlps,
+            pspecs: if quick {
+                vec!["mlp:32:16".into()]
+            } else {
+                vec!["mlp:32:64".into(), "mlp:256:16".into()]
+            },
+            others: if quick {
+                vec!["dag:300", "rnn:64", "cnn:8:6"]
+            } else {
+                vec!["dag:1000", "rnn:128", "cnn:16:8"]
+            },
+            json_specs: if quick {
+                &["mlp:256:4"]
+            } else {
+                &["mlp:1000:2"]
+            },
+            plot_spec: if quick { "mlp:32:64" } else { "mlp:256:64" },
+        }
     }
-    let others: Vec<&str> = if quick {
-        vec!["dag:300", "rnn:64", "cnn:8:6"]
-    } else {
-        vec!["dag:1000", "rnn:128", "cnn:16:8"]
-    };
-    let plot_spec = if quick { "mlp:32:64" } else { "mlp:256:64" };
 
-    println!(
-        "# synbal performance ({} mode)\n",
-        if quick { "quick" } else { "full" }
-    );
-    println!(
-        "tolerance {TOL:e} (max relative imbalance); local methods capped at {local_budget} s, argmin's LBFGS and Newton-CG at {argmin_budget} s (killed at twice the budget + 2 s if they ignore the limit), Newton at {newton_budget} s; general methods run only up to {max_general_edges} edges (the edge-list network takes 32 bytes per edge).\n"
-    );
-    let mut all: Vec<CaseResult> = Vec::new();
-    let run_table = |title: &str, cases: Vec<(String, f64)>, all: &mut Vec<CaseResult>| {
+    /// The time budget of method `m`.
+    fn budget(&self, m: &str) -> f64 {
+        if m == "lbfgs" || m == "newton-cg" {
+            self.argmin_budget
+        } else if m.starts_with("newton") {
+            self.newton_budget
+        } else {
+            self.local_budget
+        }
+    }
+
+    /// The title and the budgets.
+    fn print_intro(&self) {
+        println!(
+            "# synbal performance ({} mode)\n",
+            if self.quick { "quick" } else { "full" }
+        );
+        let (local_budget, argmin_budget, newton_budget) =
+            (self.local_budget, self.argmin_budget, self.newton_budget);
+        let max_general_edges = self.max_general_edges;
+        println!(
+            "tolerance {TOL:e} (max relative imbalance); local methods capped at {local_budget} s, argmin's LBFGS and Newton-CG at {argmin_budget} s (killed at twice the budget + 2 s if they ignore the limit), Newton at {newton_budget} s; general methods run only up to {max_general_edges} edges (the edge-list network takes 32 bytes per edge).\n"
+        );
+    }
+
+    /// One table: every method on every `(spec, p)` case, each in a child; the results are
+    /// appended to `all`.
+    fn run_table(&self, title: &str, cases: Vec<(String, f64)>, all: &mut Vec<CaseResult>) {
         println!("## {title}\n\n{HEADER}");
+        let max_general_edges = self.max_general_edges;
         for (spec, p) in cases {
-            let edges_est = {
-                let f: Vec<&str> = spec.split(':').collect();
-                if f[0] == "mlp" {
-                    let (w, d): (usize, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-                    w * w * d
-                } else {
-                    0
-                }
-            };
+            let edges_est = mlp_edges(&spec);
             for m in methods() {
                 if edges_est > max_general_edges {
                     println!(
@@ -441,61 +475,68 @@ fn main() {
                     );
                     continue;
                 }
-                let budget = if m == "lbfgs" || m == "newton-cg" {
-                    argmin_budget
-                } else if m.starts_with("newton") {
-                    newton_budget
-                } else {
-                    local_budget
-                };
-                let r = child(&spec, p, &m, budget);
+                let r = child(&spec, p, &m, self.budget(&m));
                 println!("{}", row(&r));
                 all.push(r);
             }
         }
         println!();
-    };
-    run_table(
-        "MLPs, p = 2 (ReLU, PyTorch init, biases counted)",
-        mlps.iter()
-            .map(|&(w, d)| (format!("mlp:{w}:{d}"), 2.0))
-            .collect(),
-        &mut all,
-    );
-    let pspecs: Vec<String> = if quick {
-        vec!["mlp:32:16".into()]
-    } else {
-        vec!["mlp:32:64".into(), "mlp:256:16".into()]
-    };
-    run_table(
-        "MLPs, p = 1 and p = 4",
-        pspecs
-            .iter()
-            .flat_map(|s| [(s.clone(), 1.0), (s.clone(), 4.0)])
-            .collect(),
-        &mut all,
-    );
-    run_table(
-        "DAG with skips, recurrent net, CNN channel graph (residual ties), p = 1, 2, 4",
-        others
-            .iter()
-            .flat_map(|s| [1.0, 2.0, 4.0].map(|p| (s.to_string(), p)))
-            .collect(),
-        &mut all,
-    );
-    println!("## Reading network JSON (synbal::io::json::read_network)\n\n{HEADER}");
-    let json_specs: &[&str] = if quick {
-        &["mlp:256:4"]
-    } else {
-        &["mlp:1000:2"]
-    };
-    for spec in json_specs {
-        let r = child(spec, 2.0, "json-read", 300.0);
-        println!("{}", row(&r));
     }
-    println!();
 
-    // parallel vs sequential sweeps
+    /// The three tables of methods (MLPs at p = 2, MLPs at p = 1 and 4, the other networks).
+    fn run_tables(&self) -> Vec<CaseResult> {
+        let mut all: Vec<CaseResult> = Vec::new();
+        self.run_table(
+            "MLPs, p = 2 (ReLU, PyTorch init, biases counted)",
+            self.mlps
+                .iter()
+                .map(|&(w, d)| (format!("mlp:{w}:{d}"), 2.0))
+                .collect(),
+            &mut all,
+        );
+        self.run_table(
+            "MLPs, p = 1 and p = 4",
+            self.pspecs
+                .iter()
+                .flat_map(|s| [(s.clone(), 1.0), (s.clone(), 4.0)])
+                .collect(),
+            &mut all,
+        );
+        self.run_table(
+            "DAG with skips, recurrent net, CNN channel graph (residual ties), p = 1, 2, 4",
+            self.others
+                .iter()
+                .flat_map(|s| [1.0, 2.0, 4.0].map(|p| (s.to_string(), p)))
+                .collect(),
+            &mut all,
+        );
+        all
+    }
+
+    /// The table of network JSON reads.
+    fn json_table(&self) {
+        println!("## Reading network JSON (synbal::io::json::read_network)\n\n{HEADER}");
+        for spec in self.json_specs {
+            let r = child(spec, 2.0, "json-read", 300.0);
+            println!("{}", row(&r));
+        }
+        println!();
+    }
+}
+
+/// Edges of an MLP spec `mlp:W:D` (`W² · D`), 0 for the other networks.
+fn mlp_edges(spec: &str) -> usize {
+    let f: Vec<&str> = spec.split(':').collect();
+    if f[0] == "mlp" {
+        let (w, d): (usize, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        w * w * d
+    } else {
+        0
+    }
+}
+
+/// The time per local sweep of the parallel and the cyclic schedule on the cases of `all`.
+fn sweep_table(all: &[CaseResult]) {
     println!("## Time per local sweep: parallel (rayon colouring) vs cyclic (sequential)\n");
     println!(
         "| network | p | cyclic s/sweep | parallel s/sweep | speed-up |\n|---|---|---|---|---|"
@@ -519,33 +560,61 @@ fn main() {
         }
     }
     println!();
+}
 
+/// The convergence plot of every method on `plot_spec` at p = 2, in `dir`.
+fn write_plot(dir: &Path, plot_spec: &str, all: &[CaseResult]) {
+    std::fs::create_dir_all(dir).expect("output directory");
+    let series: Vec<Series> = all
+        .iter()
+        .filter(|r| r.network == plot_spec && r.p == 2.0 && !r.trace.is_empty())
+        .map(|r| Series {
+            label: r.method.clone(),
+            points: r
+                .trace
+                .iter()
+                .map(|&(s, y)| (s / r.pass_seconds, y))
+                .collect(),
+        })
+        .collect();
+    let plot = LinePlot {
+        title: format!("Convergence on {plot_spec} (width:depth), p = 2"),
+        x_label: "edge passes (wall time / one streaming pass over the costs)".into(),
+        y_label: "max relative imbalance".into(),
+        log_x: true,
+        log_y: true,
+        series,
+    };
+    match plot.write(&dir.join("convergence_depth64")) {
+        Ok((png, svg)) => println!("plot: {} and {}", png.display(), svg.display()),
+        Err(e) => println!("plot failed: {e}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let r = run_case(
+            &args[i + 1],
+            args[i + 2].parse().expect("p"),
+            &args[i + 3],
+            args[i + 4].parse().expect("budget"),
+        );
+        println!("{}", serde_json::to_string(&r).expect("serialisable"));
+        return;
+    }
+    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .map(|i| PathBuf::from(&args[i + 1]));
+    let started = Instant::now();
+    plan.print_intro();
+    let all = plan.run_tables();
+    plan.json_table();
+    sweep_table(&all);
     if let Some(dir) = out {
-        std::fs::create_dir_all(&dir).expect("output directory");
-        let series: Vec<Series> = all
-            .iter()
-            .filter(|r| r.network == plot_spec && r.p == 2.0 && !r.trace.is_empty())
-            .map(|r| Series {
-                label: r.method.clone(),
-                points: r
-                    .trace
-                    .iter()
-                    .map(|&(s, y)| (s / r.pass_seconds, y))
-                    .collect(),
-            })
-            .collect();
-        let plot = LinePlot {
-            title: format!("Convergence on {plot_spec} (width:depth), p = 2"),
-            x_label: "edge passes (wall time / one streaming pass over the costs)".into(),
-            y_label: "max relative imbalance".into(),
-            log_x: true,
-            log_y: true,
-            series,
-        };
-        match plot.write(&dir.join("convergence_depth64")) {
-            Ok((png, svg)) => println!("plot: {} and {}", png.display(), svg.display()),
-            Err(e) => println!("plot failed: {e}"),
-        }
+        write_plot(&dir, plan.plot_spec, &all);
     }
     println!(
         "total harness time {:.1} s",

@@ -3,9 +3,9 @@
 //! imbalance), the Jacobi-scaled Hessian-vector product, exact local steps.
 //!
 //! Work is split into *tasks*: a range of major lines of one dense block (at most
-//! [`TASK_TERMS`] terms) or a whole sparse block. Tasks run in parallel (rayon); every reduction
-//! over tasks and blocks is done afterwards in a fixed order, so the results do not depend on
-//! the number of threads.
+//! [`TASK_TERMS`] terms) or a whole sparse block. Tasks run in parallel ([`Exec`]: on one
+//! thread, on a sweep's team or on rayon's pool); every reduction over tasks and blocks is done
+//! afterwards in a fixed order, so the results do not depend on the number of threads.
 //!
 //! For a variable `v` of degree `c`, with `In_q(v)` the sum of terms of power `q` in which `v` is
 //! the row (output) end (biases included) and `Out_q(v)` those in which it is the column (input)
@@ -25,8 +25,7 @@
 
 use super::spec::FIXED;
 use super::store::{Block, Dense, Sparse, Structured};
-use super::team::{par_items, Team};
-use rayon::prelude::*;
+use super::team::{Exec, Team};
 use std::sync::Arc;
 
 /// Runs `$body` with `$s` bound to the block's magnitudes as a typed slice.
@@ -58,10 +57,6 @@ pub(crate) const TASK_TERMS: usize = 1 << 18;
 
 /// Fewest variables per parallel task of the per-variable reductions.
 const VARS_PER_TASK: usize = 1024;
-
-/// Pieces per thread of the per-variable reduction on a sweep's team (the pieces are claimed
-/// as threads come free, so a thread that starts late takes fewer).
-pub(crate) const TEAM_PIECES: usize = 4;
 
 /// `ln(e^a + e^b)`, robust to `−∞`.
 #[inline]
@@ -347,7 +342,8 @@ impl Flows {
             m
         };
         let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
-        let ms = map_in_order(self.fold_sequentially(chunks.len()), &chunks, |&c| chunk(c));
+        let exec = Exec::new(self.fold_sequentially(chunks.len()), None);
+        let ms = exec.map(&chunks, |&c| chunk(c));
         ms.into_iter().fold(0.0, |a, b| {
             if a.is_nan() || b.is_nan() {
                 f64::NAN
@@ -370,7 +366,8 @@ impl Flows {
             s
         };
         let chunks: Vec<(usize, &[bool])> = free.chunks(VAR_CHUNK).enumerate().collect();
-        let ss = map_in_order(self.fold_sequentially(chunks.len()), &chunks, |&c| chunk(c));
+        let exec = Exec::new(self.fold_sequentially(chunks.len()), None);
+        let ss = exec.map(&chunks, |&c| chunk(c));
         ss.into_iter().fold(0.0, |a, b| a + b).min(f64::MAX)
     }
 }
@@ -537,16 +534,8 @@ impl<'s, 'a> Engine<'s, 'a> {
         let blocks = &self.st.blocks;
         let bw = &self.bw;
         let body = |(t, w): (&Task, &mut TaskWork)| f(t, w, &blocks[t.block], &bw[t.block]);
-        if self.sequential {
-            self.tasks.iter().zip(self.tw.iter_mut()).for_each(body);
-        } else if let Some(team) = &self.team {
-            team.for_each(self.tasks.iter().zip(self.tw.iter_mut()).collect(), body);
-        } else {
-            self.tasks
-                .par_iter()
-                .zip(self.tw.par_iter_mut())
-                .for_each(body);
-        }
+        let items = self.tasks.iter().zip(self.tw.iter_mut()).collect();
+        Exec::new(self.sequential, self.team.as_deref()).for_each(items, body);
     }
 
     /// Computes the flows at `x` into `fl` (one pass over every block).
@@ -567,39 +556,26 @@ impl<'s, 'a> Engine<'s, 'a> {
         self.line_sums(x);
     }
 
-    /// Runs `f(block, work)` on every dense block (in parallel unless `sequential`).
+    /// Runs `f(block, work)` on every dense block ([`Engine::exec`]).
     fn each_dense(&mut self, f: impl Fn(usize, &Dense<'a>, &mut BlockWork) + Sync + Send) {
         let body = |(b, (blk, w)): (usize, (&Block<'a>, &mut BlockWork))| {
             if let Block::Dense(d) = blk {
                 f(b, d, w)
             }
         };
-        let blocks = &self.st.blocks;
-        if self.sequential {
-            blocks
-                .iter()
-                .zip(self.bw.iter_mut())
-                .enumerate()
-                .for_each(body);
-        } else if let Some(team) = &self.team {
-            let items = blocks.iter().zip(self.bw.iter_mut()).enumerate();
-            team.for_each(items.collect(), body);
-        } else {
-            blocks
-                .par_iter()
-                .zip(self.bw.par_iter_mut())
-                .enumerate()
-                .for_each(body);
-        }
+        let items = self.st.blocks.iter().zip(self.bw.iter_mut()).enumerate();
+        Exec::new(self.sequential, self.team.as_deref()).for_each(items.collect(), body);
+    }
+
+    /// Where the parallel steps run: on one thread when `sequential`, else on the sweep's team
+    /// when one runs, else on rayon's pool.
+    pub(crate) fn exec(&self) -> Exec<'_> {
+        Exec::new(self.sequential, self.team.as_deref())
     }
 
     /// Threads a pass or a reduction runs on: 1 when `sequential`, else the rayon pool's.
     fn threads(&self) -> usize {
-        if self.sequential {
-            1
-        } else {
-            rayon::current_num_threads()
-        }
+        self.exec().threads()
     }
 
     /// One pass over every block: the line factors, the line sums `w.sides` of every dense
@@ -685,11 +661,12 @@ impl<'s, 'a> Engine<'s, 'a> {
                 }
             }
         };
-        if parts.len() == 1 {
-            parts.into_iter().for_each(group);
+        let exec = if parts.len() == 1 {
+            Exec::One
         } else {
-            par_items(self.team.as_deref(), parts, group);
-        }
+            Exec::new(self.sequential, self.team.as_deref())
+        };
+        exec.for_each(parts, group);
     }
 
     /// Gathers the per-line sums into per-variable flows (per variable: maxima, then sums).
@@ -697,8 +674,8 @@ impl<'s, 'a> Engine<'s, 'a> {
     /// With one power on several threads, one parallel region over one contiguous range of
     /// variables per thread computes each variable's flows and then its gradient parts (they
     /// read only that variable's flows); otherwise the flows of every power, then the gradient
-    /// parts, each over ranges of at least [`VARS_PER_TASK`] variables. The same operations
-    /// per variable either way.
+    /// parts, each over ranges of [`VARS_PER_TASK`] variables. Both on [`Engine::exec`], with
+    /// the same operations per variable either way.
     fn reduce_flows(&self, x: &[f64], fl: &mut Flows) {
         let st = self.st;
         let n = st.num_vars();
@@ -709,11 +686,9 @@ impl<'s, 'a> Engine<'s, 'a> {
         fl.ln_gp.resize(n, neg);
         fl.ln_gm.resize(n, neg);
         fl.ln_hd.resize(n, neg);
-        let threads = self.threads();
-        if np == 1 && threads > 1 {
-            // a team takes pieces as its threads come free: a few per thread
-            let pieces = threads * if self.team.is_some() { TEAM_PIECES } else { 1 };
-            let per = n.div_ceil(pieces).max(1);
+        let exec = self.exec();
+        if np == 1 && exec.threads() > 1 {
+            let per = n.div_ceil(exec.pieces()).max(1);
             fl.rel_sq.resize(n, (0.0, 0.0));
             let body = |(k, (((((ins, outs), gp), gm), hd), rs)): (usize, VarOut<'_>)| {
                 for j in 0..ins.len() {
@@ -734,7 +709,7 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .zip(fl.rel_sq.chunks_mut(per))
                 .enumerate()
                 .collect();
-            par_items(self.team.as_deref(), ranges, body);
+            exec.for_each(ranges, body);
             fl.ln_f = self.ln_cost(x);
             return;
         }
@@ -742,41 +717,31 @@ impl<'s, 'a> Engine<'s, 'a> {
         for qi in 0..np {
             let ins = &mut fl.ln_in[qi * n..(qi + 1) * n];
             let outs = &mut fl.ln_out[qi * n..(qi + 1) * n];
-            let body = |(v, (i, o)): (usize, (&mut f64, &mut f64))| {
-                (*i, *o) = self.var_ln(x, v, qi);
+            let body = |(k, (is, os)): (usize, (&mut [f64], &mut [f64]))| {
+                for (j, (i, o)) in is.iter_mut().zip(os).enumerate() {
+                    (*i, *o) = self.var_ln(x, k * VARS_PER_TASK + j, qi);
+                }
             };
-            if self.sequential {
-                ins.iter_mut()
-                    .zip(outs.iter_mut())
-                    .enumerate()
-                    .for_each(body);
-            } else {
-                ins.par_iter_mut()
-                    .zip(outs.par_iter_mut())
-                    .enumerate()
-                    .with_min_len(VARS_PER_TASK)
-                    .for_each(body);
-            }
+            let ranges = ins
+                .chunks_mut(VARS_PER_TASK)
+                .zip(outs.chunks_mut(VARS_PER_TASK))
+                .enumerate();
+            exec.for_each(ranges.collect(), body);
         }
         let (li, lo) = (&fl.ln_in, &fl.ln_out);
-        let body = |(v, ((gp, gm), hd)): (usize, ((&mut f64, &mut f64), &mut f64))| {
-            (*gp, *gm, *hd) = self.gradient_parts(x, v, |qi| (li[qi * n + v], lo[qi * n + v]));
+        let body = |(k, ((gps, gms), hds)): (usize, GradOut<'_>)| {
+            for (j, ((gp, gm), hd)) in gps.iter_mut().zip(gms).zip(hds).enumerate() {
+                let v = k * VARS_PER_TASK + j;
+                (*gp, *gm, *hd) = self.gradient_parts(x, v, |qi| (li[qi * n + v], lo[qi * n + v]));
+            }
         };
-        let (gp, gm, hd) = (&mut fl.ln_gp, &mut fl.ln_gm, &mut fl.ln_hd);
-        if self.sequential {
-            gp.iter_mut()
-                .zip(gm.iter_mut())
-                .zip(hd.iter_mut())
-                .enumerate()
-                .for_each(body);
-        } else {
-            gp.par_iter_mut()
-                .zip(gm.par_iter_mut())
-                .zip(hd.par_iter_mut())
-                .enumerate()
-                .with_min_len(VARS_PER_TASK)
-                .for_each(body);
-        }
+        let ranges = fl
+            .ln_gp
+            .chunks_mut(VARS_PER_TASK)
+            .zip(fl.ln_gm.chunks_mut(VARS_PER_TASK))
+            .zip(fl.ln_hd.chunks_mut(VARS_PER_TASK))
+            .enumerate();
+        exec.for_each(ranges.collect(), body);
         fl.ln_f = self.ln_cost(x);
     }
 
@@ -870,25 +835,6 @@ impl<'s, 'a> Engine<'s, 'a> {
         }
     }
 
-    /// `f` of every item, in item order: on one thread when `sequential`, else on the sweep's
-    /// team when one runs, else on rayon's pool.
-    fn map_in_order<T: Sync, R: Send + Copy + Default>(
-        &self,
-        sequential: bool,
-        items: &[T],
-        f: impl Fn(&T) -> R + Sync + Send,
-    ) -> Vec<R> {
-        match &self.team {
-            Some(team) if !sequential => {
-                let mut out = vec![R::default(); items.len()];
-                let pairs: Vec<(&T, &mut R)> = items.iter().zip(out.iter_mut()).collect();
-                team.for_each(pairs, |(t, r)| *r = f(t));
-                out
-            }
-            _ => map_in_order(sequential, items, f),
-        }
-    }
-
     /// `ln F` from the line sums and terms of the last pass: the constant and the row-side
     /// contributions (every term once: the row-side line sums of the dense blocks, the sparse
     /// terms, the unary terms), maximum first, then the sum of the shifted exponentials of each
@@ -914,10 +860,13 @@ impl<'s, 'a> Engine<'s, 'a> {
         let live = |s: &[f64]| s.iter().copied().filter(|&v| v != neg).fold(neg, f64::max);
         // a maximum costs about a nanosecond per value: one thread below FOLD_MIN_VARS values
         let values: usize = segs.iter().map(|s| s.len()).sum();
-        let m = self
-            .map_in_order(self.sequential || values < FOLD_MIN_VARS, &segs, |s| {
-                live(s)
-            })
+        let fold = if values < FOLD_MIN_VARS {
+            Exec::One
+        } else {
+            self.exec()
+        };
+        let m = fold
+            .map(&segs, |s| live(s))
             .into_iter()
             .fold(st.ln_const, f64::max);
         if m == neg {
@@ -929,7 +878,8 @@ impl<'s, 'a> Engine<'s, 'a> {
                 .fold(0.0, |acc, &v| acc + (v - m).exp())
         };
         let f = self
-            .map_in_order(self.sequential, &segs, |s| sum(s))
+            .exec()
+            .map(&segs, |s| sum(s))
             .into_iter()
             .fold((st.ln_const - m).exp(), |acc, v| acc + v);
         if f > 0.0 {
@@ -1732,19 +1682,6 @@ impl Mag for half::bf16 {
     }
 }
 
-/// `f` of every item, in item order (in parallel unless `sequential`).
-fn map_in_order<T: Sync, R: Send>(
-    sequential: bool,
-    items: &[T],
-    f: impl Fn(&T) -> R + Sync + Send,
-) -> Vec<R> {
-    if sequential {
-        items.iter().map(f).collect()
-    } else {
-        items.par_iter().map(f).collect()
-    }
-}
-
 /// Variables per chunk of the reductions over all variables (a fixed split: the result does not
 /// depend on the number of threads).
 const VAR_CHUNK: usize = 4096;
@@ -1761,6 +1698,10 @@ type VarOut<'f> = (
     ),
     &'f mut [(f64, f64)],
 );
+
+/// The outputs of one range of variables in the gradient step of [`Engine::reduce_flows`]:
+/// `ln g⁺`, `ln g⁻`, `ln h`.
+type GradOut<'f> = ((&'f mut [f64], &'f mut [f64]), &'f mut [f64]);
 
 /// A group of [`block_groups`] may hold at most this fraction more terms than an equal share.
 pub(crate) const GROUP_SLACK: f64 = 0.125;

@@ -38,7 +38,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::analysis::{colour_classes, Occurrences};
-use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides, TEAM_PIECES};
+use super::ops::{minimize_1d, CoarseGroup, Engine, Flows, Sides};
 use super::spec::FIXED;
 use super::store::{Block, Structured};
 use super::team::Team;
@@ -317,10 +317,10 @@ impl<'s, 'a> Core<'s, 'a> {
     /// What runs where: on one thread below `local_min_terms` terms or on a one-thread pool
     /// ([`sweep_runs_sequentially`]); otherwise on one [`Team`] for the whole sweep (one helper
     /// job per other thread of the pool, the parallel steps handed over without a fork-join):
-    /// per class one step for the local steps ([`TEAM_PIECES`] contiguous ranges of the class
-    /// per thread) and one for the pass after it ([`Engine`]'s grouped pass when the blocks
-    /// split evenly into one group per thread), then, after the last class, one step for the
-    /// per-variable flows and one for the cost's. The steps and sums do not depend on the split
+    /// per class one step for the local steps ([`TEAM_PIECES`](super::team::TEAM_PIECES)
+    /// contiguous ranges of the class per thread) and one for the pass after it ([`Engine`]'s
+    /// grouped pass when the blocks split evenly into one group per thread), then, after the
+    /// last class, one step for the per-variable flows and one for the cost's. The steps and sums do not depend on the split
     /// nor on which thread runs a piece, so any number of threads gives the same state.
     pub(crate) fn colour_sweep(&mut self) {
         let threads = rayon::current_num_threads();
@@ -328,7 +328,7 @@ impl<'s, 'a> Core<'s, 'a> {
         self.eng.sequential =
             sweep_runs_sequentially(self.st().num_terms(), threads, self.local_min_terms);
         if self.eng.sequential {
-            self.sweep_classes(1);
+            self.sweep_classes();
         } else {
             // one team for the whole sweep: one helper job per other thread of the pool
             let team = Arc::new(Team::default());
@@ -339,7 +339,7 @@ impl<'s, 'a> Core<'s, 'a> {
                     let t = &*team;
                     s.spawn(move |_| t.help(leader));
                 }
-                self.sweep_classes(threads);
+                self.sweep_classes();
                 team.close();
             });
             self.eng.team = None;
@@ -347,9 +347,10 @@ impl<'s, 'a> Core<'s, 'a> {
         self.eng.sequential = newton_sequential;
     }
 
-    /// The classes of [`Core::colour_sweep`] one after the other, the steps of a class in
-    /// [`TEAM_PIECES`] pieces per thread on the sweep's team (one piece without a team).
-    fn sweep_classes(&mut self, threads: usize) {
+    /// The classes of [`Core::colour_sweep`] one after the other, the steps of a class on
+    /// [`Engine::exec`] in [`Exec::pieces`](super::team::Exec::pieces) contiguous ranges
+    /// (`TEAM_PIECES` per thread on the sweep's team, one without a team).
+    fn sweep_classes(&mut self) {
         let classes = std::mem::take(&mut self.classes);
         for (k, class) in classes.iter().enumerate() {
             // the first class reads the flows of the last full pass, the others the line
@@ -362,18 +363,13 @@ impl<'s, 'a> Core<'s, 'a> {
                     this.delta_from_lines(v as usize)
                 }
             };
-            let deltas: Vec<f64> = match &this.eng.team {
-                Some(team) => {
-                    let mut out = vec![0.0; class.len()];
-                    let per = class.len().div_ceil(TEAM_PIECES * threads).max(1);
-                    let ranges: Vec<_> = class.chunks(per).zip(out.chunks_mut(per)).collect();
-                    team.for_each(ranges, |(vs, ds)| {
-                        vs.iter().zip(ds).for_each(|(v, d)| *d = step(v))
-                    });
-                    out
-                }
-                None => class.iter().map(step).collect(),
-            };
+            let exec = this.eng.exec();
+            let mut deltas = vec![0.0; class.len()];
+            let per = class.len().div_ceil(exec.pieces()).max(1);
+            let ranges: Vec<_> = class.chunks(per).zip(deltas.chunks_mut(per)).collect();
+            exec.for_each(ranges, |(vs, ds)| {
+                vs.iter().zip(ds).for_each(|(v, d)| *d = step(v))
+            });
             for (&v, d) in class.iter().zip(deltas) {
                 if d.is_finite() {
                     self.x[v as usize] += d;
@@ -1137,6 +1133,11 @@ mod tests {
     /// A chain of `layers` row-major `f32` blocks of `width × width` between free variables
     /// (fixed inputs and outputs), p = 2, pseudo-random magnitudes of a few scales.
     fn chain(layers: usize, width: usize) -> Structured<'static> {
+        chain_p(layers, width, |_| 2.0)
+    }
+
+    /// [`chain`] with the power `p(l)` for block `l`.
+    fn chain_p(layers: usize, width: usize, p: impl Fn(usize) -> f64) -> Structured<'static> {
         let mut seed = 99u64;
         let mut rnd = |n: usize| -> Vec<f32> {
             (0..n)
@@ -1164,7 +1165,7 @@ mod tests {
                     vars(l),
                     None,
                     1.0,
-                    2.0,
+                    p(l),
                     format!("fc{l}"),
                 )
                 .unwrap();
@@ -1240,6 +1241,23 @@ mod tests {
         let three = sweeps(&st, 3, terms, 5);
         assert_eq!(one.0, three.0, "log-scales on three threads");
         assert_eq!(one.1.to_bits(), three.1.to_bits(), "ln F on three threads");
+    }
+
+    #[test]
+    fn colour_sweeps_with_two_powers_give_one_state_on_one_two_and_three_threads() {
+        // p = 1 and p = 2 alternating: the flows of each power, then the gradient parts, over
+        // ranges of variables (1,500 variables: two ranges)
+        let st = chain_p(6, 300, |l| if l % 2 == 0 { 1.0 } else { 2.0 });
+        assert_eq!(st.powers, vec![1.0, 2.0]);
+        let one = sweeps(&st, 1, 0, 3);
+        assert!(one.0.iter().any(|&v| v != 0.0), "the sweeps moved");
+        for threads in [2, 3] {
+            let r = sweeps(&st, threads, 0, 3);
+            assert_eq!(r.3, 6, "every pass runs on {threads} threads");
+            assert_eq!(one.0, r.0, "log-scales on {threads} threads");
+            assert_eq!(one.1.to_bits(), r.1.to_bits(), "ln F on {threads} threads");
+            assert_eq!(one.2, r.2, "relative imbalances on {threads} threads");
+        }
     }
 
     /// The state after `n` colour sweeps run on the current pool with the parallel code.

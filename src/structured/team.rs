@@ -185,13 +185,74 @@ impl Team {
     }
 }
 
-/// Runs `f` on every item in parallel: on `team` when a sweep's team is active, else on
-/// rayon's pool (one item per task).
-pub(crate) fn par_items<P: Send>(team: Option<&Team>, items: Vec<P>, f: impl Fn(P) + Sync + Send) {
-    use rayon::prelude::*;
-    match team {
-        Some(t) => t.for_each(items, f),
-        None => items.into_par_iter().with_max_len(1).for_each(f),
+/// Pieces per thread of a step on a sweep's team: the team's threads take pieces as they come
+/// free, so a thread that was descheduled for a while takes fewer.
+pub(crate) const TEAM_PIECES: usize = 4;
+
+/// Where the parallel steps of a pass run: the one dispatch of the structured core.
+#[derive(Clone, Copy)]
+pub(crate) enum Exec<'t> {
+    /// On the calling thread, item after item.
+    One,
+    /// On the team of a colour-class sweep, each item one piece.
+    Team(&'t Team),
+    /// On rayon's pool, the items split adaptively.
+    Pool,
+}
+
+impl<'t> Exec<'t> {
+    /// One thread when `sequential`, else `team` when a sweep's team is active, else rayon.
+    pub(crate) fn new(sequential: bool, team: Option<&'t Team>) -> Self {
+        match (sequential, team) {
+            (true, _) => Exec::One,
+            (false, Some(t)) => Exec::Team(t),
+            (false, None) => Exec::Pool,
+        }
+    }
+
+    /// Threads the items are spread over: 1 on one thread, else the rayon pool's.
+    pub(crate) fn threads(self) -> usize {
+        match self {
+            Exec::One => 1,
+            _ => rayon::current_num_threads(),
+        }
+    }
+
+    /// Pieces to cut a range of work into: one per thread, [`TEAM_PIECES`] per thread on a team.
+    pub(crate) fn pieces(self) -> usize {
+        match self {
+            Exec::Team(_) => TEAM_PIECES * self.threads(),
+            _ => self.threads(),
+        }
+    }
+
+    /// Runs `f` on every item.
+    pub(crate) fn for_each<P: Send>(self, items: Vec<P>, f: impl Fn(P) + Sync + Send) {
+        use rayon::prelude::*;
+        match self {
+            Exec::One => items.into_iter().for_each(f),
+            Exec::Team(t) => t.for_each(items, f),
+            Exec::Pool => items.into_par_iter().for_each(f),
+        }
+    }
+
+    /// `f` of every item, in item order.
+    pub(crate) fn map<T: Sync, R: Send + Copy + Default>(
+        self,
+        items: &[T],
+        f: impl Fn(&T) -> R + Sync + Send,
+    ) -> Vec<R> {
+        use rayon::prelude::*;
+        match self {
+            Exec::One => items.iter().map(f).collect(),
+            Exec::Team(t) => {
+                let mut out = vec![R::default(); items.len()];
+                let pairs: Vec<(&T, &mut R)> = items.iter().zip(out.iter_mut()).collect();
+                t.for_each(pairs, |(x, r)| *r = f(x));
+                out
+            }
+            Exec::Pool => items.par_iter().map(f).collect(),
+        }
     }
 }
 
