@@ -916,9 +916,9 @@ fn root_edge(edges: &[QEdge], m: &mut Merged, k: u32) -> (u32, f64) {
     (rb, e.l + pb - pa)
 }
 
-/// The rounds of [`contract_howard`], merges recorded in `m` (which starts as the identity on
-/// the vertices of `edges`); stops early after `ground_streak` contractions in a row through the
-/// ground. Returns the contractions, the largest mean and the policy iterations.
+/// The rounds of `contract_howard` (the test reference), merges recorded in `m` (which starts
+/// as the identity on the vertices of `edges`); stops early after `ground_streak` contractions
+/// in a row through the ground. Returns the contractions, the largest mean and the policy iterations.
 ///
 /// Each round runs [`Howard`] on the live roots to an optimal policy, merges its best cycle and
 /// keeps the policy of the other vertices (warm start). With `working_set`, the iterations scan

@@ -6,7 +6,7 @@
 //! many random steps as there are groups; for [`Schedule::Greedy`], as many steps as there are
 //! groups, each on the currently most imbalanced group). Groups for which no finite balancing
 //! exists (input or output cost 0) are held at their current scale and reported in
-//! [`Diagnostics::held_fixed`].
+//! [`Diagnostics::held_fixed`](crate::solution::Diagnostics::held_fixed).
 //!
 //! Cost per sweep: every step touches only the edges incident to its group, so one sweep is
 //! `O(edges)`; the per-sweep stopping test (maximum relative imbalance, deficit, cost for the

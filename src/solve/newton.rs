@@ -478,7 +478,7 @@ pub fn solve_detailed(
 }
 
 /// Certificate misses (the problem's imbalance below the tolerance, the network's not) after
-/// which the run stops as [`Status::Stalled`].
+/// which the run stops as [`Status::Stalled`](crate::solution::Status::Stalled).
 const MAX_CERTIFICATE_MISSES: usize = 3;
 
 /// The per-edge damped Newton as an [`Iterate`] of the driver: the point, its evaluation, the

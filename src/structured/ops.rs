@@ -547,7 +547,7 @@ impl<'s, 'a> Engine<'s, 'a> {
 
     /// The line sums `sides[b]` of every dense block `b` at `x` (and the terms of the sparse
     /// blocks), without gathering them into per-variable flows: the flows of a variable whose
-    /// lines are all on a computed side are then [`Engine::var_flows`]. The computed sums are
+    /// lines are all on a computed side are then [`Engine::var_ln`]. The computed sums are
     /// bit for bit those of a full pass.
     pub(crate) fn line_sums_for(&mut self, x: &[f64], sides: &[Sides]) {
         for (w, &s) in self.bw.iter_mut().zip(sides) {
