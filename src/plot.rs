@@ -40,8 +40,15 @@ trait Figure {
 /// left half written.
 fn write_png_and_svg<F: Figure>(figure: &F, stem: &Path) -> Result<(PathBuf, PathBuf), PlotError> {
     register_font();
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
+    // appended, not `with_extension`: a stem such as `e4-lr_6000_lr0.02_784-256-10` has a dot
+    // that is not an extension
+    let with_ext = |ext: &str| {
+        let mut name = stem.as_os_str().to_owned();
+        name.push(".");
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (png, svg) = (with_ext("png"), with_ext("svg"));
     let temp = |ext: &str| {
         let name = stem
             .file_name()
@@ -391,5 +398,50 @@ impl Histogram {
     /// Writes `<stem>.png` and `<stem>.svg`; returns both paths.
     pub fn write(&self, stem: &Path) -> Result<(PathBuf, PathBuf), PlotError> {
         write_png_and_svg(self, stem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stem with a dot in its name (a learning rate) keeps it: `<stem>.png`, not a replaced
+    /// "extension", so the plots of two rates do not overwrite each other.
+    #[test]
+    fn stems_with_dots_keep_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let plot = |lr: f64| LinePlot {
+            title: format!("lr {lr}"),
+            x_label: "epoch".into(),
+            y_label: "accuracy".into(),
+            log_x: false,
+            log_y: false,
+            series: vec![Series {
+                label: "plain".into(),
+                points: vec![(0.0, 0.1), (1.0, lr)],
+            }],
+        };
+        let mut written = Vec::new();
+        for lr in [0.02, 0.05] {
+            let (png, svg) = plot(lr)
+                .write(&dir.path().join(format!("e4-lr_6000_lr{lr}_784-256-10")))
+                .unwrap();
+            written.push((png, svg));
+        }
+        for ((png, svg), lr) in written.iter().zip(["0.02", "0.05"]) {
+            let stem = format!("e4-lr_6000_lr{lr}_784-256-10");
+            assert_eq!(
+                png.file_name().unwrap().to_str(),
+                Some(&*format!("{stem}.png"))
+            );
+            assert_eq!(
+                svg.file_name().unwrap().to_str(),
+                Some(&*format!("{stem}.svg"))
+            );
+            assert!(png.exists() && svg.exists());
+            assert!(std::fs::read_to_string(svg)
+                .unwrap()
+                .contains(&format!("lr {lr}")));
+        }
     }
 }
