@@ -76,7 +76,7 @@ static COARSE_SHIFT: AtomicBool = AtomicBool::new(true);
 /// Turns on or off, for the whole process, the nonlinear coarse correction before each Newton
 /// step (`Core::coarse_shift`; on by default): it cuts the block passes to `1e-10` (for
 /// example 35 → 21 on the MLP of depth 64 and width 64). For the benchmark harness, which
-/// compares the two.
+/// compares the two, and `synbal experiment --no-coarse-shift`.
 #[doc(hidden)]
 pub fn set_coarse_shift(on: bool) {
     COARSE_SHIFT.store(on, Ordering::Relaxed);

@@ -73,10 +73,18 @@ pub struct ExperimentArgs {
     /// E5: also quantize with one scale per output channel.
     #[arg(long)]
     pub per_channel: bool,
+    /// Balance with the Newton variant without the nonlinear coarse correction (the same
+    /// balanced state to the tolerance, reached by another path; docs/experiments.md uses it to
+    /// show how sensitive a run is to the last digits of its balanced start).
+    #[arg(long, hide = true)]
+    pub no_coarse_shift: bool,
 }
 
 /// Runs `synbal experiment`: prints each report on stdout.
 pub fn run(args: ExperimentArgs) -> Result<u8, Failure> {
+    if args.no_coarse_shift {
+        synbal::structured::set_coarse_shift(false);
+    }
     let mut sizes = Vec::new();
     for s in &args.sizes {
         sizes.extend(parse_sizes(s).map_err(bad_input)?);
