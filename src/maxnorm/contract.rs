@@ -918,7 +918,8 @@ fn root_edge(edges: &[QEdge], m: &mut Merged, k: u32) -> (u32, f64) {
 
 /// The rounds of `contract_howard` (the test reference), merges recorded in `m` (which starts
 /// as the identity on the vertices of `edges`); stops early after `ground_streak` contractions
-/// in a row through the ground. Returns the contractions, the largest mean and the policy iterations.
+/// in a row through the ground. Returns the contractions, the largest mean and the policy
+/// iterations.
 ///
 /// Each round runs [`Howard`] on the live roots to an optimal policy, merges its best cycle and
 /// keeps the policy of the other vertices (warm start). With `working_set`, the iterations scan

@@ -320,8 +320,9 @@ impl<'s, 'a> Core<'s, 'a> {
     /// per class one step for the local steps ([`TEAM_PIECES`](super::team::TEAM_PIECES)
     /// contiguous ranges of the class per thread) and one for the pass after it ([`Engine`]'s
     /// grouped pass when the blocks split evenly into one group per thread), then, after the
-    /// last class, one step for the per-variable flows and one for the cost's. The steps and sums do not depend on the split
-    /// nor on which thread runs a piece, so any number of threads gives the same state.
+    /// last class, one step for the per-variable flows and one for the cost's. The steps and
+    /// sums do not depend on the split nor on which thread runs a piece, so any number of
+    /// threads gives the same state.
     pub(crate) fn colour_sweep(&mut self) {
         let threads = rayon::current_num_threads();
         let newton_sequential = self.eng.sequential;

@@ -159,8 +159,8 @@ pub(super) enum Field {
 #[derive(Debug, Clone)]
 pub(super) enum NeuronForm {
     /// Only known fields, in this order, each spelled as the writer spells it (role in lower
-    /// case, activation as [`activation_to_json`](super::values::activation_to_json), bias a float, name a string): rebuilt from the
-    /// network.
+    /// case, activation as [`activation_to_json`](super::values::activation_to_json), bias a
+    /// float, name a string): rebuilt from the network.
     Known { fields: [Field; 4], len: u8 },
     /// Anything else (unknown fields, integer bias, `"identity"`, ...): the object as read.
     Verbatim(Box<Map<String, Value>>),

@@ -3,8 +3,9 @@
 //! Syntax errors come from the same parser as `serde_json::from_str` at the same place. Semantic
 //! errors are recorded while parsing goes on (a syntax error later in the text still wins, as it
 //! did when the whole document was parsed first) and reported in a fixed order: the document, then
-//! `neurons`, then `edges`, then `ties`, then what [`NetworkBuilder::build`](crate::network::NetworkBuilder::build) finds. Edge indices
-//! are checked against the number of neurons at the end, since `edges` may come before `neurons`.
+//! `neurons`, then `edges`, then `ties`, then what
+//! [`NetworkBuilder::build`](crate::network::NetworkBuilder::build) finds. Edge indices are
+//! checked against the number of neurons at the end, since `edges` may come before `neurons`.
 
 mod fast;
 mod parts;
